@@ -1,0 +1,55 @@
+/* model.h — the model contract inside libmtok: config, weights (views into mmapped safetensors),
+ * in the manner of calm's model.h. Both checkpoint namings load into these structs; the forward
+ * pass (core/forward.c) only ever sees them. */
+#ifndef MTOK_MODEL_H
+#define MTOK_MODEL_H
+
+#include "mtok.h"
+#include "../kernels/kernels.h"
+
+typedef struct {
+    mk_tensor attn_norm; /* [hidden] */
+    mk_tensor wq;        /* [n_heads*head_dim, hidden]   (rows of the fused QKV in chatglm naming) */
+    mk_tensor wk;        /* [n_kv_groups*head_dim, hidden] */
+    mk_tensor wv;        /* [n_kv_groups*head_dim, hidden] */
+    mk_tensor bq;        /* [n_heads*head_dim] (data NULL when the model has no QKV bias) */
+    mk_tensor bk;        /* [n_kv_groups*head_dim] */
+    mk_tensor bv;        /* [n_kv_groups*head_dim] */
+    mk_tensor wo;        /* [hidden, n_heads*head_dim] dense / o_proj, no bias */
+    mk_tensor mlp_norm;  /* [hidden] */
+    mk_tensor w_gate;    /* [ffn, hidden] first half of dense_h_to_4h / gate_up_proj */
+    mk_tensor w_up;      /* [ffn, hidden] second half */
+    mk_tensor w_down;    /* [hidden, ffn] */
+} mtok_layer;
+
+typedef struct {
+    mk_tensor embed;      /* [vocab, hidden] */
+    mtok_layer *layers;   /* [n_layers] */
+    mk_tensor final_norm; /* [hidden] */
+    mk_tensor output;     /* [vocab, hidden] untied LM head */
+} mtok_weights;
+
+/* One mmapped safetensors file. */
+typedef struct {
+    char *path;
+    void *map;
+    size_t size;
+    size_t data_off; /* 8 + header length */
+} mtok_shard;
+
+struct mtok_model {
+    char *dir;
+    mtok_config cfg;
+    mtok_weights w;
+    mtok_shard *shards;
+    int n_shards;
+    uint64_t fingerprint;
+    uint64_t weight_bytes;
+};
+
+/* core/config.c: parse DIR/config.json into cfg (both namings); rope correction applied there.
+ * path is used in messages. */
+int mtok_config_parse(const char *path, const char *json_text, size_t len, const mtok_load_params *p,
+                      mtok_config *cfg);
+
+#endif

@@ -1,0 +1,223 @@
+/* mtok.h — the one public header of libmtok.
+ *
+ * Lifecycles come in pairs (load/free, create/free). Every function that can fail returns 0 or a
+ * negative MTOK_E* code and leaves a one-line message in mtok_errmsg() (thread-local), naming the
+ * file and the object at fault. Nothing in the library calls exit() or abort().
+ * Sizes that grow with context length are int64_t / size_t. */
+#ifndef MTOK_H
+#define MTOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MTOK_VERSION "0.1.0"
+
+/* Error codes; the CLI maps them to exit codes 1 (usage), 2 (bad input), 3 (resource). */
+enum {
+    MTOK_OK = 0,
+    MTOK_EUSAGE = -1,    /* bad arguments */
+    MTOK_EINPUT = -2,    /* bad model, data or file contents */
+    MTOK_ERESOURCE = -3, /* memory, disk, device */
+    MTOK_EINTERNAL = -4,
+};
+const char *mtok_errmsg(void);
+/* Records a message (printf-style) and returns code, so callers write `return mtok_err(MTOK_EINPUT, ...)`. */
+int mtok_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Logging: messages at or below the level go to stderr. 0 = errors only, 1 = info, 2 = debug. */
+void mtok_set_log_level(int level);
+void mtok_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+typedef enum { MTOK_BF16 = 0, MTOK_F16 = 1, MTOK_F32 = 2 } mtok_dtype;
+size_t mtok_dtype_size(mtok_dtype t);
+const char *mtok_dtype_name(mtok_dtype t);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Model description, filled from config.json in either naming (see core/config.c).               */
+typedef enum { MTOK_NAMING_CHATGLM = 0, MTOK_NAMING_HF = 1 } mtok_naming;
+
+#define MTOK_MAX_EOS 8
+typedef struct {
+    mtok_naming naming;     /* which tensor names the checkpoint uses */
+    int64_t n_layers;       /* num_layers | num_hidden_layers */
+    int64_t hidden;         /* hidden_size */
+    int64_t n_heads;        /* num_attention_heads */
+    int64_t n_kv_groups;    /* multi_query_group_num | num_key_value_heads */
+    int64_t head_dim;       /* kv_channels | head_dim */
+    int64_t ffn;            /* ffn_hidden_size | intermediate_size */
+    int64_t vocab;          /* padded_vocab_size | vocab_size: rows of embedding and output layer */
+    int64_t rope_dim;       /* rotated dims per head: head_dim * partial_rotary_factor (0.5 for GLM) */
+    double rope_base;       /* effective RoPE base used by the forward pass */
+    double rope_base_config;/* the base as the config states it (before correction/override) */
+    float norm_eps;         /* layernorm_epsilon | rms_norm_eps */
+    int64_t max_ctx;        /* seq_length | max_position_embeddings */
+    int qkv_bias;           /* add_qkv_bias | attention_bias */
+    int32_t eos_ids[MTOK_MAX_EOS];
+    int n_eos;
+    int32_t pad_id;
+    mtok_dtype dtype;       /* dtype of the 2-D weights */
+} mtok_config;
+
+typedef struct mtok_model mtok_model;
+
+typedef struct {
+    double rope_base;   /* > 0: override the RoPE base (--rope-base) */
+} mtok_load_params;
+
+/* Loads DIR/config.json + safetensors (single or sharded). Weights are mmapped and used in place. */
+int mtok_model_load(const char *dir, const mtok_load_params *p, mtok_model **out);
+void mtok_model_free(mtok_model *m);
+const mtok_config *mtok_model_config(const mtok_model *m);
+/* XXH3-64 of the config + tensor table: identifies a model for saved KV files. */
+uint64_t mtok_model_fingerprint(const mtok_model *m);
+/* Bytes of all mapped weight tensors. */
+uint64_t mtok_model_weight_bytes(const mtok_model *m);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Token id vectors.                                                                               */
+typedef struct {
+    int32_t *v;
+    size_t n, cap;
+} mtok_ids;
+int mtok_ids_push(mtok_ids *a, int32_t id);
+int mtok_ids_append(mtok_ids *a, const int32_t *ids, size_t n);
+void mtok_ids_free(mtok_ids *a);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Tokenizer: tiktoken-style tokenizer.model or Hugging Face tokenizer.json (byte-level BPE).      */
+typedef struct mtok_tokenizer mtok_tokenizer;
+
+/* Loads DIR/tokenizer.model if present, else DIR/tokenizer.json. */
+int mtok_tokenizer_load(const char *dir, mtok_tokenizer **out);
+/* Loads one explicit file (format chosen by content). */
+int mtok_tokenizer_load_file(const char *path, mtok_tokenizer **out);
+void mtok_tokenizer_free(mtok_tokenizer *t);
+/* Appends the ids of text to out. allow_special = 0: special-token strings are plain text
+ * (the reference default); 1: they map to their ids. */
+int mtok_tokenize(const mtok_tokenizer *t, const char *text, size_t len, int allow_special, mtok_ids *out);
+/* Id of a special token string such as "[gMASK]", or -1. */
+int32_t mtok_token_special(const mtok_tokenizer *t, const char *s);
+/* Raw bytes of a token (special tokens: their string). NULL for ids outside the vocabulary. */
+const char *mtok_token_bytes(const mtok_tokenizer *t, int32_t id, size_t *len);
+/* Number of ids the tokenizer can produce (ranks + specials). */
+int64_t mtok_tokenizer_n_vocab(const mtok_tokenizer *t);
+int mtok_token_is_special(const mtok_tokenizer *t, int32_t id);
+
+/* Streaming decoder: never emits a partial UTF-8 character. Zero-initialize before use. */
+typedef struct {
+    unsigned char pend[8];
+    int n_pend;
+} mtok_decoder;
+/* Writes the complete text that the token adds into out (cap >= len + 8 is always enough; the
+ * longest token is bounded by mtok_tokenizer_max_token_len). Returns bytes written. */
+size_t mtok_decode_next(const mtok_tokenizer *t, mtok_decoder *d, int32_t id, char *out, size_t cap);
+/* Flushes pending bytes (invalid trailing UTF-8 becomes U+FFFD). */
+size_t mtok_decode_flush(mtok_decoder *d, char *out, size_t cap);
+size_t mtok_tokenizer_max_token_len(const mtok_tokenizer *t);
+/* Decodes a whole id sequence into a malloc'ed NUL-terminated string (invalid UTF-8 -> U+FFFD). */
+char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GLM-4 chat template (glm-spec.md §5) and tool calls.                                            */
+typedef struct {
+    const char *role;       /* "system" | "user" | "assistant" | "observation" */
+    const char *metadata;   /* assistant: tool name of a call; may be NULL */
+    const char *content;
+    const char *tools_json; /* system message only: JSON array of tool definitions; may be NULL */
+} mtok_message;
+
+/* [gMASK]<sop> + messages + (optionally) <|assistant|>, as token ids. */
+int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
+                     mtok_ids *out);
+/* Renders the same conversation as text (special tokens as their strings). malloc'ed. */
+int mtok_chat_render(const mtok_message *msgs, size_t n, int add_generation_prompt, char **out);
+
+typedef struct {
+    int is_tool_call;
+    char *name;       /* tool name (metadata line) or NULL */
+    char *arguments;  /* JSON text of the arguments (validated) or NULL */
+    char *content;    /* the reply text after the metadata line */
+} mtok_reply;
+/* Parses an assistant reply "metadata\ncontent": non-empty metadata + JSON object = tool call. */
+int mtok_reply_parse(const char *text, mtok_reply *out);
+void mtok_reply_free(mtok_reply *r);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Session: the forward-pass state and KV cache of one sequence.                                   */
+typedef struct mtok_session mtok_session;
+typedef struct {
+    int64_t ctx;           /* context limit in tokens (0: the model's max_ctx) */
+    int threads;           /* OpenMP threads (0: all cores) */
+    int64_t prefill_chunk; /* tokens per prefill chunk (0: 256) */
+    int64_t kv_block;      /* tokens per KV block (0: 128) */
+} mtok_session_params;
+
+int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out);
+void mtok_session_free(mtok_session *s);
+void mtok_session_reset(mtok_session *s);
+int64_t mtok_session_pos(const mtok_session *s);
+int64_t mtok_session_ctx(const mtok_session *s);
+/* Runs ids through the model at positions pos..pos+n-1. If all_logits is non-NULL it receives
+ * [n][vocab] fp32 logits of every position; the last position's logits are always available
+ * through mtok_session_logits(). Fails with MTOK_EINPUT if pos+n exceeds the context limit. */
+int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
+const float *mtok_session_logits(const mtok_session *s);
+/* Bytes of KV currently held. */
+uint64_t mtok_session_kv_bytes(const mtok_session *s);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Sampling.                                                                                       */
+typedef struct {
+    float temperature;        /* 0: greedy */
+    int top_k;                /* 0: off */
+    float top_p;              /* 1: off */
+    float repetition_penalty; /* 1: off (CTRL-style: positive logits divided, negative multiplied) */
+    uint64_t seed;
+} mtok_sampler_params;
+typedef struct mtok_sampler mtok_sampler;
+int mtok_sampler_create(const mtok_sampler_params *p, int64_t vocab, mtok_sampler **out);
+void mtok_sampler_free(mtok_sampler *s);
+/* Samples from logits [vocab] (modified in place). history: ids seen so far (for the penalty).
+ * n_valid: ids >= n_valid (padding rows beyond the tokenizer) are never sampled. */
+int32_t mtok_sample(mtok_sampler *s, float *logits, int64_t n_valid, const int32_t *history, size_t n_history);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Generation loop: prefill the prompt, then sample and stream until a stop id or max_new.         */
+typedef int (*mtok_stream_cb)(int32_t id, const char *text, size_t len, void *user); /* nonzero: stop */
+typedef struct {
+    int64_t max_new;    /* tokens to generate at most */
+    int ignore_eos;     /* do not stop on stop ids */
+    const int32_t *stop_ids; /* NULL: the config's eos ids */
+    int n_stop;
+} mtok_gen_params;
+typedef struct {
+    int64_t n_prompt, n_gen;
+    double prefill_s, decode_s;
+    int32_t stop_id; /* -1 when stopped by length */
+} mtok_gen_stats;
+int mtok_generate(mtok_session *s, const mtok_tokenizer *t, mtok_sampler *smp, const int32_t *prompt, size_t n,
+                  const mtok_gen_params *gp, mtok_stream_cb cb, void *user, mtok_ids *generated,
+                  mtok_gen_stats *stats);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Synthetic checkpoints in the real format (mtok synth).                                         */
+typedef struct {
+    const char *preset;   /* glm4-tiny | glm4-1m-mini | glm4-1b | glm4-9b-chat | glm4-9b-chat-1m */
+    const char *out_dir;
+    mtok_naming naming;
+    int shards;           /* 1: model.safetensors; >1: model-0000i-of-0000n + index */
+    uint64_t seed;
+    mtok_dtype dtype;
+} mtok_synth_params;
+int mtok_synth(const mtok_synth_params *p);
+/* Lists the preset names, one per line, into a static string. */
+const char *mtok_synth_presets(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,95 @@
+/* kernels.h — CPU compute kernels (prefix mk_). fp32 math on bf16/f16/f32 stored weights.
+ *
+ * Every kernel has a scalar reference (suffix _ref) that the tests compare against. The public
+ * entry points dispatch at run time: AVX2+FMA code (kernels/cpu_avx2.c, built with -mavx2 -mfma)
+ * when the CPU has it, the scalar code otherwise. Threading is OpenMP inside the kernels. */
+#ifndef MTOK_KERNELS_H
+#define MTOK_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+#include "../core/mtok.h"
+
+/* A 1-D or 2-D tensor in its stored dtype. 2-D is row-major [rows][cols] (PyTorch [out, in]). */
+typedef struct {
+    const void *data;
+    mtok_dtype dtype;
+    int64_t rows; /* 1 for 1-D tensors */
+    int64_t cols;
+} mk_tensor;
+
+/* The row r of a 2-D tensor as a tensor view of rows [r0, r0+n). */
+static inline mk_tensor mk_rows(mk_tensor t, int64_t r0, int64_t n) {
+    mk_tensor v = t;
+    v.data = (const char *)t.data + (size_t)r0 * (size_t)t.cols * mtok_dtype_size(t.dtype);
+    v.rows = n;
+    return v;
+}
+
+/* ---- scalar conversions (round-to-nearest-even for f32 -> bf16, NaN kept quiet) ---- */
+static inline float mk_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t mk_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float mk_f16_to_f32(uint16_t h);
+uint16_t mk_f32_to_f16(float f);
+/* Element i of a tensor (any dtype) as fp32. */
+float mk_get(const mk_tensor *t, int64_t i);
+
+/* 1 when the AVX2+FMA path is in use (CPU supports it and MTOK was built with it). */
+int mk_have_avx2(void);
+/* Forces the scalar path (tests, --no-simd). */
+void mk_force_scalar(int on);
+
+/* ---- matrix products ----
+ * y[t][o] = sum_i x[t][i] * W[o][i] + (b ? b[o] : 0)   for t < n_tok, o < W.rows, i < W.cols.
+ * x, y fp32, row strides ldx, ldy (elements). n_tok == 1 is the decode GEMV; n_tok > 1 the
+ * prefill GEMM. b may be NULL (its dtype can differ from W's). */
+void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+               const mk_tensor *b);
+void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                   const mk_tensor *b);
+
+/* ---- elementwise / row ops ---- */
+/* y = w * x / sqrt(mean(x^2) + eps) over n elements (y may alias x). */
+void mk_rmsnorm(float *y, const float *x, const mk_tensor *w, int64_t n, float eps);
+void mk_rmsnorm_ref(float *y, const float *x, const mk_tensor *w, int64_t n, float eps);
+
+/* GLM RoPE on n_heads vectors of head_dim at x (stride head_dim): adjacent pairs (2i, 2i+1) of the
+ * first rope_dim dims rotate by angle pos*theta_i; cs holds cos, sn holds sin for i < rope_dim/2
+ * (computed in double by mk_rope_table so that positions near 1M keep full precision). */
+void mk_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs, const float *sn);
+void mk_rope_table(float *cs, float *sn, int64_t rope_dim, double base, int64_t pos);
+
+/* out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)). */
+void mk_swiglu(float *out, const float *gate, const float *up, int64_t n);
+
+/* Embedding row lookup into fp32. */
+void mk_embed(float *y, const mk_tensor *table, int32_t id);
+
+/* ---- attention (online softmax over KV blocks) ----
+ * One query vector q[D] against n keys/values stored bf16 at k + s*stride, v + s*stride (s < n).
+ * The state (m: running max of scaled scores, l: running sum of exp(score - m), acc[D]: running sum
+ * of exp(score - m) * v) starts as m = -INFINITY, l = 0, acc = 0 and is updated in place.
+ * The final output is acc / l. */
+void mk_attn_accum(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride, int64_t D,
+                   float scale, float *acc, float *m, float *l);
+void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
+                       int64_t D, float scale, float *acc, float *m, float *l);
+/* Log-sum-exp merge of partial state (acc2, m2, l2) into (acc, m, l). The shared primitive for
+ * spilled blocks, split-K decoding and context parallelism. */
+void mk_attn_merge(float *acc, float *m, float *l, const float *acc2, float m2, float l2, int64_t D);
+
+/* fp32 -> bf16 row conversion (KV append). */
+void mk_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n);
+
+#endif

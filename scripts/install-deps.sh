@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything mtok needs to build and test on a fresh Debian 12 machine.
+# Debian packages for the C build; numpy from PyPI for the test oracles (tests/ref).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(build-essential cmake pkg-config python3 python3-pip
+      libpcre2-dev libjansson-dev libxxhash-dev liburing-dev libhwloc-dev
+      libcmocka-dev libcairo2-dev libopenmpi-dev openmpi-bin)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# numpy: the independent reference for the golden tests (never on the inference path).
+if ! python3 -c 'import numpy' 2>/dev/null; then
+  python3 -m pip install --quiet numpy || python3 -m pip install --quiet --break-system-packages numpy
+fi
