@@ -159,8 +159,11 @@ typedef struct {
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out);
 void mtok_session_free(mtok_session *s);
 void mtok_session_reset(mtok_session *s);
+/* Keeps the first n tokens of the sequence (n <= pos); later positions are forgotten. */
+int mtok_session_truncate(mtok_session *s, int64_t n);
 int64_t mtok_session_pos(const mtok_session *s);
 int64_t mtok_session_ctx(const mtok_session *s);
+const mtok_config *mtok_session_config(const mtok_session *s);
 /* Runs ids through the model at positions pos..pos+n-1. If all_logits is non-NULL it receives
  * [n][vocab] fp32 logits of every position; the last position's logits are always available
  * through mtok_session_logits(). Fails with MTOK_EINPUT if pos+n exceeds the context limit. */

@@ -1,0 +1,60 @@
+/* cli.h — shared pieces of the mtok command: options common to every subcommand, and loading. */
+#ifndef MTOK_CLI_H
+#define MTOK_CLI_H
+
+#include <stdint.h>
+#include "mtok.h"
+
+/* Options every command understands (DESIGN.md §3). Subcommand-specific flags are parsed by the
+ * command itself through cli_opt(). */
+typedef struct {
+    const char *model;     /* -m DIR */
+    int threads;           /* --threads N */
+    int64_t ctx;           /* --ctx N */
+    int64_t chunk;         /* --chunk N (prefill chunk tokens) */
+    int64_t kv_block;      /* --kv-block N */
+    double rope_base;      /* --rope-base X */
+    int ignore_eos;        /* --ignore-eos */
+    int log_level;         /* -v / -q / --log-level N */
+    int no_simd;           /* --no-simd: scalar kernels */
+    /* sampling */
+    float temperature, top_p, rep_pen;
+    int top_k;
+    uint64_t seed;
+    int64_t n_gen;         /* -n N */
+} cli_common;
+
+/* Iterates argv; for each argument that is a common option consumes it and returns 1; returns 0 for
+ * an argument the caller must handle, -1 on a malformed value (message already printed). */
+int cli_common_opt(cli_common *o, int argc, char **argv, int *i);
+void cli_common_defaults(cli_common *o);
+/* Value of the option at argv[*i] (advances *i) or NULL with a usage message. */
+const char *cli_value(int argc, char **argv, int *i);
+int cli_parse_i64(const char *flag, const char *s, int64_t *out);
+int cli_parse_f64(const char *flag, const char *s, double *out);
+
+/* Prints "mtok: <message>" and returns the exit code for a library error code. */
+int cli_fail(int rc);
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Loads model + tokenizer and makes a session from the common options. */
+typedef struct {
+    mtok_model *model;
+    mtok_tokenizer *tok;
+    mtok_session *sess;
+} cli_loaded;
+int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L);
+void cli_unload(cli_loaded *L);
+
+/* Reads a whole file into a NUL-terminated buffer. */
+int cli_read_file(const char *path, char **data, size_t *len);
+
+int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
+#endif

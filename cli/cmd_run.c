@@ -1,0 +1,306 @@
+/* cmd_run.c — mtok generate, mtok chat, mtok demo. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static int stream_stdout(int32_t id, const char *text, size_t len, void *user) {
+    (void)id, (void)user;
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static int make_sampler(const cli_common *o, const mtok_model *m, mtok_sampler **s) {
+    mtok_sampler_params sp = {.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p,
+                              .repetition_penalty = o->rep_pen, .seed = o->seed};
+    return mtok_sampler_create(&sp, mtok_model_config(m)->vocab, s);
+}
+
+static void print_stats(const mtok_gen_stats *st) {
+    mtok_log(1, "prompt %lld tokens in %.2f s (%.1f tok/s); generated %lld tokens in %.2f s (%.2f tok/s)%s",
+             (long long)st->n_prompt, st->prefill_s, st->prefill_s > 0 ? (double)st->n_prompt / st->prefill_s : 0,
+             (long long)st->n_gen, st->decode_s, st->decode_s > 0 ? (double)st->n_gen / st->decode_s : 0,
+             st->stop_id >= 0 ? "" : " (length)");
+}
+
+/* ---- mtok generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [--tools F] [-n N] ---- */
+int cmd_generate(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    const char *prompt = NULL, *file = NULL, *system = NULL, *tools_file = NULL;
+    int chat = 0, no_prefix = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        const char *a = argv[i];
+        if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--no-prefix")) no_prefix = 1;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            if (!(prompt = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(a, "--system")) {
+            if (!(system = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(a, "--tools")) {
+            if (!(tools_file = cli_value(argc, argv, &i))) return 1;
+        } else
+            return cli_usage_error("generate: unknown option '%s'", a);
+    }
+    if (!o.model || (!prompt) == (!file)) return cli_usage_error("generate needs -m DIR and one of -p TEXT, -f FILE");
+    if ((system || tools_file) && !chat) return cli_usage_error("--system and --tools need --chat");
+
+    cli_loaded L;
+    mtok_sampler *smp = NULL;
+    mtok_ids ids = {0};
+    char *buf = NULL, *tools = NULL;
+    size_t len = 0, tlen;
+    mtok_gen_stats st;
+    int rc = cli_load(&o, 1, &L);
+    if (!rc && file) rc = cli_read_file(file, &buf, &len);
+    if (!rc && tools_file) rc = cli_read_file(tools_file, &tools, &tlen);
+    const char *text = file ? buf : prompt;
+    if (!rc && chat) {
+        mtok_message msgs[3];
+        size_t n = 0;
+        if (system || tools) msgs[n++] = (mtok_message){"system", NULL, system, tools};
+        msgs[n++] = (mtok_message){"user", NULL, text, NULL};
+        rc = mtok_chat_encode(L.tok, msgs, n, 1, &ids);
+    } else if (!rc) {
+        /* base-model convention (the reference tokenizer's encode): [gMASK]<sop> + text */
+        int32_t g = mtok_token_special(L.tok, "[gMASK]"), s = mtok_token_special(L.tok, "<sop>");
+        if (!no_prefix && g >= 0 && s >= 0) rc = mtok_ids_push(&ids, g), rc = rc ? rc : mtok_ids_push(&ids, s);
+        if (!rc) rc = mtok_tokenize(L.tok, text, file ? len : strlen(text), 0, &ids);
+    }
+    if (!rc) rc = make_sampler(&o, L.model, &smp);
+    if (!rc) {
+        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = o.ignore_eos};
+        mtok_ids out = {0};
+        rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, stream_stdout, NULL, &out, &st);
+        if (!rc) {
+            putchar('\n');
+            print_stats(&st);
+            char *reply = mtok_detokenize(L.tok, out.v, out.n);
+            mtok_reply r;
+            if (chat && reply && mtok_reply_parse(reply, &r) == 0) {
+                if (r.is_tool_call) printf("tool call: %s %s\n", r.name, r.arguments);
+                mtok_reply_free(&r);
+            }
+            free(reply);
+        }
+        mtok_ids_free(&out);
+    }
+    mtok_sampler_free(smp);
+    mtok_ids_free(&ids);
+    free(buf);
+    free(tools);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- mtok chat: the conversation is re-encoded every turn and only the tokens after the longest
+ * prefix already in the KV cache are prefilled, so earlier turns cost nothing again. ---- */
+typedef struct {
+    mtok_message *m;
+    size_t n, cap;
+} msg_list;
+
+static int msg_add(msg_list *l, const char *role, const char *meta, const char *content, const char *tools) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        mtok_message *m = realloc(l->m, cap * sizeof *m);
+        if (!m) return mtok_err(MTOK_ERESOURCE, "out of memory in chat history");
+        l->m = m, l->cap = cap;
+    }
+    l->m[l->n++] = (mtok_message){role, meta ? strdup(meta) : NULL, content ? strdup(content) : NULL,
+                                  tools ? strdup(tools) : NULL};
+    return 0;
+}
+static void msg_free(msg_list *l) {
+    for (size_t i = 0; i < l->n; i++)
+        free((char *)l->m[i].metadata), free((char *)l->m[i].content), free((char *)l->m[i].tools_json);
+    free(l->m);
+}
+
+static char *read_line(const char *prompt) {
+    if (isatty(0)) fputs(prompt, stdout), fflush(stdout);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    return line;
+}
+
+/* One assistant turn: encode the conversation, reuse the cached prefix, generate, record the reply. */
+static int chat_turn(cli_loaded *L, mtok_sampler *smp, const cli_common *o, msg_list *h, mtok_ids *fed,
+                     int *tool_call) {
+    mtok_ids ids = {0}, out = {0};
+    int rc = mtok_chat_encode(L->tok, h->m, h->n, 1, &ids);
+    size_t common = 0;
+    while (!rc && common < fed->n && common < ids.n && fed->v[common] == ids.v[common]) common++;
+    if (!rc && common == ids.n) common--; /* at least one token must run to produce logits */
+    if (!rc) rc = mtok_session_truncate(L->sess, (int64_t)common);
+    fed->n = common;
+    mtok_gen_stats st;
+    mtok_gen_params gp = {.max_new = o->n_gen, .ignore_eos = o->ignore_eos};
+    if (!rc) rc = mtok_generate(L->sess, L->tok, smp, ids.v + common, ids.n - common, &gp, stream_stdout, NULL,
+                                &out, &st);
+    if (!rc) {
+        putchar('\n');
+        print_stats(&st);
+        /* what the session now holds: the prompt plus every generated token that was fed back */
+        rc = mtok_ids_append(fed, ids.v + common, ids.n - common);
+        if (!rc) rc = mtok_ids_append(fed, out.v, out.n);
+        if (!rc && (int64_t)fed->n > mtok_session_pos(L->sess)) fed->n = (size_t)mtok_session_pos(L->sess);
+    }
+    char *reply = rc ? NULL : mtok_detokenize(L->tok, out.v, out.n);
+    mtok_reply r = {0};
+    if (reply && !(rc = mtok_reply_parse(reply, &r))) {
+        *tool_call = r.is_tool_call;
+        if (r.is_tool_call) {
+            printf("[tool call] %s %s\n", r.name, r.arguments);
+            rc = msg_add(h, "assistant", r.name, r.arguments, NULL);
+        } else {
+            rc = msg_add(h, "assistant", NULL, r.content, NULL);
+        }
+        mtok_reply_free(&r);
+    }
+    free(reply);
+    mtok_ids_free(&ids);
+    mtok_ids_free(&out);
+    return rc;
+}
+
+int cmd_chat(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    o.n_gen = 512;
+    const char *system = NULL, *tools_file = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--system")) {
+            if (!(system = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--tools")) {
+            if (!(tools_file = cli_value(argc, argv, &i))) return 1;
+        } else
+            return cli_usage_error("chat: unknown option '%s'", argv[i]);
+    }
+    if (!o.model) return cli_usage_error("chat needs -m DIR");
+    cli_loaded L;
+    mtok_sampler *smp = NULL;
+    msg_list h = {0};
+    mtok_ids fed = {0};
+    char *tools = NULL;
+    size_t tlen;
+    int rc = cli_load(&o, 1, &L);
+    if (!rc && tools_file) rc = cli_read_file(tools_file, &tools, &tlen);
+    if (!rc) rc = make_sampler(&o, L.model, &smp);
+    if (!rc && (system || tools)) rc = msg_add(&h, "system", NULL, system, tools);
+    if (!rc && isatty(0)) fputs("mtok chat: type a message; /reset clears the history, /exit or EOF quits\n", stdout);
+    while (!rc) {
+        char *line = read_line("> ");
+        if (!line || !strcmp(line, "/exit")) {
+            free(line);
+            break;
+        }
+        if (!strcmp(line, "/reset")) {
+            size_t keep = (h.n && !strcmp(h.m[0].role, "system")) ? 1 : 0;
+            for (size_t i = keep; i < h.n; i++)
+                free((char *)h.m[i].metadata), free((char *)h.m[i].content), free((char *)h.m[i].tools_json);
+            h.n = keep;
+            free(line);
+            continue;
+        }
+        rc = msg_add(&h, "user", NULL, line, NULL);
+        free(line);
+        int tool_call = 0;
+        if (!rc) rc = chat_turn(&L, smp, &o, &h, &fed, &tool_call);
+        /* a tool call is answered with an observation, then the model continues */
+        while (!rc && tool_call) {
+            char *obs = read_line("observation> ");
+            if (!obs) break;
+            rc = msg_add(&h, "observation", NULL, obs, NULL);
+            free(obs);
+            if (!rc) rc = chat_turn(&L, smp, &o, &h, &fed, &tool_call);
+        }
+    }
+    msg_free(&h);
+    mtok_ids_free(&fed);
+    free(tools);
+    mtok_sampler_free(smp);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- mtok demo: synthesize glm4-tiny (once) and generate from it ---- */
+int cmd_demo(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    o.n_gen = 48;
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--dir")) {
+            if (!(dir = cli_value(argc, argv, &i))) return 1;
+        } else
+            return cli_usage_error("demo: unknown option '%s'", argv[i]);
+    }
+    char path[4096], cfg[4200];
+    if (!dir) {
+        const char *base = getenv("XDG_CACHE_HOME");
+        if (base && *base) snprintf(path, sizeof path, "%s/mtok/glm4-tiny", base);
+        else snprintf(path, sizeof path, "%s/.cache/mtok/glm4-tiny", getenv("HOME") ? getenv("HOME") : ".");
+        dir = path;
+    }
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (access(cfg, F_OK) != 0) {
+        printf("synthesizing the glm4-tiny model in %s ...\n", dir);
+        mtok_synth_params sp = {.preset = "glm4-tiny", .out_dir = dir, .naming = MTOK_NAMING_CHATGLM, .shards = 2,
+                                .seed = 1, .dtype = MTOK_BF16};
+        int rc = mtok_synth(&sp);
+        if (rc) return cli_fail(rc);
+    }
+    o.model = dir;
+    cli_loaded L;
+    mtok_sampler *smp = NULL;
+    mtok_ids ids = {0}, out = {0};
+    mtok_gen_stats st;
+    const char *prompt = "Once upon a time, in a quiet village by the sea,";
+    int rc = cli_load(&o, 1, &L);
+    if (!rc) rc = make_sampler(&o, L.model, &smp);
+    mtok_message msg = {"user", NULL, prompt, NULL};
+    if (!rc) rc = mtok_chat_encode(L.tok, &msg, 1, 1, &ids);
+    if (!rc) {
+        const mtok_config *c = mtok_model_config(L.model);
+        printf("model: glm4-tiny (synthetic weights: the text is noise, the machinery is real)\n");
+        printf("  %lld layers, hidden %lld, %lld heads x %lld, %lld KV groups, RoPE base %g\n", (long long)c->n_layers,
+               (long long)c->hidden, (long long)c->n_heads, (long long)c->head_dim, (long long)c->n_kv_groups,
+               c->rope_base);
+        printf("prompt (chat template, %zu tokens): %s\n---\n", ids.n, prompt);
+        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = 1};
+        rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, stream_stdout, NULL, &out, &st);
+    }
+    if (!rc) {
+        printf("\n---\nprefill %.1f tok/s, decode %.1f tok/s (%lld tokens)\n",
+               st.prefill_s > 0 ? (double)st.n_prompt / st.prefill_s : 0,
+               st.decode_s > 0 ? (double)st.n_gen / st.decode_s : 0, (long long)st.n_gen);
+    }
+    mtok_ids_free(&ids);
+    mtok_ids_free(&out);
+    mtok_sampler_free(smp);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}

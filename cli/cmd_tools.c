@@ -1,0 +1,234 @@
+/* cmd_tools.c — mtok tokenize, logits, info, synth. */
+#include <errno.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "../kernels/kernels.h"
+
+/* ---- mtok tokenize -m DIR (--text T | --text-file F) [--special] ---- */
+int cmd_tokenize(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    const char *text = NULL, *file = NULL;
+    int special = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--text")) {
+            if (!(text = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--text-file")) {
+            if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--special")) {
+            special = 1;
+        } else
+            return cli_usage_error("tokenize: unknown option '%s'", argv[i]);
+    }
+    if (!o.model || (!text) == (!file)) return cli_usage_error("tokenize needs -m DIR and one of --text, --text-file");
+    mtok_tokenizer *tok = NULL;
+    char *buf = NULL;
+    size_t len = text ? strlen(text) : 0;
+    mtok_ids ids = {0};
+    int rc = mtok_tokenizer_load(o.model, &tok);
+    if (!rc && file) rc = cli_read_file(file, &buf, &len);
+    if (!rc) rc = mtok_tokenize(tok, file ? buf : text, len, special, &ids);
+    if (!rc) {
+        putchar('[');
+        for (size_t i = 0; i < ids.n; i++) printf(i ? ", %d" : "%d", ids.v[i]);
+        puts("]");
+    }
+    mtok_ids_free(&ids);
+    free(buf);
+    mtok_tokenizer_free(tok);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* Parses "1,2,3" into ids. */
+static int parse_token_list(const char *s, mtok_ids *out) {
+    while (*s) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX)
+            return mtok_err(MTOK_EUSAGE, "--tokens: expected comma-separated ids, got '%.20s'", s);
+        int rc = mtok_ids_push(out, (int32_t)v);
+        if (rc) return rc;
+        s = end;
+        while (*s == ',' || *s == ' ' || *s == '\n') s++;
+    }
+    return 0;
+}
+
+/* Writes a float32 [rows][cols] array in NumPy .npy format (v1.0), atomically. */
+static int write_npy(const char *path, const float *data, int64_t rows, int64_t cols) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                     (long long)rows, (long long)cols);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    uint16_t hlen = (uint16_t)(n + pad + 1);
+    int ok = fwrite("\x93NUMPY\x01\x00", 1, 8, f) == 8 && fwrite(&hlen, 2, 1, f) == 1 &&
+             fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
+    for (int i = 0; ok && i < pad; i++) ok = fputc(' ', f) != EOF;
+    ok = ok && fputc('\n', f) != EOF;
+    ok = ok && fwrite(data, sizeof(float), (size_t)(rows * cols), f) == (size_t)(rows * cols);
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path)) {
+        unlink(tmp);
+        return mtok_err(MTOK_ERESOURCE, "%s: write failed (%s)", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* ---- mtok logits -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy ---- */
+int cmd_logits(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    const char *tokens = NULL, *file = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--tokens")) {
+            if (!(tokens = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--text-file")) {
+            if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--out")) {
+            if (!(out = cli_value(argc, argv, &i))) return 1;
+        } else
+            return cli_usage_error("logits: unknown option '%s'", argv[i]);
+    }
+    if (!o.model || !out || (!tokens) == (!file))
+        return cli_usage_error("logits needs -m DIR, --out F.npy and one of --tokens, --text-file");
+    cli_loaded L;
+    mtok_ids ids = {0};
+    char *buf = NULL;
+    size_t len;
+    float *logits = NULL;
+    int rc = cli_load(&o, file != NULL, &L);
+    if (!rc && tokens) rc = parse_token_list(tokens, &ids);
+    if (!rc && file) rc = cli_read_file(file, &buf, &len);
+    if (!rc && file) rc = mtok_tokenize(L.tok, buf, len, 0, &ids);
+    if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "logits: no tokens to run");
+    int64_t V = rc ? 0 : mtok_model_config(L.model)->vocab;
+    if (!rc && !(logits = malloc((size_t)ids.n * (size_t)V * sizeof(float))))
+        rc = mtok_err(MTOK_ERESOURCE, "logits: out of memory for %zu x %lld floats", ids.n, (long long)V);
+    if (!rc) rc = mtok_forward(L.sess, ids.v, (int64_t)ids.n, logits);
+    if (!rc) rc = write_npy(out, logits, (int64_t)ids.n, V);
+    if (!rc) mtok_log(1, "wrote %s: [%zu, %lld] float32", out, ids.n, (long long)V);
+    free(logits);
+    free(buf);
+    mtok_ids_free(&ids);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* io_uring availability: probe the syscall directly (no ring is kept). */
+static const char *io_uring_status(void) {
+#ifdef SYS_io_uring_setup
+    unsigned char params[120] = {0};
+    long fd = syscall(SYS_io_uring_setup, 1, params);
+    if (fd >= 0) {
+        close((int)fd);
+        return "available";
+    }
+    return errno == ENOSYS ? "unavailable (kernel without io_uring)"
+           : errno == EPERM ? "unavailable (blocked: io_uring_disabled or seccomp)"
+                            : "unavailable";
+#else
+    return "unavailable (no syscall number)";
+#endif
+}
+
+/* ---- mtok info [-m DIR] ---- */
+int cmd_info(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (!r) return cli_usage_error("info: unknown option '%s'", argv[i]);
+    }
+    printf("mtok %s\n", MTOK_VERSION);
+    printf("backends: cpu (%s kernels, %d OpenMP threads)\n", mk_have_avx2() ? "avx2+fma" : "scalar",
+           o.threads ? o.threads : omp_get_max_threads());
+    printf("not built: cuda, nccl, mpi\n");
+    printf("io_uring: %s\n", io_uring_status());
+    printf("cpus: %ld online\n", sysconf(_SC_NPROCESSORS_ONLN));
+    if (!o.model) return 0;
+    mtok_model *m = NULL;
+    mtok_tokenizer *t = NULL;
+    mtok_load_params lp = {.rope_base = o.rope_base};
+    int rc = mtok_model_load(o.model, &lp, &m);
+    if (rc) return cli_fail(rc);
+    const mtok_config *c = mtok_model_config(m);
+    printf("model: %s (%s naming)\n", o.model, c->naming == MTOK_NAMING_HF ? "hf" : "chatglm");
+    printf("  layers %lld, hidden %lld, heads %lld x %lld, kv groups %lld, ffn %lld, vocab %lld\n",
+           (long long)c->n_layers, (long long)c->hidden, (long long)c->n_heads, (long long)c->head_dim,
+           (long long)c->n_kv_groups, (long long)c->ffn, (long long)c->vocab);
+    printf("  rope: %lld of %lld dims, base %g (config says %g), context %lld\n", (long long)c->rope_dim,
+           (long long)c->head_dim, c->rope_base, c->rope_base_config, (long long)c->max_ctx);
+    printf("  weights: %s, %.3f GB mapped; KV %lld bytes/token (bf16)\n", mtok_dtype_name(c->dtype),
+           (double)mtok_model_weight_bytes(m) / 1e9, (long long)(2 * c->n_layers * c->n_kv_groups * c->head_dim * 2));
+    printf("  fingerprint %016llx\n", (unsigned long long)mtok_model_fingerprint(m));
+    printf("  stop ids:");
+    for (int i = 0; i < c->n_eos; i++) printf(" %d", c->eos_ids[i]);
+    putchar('\n');
+    rc = mtok_tokenizer_load(o.model, &t);
+    if (!rc) printf("tokenizer: %lld ids\n", (long long)mtok_tokenizer_n_vocab(t));
+    else printf("tokenizer: none (%s)\n", mtok_errmsg());
+    mtok_tokenizer_free(t);
+    mtok_model_free(m);
+    return 0;
+}
+
+/* ---- mtok synth --preset NAME --out DIR [--naming chatglm|hf] [--shards N] [--seed S] [--dtype D] ---- */
+int cmd_synth(int argc, char **argv) {
+    mtok_synth_params p = {.naming = MTOK_NAMING_CHATGLM, .shards = 0, .seed = 1, .dtype = MTOK_BF16};
+    cli_common o;
+    cli_common_defaults(&o);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int64_t n;
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(a, "--list")) {
+            fputs(mtok_synth_presets(), stdout);
+            return 0;
+        }
+        if (!(v = cli_value(argc, argv, &i))) return 1;
+        if (!strcmp(a, "--preset")) p.preset = v;
+        else if (!strcmp(a, "--out")) p.out_dir = v;
+        else if (!strcmp(a, "--naming")) {
+            if (!strcmp(v, "chatglm")) p.naming = MTOK_NAMING_CHATGLM;
+            else if (!strcmp(v, "hf")) p.naming = MTOK_NAMING_HF;
+            else return cli_usage_error("--naming must be chatglm or hf");
+        } else if (!strcmp(a, "--shards")) {
+            if (cli_parse_i64(a, v, &n) || n < 1) return cli_usage_error("--shards must be >= 1");
+            p.shards = (int)n;
+        } else if (!strcmp(a, "--seed")) {
+            if (cli_parse_i64(a, v, &n)) return 1;
+            p.seed = (uint64_t)n;
+        } else if (!strcmp(a, "--dtype")) {
+            if (!strcmp(v, "bf16")) p.dtype = MTOK_BF16;
+            else if (!strcmp(v, "f16")) p.dtype = MTOK_F16;
+            else if (!strcmp(v, "f32")) p.dtype = MTOK_F32;
+            else return cli_usage_error("--dtype must be bf16, f16 or f32");
+        } else
+            return cli_usage_error("synth: unknown option '%s'", a);
+    }
+    if (!p.preset || !p.out_dir) return cli_usage_error("synth needs --preset NAME and --out DIR (--list for presets)");
+    int rc = mtok_synth(&p);
+    if (rc) return cli_fail(rc);
+    printf("%s\n", p.out_dir);
+    return 0;
+}

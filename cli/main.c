@@ -1,0 +1,214 @@
+/* main.c — the mtok command: dispatch to subcommands, common options, loading helpers.
+ * Exit codes (DESIGN.md §3): 0 success, 1 usage, 2 bad input, 3 resource. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "../kernels/kernels.h"
+
+static const char USAGE[] =
+    "usage: mtok COMMAND [options]\n"
+    "commands:\n"
+    "  generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [-n N] [sampling]   stream a continuation\n"
+    "  chat     -m DIR [--system S] [--tools FILE.json]     interactive multi-turn chat (GLM-4 template)\n"
+    "  tokenize -m DIR (--text T | --text-file F) [--special]   print ids as one JSON array\n"
+    "  logits   -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy   fp32 logits of every position\n"
+    "  synth    --preset NAME --out DIR [--naming chatglm|hf] [--shards N] [--seed S] [--dtype bf16|f16|f32]\n"
+    "  info     [-m DIR]                                     version, backends, model summary\n"
+    "  demo     [--dir DIR]                                  synthesize a small model and generate from it\n"
+    "common options:\n"
+    "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
+    "  -v | -q | --log-level N\n"
+    "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";
+
+int cli_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("mtok: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (mtok --help for usage)\n", stderr);
+    va_end(ap);
+    return 1;
+}
+
+int cli_fail(int rc) {
+    fprintf(stderr, "mtok: %s\n", mtok_errmsg());
+    switch (rc) {
+    case MTOK_EUSAGE: return 1;
+    case MTOK_EINPUT: return 2;
+    case MTOK_ERESOURCE: return 3;
+    default: return 4;
+    }
+}
+
+const char *cli_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        cli_usage_error("option %s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int cli_parse_i64(const char *flag, const char *s, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    int64_t mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024, end++;
+    else if (*end == 'M') mul = 1024 * 1024, end++;
+    else if (*end == 'G') mul = 1024LL * 1024 * 1024, end++;
+    if (errno || end == s || *end) return cli_usage_error("%s: '%s' is not an integer", flag, s), -1;
+    *out = (int64_t)v * mul;
+    return 0;
+}
+
+int cli_parse_f64(const char *flag, const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end) return cli_usage_error("%s: '%s' is not a number", flag, s), -1;
+    *out = v;
+    return 0;
+}
+
+void cli_common_defaults(cli_common *o) {
+    memset(o, 0, sizeof *o);
+    o->log_level = 1;
+    o->temperature = 0.0f; /* greedy unless asked: reproducible by default */
+    o->top_p = 1.0f;
+    o->rep_pen = 1.0f;
+    o->seed = 42;
+    o->n_gen = 128;
+}
+
+int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    int64_t n;
+    double d;
+#define VAL() \
+    if (!(v = cli_value(argc, argv, i))) return -1
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        VAL();
+        o->model = v;
+    } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n) || n < 1) return n < 1 ? cli_usage_error("--threads must be >= 1"), -1 : -1;
+        o->threads = (int)n;
+    } else if (!strcmp(a, "--ctx") || !strcmp(a, "--chunk") || !strcmp(a, "--kv-block") || !strcmp(a, "-n") ||
+               !strcmp(a, "--max-new") || !strcmp(a, "--top-k")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        if (n < (strcmp(a, "--top-k") ? 1 : 0)) return cli_usage_error("%s must be positive", a), -1;
+        if (!strcmp(a, "--ctx")) o->ctx = n;
+        else if (!strcmp(a, "--chunk")) o->chunk = n;
+        else if (!strcmp(a, "--kv-block")) o->kv_block = n;
+        else if (!strcmp(a, "--top-k")) o->top_k = (int)n;
+        else o->n_gen = n;
+    } else if (!strcmp(a, "--rope-base") || !strcmp(a, "--temperature") || !strcmp(a, "--temp") ||
+               !strcmp(a, "--top-p") || !strcmp(a, "--repetition-penalty")) {
+        VAL();
+        if (cli_parse_f64(a, v, &d)) return -1;
+        if (!strcmp(a, "--rope-base")) {
+            if (d <= 0) return cli_usage_error("--rope-base must be positive"), -1;
+            o->rope_base = d;
+        } else if (!strcmp(a, "--top-p")) o->top_p = (float)d;
+        else if (!strcmp(a, "--repetition-penalty")) o->rep_pen = (float)d;
+        else o->temperature = (float)d;
+    } else if (!strcmp(a, "--seed")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        o->seed = (uint64_t)n;
+    } else if (!strcmp(a, "--ignore-eos")) {
+        o->ignore_eos = 1;
+    } else if (!strcmp(a, "--no-simd")) {
+        o->no_simd = 1;
+    } else if (!strcmp(a, "-v")) {
+        o->log_level = 2;
+    } else if (!strcmp(a, "-q")) {
+        o->log_level = 0;
+    } else if (!strcmp(a, "--log-level")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        o->log_level = (int)n;
+    } else {
+        return 0;
+    }
+#undef VAL
+    mtok_set_log_level(o->log_level);
+    mk_force_scalar(o->no_simd);
+    return 1;
+}
+
+int cli_read_file(const char *path, char **data, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    for (;;) {
+        if (!b) {
+            fclose(f);
+            return mtok_err(MTOK_ERESOURCE, "%s: out of memory reading the file", path);
+        }
+        n += fread(b + n, 1, cap - n - 1, f);
+        if (n < cap - 1) break;
+        cap *= 2;
+        char *nb = realloc(b, cap);
+        if (!nb) free(b);
+        b = nb;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(b);
+        return mtok_err(MTOK_EINPUT, "%s: read error", path);
+    }
+    b[n] = 0;
+    *data = b;
+    *len = n;
+    return 0;
+}
+
+int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
+    memset(L, 0, sizeof *L);
+    if (!o->model) return mtok_err(MTOK_EUSAGE, "no model: pass -m DIR (a checkpoint directory)");
+    mtok_load_params lp = {.rope_base = o->rope_base};
+    int rc = mtok_model_load(o->model, &lp, &L->model);
+    if (!rc && need_tokenizer) rc = mtok_tokenizer_load(o->model, &L->tok);
+    if (!rc) {
+        mtok_session_params sp = {.ctx = o->ctx, .threads = o->threads, .prefill_chunk = o->chunk,
+                                  .kv_block = o->kv_block};
+        rc = mtok_session_create(L->model, &sp, &L->sess);
+    }
+    if (rc) cli_unload(L);
+    return rc;
+}
+
+void cli_unload(cli_loaded *L) {
+    mtok_session_free(L->sess);
+    mtok_tokenizer_free(L->tok);
+    mtok_model_free(L->model);
+    memset(L, 0, sizeof *L);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("mtok %s\n", MTOK_VERSION);
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat},   {"tokenize", cmd_tokenize},
+                {"logits", cmd_logits},     {"info", cmd_info},   {"synth", cmd_synth},
+                {"demo", cmd_demo}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+    return cli_usage_error("unknown command '%s'", argv[1]);
+}
