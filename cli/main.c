@@ -27,7 +27,7 @@ static const char USAGE[] =
 int cli_usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("mtok: ", stderr);
+    fputs("mtok: error: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputs(" (mtok --help for usage)\n", stderr);
     va_end(ap);
@@ -35,7 +35,7 @@ int cli_usage_error(const char *fmt, ...) {
 }
 
 int cli_fail(int rc) {
-    fprintf(stderr, "mtok: %s\n", mtok_errmsg());
+    fprintf(stderr, "mtok: error: %s\n", mtok_errmsg());
     switch (rc) {
     case MTOK_EUSAGE: return 1;
     case MTOK_EINPUT: return 2;

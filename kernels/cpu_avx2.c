@@ -1,0 +1,595 @@
+/* cpu_avx2.c — AVX2 + FMA + F16C kernels. Compiled alone with -mavx2 -mfma -mf16c -O3 and only
+ * reached through cpu_dispatch.c after a CPU check, so nothing here may run on other CPUs.
+ *
+ * All arithmetic is fp32 with fp32 accumulation. Weights stay in their stored dtype (bf16 mostly)
+ * and are widened in registers: bf16 -> fp32 is a zero-extend and a 16-bit shift, f16 uses F16C. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "cpu_internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- loads and reductions ---- */
+
+/* Elements i..i+7 of a row in dtype dt as fp32. dt is a constant wherever this is inlined, so the
+ * switch folds away. */
+INLINE __m256 load8(const void *p, int64_t i, mtok_dtype dt) {
+    switch (dt) {
+    case MTOK_BF16: {
+        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case MTOK_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    case MTOK_F32: break;
+    }
+    return _mm256_loadu_ps((const float *)p + i);
+}
+
+INLINE float load1(const void *p, int64_t i, mtok_dtype dt) {
+    switch (dt) {
+    case MTOK_BF16: return mk_bf16_to_f32(((const uint16_t *)p)[i]);
+    case MTOK_F16: return _cvtsh_ss(((const uint16_t *)p)[i]);
+    case MTOK_F32: break;
+    }
+    return ((const float *)p)[i];
+}
+
+INLINE float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* [sum(a), sum(b), sum(c), sum(d)] */
+INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* [sum(r[0]), ..., sum(r[7])] */
+INLINE __m256 hsum8(const __m256 r[8]) {
+    const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
+    const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+/* exp(x) for 8 lanes, ~2 ulp (Cephes expf polynomial). Inputs below -87.3 give exactly 0 and
+ * inputs above 88 give exp(88) instead of overflowing: callers only need exp(<= 0) and silu. */
+INLINE __m256 exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    /* operand order matters: max/min return their second operand for NaN, so NaN passes through */
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(lo, x));
+    /* x = n*ln2 + r, |r| <= ln2/2, with ln2 split in two so that n*ln2_hi is exact */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n built in the exponent field; n is in [-126, 127], so it is always a normal number */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+/* ---- matmul: few tokens (GEMV and small batches), straight from the stored weights ----
+ * R (4 or 1) weight rows against MT (1..3) tokens: each weight vector is loaded and widened once
+ * and used for MT FMAs; x rows come from L1. With one token the K loop is unrolled twice so that
+ * 8 independent accumulators cover the FMA latency. */
+INLINE void rows_kernel(int R, int MT, float *y, int64_t ldy, const float *x, int64_t ldx, const void *w,
+                        int64_t K, int64_t o, mtok_dtype dt, const float *bias) {
+    const int U = MT == 1 ? 2 : 1;
+    __m256 acc[2][3][4];
+    for (int u = 0; u < 2; u++)
+        for (int t = 0; t < 3; t++)
+            for (int r = 0; r < 4; r++) acc[u][t][r] = _mm256_setzero_ps();
+    const int64_t base = o * K;
+    int64_t i = 0;
+    for (; i + 8 * U <= K; i += 8 * U)
+        for (int u = 0; u < U; u++) {
+            /* x vectors first, then one weight vector at a time: 4*MT accumulators + MT + 1 <= 16
+             * registers, so nothing spills (a spilled accumulator costs a store-forward per FMA) */
+            __m256 xv[3];
+            for (int t = 0; t < MT; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + i + 8 * u);
+            for (int r = 0; r < R; r++) {
+                const __m256 wv = load8(w, base + r * K + i + 8 * u, dt);
+                for (int t = 0; t < MT; t++) acc[u][t][r] = _mm256_fmadd_ps(wv, xv[t], acc[u][t][r]);
+            }
+        }
+    if (U == 2 && i + 8 <= K) { /* one 8-wide step left over from the 2x unroll */
+        for (int r = 0; r < R; r++) {
+            const __m256 wv = load8(w, base + r * K + i, dt);
+            acc[0][0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), acc[0][0][r]);
+        }
+        i += 8;
+    }
+    for (int t = 0; t < MT; t++) {
+        float s[4];
+        if (R == 4) {
+            __m256 a[4];
+            for (int r = 0; r < 4; r++) a[r] = U == 2 ? _mm256_add_ps(acc[0][t][r], acc[1][t][r]) : acc[0][t][r];
+            _mm_storeu_ps(s, hsum4(a[0], a[1], a[2], a[3]));
+        } else {
+            s[0] = hsum(U == 2 ? _mm256_add_ps(acc[0][t][0], acc[1][t][0]) : acc[0][t][0]);
+        }
+        for (int r = 0; r < R; r++) {
+            for (int64_t j = i; j < K; j++) s[r] += x[t * ldx + j] * load1(w, base + r * K + j, dt);
+            y[t * ldy + o + r] = s[r] + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+/* Rows [r0, r1) of y for every token, 3 tokens at a time (12 accumulators). */
+INLINE void matmul_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                        const mk_tensor *b, int64_t r0, int64_t r1, mtok_dtype dt) {
+    const int64_t K = W->cols;
+    int64_t o = r0;
+    for (; o + 4 <= r1; o += 4) {
+        float bias[4] = {0, 0, 0, 0};
+        if (b)
+            for (int r = 0; r < 4; r++) bias[r] = mk_get(b, o + r);
+        for (int64_t t = 0, mt; t < n_tok; t += mt) {
+            float *yt = y + t * ldy;
+            const float *xt = x + t * ldx;
+            mt = n_tok - t == 4 ? 2 : n_tok - t < 3 ? n_tok - t : 3; /* 4 tokens as 2+2, not 3+1 */
+            switch (mt) {
+            case 1: rows_kernel(4, 1, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
+            case 2: rows_kernel(4, 2, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
+            default: rows_kernel(4, 3, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
+            }
+        }
+    }
+    for (; o < r1; o++) {
+        const float bias = b ? mk_get(b, o) : 0.0f;
+        for (int64_t t = 0; t < n_tok; t++) rows_kernel(1, 1, y + t * ldy, ldy, x + t * ldx, ldx, W->data, K, o, dt, &bias);
+    }
+}
+
+static void matmul_rows_bf16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
+                             const mk_tensor *b, int64_t r0, int64_t r1) {
+    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_BF16);
+}
+static void matmul_rows_f16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
+                            const mk_tensor *b, int64_t r0, int64_t r1) {
+    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_F16);
+}
+static void matmul_rows_f32(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
+                            const mk_tensor *b, int64_t r0, int64_t r1) {
+    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_F32);
+}
+
+static void matmul_rows_any(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
+                            const mk_tensor *b, int64_t r0, int64_t r1) {
+    switch (W->dtype) {
+    case MTOK_BF16: matmul_rows_bf16(y, ldy, x, ldx, n, W, b, r0, r1); break;
+    case MTOK_F16: matmul_rows_f16(y, ldy, x, ldx, n, W, b, r0, r1); break;
+    case MTOK_F32: matmul_rows_f32(y, ldy, x, ldx, n, W, b, r0, r1); break;
+    }
+}
+
+/* ---- matmul: prefill GEMM on packed fp32 weight tiles ----
+ * A 16-row x KC-column slice of W is widened to fp32 once and stored transposed, [KC][16], so that
+ * one k step of the micro-kernel reads 16 consecutive outputs' weights with two aligned loads. The
+ * micro-kernel keeps a 6-token x 16-output tile of y in 12 registers: per k it broadcasts x[t][k]
+ * for its 6 tokens and issues 12 FMAs for 8 loads, which keeps both FMA ports busy. A block of
+ * NCP panels (NCP*16 outputs x KC, 128 KiB, L2-resident) is packed once and reused by every token. */
+#ifndef MM_KC
+#define MM_KC 256
+#endif
+#ifndef MM_NCP
+#define MM_NCP 8
+#endif
+#ifndef MM_ORDER
+#define MM_ORDER 0
+#endif
+#define MM_MR 6
+#define MM_PACK_FLOATS ((size_t)MM_NCP * MM_KC * 16)
+
+/* Packing scratch: one fixed-size buffer per thread (OpenMP keeps its threads, so this allocates
+ * once per thread, not per call). */
+static _Thread_local float *tl_pack;
+
+static float *pack_buffer(void) {
+    if (!tl_pack) tl_pack = aligned_alloc(64, MM_PACK_FLOATS * sizeof(float));
+    return tl_pack;
+}
+
+/* 8x8 transpose of r[0..7] (rows) stored as 8 rows of dst with stride 16 floats. */
+INLINE void transpose8_store(float *dst, __m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_store_ps(dst + 0 * 16, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(dst + 1 * 16, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(dst + 2 * 16, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(dst + 3 * 16, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(dst + 4 * 16, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(dst + 5 * 16, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(dst + 6 * 16, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(dst + 7 * 16, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* wp[k][j] = W[o0 + j][k0 + k] as fp32 for k < kc, j < 16; rows past N are zero. */
+INLINE void pack_panel(float *wp, const void *w, int64_t K, int64_t N, int64_t o0, int64_t k0, int64_t kc,
+                       mtok_dtype dt) {
+    for (int half = 0; half < 2; half++) {
+        const int64_t r = o0 + 8 * half;
+        float *dst = wp + 8 * half;
+        int64_t k = 0;
+        if (r + 8 <= N)
+            for (; k + 8 <= kc; k += 8) {
+                __m256 v[8];
+                for (int j = 0; j < 8; j++) v[j] = load8(w, (r + j) * K + k0 + k, dt);
+                transpose8_store(dst + k * 16, v);
+            }
+        for (; k < kc; k++)
+            for (int j = 0; j < 8; j++) dst[k * 16 + j] = r + j < N ? load1(w, (r + j) * K + k0 + k, dt) : 0.0f;
+    }
+}
+
+static void pack_panel_any(float *wp, const mk_tensor *W, int64_t o0, int64_t k0, int64_t kc) {
+    switch (W->dtype) {
+    case MTOK_BF16: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_BF16); break;
+    case MTOK_F16: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_F16); break;
+    case MTOK_F32: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_F32); break;
+    }
+}
+
+/* c[t][0..16) (row stride ldc) = init (16 floats) or c itself, + sum_k x[t][k] * wp[k][0..16). */
+INLINE void ukernel(int mr, int64_t kc, const float *wp, const float *x, int64_t ldx, float *c, int64_t ldc,
+                    const float *init) {
+    __m256 c0[MM_MR], c1[MM_MR];
+    const float *xr[MM_MR];
+    for (int t = 0; t < MM_MR; t++) {
+        xr[t] = x + (t < mr ? t : 0) * ldx;
+        if (t >= mr) {
+            c0[t] = c1[t] = _mm256_setzero_ps();
+        } else if (init) {
+            c0[t] = _mm256_load_ps(init);
+            c1[t] = _mm256_load_ps(init + 8);
+        } else {
+            c0[t] = _mm256_loadu_ps(c + t * ldc);
+            c1[t] = _mm256_loadu_ps(c + t * ldc + 8);
+        }
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const __m256 w0 = _mm256_load_ps(wp + 16 * k), w1 = _mm256_load_ps(wp + 16 * k + 8);
+        for (int t = 0; t < mr; t++) {
+            const __m256 a = _mm256_broadcast_ss(xr[t] + k);
+            c0[t] = _mm256_fmadd_ps(a, w0, c0[t]);
+            c1[t] = _mm256_fmadd_ps(a, w1, c1[t]);
+        }
+    }
+    for (int t = 0; t < mr; t++) {
+        _mm256_storeu_ps(c + t * ldc, c0[t]);
+        _mm256_storeu_ps(c + t * ldc + 8, c1[t]);
+    }
+}
+
+static void ukernel_any(int mr, int64_t kc, const float *wp, const float *x, int64_t ldx, float *c, int64_t ldc,
+                        const float *init) {
+    switch (mr) {
+    case 1: ukernel(1, kc, wp, x, ldx, c, ldc, init); break;
+    case 2: ukernel(2, kc, wp, x, ldx, c, ldc, init); break;
+    case 3: ukernel(3, kc, wp, x, ldx, c, ldc, init); break;
+    case 4: ukernel(4, kc, wp, x, ldx, c, ldc, init); break;
+    case 5: ukernel(5, kc, wp, x, ldx, c, ldc, init); break;
+    default: ukernel(6, kc, wp, x, ldx, c, ldc, init); break;
+    }
+}
+
+/* Tokens [t0, t1) x panels [p0, p1) (16 outputs each) of y, with packing buffer wp. */
+static void gemm_block(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t t0, int64_t t1,
+                       const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, float *wp) {
+    const int64_t N = W->rows, K = W->cols;
+    _Alignas(32) float bias[MM_NCP][16];
+    _Alignas(32) float tmp[MM_MR * 16];
+    for (int64_t pc = p0; pc < p1; pc += MM_NCP) {
+        const int64_t np = p1 - pc < MM_NCP ? p1 - pc : MM_NCP;
+        for (int64_t p = 0; p < np; p++)
+            for (int j = 0; j < 16; j++) {
+                const int64_t o = (pc + p) * 16 + j;
+                bias[p][j] = b && o < N ? mk_get(b, o) : 0.0f;
+            }
+        for (int64_t k0 = 0; k0 < K; k0 += MM_KC) {
+            const int64_t kc = K - k0 < MM_KC ? K - k0 : MM_KC;
+            for (int64_t p = 0; p < np; p++) pack_panel_any(wp + p * MM_KC * 16, W, (pc + p) * 16, k0, kc);
+#if MM_ORDER == 0
+            for (int64_t t = t0; t < t1; t += MM_MR)
+                for (int64_t p = 0; p < np; p++)
+#else
+            for (int64_t p = 0; p < np; p++)
+                for (int64_t t = t0; t < t1; t += MM_MR)
+#endif
+                {
+                    const int mr = (int)(t1 - t < MM_MR ? t1 - t : MM_MR);
+                    const int64_t o0 = (pc + p) * 16;
+                    float *c = y + t * ldy + o0;
+                    const float *xt = x + t * ldx + k0, *init = k0 == 0 ? bias[p] : NULL;
+                    if (o0 + 16 <= N) {
+                        ukernel_any(mr, kc, wp + p * MM_KC * 16, xt, ldx, c, ldy, init);
+                        continue;
+                    }
+                    /* last, partial panel: run on a 16-wide copy so no store passes column N */
+                    const int64_t nv = N - o0;
+                    for (int i = 0; i < mr; i++)
+                        for (int64_t j = 0; j < nv; j++) tmp[i * 16 + j] = k0 ? c[i * ldy + j] : 0.0f;
+                    ukernel_any(mr, kc, wp + p * MM_KC * 16, xt, ldx, tmp, 16, init);
+                    for (int i = 0; i < mr; i++)
+                        for (int64_t j = 0; j < nv; j++) c[i * ldy + j] = tmp[i * 16 + j];
+                }
+        }
+    }
+}
+
+/* Below this many tokens the packed path does not pay for its packing. */
+#ifndef MM_PACK_MIN_TOK
+#define MM_PACK_MIN_TOK 24
+#endif
+
+void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                    const mk_tensor *b) {
+    const int64_t N = W->rows, K = W->cols;
+    if (n_tok <= 0 || N <= 0) return;
+    if (K == 0) { /* no products: y is the bias */
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < N; o++) y[t * ldy + o] = b ? mk_get(b, o) : 0.0f;
+        return;
+    }
+    const int64_t npanels = (N + 15) / 16;
+#pragma omp parallel if ((double)N * (double)K * (double)n_tok > 65536.0)
+    {
+        const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+        float *wp = n_tok >= MM_PACK_MIN_TOK ? pack_buffer() : NULL;
+        /* without scratch memory a thread falls back to the row kernel over the same share */
+        if (n_tok < MM_PACK_MIN_TOK) {
+            /* few tokens: stream W rows once, split across threads */
+            int64_t r0, r1;
+            mk_split_rows(N, 16, nth, ith, &r0, &r1);
+            matmul_rows_any(y, ldy, x, ldx, n_tok, W, b, r0, r1);
+        } else if (npanels >= 2 * nth) {
+            /* the usual case: each thread owns a contiguous range of 16-output panels */
+            int64_t p0, p1;
+            mk_split_rows(npanels, 1, nth, ith, &p0, &p1);
+            if (wp)
+                gemm_block(y, ldy, x, ldx, 0, n_tok, W, b, p0, p1, wp);
+            else
+                matmul_rows_any(y, ldy, x, ldx, n_tok, W, b, p0 * 16, p1 * 16 < N ? p1 * 16 : N);
+        } else {
+            /* narrow W, many tokens: split the tokens instead */
+            int64_t t0, t1;
+            mk_split_rows(n_tok, MM_MR, nth, ith, &t0, &t1);
+            if (wp)
+                gemm_block(y, ldy, x, ldx, t0, t1, W, b, 0, npanels, wp);
+            else if (t1 > t0)
+                matmul_rows_any(y + t0 * ldy, ldy, x + t0 * ldx, ldx, t1 - t0, W, b, 0, N);
+        }
+    }
+}
+
+/* ---- row ops ---- */
+
+INLINE void row_to_f32(float *dst, const void *src, int64_t n, mtok_dtype dt) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src, i, dt));
+    for (; i < n; i++) dst[i] = load1(src, i, dt);
+}
+
+void mk_row_to_f32_avx2(float *dst, const void *src, mtok_dtype dt, int64_t n) {
+    switch (dt) {
+    case MTOK_BF16: row_to_f32(dst, src, n, MTOK_BF16); break;
+    case MTOK_F16: row_to_f32(dst, src, n, MTOK_F16); break;
+    case MTOK_F32: row_to_f32(dst, src, n, MTOK_F32); break;
+    }
+}
+
+/* y[i] = w[i] * (x[i] * r): the same operation order as mk_rmsnorm_ref. */
+INLINE void rms_apply(float *y, const float *x, const void *w, int64_t n, float r, mtok_dtype dt) {
+    const __m256 rv = _mm256_set1_ps(r);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(load8(w, i, dt), _mm256_mul_ps(_mm256_loadu_ps(x + i), rv)));
+    for (; i < n; i++) y[i] = load1(w, i, dt) * (x[i] * r);
+}
+
+void mk_rmsnorm_avx2(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {
+    /* sum of squares in double (4 accumulators): costs nothing next to the matmuls and keeps the
+     * result within rounding of the reference for any n */
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 a = _mm256_loadu_ps(x + i), c = _mm256_loadu_ps(x + i + 8);
+        const __m256d a0 = _mm256_cvtps_pd(_mm256_castps256_ps128(a)), a1 = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+        const __m256d c0 = _mm256_cvtps_pd(_mm256_castps256_ps128(c)), c1 = _mm256_cvtps_pd(_mm256_extractf128_ps(c, 1));
+        s0 = _mm256_fmadd_pd(a0, a0, s0);
+        s1 = _mm256_fmadd_pd(a1, a1, s1);
+        s2 = _mm256_fmadd_pd(c0, c0, s2);
+        s3 = _mm256_fmadd_pd(c1, c1, s3);
+    }
+    double part[4];
+    _mm256_storeu_pd(part, _mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3)));
+    double ss = (part[0] + part[1]) + (part[2] + part[3]);
+    for (; i < n; i++) ss += (double)x[i] * x[i];
+    const float r = n > 0 ? (float)(1.0 / sqrt(ss / (double)n + (double)eps)) : 0.0f;
+    switch (w->dtype) {
+    case MTOK_BF16: rms_apply(y, x, w->data, n, r, MTOK_BF16); break;
+    case MTOK_F16: rms_apply(y, x, w->data, n, r, MTOK_F16); break;
+    case MTOK_F32: rms_apply(y, x, w->data, n, r, MTOK_F32); break;
+    }
+}
+
+#define ROPE_MAX 1024
+
+void mk_rope_avx2(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
+                  const float *sn) {
+    const int64_t half = rope_dim / 2;
+    if (half * 2 > ROPE_MAX) {
+        mk_rope_portable(x, n_heads, head_dim, rope_dim, cs, sn);
+        return;
+    }
+    /* Per-lane tables so one pair rotation is x*cc + swap(x)*ss:
+     *   out[2i] = x[2i]*c - x[2i+1]*s,  out[2i+1] = x[2i+1]*c + x[2i]*s. */
+    _Alignas(32) float cc[ROPE_MAX], ss[ROPE_MAX];
+    for (int64_t i = 0; i < half; i++) {
+        cc[2 * i] = cc[2 * i + 1] = cs[i];
+        ss[2 * i] = -sn[i];
+        ss[2 * i + 1] = sn[i];
+    }
+    const int64_t nv = 2 * half;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *v = x + h * head_dim;
+        int64_t i = 0;
+        for (; i + 8 <= nv; i += 8) {
+            const __m256 a = _mm256_loadu_ps(v + i);
+            const __m256 sw = _mm256_permute_ps(a, 0xB1); /* swap the two floats of every pair */
+            _mm256_storeu_ps(v + i, _mm256_fmadd_ps(a, _mm256_load_ps(cc + i), _mm256_mul_ps(sw, _mm256_load_ps(ss + i))));
+        }
+        for (; i < nv; i += 2) {
+            const float a = v[i], c = v[i + 1];
+            v[i] = a * cc[i] + c * ss[i];
+            v[i + 1] = c * cc[i] + a * ss[i + 1];
+        }
+    }
+}
+
+void mk_swiglu_avx2(float *out, const float *gate, const float *up, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i);
+        const __m256 e = exp256(_mm256_xor_ps(g, neg)); /* exp(-g) */
+        _mm256_storeu_ps(out + i, _mm256_div_ps(_mm256_mul_ps(g, u), _mm256_add_ps(one, e)));
+    }
+    for (; i < n; i++) out[i] = gate[i] * up[i] / (1.0f + expf(-gate[i]));
+}
+
+void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(src + i));
+        /* round to nearest even: add 0x7fff + the lowest kept bit, then drop 16 bits */
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+        const __m256i rnd = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
+        /* NaN: truncate and set the quiet bit, as mk_f32_to_bf16 does */
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        const __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+        const __m256i r = _mm256_blendv_epi8(rnd, qn, nan);
+        /* values are < 2^16, so the saturating pack is exact; it interleaves lanes, hence the permute */
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(p));
+    }
+    for (; i < n; i++) dst[i] = mk_f32_to_bf16(src[i]);
+}
+
+/* ---- attention ---- */
+
+#define ATT_SUB 64 /* keys per sub-block: the scores live in a 256-byte stack array */
+
+INLINE __m256 bf16x8(const uint16_t *p) { return load8(p, 0, MTOK_BF16); }
+
+/* s[j] = scale * q . k_j for nb keys, 8 keys at a time (8 independent FMA chains). */
+static void attn_scores(float *s, const float *q, const uint16_t *k, int64_t nb, int64_t stride, int64_t D,
+                        float scale) {
+    const int64_t D8 = D & ~(int64_t)7;
+    int64_t j = 0;
+    for (; j + 8 <= nb; j += 8) {
+        __m256 a[8];
+        for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D8; d += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + d);
+            for (int r = 0; r < 8; r++) a[r] = _mm256_fmadd_ps(bf16x8(k + (j + r) * stride + d), qv, a[r]);
+        }
+        _Alignas(32) float t[8];
+        _mm256_store_ps(t, hsum8(a));
+        for (int r = 0; r < 8; r++) {
+            for (int64_t d = D8; d < D; d++) t[r] += q[d] * mk_bf16_to_f32(k[(j + r) * stride + d]);
+            s[j + r] = t[r] * scale;
+        }
+    }
+    for (; j < nb; j++) {
+        __m256 a[8];
+        for (int r = 0; r < 8; r++) a[r] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D8; d += 8) a[0] = _mm256_fmadd_ps(bf16x8(k + j * stride + d), _mm256_loadu_ps(q + d), a[0]);
+        /* reduced exactly as in the 8-key loop: equal keys get bitwise equal scores wherever the
+         * block boundaries fall (at |score| ~ 1e4 one fp32 ulp is already 1e-3 of weight) */
+        float t = _mm256_cvtss_f32(hsum8(a));
+        for (int64_t d = D8; d < D; d++) t += q[d] * mk_bf16_to_f32(k[j * stride + d]);
+        s[j] = t * scale;
+    }
+}
+
+/* acc[d] = acc[d] * alpha + sum_j p[j] * v_j[d]. Columns in chunks of 64 (8 registers), so acc is
+ * read and written once per sub-block and each v row is read once per chunk. */
+static void attn_values(float *acc, float alpha, const float *p, const uint16_t *v, int64_t nb, int64_t stride,
+                        int64_t D) {
+    const __m256 al = _mm256_set1_ps(alpha);
+    int64_t d = 0;
+    for (; d + 64 <= D; d += 64) {
+        __m256 c[8];
+        for (int r = 0; r < 8; r++) c[r] = _mm256_mul_ps(_mm256_loadu_ps(acc + d + 8 * r), al);
+        for (int64_t j = 0; j < nb; j++) {
+            const __m256 pj = _mm256_broadcast_ss(p + j);
+            const uint16_t *vj = v + j * stride + d;
+            for (int r = 0; r < 8; r++) c[r] = _mm256_fmadd_ps(pj, bf16x8(vj + 8 * r), c[r]);
+        }
+        for (int r = 0; r < 8; r++) _mm256_storeu_ps(acc + d + 8 * r, c[r]);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 c = _mm256_mul_ps(_mm256_loadu_ps(acc + d), al);
+        for (int64_t j = 0; j < nb; j++) c = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), bf16x8(v + j * stride + d), c);
+        _mm256_storeu_ps(acc + d, c);
+    }
+    for (; d < D; d++) {
+        float c = acc[d] * alpha;
+        for (int64_t j = 0; j < nb; j++) c += p[j] * mk_bf16_to_f32(v[j * stride + d]);
+        acc[d] = c;
+    }
+}
+
+void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
+                        int64_t D, float scale, float *acc, float *m, float *l) {
+    _Alignas(32) float s[ATT_SUB];
+    for (int64_t j0 = 0; j0 < n; j0 += ATT_SUB) {
+        const int64_t nb = n - j0 < ATT_SUB ? n - j0 : ATT_SUB;
+        attn_scores(s, q, k + j0 * stride, nb, stride, D, scale);
+        float mb = -INFINITY;
+        for (int64_t j = 0; j < nb; j++) mb = s[j] > mb ? s[j] : mb;
+        const float m_new = mb > *m ? mb : *m;
+        if (m_new == -INFINITY) continue; /* only -inf scores: nothing to add */
+        /* exp(-inf) would be 0 anyway, but -inf - -inf is NaN: the empty state needs its own case */
+        const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+        /* p_j = exp(s_j - m_new) <= 1 in place of the scores */
+        const __m256 mv = _mm256_set1_ps(m_new);
+        __m256 ls = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= nb; j += 8) {
+            const __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
+            _mm256_store_ps(s + j, p);
+            ls = _mm256_add_ps(ls, p);
+        }
+        float lsum = hsum(ls);
+        for (; j < nb; j++) {
+            s[j] = expf(s[j] - m_new);
+            lsum += s[j];
+        }
+        attn_values(acc, alpha, s, v + j0 * stride, nb, stride, D);
+        *l = *l * alpha + lsum;
+        *m = m_new;
+    }
+}

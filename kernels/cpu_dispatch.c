@@ -1,0 +1,84 @@
+/* cpu_dispatch.c — the public mk_* entry points: each picks the AVX2 implementation when the CPU can
+ * run it (and the scalar path is not forced), else the portable one. This file is built for
+ * baseline x86-64, so it never executes an AVX instruction itself. */
+#include "cpu_internal.h"
+
+static int g_force_scalar;
+
+/* CPU check, once: AVX2 and FMA for the arithmetic, F16C for the f16 weight conversions. The result
+ * is a pure function of the CPU, so racing first calls all store the same value. */
+static int cpu_ok(void) {
+    static int cached = -1;
+    if (cached < 0) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+        cached = 0;
+#endif
+    }
+    return cached;
+}
+
+int mk_have_avx2(void) { return !g_force_scalar && cpu_ok(); }
+
+/* Meant to be set once at start-up (CLI flag) or between test phases, not while kernels run. */
+void mk_force_scalar(int on) { g_force_scalar = on != 0; }
+
+void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+               const mk_tensor *b) {
+    if (mk_have_avx2())
+        mk_matmul_avx2(y, ldy, x, ldx, n_tok, W, b);
+    else
+        mk_matmul_portable(y, ldy, x, ldx, n_tok, W, b);
+}
+
+void mk_rmsnorm(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {
+    if (mk_have_avx2())
+        mk_rmsnorm_avx2(y, x, w, n, eps);
+    else
+        mk_rmsnorm_ref(y, x, w, n, eps); /* one pass over n elements: the reference is fast enough */
+}
+
+void mk_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs, const float *sn) {
+    if (mk_have_avx2())
+        mk_rope_avx2(x, n_heads, head_dim, rope_dim, cs, sn);
+    else
+        mk_rope_portable(x, n_heads, head_dim, rope_dim, cs, sn);
+}
+
+void mk_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+    if (mk_have_avx2())
+        mk_swiglu_avx2(out, gate, up, n);
+    else
+        mk_swiglu_portable(out, gate, up, n);
+}
+
+void mk_embed(float *y, const mk_tensor *table, int32_t id) {
+    const int64_t n = table->cols;
+    if (id < 0 || id >= table->rows) {
+        /* callers validate ids (forward.c does); never read outside the table if one slips through */
+        for (int64_t i = 0; i < n; i++) y[i] = 0.0f;
+        return;
+    }
+    const void *row = (const char *)table->data + (size_t)id * (size_t)n * mtok_dtype_size(table->dtype);
+    if (mk_have_avx2())
+        mk_row_to_f32_avx2(y, row, table->dtype, n);
+    else
+        mk_row_to_f32_portable(y, row, table->dtype, n);
+}
+
+void mk_attn_accum(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride, int64_t D,
+                   float scale, float *acc, float *m, float *l) {
+    if (mk_have_avx2())
+        mk_attn_accum_avx2(q, k, v, n, stride, D, scale, acc, m, l);
+    else
+        mk_attn_accum_ref(q, k, v, n, stride, D, scale, acc, m, l);
+}
+
+void mk_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
+    if (mk_have_avx2())
+        mk_f32_to_bf16_row_avx2(dst, src, n);
+    else
+        mk_f32_to_bf16_row_portable(dst, src, n);
+}

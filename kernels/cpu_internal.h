@@ -1,0 +1,44 @@
+/* cpu_internal.h — private prototypes shared by the kernel files (not part of the public API).
+ *
+ * kernels/cpu_dispatch.c owns the public mk_* entry points and picks one of two implementations:
+ *   *_avx2      kernels/cpu_avx2.c (compiled alone with -mavx2 -mfma -mf16c; only called when the CPU
+ *               has all three),
+ *   *_portable  kernels/cpu_ops.c (baseline x86-64, threaded, fp32) or the _ref functions of cpu_ref.c
+ *               where those are already as fast as a scalar loop gets. */
+#ifndef MTOK_CPU_INTERNAL_H
+#define MTOK_CPU_INTERNAL_H
+
+#include "kernels.h"
+
+/* ---- AVX2 + FMA + F16C (kernels/cpu_avx2.c) ---- */
+void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                    const mk_tensor *b);
+void mk_rmsnorm_avx2(float *y, const float *x, const mk_tensor *w, int64_t n, float eps);
+void mk_rope_avx2(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
+                  const float *sn);
+void mk_swiglu_avx2(float *out, const float *gate, const float *up, int64_t n);
+/* n elements of src (stored dtype dt) to fp32. */
+void mk_row_to_f32_avx2(float *dst, const void *src, mtok_dtype dt, int64_t n);
+void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
+                        int64_t D, float scale, float *acc, float *m, float *l);
+void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n);
+
+/* ---- portable fallbacks (kernels/cpu_ops.c) ---- */
+void mk_matmul_portable(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                        const mk_tensor *b);
+void mk_row_to_f32_portable(float *dst, const void *src, mtok_dtype dt, int64_t n);
+void mk_rope_portable(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
+                      const float *sn);
+void mk_swiglu_portable(float *out, const float *gate, const float *up, int64_t n);
+void mk_f32_to_bf16_row_portable(uint16_t *dst, const float *src, int64_t n);
+
+/* Rows [*r0, *r1) of n that thread ith of nth owns: contiguous, boundaries on multiples of align so
+ * that two threads never write the same cache line of the output. */
+static inline void mk_split_rows(int64_t n, int64_t align, int nth, int ith, int64_t *r0, int64_t *r1) {
+    int64_t blocks = (n + align - 1) / align;
+    int64_t b0 = blocks * ith / nth, b1 = blocks * (ith + 1) / nth;
+    *r0 = b0 * align < n ? b0 * align : n;
+    *r1 = b1 * align < n ? b1 * align : n;
+}
+
+#endif

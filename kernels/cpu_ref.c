@@ -1,0 +1,106 @@
+/* cpu_ref.c — IEEE half conversions, mk_get, and the scalar reference kernels (suffix _ref).
+ *
+ * The references are the definition of what every kernel computes: plain loops, element access
+ * through mk_get, sums in double. They are slow on purpose; the tests compare the fast paths
+ * (kernels/cpu_avx2.c, kernels/cpu_ops.c) against them. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- IEEE 754 binary16 ---- */
+
+float mk_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    uint32_t u;
+    float f;
+    if (exp == 0) {
+        /* zero or subnormal: mant * 2^-24 is exact in fp32 */
+        f = (float)mant * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    if (exp == 31)
+        /* inf, or NaN with its payload kept and the quiet bit set (what VCVTPH2PS does) */
+        u = sign | 0x7f800000u | (mant ? 0x00400000u | (mant << 13) : 0u);
+    else
+        u = sign | ((exp + 112u) << 23) | (mant << 13); /* rebias 15 -> 127 */
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest, ties to even; overflow to inf; fp32 subnormals and tiny values to (signed) zero
+ * or half subnormals; NaN stays NaN (quiet, top payload bits kept). Matches VCVTPS2PH with RNE. */
+uint16_t mk_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    /* 65520 = 0x477ff000 is the tie between 65504 (max half, odd mantissa) and 2^16: rounds up */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u) {
+        /* below 2^-14: the result is round(|f| * 2^24) in units of the half subnormal */
+        const uint32_t exp = a >> 23;
+        if (exp < 102) return sign; /* |f| < 2^-25: rounds to zero (ties included) */
+        const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+        const uint32_t shift = 126u - exp; /* 14..24 */
+        uint32_t q = mant >> shift;
+        const uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        if (rem > half || (rem == half && (q & 1u))) q++; /* q == 0x400 is the smallest normal */
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias 127 -> 15 and drop 13 mantissa bits; a rounding carry moves into the exponent */
+    const uint32_t r = a - 0x38000000u;
+    uint32_t q = r >> 13;
+    const uint32_t rem = r & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) q++;
+    return (uint16_t)(sign | q);
+}
+
+float mk_get(const mk_tensor *t, int64_t i) {
+    switch (t->dtype) {
+    case MTOK_BF16: return mk_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    case MTOK_F16: return mk_f16_to_f32(((const uint16_t *)t->data)[i]);
+    case MTOK_F32: return ((const float *)t->data)[i];
+    }
+    return 0.0f;
+}
+
+/* ---- references ---- */
+
+void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                   const mk_tensor *b) {
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t o = 0; o < W->rows; o++) {
+            double s = b ? mk_get(b, o) : 0.0;
+            for (int64_t i = 0; i < W->cols; i++) s += (double)x[t * ldx + i] * mk_get(W, o * W->cols + i);
+            y[t * ldy + o] = (float)s;
+        }
+}
+
+void mk_rmsnorm_ref(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    /* the same scale the fast paths use, so they differ only by the order of the sum */
+    const float r = n > 0 ? (float)(1.0 / sqrt(ss / (double)n + (double)eps)) : 0.0f;
+    for (int64_t i = 0; i < n; i++) y[i] = mk_get(w, i) * (x[i] * r);
+}
+
+void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
+                       int64_t D, float scale, float *acc, float *m, float *l) {
+    /* one key at a time: the textbook online-softmax update */
+    for (int64_t s = 0; s < n; s++) {
+        const uint16_t *ks = k + s * stride, *vs = v + s * stride;
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; d++) dot += (double)q[d] * mk_bf16_to_f32(ks[d]);
+        const float sc = (float)(dot * scale);
+        const float m_new = sc > *m ? sc : *m;
+        if (m_new == -INFINITY) continue; /* a -inf score adds nothing */
+        const float alpha = *m == -INFINITY ? 0.0f : (float)exp((double)*m - m_new);
+        const float p = (float)exp((double)sc - m_new);
+        *l = *l * alpha + p;
+        for (int64_t d = 0; d < D; d++) acc[d] = acc[d] * alpha + p * mk_bf16_to_f32(vs[d]);
+        *m = m_new;
+    }
+}

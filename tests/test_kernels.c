@@ -1,0 +1,504 @@
+/* test_kernels.c — the CPU kernels against their references.
+ *
+ * Every fast path (AVX2 when the CPU has it, and the portable path forced with mk_force_scalar) is
+ * compared with the _ref functions or with double / long double references written here. Ends
+ * with informational GEMV / GEMM throughput (no assertions on timing). Exit 0 pass, 1 fail. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+static int g_fail, g_checks;
+
+#define CHECK(cond, ...)                                                                                     \
+    do {                                                                                                     \
+        g_checks++;                                                                                          \
+        if (!(cond)) {                                                                                       \
+            g_fail++;                                                                                        \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                                      \
+            printf(__VA_ARGS__);                                                                             \
+            printf("\n");                                                                                    \
+        }                                                                                                    \
+    } while (0)
+
+/* ---- helpers ---- */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd_u64(void) {
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return g_rng * 0x2545f4914f6cdd1dull;
+}
+static float rnd_f(void) { return (float)((double)(rnd_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0); } /* [-1, 1) */
+static int64_t rnd_int(int64_t n) { return (int64_t)(rnd_u64() % (uint64_t)n); }
+static float bits_f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t f_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        printf("out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* A tensor of dtype dt holding src (rounded to dt). */
+static mk_tensor make_tensor(const float *src, int64_t rows, int64_t cols, mtok_dtype dt) {
+    const int64_t n = rows * cols;
+    void *d = xmalloc((size_t)n * mtok_dtype_size(dt));
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == MTOK_BF16) ((uint16_t *)d)[i] = mk_f32_to_bf16(src[i]);
+        if (dt == MTOK_F16) ((uint16_t *)d)[i] = mk_f32_to_f16(src[i]);
+        if (dt == MTOK_F32) ((float *)d)[i] = src[i];
+    }
+    return (mk_tensor){d, dt, rows, cols};
+}
+
+/* max |a-b| <= tol * (1 + |ref|) per element, and cosine similarity >= 1 - 1e-6. */
+static int close_enough(const char *what, const float *got, const float *ref, int64_t n, double tol) {
+    double worst = 0, dot = 0, ng = 0, nr = 0;
+    int64_t at = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const double e = fabs((double)got[i] - ref[i]) / (1.0 + fabs((double)ref[i]));
+        if (!(e <= worst)) { /* NaN counts as worst */
+            worst = isnan(e) ? INFINITY : e;
+            at = i;
+        }
+        dot += (double)got[i] * ref[i], ng += (double)got[i] * got[i], nr += (double)ref[i] * ref[i];
+    }
+    const double cosv = ng > 0 && nr > 0 ? dot / sqrt(ng * nr) : (ng == nr ? 1.0 : 0.0);
+    const int ok = worst <= tol && cosv >= 1.0 - 1e-6;
+    CHECK(ok, "%s: max rel err %.3g at %lld (got %.9g ref %.9g), cos %.9f", what, worst, (long long)at,
+          at >= 0 ? got[at] : 0.0, at >= 0 ? ref[at] : 0.0, cosv);
+    return ok;
+}
+
+static const char *dt_name(mtok_dtype dt) { return mtok_dtype_name(dt); }
+
+/* Runs body once per path: AVX2 (if the CPU has it) and forced scalar. */
+#define FOR_PATHS(path)                                                                                     \
+    for (int path = 0; path < 2; path++)                                                                     \
+        if ((mk_force_scalar(path), path == 1 || mk_have_avx2()))
+
+/* ---- matmul ---- */
+
+static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind) {
+    const int64_t ldx = cols + 3, ldy = rows + 5;
+    float *wf = xmalloc((size_t)(rows * cols) * sizeof(float));
+    for (int64_t i = 0; i < rows * cols; i++) wf[i] = rnd_f();
+    mk_tensor W = make_tensor(wf, rows, cols, dt);
+    float *bf = xmalloc((size_t)rows * sizeof(float));
+    for (int64_t i = 0; i < rows; i++) bf[i] = rnd_f();
+    const mtok_dtype bdt[] = {MTOK_BF16, MTOK_F16, MTOK_F32};
+    mk_tensor B = make_tensor(bf, 1, rows, bdt[bias_kind % 3]);
+    const mk_tensor *bp = bias_kind == 3 ? NULL : &B;
+    float *x = xmalloc((size_t)(n_tok * ldx) * sizeof(float));
+    for (int64_t i = 0; i < n_tok * ldx; i++) x[i] = rnd_f();
+    float *yr = xmalloc((size_t)(n_tok * ldy) * sizeof(float)), *y = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
+    mk_matmul_ref(yr, ldy, x, ldx, n_tok, &W, bp);
+    FOR_PATHS(path) {
+        const float sentinel = 12345.0f;
+        for (int64_t i = 0; i < n_tok * ldy; i++) y[i] = sentinel;
+        mk_matmul(y, ldy, x, ldx, n_tok, &W, bp);
+        char what[128];
+        snprintf(what, sizeof what, "matmul %s %s rows=%lld cols=%lld n_tok=%lld bias=%d", path ? "scalar" : "avx2",
+                 dt_name(dt), (long long)rows, (long long)cols, (long long)n_tok, bias_kind);
+        int pad_ok = 1;
+        for (int64_t t = 0; t < n_tok; t++) {
+            if (!close_enough(what, y + t * ldy, yr + t * ldy, rows, 1e-4)) break;
+            for (int64_t o = rows; o < ldy; o++) pad_ok &= y[t * ldy + o] == sentinel;
+        }
+        CHECK(pad_ok, "%s: wrote past the row (ldy padding changed)", what);
+    }
+    mk_force_scalar(0);
+    free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y);
+}
+
+static void test_matmul(void) {
+    static const int64_t shapes[][2] = {{1, 1},     {7, 33},    {33, 7},   {1, 1000}, {16, 256}, {48, 512},
+                                        {257, 257}, {1000, 33}, {33, 1000}, {257, 1000}, {1000, 257}};
+    static const int64_t toks[] = {1, 2, 3, 7, 64, 129};
+    const mtok_dtype dts[] = {MTOK_BF16, MTOK_F16, MTOK_F32};
+    int k = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (size_t t = 0; t < sizeof toks / sizeof toks[0]; t++)
+            for (int d = 0; d < 3; d++, k++) {
+                /* the two largest shapes with 129 tokens are slow in the reference: F16 only */
+                if (shapes[s][0] * shapes[s][1] * toks[t] > 30000000 && dts[d] != MTOK_F16) continue;
+                test_matmul_case(shapes[s][0], shapes[s][1], toks[t], dts[d], k % 4);
+            }
+    /* cols = 0: y is the bias */
+    float bias[3] = {1, 2, 3}, y[6] = {0}, x[2] = {0};
+    mk_tensor B = {bias, MTOK_F32, 1, 3}, W = {bias, MTOK_BF16, 3, 0};
+    FOR_PATHS(path) {
+        memset(y, 0, sizeof y);
+        mk_matmul(y, 3, x, 1, 2, &W, &B);
+        CHECK(y[0] == 1 && y[2] == 3 && y[3] == 1 && y[5] == 3, "matmul cols=0 must give the bias (path %d)", path);
+    }
+    mk_force_scalar(0);
+}
+
+/* ---- rmsnorm, rope, swiglu, embed ---- */
+
+static void test_rmsnorm(void) {
+    static const int64_t ns[] = {1, 7, 128, 4096, 4099};
+    for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
+        for (int d = 0; d < 3; d++) {
+            const int64_t n = ns[c];
+            float *x = xmalloc((size_t)n * 4), *wf = xmalloc((size_t)n * 4), *yr = xmalloc((size_t)n * 4),
+                  *y = xmalloc((size_t)n * 4);
+            for (int64_t i = 0; i < n; i++) x[i] = rnd_f() * 3.0f, wf[i] = 1.0f + rnd_f() * 0.5f;
+            mk_tensor w = make_tensor(wf, 1, n, (mtok_dtype)d);
+            mk_rmsnorm_ref(yr, x, &w, n, 1e-5f);
+            double mx = 0;
+            for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs(yr[i]));
+            FOR_PATHS(path) {
+                for (int alias = 0; alias < 2; alias++) {
+                    float *out = y;
+                    if (alias) memcpy(out = y, x, (size_t)n * 4);
+                    mk_rmsnorm(out, alias ? out : x, &w, n, 1e-5f);
+                    double e = 0;
+                    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)out[i] - yr[i]));
+                    CHECK(e <= 1e-6 * mx, "rmsnorm %s n=%lld w=%s alias=%d: max err %.3g (max |y| %.3g)",
+                          path ? "scalar" : "avx2", (long long)n, dt_name((mtok_dtype)d), alias, e, mx);
+                }
+            }
+            mk_force_scalar(0);
+            free((void *)w.data), free(x), free(wf), free(yr), free(y);
+        }
+}
+
+static void test_rope(void) {
+    /* the table: double math vs long double at the largest 1M-context position */
+    static const int64_t poss[] = {0, 1, 7, 4095, 131071, 1048575};
+    const int64_t rd = 64;
+    float cs[64], sn[64];
+    for (size_t p = 0; p < sizeof poss / sizeof poss[0]; p++) {
+        const double base = p % 2 ? 10000.0 : 10000.0 * 500;
+        mk_rope_table(cs, sn, rd, base, poss[p]);
+        double e = 0;
+        for (int64_t i = 0; i < rd / 2; i++) {
+            const long double th = powl((long double)base, -2.0L * i / rd), a = (long double)poss[p] * th;
+            e = fmax(e, fmax(fabs((double)(cs[i] - cosl(a))), fabs((double)(sn[i] - sinl(a)))));
+        }
+        CHECK(e < 1e-6, "rope table pos=%lld base=%g: max err %.3g vs long double", (long long)poss[p], base, e);
+    }
+    /* the rotation: several head/rope widths (tails of the 8-wide loop) */
+    static const int64_t dims[][3] = {{5, 128, 64}, {3, 96, 48}, {2, 16, 6}, {4, 10, 2}, {1, 8, 8}};
+    for (size_t c = 0; c < sizeof dims / sizeof dims[0]; c++) {
+        const int64_t H = dims[c][0], hd = dims[c][1], rdim = dims[c][2], n = H * hd;
+        float *x0 = xmalloc((size_t)n * 4), *x = xmalloc((size_t)n * 4), *ref = xmalloc((size_t)n * 4);
+        float c2[64], s2[64];
+        mk_rope_table(c2, s2, rdim, 10000.0, 12345);
+        for (int64_t i = 0; i < n; i++) x0[i] = rnd_f();
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < hd; i++) {
+                const float *v = x0 + h * hd;
+                double r = v[i];
+                if (i < rdim) {
+                    const int64_t j = i / 2;
+                    r = i % 2 == 0 ? (double)v[i] * c2[j] - (double)v[i + 1] * s2[j]
+                                   : (double)v[i - 1] * s2[j] + (double)v[i] * c2[j];
+                }
+                ref[h * hd + i] = (float)r;
+            }
+        FOR_PATHS(path) {
+            memcpy(x, x0, (size_t)n * 4);
+            mk_rope(x, H, hd, rdim, c2, s2);
+            char what[96];
+            snprintf(what, sizeof what, "rope %s H=%lld hd=%lld rd=%lld", path ? "scalar" : "avx2", (long long)H,
+                     (long long)hd, (long long)rdim);
+            close_enough(what, x, ref, n, 1e-6);
+        }
+        mk_force_scalar(0);
+        free(x0), free(x), free(ref);
+    }
+}
+
+static void test_swiglu(void) {
+    const int64_t n = 1003;
+    float *g = xmalloc(n * 4), *u = xmalloc(n * 4), *ref = xmalloc(n * 4), *out = xmalloc(n * 4);
+    static const float edge[] = {0.0f, -0.0f, 100.0f, -100.0f, 88.5f, -88.5f, 1e-30f, -1e30f, 1e30f, 20.0f, -20.0f};
+    for (int64_t i = 0; i < n; i++) {
+        g[i] = i < (int64_t)(sizeof edge / sizeof edge[0]) ? edge[i] : rnd_f() * 20.0f;
+        u[i] = rnd_f() * 4.0f;
+        ref[i] = (float)((double)g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
+    }
+    FOR_PATHS(path) {
+        mk_swiglu(out, g, u, n);
+        close_enough(path ? "swiglu scalar" : "swiglu avx2", out, ref, n, 2e-6);
+        memcpy(out, g, n * 4); /* in place, as forward.c calls it */
+        mk_swiglu(out, out, u, n);
+        close_enough(path ? "swiglu scalar in place" : "swiglu avx2 in place", out, ref, n, 2e-6);
+    }
+    mk_force_scalar(0);
+    free(g), free(u), free(ref), free(out);
+}
+
+static void test_embed(void) {
+    const int64_t rows = 10, cols = 37;
+    float *tf = xmalloc(rows * cols * 4), y[37], ref[37];
+    for (int64_t i = 0; i < rows * cols; i++) tf[i] = rnd_f() * 10.0f;
+    for (int d = 0; d < 3; d++) {
+        mk_tensor t = make_tensor(tf, rows, cols, (mtok_dtype)d);
+        for (int32_t id = 0; id < rows; id += 3) {
+            for (int64_t i = 0; i < cols; i++) ref[i] = mk_get(&t, id * cols + i);
+            FOR_PATHS(path) {
+                mk_embed(y, &t, id);
+                CHECK(memcmp(y, ref, sizeof y) == 0, "embed %s %s id=%d", path ? "scalar" : "avx2", dt_name((mtok_dtype)d), id);
+            }
+        }
+        FOR_PATHS(path) {
+            mk_embed(y, &t, (int32_t)rows); /* out of range: zeros, no read */
+            CHECK(y[0] == 0 && y[cols - 1] == 0, "embed out-of-range id must give zeros");
+        }
+        mk_force_scalar(0);
+        free((void *)t.data);
+    }
+    free(tf);
+}
+
+/* ---- attention ---- */
+
+/* The direct two-pass softmax in double: out = sum_j softmax(s)_j v_j. */
+static void attn_direct(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride, int64_t D,
+                        float scale, float *out) {
+    double *s = xmalloc((size_t)n * sizeof(double)), m = -INFINITY, L = 0;
+    for (int64_t j = 0; j < n; j++) {
+        double d = 0;
+        for (int64_t i = 0; i < D; i++) d += (double)q[i] * mk_bf16_to_f32(k[j * stride + i]);
+        s[j] = d * scale;
+        m = fmax(m, s[j]);
+    }
+    for (int64_t j = 0; j < n; j++) L += s[j] = exp(s[j] - m);
+    for (int64_t i = 0; i < D; i++) {
+        double a = 0;
+        for (int64_t j = 0; j < n; j++) a += s[j] * mk_bf16_to_f32(v[j * stride + i]);
+        out[i] = (float)(a / L);
+    }
+    free(s);
+}
+
+enum { ATT_RANDOM, ATT_EQUAL, ATT_LARGE, ATT_LARGE_EQUAL, ATT_LARGE_NEG_EQUAL, ATT_MODES };
+
+static void test_attn_case(int64_t D, int64_t n, int mode) {
+    const int64_t stride = 2 * D + 3;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    uint16_t *k = xmalloc((size_t)(n * stride) * 2), *v = xmalloc((size_t)(n * stride) * 2);
+    float *q = xmalloc((size_t)D * 4), *ref = xmalloc((size_t)D * 4), *acc = xmalloc((size_t)D * 4),
+          *acc2 = xmalloc((size_t)D * 4), *out = xmalloc((size_t)D * 4);
+    const int equal = mode == ATT_EQUAL || mode == ATT_LARGE_EQUAL || mode == ATT_LARGE_NEG_EQUAL;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < stride; i++) {
+            k[j * stride + i] = mk_f32_to_bf16(equal ? (float)((i * 7919) % 13) / 13.0f - 0.4f : rnd_f());
+            v[j * stride + i] = mk_f32_to_bf16(rnd_f());
+        }
+    for (int64_t i = 0; i < D; i++) q[i] = rnd_f();
+    if (mode >= ATT_LARGE) {
+        /* rescale q so the largest |score| is 1e4 (negative for the last mode): exp(score) overflows */
+        double mx = 0, sum = 0;
+        for (int64_t j = 0; j < n; j++) {
+            double d = 0;
+            for (int64_t i = 0; i < D; i++) d += (double)q[i] * mk_bf16_to_f32(k[j * stride + i]);
+            mx = fmax(mx, fabs(d * scale));
+            sum += d;
+        }
+        double f = mx > 0 ? 1e4 / mx : 1.0;
+        if (mode == ATT_LARGE_NEG_EQUAL && sum > 0) f = -f;
+        for (int64_t i = 0; i < D; i++) q[i] = (float)(q[i] * f);
+    }
+    attn_direct(q, k, v, n, stride, D, scale, ref);
+    const int64_t split = rnd_int(n + 1); /* keys [0, split) to state A, the rest to B; merged at the end */
+    for (int impl = 0; impl < 3; impl++) {
+        /* impl 0: mk_attn_accum on the AVX2 path, 1: forced scalar, 2: mk_attn_accum_ref */
+        if (impl == 0 && !mk_have_avx2()) continue;
+        mk_force_scalar(impl == 1);
+        float m = -INFINITY, l = 0, m2 = -INFINITY, l2 = 0;
+        memset(acc, 0, (size_t)D * 4), memset(acc2, 0, (size_t)D * 4);
+        for (int64_t j = 0; j < n;) {
+            int64_t nb = 1 + rnd_int(rnd_int(2) ? 8 : 100);
+            if (j + nb > n) nb = n - j;
+            if (j < split && j + nb > split) nb = split - j;
+            float *a = j < split ? acc : acc2, *pm = j < split ? &m : &m2, *pl = j < split ? &l : &l2;
+            if (impl == 2)
+                mk_attn_accum_ref(q, k + j * stride, v + j * stride, nb, stride, D, scale, a, pm, pl);
+            else
+                mk_attn_accum(q, k + j * stride, v + j * stride, nb, stride, D, scale, a, pm, pl);
+            j += nb;
+        }
+        mk_attn_merge(acc, &m, &l, acc2, m2, l2, D);
+        for (int64_t i = 0; i < D; i++) out[i] = acc[i] / l;
+        char what[128];
+        snprintf(what, sizeof what, "attention %s D=%lld n=%lld mode=%d split=%lld",
+                 impl == 0 ? "avx2" : impl == 1 ? "scalar" : "ref", (long long)D, (long long)n, mode, (long long)split);
+        close_enough(what, out, ref, D, 1e-5);
+        CHECK(isfinite(m) && l >= 1.0f && l <= (float)n * 1.0001f, "%s: state m=%g l=%g", what, m, l);
+    }
+    mk_force_scalar(0);
+    free(k), free(v), free(q), free(ref), free(acc), free(acc2), free(out);
+}
+
+static void test_attn(void) {
+    static const int64_t Ds[] = {128, 1, 13, 72};
+    static const int64_t ns[] = {1, 2, 5, 64, 65, 300};
+    for (size_t d = 0; d < sizeof Ds / sizeof Ds[0]; d++)
+        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
+            for (int mode = 0; mode < ATT_MODES; mode++) test_attn_case(Ds[d], ns[c], mode);
+    /* empty calls and merges leave the state valid */
+    float acc[4] = {0}, acc2[4] = {1, 2, 3, 4}, q[4] = {1, 1, 1, 1}, m = -INFINITY, l = 0;
+    uint16_t kv[4] = {0};
+    FOR_PATHS(path) {
+        mk_attn_accum(q, kv, kv, 0, 4, 4, 0.5f, acc, &m, &l);
+        CHECK(m == -INFINITY && l == 0 && acc[0] == 0, "attention n=0 changed the state (path %d)", path);
+    }
+    mk_force_scalar(0);
+    mk_attn_merge(acc, &m, &l, acc2, -INFINITY, 0, 4); /* empty into empty */
+    CHECK(m == -INFINITY && l == 0 && acc[0] == 0 && !isnan(acc[3]), "merge of two empty states");
+    mk_attn_merge(acc, &m, &l, acc2, 2.0f, 3.0f, 4); /* non-empty into empty: a copy */
+    CHECK(m == 2.0f && l == 3.0f && acc[3] == 4.0f, "merge into an empty state");
+    mk_attn_merge(acc, &m, &l, acc2, -INFINITY, 0, 4); /* empty into non-empty: unchanged */
+    CHECK(m == 2.0f && l == 3.0f && acc[3] == 4.0f, "merge of an empty state");
+    mk_attn_merge(acc, &m, &l, acc2, 2.0f + logf(2.0f), 3.0f, 4); /* the old side is scaled by 1/2 */
+    CHECK(fabsf(l - 4.5f) < 1e-5f && fabsf(acc[0] - 1.5f) < 1e-5f && fabsf(m - 2.0f - logf(2.0f)) < 1e-6f,
+          "merge arithmetic: l=%g acc0=%g", l, acc[0]);
+}
+
+/* ---- conversions ---- */
+
+__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, 0); }
+__attribute__((target("f16c"))) static float hw_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+static void test_conversions(void) {
+    /* f32 -> bf16: ties to even, NaN quiet, overflow to inf, subnormals */
+    static const uint32_t bf_in[] = {0x3f800000, 0x3f808000, 0x3f818000, 0x3f808001, 0x7f800000, 0xff800000,
+                                     0x7f7fffff, 0x7f7f7fff, 0x7fc00000, 0x7f800001, 0xffc00000, 0x00008000,
+                                     0x00018000, 0x00008001, 0x80000000, 0x00000001, 0xbf7fffff};
+    static const uint16_t bf_out[] = {0x3f80, 0x3f80, 0x3f82, 0x3f81, 0x7f80, 0xff80, 0x7f80, 0x7f7f, 0x7fc0,
+                                      0x7fc0, 0xffc0, 0x0000, 0x0002, 0x0001, 0x8000, 0x0000, 0xbf80};
+    for (size_t i = 0; i < sizeof bf_in / sizeof bf_in[0]; i++)
+        CHECK(mk_f32_to_bf16(bits_f(bf_in[i])) == bf_out[i], "bf16(0x%08x) = 0x%04x, want 0x%04x", bf_in[i],
+              mk_f32_to_bf16(bits_f(bf_in[i])), bf_out[i]);
+    /* the row converter (both paths) against the scalar one on edge values and random bit patterns */
+    const int64_t n = 4099;
+    float *src = xmalloc(n * 4);
+    uint16_t *dst = xmalloc(n * 2);
+    for (int64_t i = 0; i < n; i++)
+        src[i] = i < (int64_t)(sizeof bf_in / sizeof bf_in[0]) ? bits_f(bf_in[i]) : bits_f((uint32_t)rnd_u64());
+    FOR_PATHS(path) {
+        mk_f32_to_bf16_row(dst, src, n);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += dst[i] != mk_f32_to_bf16(src[i]);
+        CHECK(bad == 0, "f32_to_bf16_row %s: %lld mismatches", path ? "scalar" : "avx2", (long long)bad);
+    }
+    mk_force_scalar(0);
+    free(src), free(dst);
+
+    /* f16 -> f32, all 65536 values, against an independent formula */
+    int64_t bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const uint32_t e = (h >> 10) & 31, mt = h & 1023;
+        const float f = mk_f16_to_f32((uint16_t)h);
+        if (e == 31 && mt) {
+            bad += !isnan(f) || (f_bits(f) >> 31) != (h >> 15) || !(f_bits(f) & 0x400000);
+            continue;
+        }
+        double want = e == 31 ? INFINITY : e == 0 ? ldexp(mt, -24) : ldexp(1024 + mt, (int)e - 25);
+        if (h & 0x8000) want = -want;
+        bad += f_bits(f) != f_bits((float)want);
+    }
+    CHECK(bad == 0, "f16_to_f32: %lld of 65536 values wrong", (long long)bad);
+    /* f32 -> f16 edges: max, overflow tie, ties to even, subnormal boundaries, NaN */
+    static const float h_in[] = {65504.0f, 65519.99f, 65520.0f, 1e9f, -INFINITY, 0x1p-24f, 0x1p-25f, 0x1.000002p-25f,
+                                 0x1.8p-24f, 0x1.4p-23f, 0x1p-14f, 0x1.ffcp-15f, 1.0f + 0x1p-11f, 1.0f + 0x3p-11f,
+                                 -0.0f, 1e-10f};
+    static const uint16_t h_out[] = {0x7bff, 0x7bff, 0x7c00, 0x7c00, 0xfc00, 0x0001, 0x0000, 0x0001,
+                                     0x0002, 0x0002, 0x0400, 0x0400, 0x3c00, 0x3c02, 0x8000, 0x0000};
+    for (size_t i = 0; i < sizeof h_in / sizeof h_in[0]; i++)
+        CHECK(mk_f32_to_f16(h_in[i]) == h_out[i], "f16(%a) = 0x%04x, want 0x%04x", h_in[i], mk_f32_to_f16(h_in[i]),
+              h_out[i]);
+    CHECK((mk_f32_to_f16(NAN) & 0x7e00) == 0x7e00, "f16(NaN) must be a quiet NaN");
+    /* round trip of every finite half, and every midpoint between neighbours rounds to the even one */
+    bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if (((h >> 10) & 31) == 31) continue;
+        bad += mk_f32_to_f16(mk_f16_to_f32((uint16_t)h)) != h;
+        if ((h & 0x7fff) < 0x7bff) {
+            const float mid = (mk_f16_to_f32((uint16_t)h) + mk_f16_to_f32((uint16_t)(h + 1))) * 0.5f;
+            bad += mk_f32_to_f16(mid) != (h & 1 ? h + 1 : h);
+        }
+    }
+    CHECK(bad == 0, "f16 round trip / ties: %lld wrong", (long long)bad);
+    /* against the hardware (F16C) on a sweep of all exponents and random bit patterns */
+    if (__builtin_cpu_supports("f16c")) {
+        bad = 0;
+        for (uint64_t u = 0; u < (1ull << 32); u += 997) {
+            const float f = bits_f((uint32_t)u);
+            bad += mk_f32_to_f16(f) != hw_f32_to_f16(f);
+        }
+        for (int i = 0; i < 1000000; i++) {
+            /* exponents 2^-28 .. 2^16: the half subnormal, normal and overflow ranges */
+            const uint64_t r = rnd_u64();
+            const float f = bits_f((uint32_t)(r & 0x807fffffu) | (uint32_t)(99 + (r >> 40) % 45) << 23);
+            bad += mk_f32_to_f16(f) != hw_f32_to_f16(f);
+        }
+        for (uint32_t h = 0; h < 65536; h++)
+            bad += f_bits(mk_f16_to_f32((uint16_t)h)) != f_bits(hw_f16_to_f32((uint16_t)h));
+        CHECK(bad == 0, "f16 conversions differ from F16C in %lld cases", (long long)bad);
+    }
+}
+
+/* ---- throughput (informational) ---- */
+
+static void bench_matmul(int64_t n_tok, int64_t N, int64_t K, double min_s) {
+    float *wf = xmalloc((size_t)(N * K) * 4);
+    for (int64_t i = 0; i < N * K; i++) wf[i] = rnd_f() * 0.05f;
+    mk_tensor W = make_tensor(wf, N, K, MTOK_BF16);
+    free(wf);
+    float *x = xmalloc((size_t)(n_tok * K) * 4), *y = xmalloc((size_t)(n_tok * N) * 4);
+    for (int64_t i = 0; i < n_tok * K; i++) x[i] = rnd_f();
+    mk_matmul(y, N, x, K, n_tok, &W, NULL); /* warm-up: page faults, thread pool, packing buffers */
+    /* the best of several calls: on a shared machine the mean mostly measures the neighbours */
+    double t = INFINITY;
+    const double t_end = omp_get_wtime() + min_s;
+    for (int it = 0; it < 3 || omp_get_wtime() < t_end; it++) {
+        const double t0 = omp_get_wtime();
+        mk_matmul(y, N, x, K, n_tok, &W, NULL);
+        t = fmin(t, omp_get_wtime() - t0);
+    }
+    const double flop = 2.0 * (double)n_tok * (double)N * (double)K, bytes = 2.0 * (double)N * (double)K;
+    printf("  %s %4lld tok x %5lld x %5lld bf16: %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
+           mk_have_avx2() ? "avx2  " : "scalar", (long long)n_tok, (long long)N, (long long)K, t * 1e3, flop / t * 1e-9,
+           bytes / t * 1e-9);
+    free((void *)W.data), free(x), free(y);
+}
+
+int main(int argc, char **argv) {
+    (void)argc, (void)argv;
+    printf("test_kernels: AVX2 path %s, %d OpenMP threads\n", mk_have_avx2() ? "available" : "NOT available",
+           omp_get_max_threads());
+    test_conversions();
+    test_matmul();
+    test_rmsnorm();
+    test_rope();
+    test_swiglu();
+    test_embed();
+    test_attn();
+    printf("test_kernels: %d checks, %d failed\n", g_checks, g_fail);
+
+    printf("throughput (informational):\n");
+    bench_matmul(1, 2048, 2048, 0.3);
+    bench_matmul(1, 13696, 4096, 0.5); /* 112 MB: past the caches, DRAM bandwidth */
+    bench_matmul(512, 2048, 2048, 0.5);
+    bench_matmul(64, 2048, 2048, 0.3);
+    mk_force_scalar(1);
+    bench_matmul(1, 2048, 2048, 0.3);
+    bench_matmul(64, 2048, 2048, 0.3);
+    mk_force_scalar(0);
+    return g_fail ? 1 : 0;
+}
