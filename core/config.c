@@ -58,6 +58,19 @@ static int get_num(const cfgctx *c, const char *key, int required, double *out) 
     return 0;
 }
 
+/* transformers >= 5 nests rope_theta and partial_rotary_factor in "rope_parameters"; older
+ * exports have them at the top level. Top level wins when both exist. */
+static int get_rope_num(const cfgctx *c, const char *key, double *out) {
+    int rc = get_num(c, key, 0, out);
+    if (rc != 1) return rc;
+    json_t *rp = json_object_get(c->root, "rope_parameters");
+    json_t *v = json_is_object(rp) ? json_object_get(rp, key) : NULL;
+    if (!v || json_is_null(v)) return 1;
+    if (!json_is_number(v)) return mtok_err(MTOK_EINPUT, "%s: key 'rope_parameters.%s' must be a number", c->path, key);
+    *out = json_number_value(v);
+    return isfinite(*out) ? 0 : mtok_err(MTOK_EINPUT, "%s: key 'rope_parameters.%s' is not finite", c->path, key);
+}
+
 static int get_bool(const cfgctx *c, const char *key, int dflt, int *out) {
     json_t *v = json_object_get(c->root, key);
     *out = dflt;
@@ -243,13 +256,13 @@ static int parse_hf(const cfgctx *c, mtok_config *cfg) {
     cfg->norm_eps = (float)eps;
 
     double prf = 0.5; /* GlmConfig default */
-    if ((rc = get_num(c, "partial_rotary_factor", 0, &prf)) < 0) return rc;
+    if ((rc = get_rope_num(c, "partial_rotary_factor", &prf)) < 0) return rc;
     if (!(prf > 0 && prf <= 1))
         return mtok_err(MTOK_EINPUT, "%s: key 'partial_rotary_factor' must be in (0, 1] (got %g)", c->path, prf);
     cfg->rope_dim = (int64_t)((double)cfg->head_dim * prf);
 
     double theta = 10000.0; /* GlmConfig default */
-    if ((rc = get_num(c, "rope_theta", 0, &theta)) < 0) return rc;
+    if ((rc = get_rope_num(c, "rope_theta", &theta)) < 0) return rc;
     if (!(theta > 0)) return mtok_err(MTOK_EINPUT, "%s: key 'rope_theta' must be positive (got %g)", c->path, theta);
     cfg->rope_base_config = theta;
     cfg->rope_base = theta;

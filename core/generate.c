@@ -37,6 +37,11 @@ int mtok_generate(mtok_session *s, const mtok_tokenizer *t, mtok_sampler *smp, c
     }
     if ((rc = mtok_ids_append(&hist, prompt, n))) goto done;
 
+    if ((int64_t)n > mtok_session_ctx(s) - mtok_session_pos(s)) {
+        rc = mtok_err(MTOK_EINPUT, "prompt of %zu tokens does not fit the context limit of %lld tokens (%lld already "
+                      "used; raise --ctx)", n, (long long)mtok_session_ctx(s), (long long)mtok_session_pos(s));
+        goto done;
+    }
     double t0 = now_s();
     if (n > 0 && (rc = mtok_forward(s, prompt, (int64_t)n, NULL))) goto done;
     st.prefill_s = now_s() - t0;

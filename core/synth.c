@@ -471,22 +471,20 @@ int mtok_synth(const mtok_synth_params *p) {
                                                                        : chatglm_config(pr, p, n_ranks))))
         goto fail;
 
-    /* Replacing a checkpoint: hide the old one first (no config.json, no stale shards or index of
-     * another layout), then move the new files in. Directories that held no model are left alone. */
+    /* Replacing a checkpoint: hide the old one first (no config.json, no shards or index of another
+     * layout, which a loader could pick up instead of ours), then move the new files in. Only names
+     * that a checkpoint's weights use are ever removed. */
     size_t plen = strlen(p->out_dir) + sizeof "/config.json";
     if (!(cfg_path = malloc(plen))) {
         rc = mtok_err(MTOK_ERESOURCE, "out of memory");
         goto fail;
     }
     snprintf(cfg_path, plen, "%s/config.json", p->out_dir);
-    if (access(cfg_path, F_OK) == 0) {
-        if (unlink(cfg_path) != 0) {
-            rc = mtok_err(MTOK_ERESOURCE, "%s: cannot replace: %s", cfg_path, strerror(errno));
-            goto fail;
-        }
-        if ((rc = mtok_st_remove_stale(&o))) goto fail;
+    if (unlink(cfg_path) != 0 && errno != ENOENT) {
+        rc = mtok_err(MTOK_ERESOURCE, "%s: cannot replace: %s", cfg_path, strerror(errno));
+        goto fail;
     }
-    if ((rc = mtok_out_commit(&o))) goto fail;
+    if ((rc = mtok_st_remove_stale(&o)) || (rc = mtok_out_commit(&o))) goto fail;
 
     uint64_t bytes = 0;
     for (size_t i = 0; i < n; i++) bytes += mtok_st_nbytes(&t[i]);

@@ -576,6 +576,19 @@ static void test_config(void) {
     mtok_load_params p = {.rope_base = 2.5e7};
     CHECK(parse_cfg(j, &p, &c) == 0 && c.rope_base == 2.5e7 && c.rope_base_config == 10000, "override: %g",
           c.rope_base);
+    /* transformers >= 5 nests the RoPE keys in rope_parameters */
+    j = base_config(1);
+    json_object_del(j, "rope_theta");
+    json_object_del(j, "partial_rotary_factor");
+    json_object_set_new(j, "rope_parameters", json_pack("{s:s, s:f, s:f}", "rope_type", "default", "rope_theta",
+                                                        5e6, "partial_rotary_factor", 0.25));
+    CHECK(parse_cfg(j, NULL, &c) == 0 && c.rope_base == 5e6 && c.rope_dim == D / 4, "rope_parameters: %g %lld",
+          c.rope_base, (long long)c.rope_dim);
+    j = base_config(1);
+    json_object_del(j, "rope_theta");
+    json_object_set_new(j, "max_position_embeddings", json_integer(1048576));
+    json_object_set_new(j, "rope_parameters", json_pack("{s:f}", "rope_theta", 10000.0));
+    CHECK(parse_cfg(j, NULL, &c) == 0 && c.rope_base == 1e8, "nested wrong theta corrected: %g", c.rope_base);
     j = base_config(0);
     json_object_set_new(j, "rope_ratio", json_integer(10000));
     CHECK(parse_cfg(j, NULL, &c) == 0 && c.rope_base == 1e8, "rope_ratio 10000: %g", c.rope_base);
