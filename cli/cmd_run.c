@@ -85,7 +85,7 @@ int cmd_generate(int argc, char **argv) {
         if (!rc) {
             putchar('\n');
             print_stats(&st);
-            char *reply = mtok_detokenize(L.tok, out.v, out.n);
+            char *reply = mtok_detokenize(L.tok, out.v, out.n, NULL);
             mtok_reply r;
             if (chat && reply && mtok_reply_parse(reply, &r) == 0) {
                 if (r.is_tool_call) printf("tool call: %s %s\n", r.name, r.arguments);
@@ -162,7 +162,7 @@ static int chat_turn(cli_loaded *L, mtok_sampler *smp, const cli_common *o, msg_
         if (!rc) rc = mtok_ids_append(fed, out.v, out.n);
         if (!rc && (int64_t)fed->n > mtok_session_pos(L->sess)) fed->n = (size_t)mtok_session_pos(L->sess);
     }
-    char *reply = rc ? NULL : mtok_detokenize(L->tok, out.v, out.n);
+    char *reply = rc ? NULL : mtok_detokenize(L->tok, out.v, out.n, NULL);
     mtok_reply r = {0};
     if (reply && !(rc = mtok_reply_parse(reply, &r))) {
         *tool_call = r.is_tool_call;

@@ -112,14 +112,16 @@ typedef struct {
     unsigned char pend[8];
     int n_pend;
 } mtok_decoder;
-/* Writes the complete text that the token adds into out (cap >= len + 8 is always enough; the
- * longest token is bounded by mtok_tokenizer_max_token_len). Returns bytes written. */
+/* Writes the complete text that the token adds into out and returns the bytes written. Invalid
+ * bytes become U+FFFD (3 bytes each), so cap >= mtok_tokenizer_max_token_len() + 8 is always enough;
+ * the decoder never writes past cap. */
 size_t mtok_decode_next(const mtok_tokenizer *t, mtok_decoder *d, int32_t id, char *out, size_t cap);
 /* Flushes pending bytes (invalid trailing UTF-8 becomes U+FFFD). */
 size_t mtok_decode_flush(mtok_decoder *d, char *out, size_t cap);
 size_t mtok_tokenizer_max_token_len(const mtok_tokenizer *t);
-/* Decodes a whole id sequence into a malloc'ed NUL-terminated string (invalid UTF-8 -> U+FFFD). */
-char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n);
+/* Decodes a whole id sequence into a malloc'ed NUL-terminated string (invalid UTF-8 -> U+FFFD);
+ * *out_len (optional) gets its length, since decoded text may itself contain NUL bytes. */
+char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n, size_t *out_len);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* GLM-4 chat template (glm-spec.md §5) and tool calls.                                            */

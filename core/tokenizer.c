@@ -365,7 +365,7 @@ size_t mtok_decode_flush(mtok_decoder *d, char *out, size_t cap) {
     return o.n;
 }
 
-char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n) {
+char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n, size_t *out_len) {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         size_t len;
@@ -383,5 +383,6 @@ char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n) {
     for (size_t i = 0; i < n; i++) o += mtok_decode_next(t, &d, ids[i], s + o, cap - 1 - o);
     o += mtok_decode_flush(&d, s + o, cap - 1 - o);
     s[o] = 0;
+    if (out_len) *out_len = o;
     return s;
 }

@@ -191,7 +191,7 @@ static int check_golden_set(const mtok_tokenizer *t, const char *name, const gol
             mtok_ids_free(&ids);
             continue;
         }
-        char *dec = mtok_detokenize(t, ids.v, ids.n);
+        char *dec = mtok_detokenize(t, ids.v, ids.n, NULL);
         CHECK(dec_equals(dec, g->text, g->len),
               "%s: decode(encode(\"%.60s\")) differs: \"%.60s\"", name, g->text, dec ? dec : "(null)");
         size_t sl;
@@ -267,7 +267,7 @@ static void test_invalid_utf8(const mtok_tokenizer *t, const char *name) {
         n += len;
     }
     CHECK(n == sizeof in - 1 && !memcmp(raw, in, n), "%s: invalid UTF-8 is not encoded losslessly", name);
-    char *dec = mtok_detokenize(t, ids.v, ids.n);
+    char *dec = mtok_detokenize(t, ids.v, ids.n, NULL);
     CHECK(dec && !strcmp(dec, want), "%s: invalid UTF-8 decodes to \"%s\"", name, dec ? dec : "(null)");
     size_t sl;
     char *st = stream_decode(t, ids.v, ids.n, &sl);
@@ -306,7 +306,7 @@ static void test_stream_split(const mtok_tokenizer *t) {
     total += mtok_decode_flush(&d, all + total, sizeof all - total);
     CHECK(total == 4 + 4 + 3 && !memcmp(all, "\xf0\x9f\xa6\x80\xef\xbf\xbd" "a\xef\xbf\xbd", total),
           "byte-wise stream decode");
-    char *whole = mtok_detokenize(t, seq, sizeof seq / sizeof *seq);
+    char *whole = mtok_detokenize(t, seq, sizeof seq / sizeof *seq, NULL);
     CHECK(whole && strlen(whole) == total && !memcmp(whole, all, total), "detokenize != stream");
     free(whole);
     CHECK(mtok_decode_next(t, &d, -5, all, sizeof all) == 0 && d.n_pend == 0, "invalid id decodes to nothing");
@@ -321,7 +321,7 @@ static void test_specials(const mtok_tokenizer *t, int64_t n_ranks, const char *
     int any = 0;
     for (size_t i = 0; i < plain.n; i++) any |= mtok_token_is_special(t, plain.v[i]);
     CHECK(plain.n > 2 && !any, "%s: allow_special=0 produced special ids", name);
-    char *dec = mtok_detokenize(t, spec.v, spec.n);
+    char *dec = mtok_detokenize(t, spec.v, spec.n, NULL);
     CHECK(dec && !strcmp(dec, s), "%s: specials decode to their strings", name);
     free(dec);
     /* appending keeps what is there */
@@ -472,7 +472,7 @@ static void test_json_variants(void) {
     for (size_t k = 0; !rc && k < g_n_gold; k++) {
         mtok_ids ids = {0};
         rc = mtok_tokenize(t, g_gold[k].text, g_gold[k].len, g_gold[k].special, &ids);
-        char *dec = mtok_detokenize(t, ids.v, ids.n);
+        char *dec = mtok_detokenize(t, ids.v, ids.n, NULL);
         CHECK(rc == 0 && dec_equals(dec, g_gold[k].text, g_gold[k].len),
               "ignore_merges=false: golden %zu does not round-trip", k);
         free(dec);
@@ -555,7 +555,7 @@ static void timed_roundtrip(const mtok_tokenizer *t, const char *name, const cha
     double t0 = now_s();
     int rc = mtok_tokenize(t, s, n, 0, &ids);
     double t1 = now_s();
-    char *dec = rc ? NULL : mtok_detokenize(t, ids.v, ids.n);
+    char *dec = rc ? NULL : mtok_detokenize(t, ids.v, ids.n, NULL);
     double t2 = now_s();
     CHECK(rc == 0, "%s: %s: %s", name, what, mtok_errmsg());
     if (valid_utf8) {
