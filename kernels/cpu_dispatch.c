@@ -6,18 +6,21 @@
 static int g_force_scalar;
 
 /* CPU check, once: AVX2 and FMA for the arithmetic, F16C for the f16 weight conversions. The result
- * is a pure function of the CPU, so racing first calls all store the same value. */
+ * is a pure function of the CPU, so racing first calls all store the same value (atomics only to
+ * keep that race well-defined). */
 static int cpu_ok(void) {
     static int cached = -1;
-    if (cached < 0) {
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
-        cached = 0;
+        v = 0;
 #endif
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached;
+    return v;
 }
 
 int mk_have_avx2(void) { return !g_force_scalar && cpu_ok(); }
