@@ -1,6 +1,10 @@
 /* cpu_dispatch.c — the public mk_* entry points: each picks the AVX2 implementation when the CPU can
  * run it (and the scalar path is not forced), else the portable one. This file is built for
  * baseline x86-64, so it never executes an AVX instruction itself. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "cpu_internal.h"
 
 static int g_force_scalar;
@@ -13,8 +17,12 @@ static int cpu_ok(void) {
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
 #if defined(__x86_64__) || defined(__i386__)
+        /* __builtin_cpu_supports also checks that the OS saves the YMM state; F16C is read from
+         * CPUID directly because not every compiler accepts "f16c" there */
+        unsigned a, b, c, d;
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
+            (c & bit_F16C);
 #else
         v = 0;
 #endif
