@@ -13,18 +13,8 @@
 
 #include <xxhash.h>
 
-#include "model.h"
+#include "safetensors.h"
 
-/* core/safetensors.c (no header of its own: the table type stays private to that file). */
-typedef struct mtok_ckpt mtok_ckpt;
-int mtok_ckpt_open(const char *dir, mtok_shard **shards, int *n_shards, mtok_ckpt **out);
-void mtok_ckpt_close(mtok_ckpt *st);
-void mtok_shards_free(mtok_shard *s, int n);
-int mtok_ckpt_has(const mtok_ckpt *st, const char *name);
-int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, mk_tensor *out, const char **file);
-int mtok_ckpt_hash(const mtok_ckpt *st, XXH3_state_t *h);
-void mtok_ckpt_log_unused(const mtok_ckpt *st, const char *ignored);
-uint64_t mtok_ckpt_bound_bytes(const mtok_ckpt *st);
 
 #define MAX_CONFIG_BYTES (16 << 20)
 #define NAME_CAP 256

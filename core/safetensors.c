@@ -22,7 +22,7 @@
 #include <jansson.h>
 #include <xxhash.h>
 
-#include "model.h"
+#include "safetensors.h"
 
 #define MAX_HEADER ((uint64_t)100 << 20) /* real headers are tens of kB; anything huge is garbage */
 #define MAX_DIMS 8
@@ -39,23 +39,14 @@ typedef struct {
     int used; /* bound by the loader; the rest is reported as unknown */
 } st_tensor;
 
-typedef struct mtok_ckpt {
+struct mtok_ckpt {
     char *dir;
     const mtok_shard *shards;
     st_tensor *t;
     int64_t n, cap;
     uint64_t bound_bytes;
-} mtok_ckpt;
+};
 
-/* These are the loader's entry points (declared again in loader.c). */
-int mtok_ckpt_open(const char *dir, mtok_shard **shards, int *n_shards, mtok_ckpt **out);
-void mtok_ckpt_close(mtok_ckpt *st);
-void mtok_shards_free(mtok_shard *s, int n);
-int mtok_ckpt_has(const mtok_ckpt *st, const char *name);
-int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, mk_tensor *out, const char **file);
-int mtok_ckpt_hash(const mtok_ckpt *st, XXH3_state_t *h);
-void mtok_ckpt_log_unused(const mtok_ckpt *st, const char *ignored);
-uint64_t mtok_ckpt_bound_bytes(const mtok_ckpt *st);
 
 static char *path_join(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
