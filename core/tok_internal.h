@@ -133,4 +133,8 @@ static inline int tok_utf8_char(const uint8_t *s, size_t n) {
     return need + 1;
 }
 
+/* Test hook: match with the PCRE2 interpreter even where JIT compiled (the path taken where the
+ * platform forbids JIT). */
+void tok_disable_jit(mtok_tokenizer *t);
+
 #endif

@@ -88,9 +88,8 @@ int tok_compile_pattern(mtok_tokenizer *t, const char *path, const char *pattern
                         (char *)msg);
     }
     /* JIT is several times faster; where it is unavailable (no JIT support, W^X policy) the interpreter
-     * gives the same matches. MTOK_TOK_NO_JIT forces the interpreter, so tests can cover that path. */
-    const char *nojit = getenv("MTOK_TOK_NO_JIT");
-    t->jit = !(nojit && *nojit && *nojit != '0') && pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
+     * gives the same matches (tests cover that path through tok_disable_jit). */
+    t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
     if (!t->jit) mtok_log(2, "%s: regex JIT unavailable, using the PCRE2 interpreter", path);
     return 0;
 }

@@ -62,6 +62,8 @@ void mtok_tokenizer_free(mtok_tokenizer *t) {
     free(t);
 }
 
+void tok_disable_jit(mtok_tokenizer *t) { t->jit = 0; }
+
 int mtok_tokenizer_load_file(const char *path, mtok_tokenizer **out) {
     if (!path || !out) return mtok_err(MTOK_EUSAGE, "mtok_tokenizer_load_file: NULL argument");
     *out = NULL;
@@ -147,7 +149,7 @@ static int regex_split(enc_ctx *c, const uint8_t *s, size_t n) {
     size_t gap = 0, at = 0;
     int rc = 0;
     while (at < n && !rc) {
-        int m = pcre2_match(c->t->re, s, n, at, PCRE2_NO_UTF_CHECK, c->md, c->mctx);
+        int m = pcre2_match(c->t->re, s, n, at, PCRE2_NO_UTF_CHECK | (c->t->jit ? 0 : PCRE2_NO_JIT), c->md, c->mctx);
         if (m == PCRE2_ERROR_NOMATCH) break;
         if (m == PCRE2_ERROR_JIT_STACKLIMIT || m == PCRE2_ERROR_HEAPLIMIT || m == PCRE2_ERROR_MATCHLIMIT ||
             m == PCRE2_ERROR_DEPTHLIMIT) {
