@@ -7,16 +7,7 @@
 
 #include "core/mtok.h"
 
-static int fails;
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fputc('\n', stderr);                                      \
-            fails++;                                                  \
-        }                                                             \
-    } while (0)
+#include "check.h"
 
 static int32_t sp(const mtok_tokenizer *t, const char *s) { return mtok_token_special(t, s); }
 
@@ -202,6 +193,6 @@ int main(int argc, char **argv) {
     test_reply();
     test_sampler();
     mtok_tokenizer_free(t);
-    printf("%s\n", fails ? "FAILED" : "ok");
-    return fails ? 1 : 0;
+    printf("%s\n", check_failures ? "FAILED" : "ok");
+    return check_failures ? 1 : 0;
 }

@@ -26,16 +26,7 @@ enum { E = 64, NL = 2, H = 4, D = 16, G = 2, F = 96, V = 128, QD = H * D, KD = G
 #define NAME_CAP 160
 #define MAX_T 64
 
-static int g_fail;
-#define CHECK(cond, ...)                                                                                        \
-    do {                                                                                                        \
-        if (!(cond)) {                                                                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                \
-            fprintf(stderr, __VA_ARGS__);                                                                       \
-            fputc('\n', stderr);                                                                                \
-            g_fail = 1;                                                                                         \
-        }                                                                                                       \
-    } while (0)
+#include "check.h"
 
 /* ---- the source weights (one set, written in both namings) ---- */
 
@@ -696,6 +687,6 @@ int main(int argc, char **argv) {
     CHECK(count_maps() == 0, "%d checkpoint mappings left after the models were freed", count_maps());
     CHECK(count_fds() == fds, "file descriptors leaked: %d before, %d after", fds, count_fds());
     nftw(g_tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    printf(g_fail ? "test_loader: FAIL\n" : "test_loader: OK\n");
-    return g_fail ? 1 : 0;
+    printf(check_failures ? "test_loader: FAIL\n" : "test_loader: OK\n");
+    return check_failures ? 1 : 0;
 }

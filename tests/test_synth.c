@@ -22,16 +22,7 @@
 
 #include "core/mtok.h"
 
-static int fails;
-#define CHECK(cond, ...)                                                                                 \
-    do {                                                                                                 \
-        if (!(cond)) {                                                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                         \
-            fprintf(stderr, __VA_ARGS__);                                                                \
-            fputc('\n', stderr);                                                                         \
-            fails++;                                                                                     \
-        }                                                                                                \
-    } while (0)
+#include "check.h"
 
 static char root[256];
 
@@ -762,8 +753,8 @@ int main(int argc, char **argv) {
     free_ckpt(&h1);
     free_ckpt(&h3);
     rm_rf(root);
-    printf("test_synth: %s (%d failures)\n", fails ? "FAIL" : "ok", fails);
+    printf("test_synth: %s (%d failures)\n", check_failures ? "FAIL" : "ok", check_failures);
     (void)argc;
     (void)argv;
-    return fails ? 1 : 0;
+    return check_failures ? 1 : 0;
 }
