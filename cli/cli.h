@@ -17,6 +17,15 @@ typedef struct {
     int ignore_eos;        /* --ignore-eos */
     int log_level;         /* -v / -q / --log-level N */
     int no_simd;           /* --no-simd: scalar kernels */
+    /* KV store (docs/KVSTORE.md) */
+    uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */
+    const char *kv_dir;    /* --kv-dir DIR: cold tier location */
+    int kv_io;             /* --kv-io auto|uring|threads */
+    int kv_policy;         /* --kv-policy exact|window */
+    int64_t kv_sinks;      /* --kv-sinks N */
+    int64_t kv_window;     /* --kv-window N */
+    int kv_depth;          /* --kv-depth N: cold-tier queue depth */
+    const char *kv_fault;  /* --kv-fault KIND[:NTH[:COUNT]]: test-only fault injection */
     /* sampling */
     float temperature, top_p, rep_pen;
     int top_k;
@@ -56,5 +65,18 @@ int cmd_logits(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_niah(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv);    /* cli/cmd_bench.c: bench -m DIR | bench limits | bench kv */
+int cmd_bench_kv(int argc, char **argv); /* cli/cmd_kv.c: the cold-tier benchmark behind `mtok bench kv` */
+int cmd_prefill(int argc, char **argv);  /* cli/cmd_kv.c: prefill a document, --save-kv */
+int cmd_qa(int argc, char **argv);       /* cli/cmd_kv.c: many questions from one document state */
+/* cli/cmd_kv.c: --load-kv for generate. Loads the saved document into the session: if the prompt ids
+ * start with the saved tokens (block hash chain) those blocks are reused and *skip says how many
+ * prompt ids are already in; otherwise the prompt continues after the document (a leading
+ * [gMASK]<sop> is dropped when the document has one) and *skip = 0. */
+int cli_load_kv_prompt(mtok_session *s, const mtok_tokenizer *t, const char *path, mtok_ids *ids, size_t *skip);
+/* Logs the KV store's hot/cold sizes and spill traffic (nothing without --kv-budget). */
+void cli_log_kv_stats(const mtok_session *s);
 
 #endif

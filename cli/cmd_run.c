@@ -1,4 +1,4 @@
-/* cmd_run.c — mtok generate, mtok chat, mtok demo. */
+/* cmd_run.c — mtok generate, mtok chat. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +32,7 @@ static void print_stats(const mtok_gen_stats *st) {
 int cmd_generate(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
-    const char *prompt = NULL, *file = NULL, *system = NULL, *tools_file = NULL;
+    const char *prompt = NULL, *file = NULL, *system = NULL, *tools_file = NULL, *load_kv = NULL;
     int chat = 0, no_prefix = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
@@ -49,6 +49,8 @@ int cmd_generate(int argc, char **argv) {
             if (!(system = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(a, "--tools")) {
             if (!(tools_file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(a, "--load-kv")) {
+            if (!(load_kv = cli_value(argc, argv, &i))) return 1;
         } else
             return cli_usage_error("generate: unknown option '%s'", a);
     }
@@ -78,10 +80,13 @@ int cmd_generate(int argc, char **argv) {
         if (!rc) rc = mtok_tokenize(L.tok, text, file ? len : strlen(text), 0, &ids);
     }
     if (!rc) rc = make_sampler(&o, L.model, &smp);
+    size_t skip = 0; /* prompt tokens already in the session (from --load-kv) */
+    if (!rc && load_kv) rc = cli_load_kv_prompt(L.sess, L.tok, load_kv, &ids, &skip);
     if (!rc) {
         mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = o.ignore_eos};
         mtok_ids out = {0};
-        rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, stream_stdout, NULL, &out, &st);
+        rc = mtok_generate(L.sess, L.tok, smp, ids.v + skip, ids.n - skip, &gp, stream_stdout, NULL, &out, &st);
+        if (!rc) cli_log_kv_stats(L.sess);
         if (!rc) {
             putchar('\n');
             print_stats(&st);
@@ -238,68 +243,6 @@ int cmd_chat(int argc, char **argv) {
     msg_free(&h);
     mtok_ids_free(&fed);
     free(tools);
-    mtok_sampler_free(smp);
-    cli_unload(&L);
-    return rc ? cli_fail(rc) : 0;
-}
-
-/* ---- mtok demo: synthesize glm4-tiny (once) and generate from it ---- */
-int cmd_demo(int argc, char **argv) {
-    cli_common o;
-    cli_common_defaults(&o);
-    o.n_gen = 48;
-    const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        int r = cli_common_opt(&o, argc, argv, &i);
-        if (r < 0) return 1;
-        if (r) continue;
-        if (!strcmp(argv[i], "--dir")) {
-            if (!(dir = cli_value(argc, argv, &i))) return 1;
-        } else
-            return cli_usage_error("demo: unknown option '%s'", argv[i]);
-    }
-    char path[4096], cfg[4200];
-    if (!dir) {
-        const char *base = getenv("XDG_CACHE_HOME");
-        if (base && *base) snprintf(path, sizeof path, "%s/mtok/glm4-tiny", base);
-        else snprintf(path, sizeof path, "%s/.cache/mtok/glm4-tiny", getenv("HOME") ? getenv("HOME") : ".");
-        dir = path;
-    }
-    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
-    if (access(cfg, F_OK) != 0) {
-        printf("synthesizing the glm4-tiny model in %s ...\n", dir);
-        mtok_synth_params sp = {.preset = "glm4-tiny", .out_dir = dir, .naming = MTOK_NAMING_CHATGLM, .shards = 2,
-                                .seed = 1, .dtype = MTOK_BF16};
-        int rc = mtok_synth(&sp);
-        if (rc) return cli_fail(rc);
-    }
-    o.model = dir;
-    cli_loaded L;
-    mtok_sampler *smp = NULL;
-    mtok_ids ids = {0}, out = {0};
-    mtok_gen_stats st;
-    const char *prompt = "Once upon a time, in a quiet village by the sea,";
-    int rc = cli_load(&o, 1, &L);
-    if (!rc) rc = make_sampler(&o, L.model, &smp);
-    mtok_message msg = {"user", NULL, prompt, NULL};
-    if (!rc) rc = mtok_chat_encode(L.tok, &msg, 1, 1, &ids);
-    if (!rc) {
-        const mtok_config *c = mtok_model_config(L.model);
-        printf("model: glm4-tiny (synthetic weights: the text is noise, the machinery is real)\n");
-        printf("  %lld layers, hidden %lld, %lld heads x %lld, %lld KV groups, RoPE base %g\n", (long long)c->n_layers,
-               (long long)c->hidden, (long long)c->n_heads, (long long)c->head_dim, (long long)c->n_kv_groups,
-               c->rope_base);
-        printf("prompt (chat template, %zu tokens): %s\n---\n", ids.n, prompt);
-        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = 1};
-        rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, stream_stdout, NULL, &out, &st);
-    }
-    if (!rc) {
-        printf("\n---\nprefill %.1f tok/s, decode %.1f tok/s (%lld tokens)\n",
-               st.prefill_s > 0 ? (double)st.n_prompt / st.prefill_s : 0,
-               st.decode_s > 0 ? (double)st.n_gen / st.decode_s : 0, (long long)st.n_gen);
-    }
-    mtok_ids_free(&ids);
-    mtok_ids_free(&out);
     mtok_sampler_free(smp);
     cli_unload(&L);
     return rc ? cli_fail(rc) : 0;

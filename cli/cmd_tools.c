@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "../kernels/kernels.h"
+#include "../kvstore/kvstore.h"
 
 /* ---- mtok tokenize -m DIR (--text T | --text-file F) [--special] ---- */
 int cmd_tokenize(int argc, char **argv) {
@@ -162,6 +163,9 @@ int cmd_info(int argc, char **argv) {
            o.threads ? o.threads : omp_get_max_threads());
     printf("not built: cuda, nccl, mpi\n");
     printf("io_uring: %s\n", io_uring_status());
+    char kvio[256];
+    kvs_io_describe((kvs_io_kind)o.kv_io, kvio, sizeof kvio);
+    printf("kv cold-tier I/O: %s\n", kvio);
     printf("cpus: %ld online\n", sysconf(_SC_NPROCESSORS_ONLN));
     if (!o.model) return 0;
     mtok_model *m = NULL;
@@ -198,9 +202,14 @@ int cmd_synth(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         int64_t n;
-        int r = cli_common_opt(&o, argc, argv, &i);
-        if (r < 0) return 1;
-        if (r) continue;
+        /* synth's own flags first: --seed here seeds the weights, not the sampler */
+        int own = !strcmp(a, "--list") || !strcmp(a, "--preset") || !strcmp(a, "--out") || !strcmp(a, "--naming") ||
+                  !strcmp(a, "--shards") || !strcmp(a, "--seed") || !strcmp(a, "--dtype");
+        if (!own) {
+            int r = cli_common_opt(&o, argc, argv, &i);
+            if (r < 0) return 1;
+            if (r) continue;
+        }
         if (!strcmp(a, "--list")) {
             fputs(mtok_synth_presets(), stdout);
             return 0;

@@ -18,10 +18,22 @@ static const char USAGE[] =
     "  logits   -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy   fp32 logits of every position\n"
     "  synth    --preset NAME --out DIR [--naming chatglm|hf] [--shards N] [--seed S] [--dtype bf16|f16|f32]\n"
     "  info     [-m DIR]                                     version, backends, model summary\n"
-    "  demo     [--dir DIR]                                  synthesize a small model and generate from it\n"
+    "  niah     -m DIR --lengths L1,L2.. --depths D1,D2..|A:B:N --out DIR [--variants V,..] [--resume]\n"
+    "                                                       needle grid: results.jsonl, heatmap.png, table\n"
+    "  eval     -m DIR --data F.jsonl --out preds.jsonl [--special] [--resume] | eval --score PREDS.jsonl\n"
+    "  demo     [--dir DIR] [--out DIR] [--max-len N]        the needle model on a NIAH grid, with a heatmap\n"
+    "  bench    -m DIR [--prompt N,.. --gen N --depths D,.. --reps N] [--json]   speed vs this machine's limits\n"
+    "  bench limits [--json]                                 STREAM triad, read-only bandwidth, fp32 FMA peak\n"
+    "  bench kv [--kv-dir D] [--kv-block N | --block-bytes N] [--kv-depth N] [--size BYTES] [--json]\n"
+    "                                                       cold-tier KV write/read-back GB/s and IOPS\n"
+    "  prefill  -m DIR (-f DOC | -p TEXT) [--save-kv F]      prefill a document once, save its KV\n"
+    "  qa       -m DIR (--load-kv F | -f DOC) --questions Q.jsonl [--chat]   questions from one prefill\n"
+    "  generate ... --load-kv F                              continue after a saved document (prefix reuse)\n"
     "common options:\n"
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  -v | -q | --log-level N\n"
+    "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"
+    "  --kv-policy exact|window  --kv-sinks N  --kv-window N   (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
     "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";
 
 int cli_usage_error(const char *fmt, ...) {
@@ -121,6 +133,32 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         VAL();
         if (cli_parse_i64(a, v, &n)) return -1;
         o->seed = (uint64_t)n;
+    } else if (!strcmp(a, "--kv-budget") || !strcmp(a, "--kv-sinks") || !strcmp(a, "--kv-window") ||
+               !strcmp(a, "--kv-depth")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        if (n < 0) return cli_usage_error("%s must not be negative", a), -1;
+        if (!strcmp(a, "--kv-budget")) o->kv_budget = (uint64_t)n;
+        else if (!strcmp(a, "--kv-sinks")) o->kv_sinks = n;
+        else if (!strcmp(a, "--kv-window")) o->kv_window = n;
+        else o->kv_depth = (int)n;
+    } else if (!strcmp(a, "--kv-dir")) {
+        VAL();
+        o->kv_dir = v;
+    } else if (!strcmp(a, "--kv-fault")) {
+        VAL();
+        o->kv_fault = v;
+    } else if (!strcmp(a, "--kv-io")) {
+        VAL();
+        if (!strcmp(v, "auto")) o->kv_io = 0;
+        else if (!strcmp(v, "uring") || !strcmp(v, "io_uring")) o->kv_io = 1;
+        else if (!strcmp(v, "threads")) o->kv_io = 2;
+        else return cli_usage_error("--kv-io must be auto, uring or threads"), -1;
+    } else if (!strcmp(a, "--kv-policy")) {
+        VAL();
+        if (!strcmp(v, "exact")) o->kv_policy = 0;
+        else if (!strcmp(v, "window")) o->kv_policy = 1;
+        else return cli_usage_error("--kv-policy must be exact or window"), -1;
     } else if (!strcmp(a, "--ignore-eos")) {
         o->ignore_eos = 1;
     } else if (!strcmp(a, "--no-simd")) {
@@ -179,7 +217,9 @@ int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
     if (!rc && need_tokenizer) rc = mtok_tokenizer_load(o->model, &L->tok);
     if (!rc) {
         mtok_session_params sp = {.ctx = o->ctx, .threads = o->threads, .prefill_chunk = o->chunk,
-                                  .kv_block = o->kv_block};
+                                  .kv_block = o->kv_block, .kv_budget = o->kv_budget, .kv_dir = o->kv_dir,
+                                  .kv_io = o->kv_io, .kv_policy = o->kv_policy, .kv_sinks = o->kv_sinks,
+                                  .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_fault = o->kv_fault};
         rc = mtok_session_create(L->model, &sp, &L->sess);
     }
     if (rc) cli_unload(L);
@@ -207,7 +247,8 @@ int main(int argc, char **argv) {
         int (*fn)(int, char **);
     } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat},   {"tokenize", cmd_tokenize},
                 {"logits", cmd_logits},     {"info", cmd_info},   {"synth", cmd_synth},
-                {"demo", cmd_demo}};
+                {"demo", cmd_demo},         {"niah", cmd_niah},   {"eval", cmd_eval},
+                {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     return cli_usage_error("unknown command '%s'", argv[1]);

@@ -20,6 +20,7 @@
 
 #include "model.h"
 #include "../kvstore/kvstore.h"
+#include <xxhash.h>
 
 struct mtok_session {
     const mtok_model *m;
@@ -27,6 +28,9 @@ struct mtok_session {
     int64_t ctx, chunk, pos;
     int threads;
     kvs_cache *kv;
+    mtok_ids ids;          /* the token ids at positions 0..pos-1 (saved with the KV) */
+    int64_t computed;      /* tokens run through the model since creation */
+    float *ms, *ls;        /* [chunk][n_heads] online-softmax max and denominator */
     /* scratch, each [chunk][width] */
     float *x, *a, *q, *k, *v, *att, *gate, *up;
     float *cs, *sn; /* [chunk][rope_dim/2] */
@@ -58,13 +62,28 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->cs = xalloc(C * (c->rope_dim / 2 + 1));
     s->sn = xalloc(C * (c->rope_dim / 2 + 1));
     s->logits = xalloc(c->vocab);
+    s->ms = xalloc(C * c->n_heads);
+    s->ls = xalloc(C * c->n_heads);
     if (!s->x || !s->a || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->cs || !s->sn ||
-        !s->logits) {
+        !s->logits || !s->ms || !s->ls) {
         mtok_session_free(s);
         return mtok_err(MTOK_ERESOURCE, "out of memory for prefill scratch (chunk %lld tokens)", (long long)C);
     }
-    kvs_params kp = {c->n_layers, c->n_kv_groups, c->head_dim, s->ctx, block};
-    int rc = kvs_create(&kp, &s->kv);
+    kvs_params kp = {.n_layers = c->n_layers, .n_kv_groups = c->n_kv_groups, .head_dim = c->head_dim,
+                     .ctx = s->ctx, .block_tokens = block};
+    int rc = 0;
+    if (p) {
+        kp.budget = p->kv_budget;
+        kp.dir = p->kv_dir;
+        kp.io = (kvs_io_kind)p->kv_io;
+        kp.policy = (kvs_policy)p->kv_policy;
+        kp.sinks = p->kv_sinks > 0 ? p->kv_sinks : 4; /* StreamingLLM keeps 4 sink tokens */
+        kp.window = p->kv_window;
+        kp.depth = p->kv_depth;
+        if (p->kv_policy == KVS_POLICY_WINDOW && kp.window <= 0) kp.window = 4096;
+        if (p->kv_fault && *p->kv_fault) rc = kvs_fault_parse(p->kv_fault, &kp.fault);
+    }
+    if (!rc) rc = kvs_create(&kp, &s->kv);
     if (rc) {
         mtok_session_free(s);
         return rc;
@@ -76,6 +95,8 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
 void mtok_session_free(mtok_session *s) {
     if (!s) return;
     kvs_free(s->kv);
+    mtok_ids_free(&s->ids);
+    free(s->ms), free(s->ls);
     free(s->x), free(s->a), free(s->q), free(s->k), free(s->v), free(s->att);
     free(s->gate), free(s->up), free(s->cs), free(s->sn), free(s->logits);
     free(s);
@@ -83,49 +104,117 @@ void mtok_session_free(mtok_session *s) {
 
 void mtok_session_reset(mtok_session *s) {
     s->pos = 0;
+    s->ids.n = 0;
     kvs_reset(s->kv);
 }
 int mtok_session_truncate(mtok_session *s, int64_t n) {
     if (n < 0 || n > s->pos)
         return mtok_err(MTOK_EUSAGE, "truncate to %lld tokens: session holds %lld", (long long)n, (long long)s->pos);
     s->pos = n;
+    s->ids.n = (size_t)n;
     return kvs_truncate(s->kv, n);
 }
 int64_t mtok_session_pos(const mtok_session *s) { return s->pos; }
 int64_t mtok_session_ctx(const mtok_session *s) { return s->ctx; }
 const float *mtok_session_logits(const mtok_session *s) { return s->logits; }
 uint64_t mtok_session_kv_bytes(const mtok_session *s) { return kvs_bytes(s->kv); }
+const int32_t *mtok_session_tokens(const mtok_session *s) { return s->ids.v; }
 
-/* ---- attention: o[t][h] = softmax_s≤pos_t(q·k_s/sqrt(D)) · v_s, query head h reads group h/(H/G) ---- */
+void mtok_session_kv_stats(const mtok_session *s, mtok_kv_stats *out) {
+    kvs_stats st;
+    kvs_get_stats(s->kv, &st);
+    *out = (mtok_kv_stats){.io = st.io, .io_note = st.io_note, .hot_bytes = st.hot_bytes,
+                           .cold_bytes = st.cold_bytes, .spill_writes = st.spill_writes,
+                           .spill_reads = st.spill_reads, .bytes_written = st.bytes_written,
+                           .bytes_read = st.bytes_read, .dropped = st.dropped, .tokens_computed = s->computed};
+}
+
+/* The identity a saved KV file carries: the model fingerprint (config + tensor table) combined with
+ * samples of the weight bytes (64 KiB at the start, middle and end of every shard's data), so two
+ * checkpoints of the same shape with different weights do not accept each other's caches. */
+static uint64_t kv_fingerprint(const mtok_model *m) {
+    uint64_t h[1 + 3 * 64] = {mtok_model_fingerprint(m)};
+    int n = 1;
+    for (int i = 0; i < m->n_shards && n + 3 <= (int)(sizeof h / sizeof h[0]); i++) {
+        const mtok_shard *sh = &m->shards[i];
+        size_t len = sh->size > sh->data_off ? sh->size - sh->data_off : 0, w = len < 65536 ? len : 65536;
+        const char *d = (const char *)sh->map + sh->data_off;
+        h[n++] = XXH3_64bits(d, w);
+        h[n++] = XXH3_64bits(d + (len - w) / 2, w);
+        h[n++] = XXH3_64bits(d + (len - w), w);
+    }
+    return XXH3_64bits(h, (size_t)n * sizeof h[0]);
+}
+
+int mtok_session_save_kv(mtok_session *s, const char *path) {
+    if (s->pos <= 0) return mtok_err(MTOK_EUSAGE, "%s: nothing to save, the session holds no tokens", path);
+    return kvs_file_save(s->kv, path, kv_fingerprint(s->m), s->ids.v, s->pos);
+}
+
+int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *prompt, size_t n_prompt,
+                         int64_t *n_loaded) {
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    mtok_session_reset(s);
+    int rc = kvs_file_load(s->kv, path, kv_fingerprint(s->m), prompt, prompt ? (int64_t)n_prompt : -1, &ids,
+                           &n);
+    if (!rc && n > s->ctx) rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)",
+                                        path, (long long)n, (long long)s->ctx);
+    if (!rc && n > 0) rc = mtok_ids_append(&s->ids, ids, (size_t)n);
+    free(ids);
+    if (rc) {
+        mtok_session_reset(s);
+        return rc;
+    }
+    s->pos = n;
+    if (n_loaded) *n_loaded = n;
+    return 0;
+}
+
+/* ---- attention: o[t][h] = softmax_s≤pos_t(q·k_s/sqrt(D)) · v_s, query head h reads group h/(H/G) ----
+ * The KV store hands out the layer's blocks in order, a segment of resident blocks at a time (cold
+ * ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across segments, so
+ * the arithmetic is the same block-by-block sequence whether a block was hot or read back. */
+#define SEG_BLOCKS 64
 static int attention(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     const mtok_config *c = s->c;
     const int64_t H = c->n_heads, D = c->head_dim, G = c->n_kv_groups, per_group = H / G;
-    const int64_t B = kvs_block_tokens(s->kv), row = G * D;
+    const int64_t row = G * D;
     const float scale = (float)(1.0 / sqrt((double)D));
-    int err = 0;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads)
-    for (int64_t t = 0; t < n; t++) {
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t p = pos + t, g = h / per_group;
-            const float *q = s->q + (size_t)t * H * D + h * D;
-            float *acc = s->att + (size_t)t * H * D + h * D;
-            float m = -INFINITY, l = 0.0f;
-            memset(acc, 0, (size_t)D * sizeof *acc);
-            for (int64_t b = 0; b <= p / B; b++) {
-                kvs_block blk;
-                if (kvs_get_block(s->kv, layer, b, &blk)) {
-                    err = 1;
-                    break;
+    for (int64_t i = 0; i < n * H; i++) s->ms[i] = -INFINITY, s->ls[i] = 0.0f;
+    memset(s->att, 0, (size_t)(n * H * D) * sizeof *s->att);
+    kvs_block seg[SEG_BLOCKS];
+    for (;;) {
+        int nseg = 0;
+        int rc = kvs_stream_next(s->kv, layer, seg, SEG_BLOCKS, &nseg);
+        if (rc) return rc;
+        if (!nseg) break;
+        /* small segments (decode against a few blocks) run on this thread: waking the team for them
+         * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
+        const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
+        for (int64_t t = 0; t < n; t++) {
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t p = pos + t, g = h / per_group;
+                const float *q = s->q + (size_t)t * H * D + h * D;
+                float *acc = s->att + (size_t)t * H * D + h * D;
+                float m = s->ms[t * H + h], l = s->ls[t * H + h];
+                for (int j = 0; j < nseg; j++) {
+                    const kvs_block *blk = &seg[j];
+                    if (blk->pos0 > p) break;
+                    int64_t upto = p - blk->pos0 + 1; /* causal: positions ≤ p */
+                    int64_t nb = blk->n < upto ? blk->n : upto;
+                    mk_attn_accum(q, blk->k + g * D, blk->v + g * D, nb, row, D, scale, acc, &m, &l);
                 }
-                int64_t upto = p - blk.pos0 + 1; /* causal: positions ≤ p */
-                int64_t nb = blk.n < upto ? blk.n : upto;
-                mk_attn_accum(q, blk.k + g * D, blk.v + g * D, nb, row, D, scale, acc, &m, &l);
+                s->ms[t * H + h] = m, s->ls[t * H + h] = l;
             }
-            const float inv = l > 0 ? 1.0f / l : 0.0f;
-            for (int64_t d = 0; d < D; d++) acc[d] *= inv;
         }
     }
-    return err ? mtok_err(MTOK_EINTERNAL, "attention: KV block missing in layer %lld", (long long)layer) : 0;
+    for (int64_t i = 0; i < n * H; i++) {
+        const float inv = s->ls[i] > 0 ? 1.0f / s->ls[i] : 0.0f;
+        for (int64_t d = 0; d < D; d++) s->att[i * D + d] *= inv;
+    }
+    return 0;
 }
 
 /* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ---- */
@@ -147,6 +236,9 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
     for (int64_t t = 0; t < n; t++)
         mk_rope_table(s->cs + t * half, s->sn + t * half, c->rope_dim, c->rope_base, s->pos + t);
 
+    /* the KV blocks attention will read, layer 0 first; each layer queues the next one's before its
+     * own attention runs, so the next layer's cold blocks are in flight while this one computes */
+    if ((rc = kvs_plan(s->kv, 0, s->pos + n, s->pos))) return rc;
     for (int64_t l = 0; l < c->n_layers; l++) {
         const mtok_layer *L = &w->layers[l];
         /* attention block */
@@ -159,6 +251,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
             mk_rope(s->k + t * kd, c->n_kv_groups, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
         }
         if ((rc = kvs_write(s->kv, l, s->pos, n, s->k, s->v, kd))) return rc;
+        if (l + 1 < c->n_layers && (rc = kvs_plan(s->kv, l + 1, s->pos + n, s->pos))) return rc;
         if ((rc = attention(s, l, s->pos, n))) return rc;
         mk_matmul(s->a, E, s->att, qd, n, &L->wo, NULL);
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
@@ -181,7 +274,8 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         mk_matmul(s->logits, c->vocab, s->a, E, 1, &w->output, NULL);
     }
     s->pos += n;
-    return 0;
+    s->computed += n;
+    return mtok_ids_append(&s->ids, ids, (size_t)n);
 }
 
 int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits) {
@@ -197,6 +291,7 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
         if (rc) {
             /* leave the session as it was before this call: a failed request loses nothing */
             s->pos = start;
+            s->ids.n = (size_t)start;
             kvs_truncate(s->kv, start);
             return rc;
         }

@@ -156,6 +156,15 @@ typedef struct {
     int threads;           /* OpenMP threads (0: all cores) */
     int64_t prefill_chunk; /* tokens per prefill chunk (0: 256) */
     int64_t kv_block;      /* tokens per KV block (0: 128) */
+    /* KV store (docs/KVSTORE.md) */
+    uint64_t kv_budget;    /* hot-tier bytes incl. the staging ring (0: unlimited, nothing spills) */
+    const char *kv_dir;    /* cold-tier directory (NULL: $TMPDIR, else /var/tmp) */
+    int kv_io;             /* 0 auto (io_uring, else the thread pool), 1 io_uring, 2 threads */
+    int kv_policy;         /* 0 exact (default), 1 window (StreamingLLM: sinks + recent window) */
+    int64_t kv_sinks;      /* tokens kept hot from the start, attention sinks (0: 4) */
+    int64_t kv_window;     /* window policy: recent tokens attended (0: 4096) */
+    int kv_depth;          /* cold-tier queue depth (0: 32) */
+    const char *kv_fault;  /* test-only fault injection "KIND[:NTH[:COUNT]]" (docs/KVSTORE.md); NULL normally */
 } mtok_session_params;
 
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out);
@@ -171,8 +180,25 @@ const mtok_config *mtok_session_config(const mtok_session *s);
  * through mtok_session_logits(). Fails with MTOK_EINPUT if pos+n exceeds the context limit. */
 int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
 const float *mtok_session_logits(const mtok_session *s);
-/* Bytes of KV currently held. */
+/* Bytes of KV currently held (hot + cold). */
 uint64_t mtok_session_kv_bytes(const mtok_session *s);
+/* The token ids at positions 0..pos-1. */
+const int32_t *mtok_session_tokens(const mtok_session *s);
+typedef struct {
+    const char *io;       /* cold-tier I/O in use: "none", "io_uring", "threads" */
+    const char *io_note;  /* how it was set up (fallback reason, queue depth) */
+    uint64_t hot_bytes, cold_bytes;
+    uint64_t spill_writes, spill_reads, bytes_written, bytes_read, dropped;
+    int64_t tokens_computed; /* tokens run through the model since the session was created */
+} mtok_kv_stats;
+void mtok_session_kv_stats(const mtok_session *s, mtok_kv_stats *out);
+/* Saves the session's tokens and KV to path (format: docs/KVSTORE.md), atomically. */
+int mtok_session_save_kv(mtok_session *s, const char *path);
+/* Replaces the session's state with a saved cache. With prompt == NULL every saved token is loaded;
+ * otherwise only the longest saved prefix the prompt starts with (block hash chain), so the caller
+ * prefills prompt[*n_loaded..]. A file from another model, truncated or corrupt: MTOK_EINPUT. */
+int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *prompt, size_t n_prompt,
+                         int64_t *n_loaded);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Sampling.                                                                                       */

@@ -76,5 +76,8 @@ extern const char *const mtok_syn_specials[MTOK_SYN_N_SPECIAL];
 /* Trains byte-level BPE on the embedded corpus and renders a tiktoken rank file
  * ("base64 rank\n" per line, ranks 0..255 = the single bytes). *n_ranks <= max_ranks. */
 int mtok_syn_tokenizer(int64_t max_ranks, char **text, size_t *len, int64_t *n_ranks);
+/* The same trained on a caller's corpus (the needle model uses public-domain English). */
+int mtok_syn_tokenizer_corpus(const char *corpus, size_t n, int64_t max_ranks, char **text, size_t *len,
+                              int64_t *n_ranks);
 
 #endif

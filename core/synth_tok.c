@@ -216,8 +216,13 @@ static void base64(const unsigned char *p, size_t n, char *out) {
 }
 
 int mtok_syn_tokenizer(int64_t max_ranks, char **text, size_t *len, int64_t *n_ranks) {
-    const unsigned char *s = (const unsigned char *)corpus;
-    size_t n = sizeof corpus - 1, n_pieces = 0, n_words = 0, total_sym = 0;
+    return mtok_syn_tokenizer_corpus(corpus, sizeof corpus - 1, max_ranks, text, len, n_ranks);
+}
+
+int mtok_syn_tokenizer_corpus(const char *corpus_text, size_t n, int64_t max_ranks, char **text, size_t *len,
+                              int64_t *n_ranks) {
+    const unsigned char *s = (const unsigned char *)corpus_text;
+    size_t n_pieces = 0, n_words = 0, total_sym = 0;
     span *pieces = NULL;
     word *words = NULL;
     vocab v = {0};

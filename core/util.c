@@ -50,6 +50,7 @@ const char *mtok_dtype_name(mtok_dtype t) {
 int mtok_ids_push(mtok_ids *a, int32_t id) { return mtok_ids_append(a, &id, 1); }
 
 int mtok_ids_append(mtok_ids *a, const int32_t *ids, size_t n) {
+    if (n == 0) return 0; /* ids may be NULL then (an empty vector) */
     if (a->n + n > a->cap) {
         size_t cap = a->cap ? a->cap : 64;
         while (cap < a->n + n) cap *= 2;

@@ -580,3 +580,215 @@ void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, in
         *m = m_new;
     }
 }
+
+/* ---- grouped attention over one KV block (mk_attn_block) ----
+ * Per sub-block of AB_KEYS keys: K is widened once into kt (transposed, [D][AB_KEYS]) and V into vb
+ * ([AB_KEYS][D]); then, for tiles of up to 6 query rows, S = Q·Kᵀ runs as a 6x16 register tile (as
+ * the prefill GEMM's micro-kernel), the online-softmax update works on S in place, and O += P·V runs
+ * as a second 6x16 tile over D. All rows of the call share the widened block, so K/V cost one read
+ * per group instead of one per head. */
+#define AB_KEYS 64
+#define AB_DMAX 256
+#define AB_MR 6
+
+/* kt (AB_KEYS * AB_DMAX) + vb (AB_KEYS * AB_DMAX) + s (AB_MR * AB_KEYS), one per thread, kept */
+static _Thread_local float *tl_attn;
+
+/* 8x8 transpose of r[0..7] stored as 8 rows of dst with stride ld floats. */
+INLINE void transpose8_store_ld(float *dst, int64_t ld, const __m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_store_ps(dst + 0 * ld, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_store_ps(dst + 1 * ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_store_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_store_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_store_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_store_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_store_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_store_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+/* kt[d][j] = K[j][d] for j < nb (zero for nb <= j < nbp), d < D (D a multiple of 8). */
+static void ab_widen_k(float *kt, const uint16_t *k, int64_t stride, int64_t nb, int64_t nbp, int64_t D) {
+    int64_t j = 0;
+    for (; j + 8 <= nb; j += 8)
+        for (int64_t d = 0; d < D; d += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = load8(k + (j + i) * stride + d, 0, MTOK_BF16);
+            transpose8_store_ld(kt + d * AB_KEYS + j, AB_KEYS, r);
+        }
+    for (; j < nbp; j++)
+        for (int64_t d = 0; d < D; d++) kt[d * AB_KEYS + j] = j < nb ? mk_bf16_to_f32(k[j * stride + d]) : 0.0f;
+}
+
+/* s[r][j] = scale * q_r · k_j for r < mr rows, j < nbp (a multiple of 16). */
+INLINE void ab_scores(int mr, float *s, const float *const *qr, const float *kt, int64_t nbp, int64_t D,
+                      float scale) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t j = 0; j < nbp; j += 16) {
+        __m256 c0[AB_MR], c1[AB_MR];
+        for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d++) {
+            const __m256 w0 = _mm256_load_ps(kt + d * AB_KEYS + j), w1 = _mm256_load_ps(kt + d * AB_KEYS + j + 8);
+            for (int r = 0; r < mr; r++) {
+                const __m256 a = _mm256_broadcast_ss(qr[r] + d);
+                c0[r] = _mm256_fmadd_ps(a, w0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(a, w1, c1[r]);
+            }
+        }
+        for (int r = 0; r < mr; r++) {
+            _mm256_store_ps(s + r * AB_KEYS + j, _mm256_mul_ps(c0[r], sc));
+            _mm256_store_ps(s + r * AB_KEYS + j + 8, _mm256_mul_ps(c1[r], sc));
+        }
+    }
+}
+
+/* acc_r[d] = acc_r[d] * alpha_r + sum_{j < nb} p[r][j] * vb[j][d], for r < mr, d < D (multiple of 8). */
+INLINE void ab_values(int mr, float *const *accr, const float *alpha, const float *s, const float *vb, int64_t nb,
+                      int64_t D) {
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        __m256 c0[AB_MR], c1[AB_MR];
+        for (int r = 0; r < mr; r++) {
+            const __m256 al = _mm256_set1_ps(alpha[r]);
+            c0[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d), al);
+            c1[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d + 8), al);
+        }
+        for (int64_t j = 0; j < nb; j++) {
+            const __m256 v0 = _mm256_load_ps(vb + j * D + d), v1 = _mm256_load_ps(vb + j * D + d + 8);
+            for (int r = 0; r < mr; r++) {
+                const __m256 a = _mm256_broadcast_ss(s + r * AB_KEYS + j);
+                c0[r] = _mm256_fmadd_ps(a, v0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(a, v1, c1[r]);
+            }
+        }
+        for (int r = 0; r < mr; r++) {
+            _mm256_storeu_ps(accr[r] + d, c0[r]);
+            _mm256_storeu_ps(accr[r] + d + 8, c1[r]);
+        }
+    }
+    for (; d < D; d += 8) {
+        __m256 c[AB_MR];
+        for (int r = 0; r < mr; r++) c[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d), _mm256_set1_ps(alpha[r]));
+        for (int64_t j = 0; j < nb; j++) {
+            const __m256 v0 = _mm256_load_ps(vb + j * D + d);
+            for (int r = 0; r < mr; r++) c[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + r * AB_KEYS + j), v0, c[r]);
+        }
+        for (int r = 0; r < mr; r++) _mm256_storeu_ps(accr[r] + d, c[r]);
+    }
+}
+
+/* The online-softmax step of one row on its scores s[0..nbp): keys j >= nv are masked. Leaves
+ * p_j = exp(s_j - m_new) in s and returns alpha (the factor for the old acc). */
+static float ab_softmax_row(float *s, int64_t nv, int64_t nbp, float *m, float *l) {
+    if (nv <= 0) { /* nothing visible: the state stays, acc * 1 + 0 */
+        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
+        return 1.0f;
+    }
+    float mb = -INFINITY;
+    for (int64_t j = 0; j < nv; j++) mb = s[j] > mb ? s[j] : mb;
+    const float m_new = mb > *m ? mb : *m;
+    if (m_new == -INFINITY) { /* only -inf scores */
+        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
+        return 1.0f;
+    }
+    const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+    const __m256 mv = _mm256_set1_ps(m_new);
+    __m256 ls = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= nv; j += 8) {
+        const __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
+        _mm256_store_ps(s + j, p);
+        ls = _mm256_add_ps(ls, p);
+    }
+    float lsum = hsum(ls);
+    for (; j < nv; j++) lsum += s[j] = expf(s[j] - m_new);
+    for (; j < nbp; j++) s[j] = 0.0f;
+    *l = *l * alpha + lsum;
+    *m = m_new;
+    return alpha;
+}
+
+static void ab_tile(int mr, float *s, const float *const *qr, float *const *accr, float **mr_, float **lr,
+                    const int64_t *nv, const float *kt, const float *vb, int64_t nb, int64_t nbp, int64_t D,
+                    float scale) {
+    float alpha[AB_MR];
+    int64_t nmax = 0;
+    switch (mr) {
+    case 1: ab_scores(1, s, qr, kt, nbp, D, scale); break;
+    case 2: ab_scores(2, s, qr, kt, nbp, D, scale); break;
+    case 3: ab_scores(3, s, qr, kt, nbp, D, scale); break;
+    case 4: ab_scores(4, s, qr, kt, nbp, D, scale); break;
+    case 5: ab_scores(5, s, qr, kt, nbp, D, scale); break;
+    default: ab_scores(6, s, qr, kt, nbp, D, scale); break;
+    }
+    for (int r = 0; r < mr; r++) {
+        alpha[r] = ab_softmax_row(s + r * AB_KEYS, nv[r], nbp, mr_[r], lr[r]);
+        nmax = nv[r] > nmax ? nv[r] : nmax;
+    }
+    if (nmax > nb) nmax = nb;
+    switch (mr) {
+    case 1: ab_values(1, accr, alpha, s, vb, nmax, D); break;
+    case 2: ab_values(2, accr, alpha, s, vb, nmax, D); break;
+    case 3: ab_values(3, accr, alpha, s, vb, nmax, D); break;
+    case 4: ab_values(4, accr, alpha, s, vb, nmax, D); break;
+    case 5: ab_values(5, accr, alpha, s, vb, nmax, D); break;
+    default: ab_values(6, accr, alpha, s, vb, nmax, D); break;
+    }
+}
+
+void mk_attn_block_avx2(const mk_attn_params *p) {
+    const int64_t D = p->D, rows = p->n_tok * p->n_head;
+    if (!tl_attn) tl_attn = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
+    if (D > AB_DMAX || D % 8 || !tl_attn) { /* unusual shapes: one row at a time */
+        for (int64_t t = 0; t < p->n_tok; t++) {
+            int64_t nv = p->n;
+            if (p->causal) {
+                const int64_t lim = p->q_pos0 + t - p->k_pos0 + 1;
+                nv = lim < 0 ? 0 : lim < nv ? lim : nv;
+            }
+            for (int64_t h = 0; h < p->n_head; h++)
+                mk_attn_accum_avx2(p->q + t * p->q_ts + h * D, p->k, p->v, nv, p->kv_stride, D, p->scale,
+                                   p->acc + t * p->acc_ts + h * D, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
+        }
+        return;
+    }
+    float *kt = tl_attn, *vb = kt + AB_KEYS * AB_DMAX, *s = vb + AB_KEYS * AB_DMAX;
+    /* keys past the last token's position are never visible: do not even widen them */
+    int64_t n = p->n;
+    if (p->causal) {
+        const int64_t lim = p->q_pos0 + p->n_tok - 1 - p->k_pos0 + 1;
+        n = lim < 0 ? 0 : lim < n ? lim : n;
+    }
+    for (int64_t j0 = 0; j0 < n; j0 += AB_KEYS) {
+        const int64_t nb = n - j0 < AB_KEYS ? n - j0 : AB_KEYS, nbp = (nb + 15) & ~(int64_t)15;
+        const uint16_t *k = p->k + j0 * p->kv_stride, *v = p->v + j0 * p->kv_stride;
+        ab_widen_k(kt, k, p->kv_stride, nb, nbp, D);
+        for (int64_t j = 0; j < nb; j++) row_to_f32(vb + j * D, v + j * p->kv_stride, D, MTOK_BF16);
+        for (int64_t r0 = 0; r0 < rows; r0 += AB_MR) {
+            const int mr = (int)(rows - r0 < AB_MR ? rows - r0 : AB_MR);
+            const float *qr[AB_MR];
+            float *accr[AB_MR], *mr_[AB_MR], *lr[AB_MR];
+            int64_t nv[AB_MR];
+            for (int r = 0; r < mr; r++) {
+                const int64_t t = (r0 + r) / p->n_head, h = (r0 + r) % p->n_head;
+                qr[r] = p->q + t * p->q_ts + h * D;
+                accr[r] = p->acc + t * p->acc_ts + h * D;
+                mr_[r] = p->m + t * p->ml_ts + h;
+                lr[r] = p->l + t * p->ml_ts + h;
+                nv[r] = nb;
+                if (p->causal) {
+                    const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
+                    nv[r] = lim < 0 ? 0 : lim < nb ? lim : nb;
+                }
+            }
+            ab_tile(mr, s, qr, accr, mr_, lr, nv, kt, vb, nb, nbp, D, p->scale);
+        }
+    }
+}

@@ -87,6 +87,13 @@ void mk_attn_accum(const float *q, const uint16_t *k, const uint16_t *v, int64_t
         mk_attn_accum_ref(q, k, v, n, stride, D, scale, acc, m, l);
 }
 
+void mk_attn_block(const mk_attn_params *p) {
+    if (mk_have_avx2())
+        mk_attn_block_avx2(p);
+    else
+        mk_attn_block_ref(p);
+}
+
 void mk_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n) {
     if (mk_have_avx2())
         mk_f32_to_bf16_row_avx2(dst, src, n);

@@ -22,6 +22,7 @@ void mk_row_to_f32_avx2(float *dst, const void *src, mtok_dtype dt, int64_t n);
 void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
                         int64_t D, float scale, float *acc, float *m, float *l);
 void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n);
+void mk_attn_block_avx2(const mk_attn_params *p);
 
 /* ---- portable fallbacks (kernels/cpu_ops.c) ---- */
 void mk_matmul_portable(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,

@@ -104,3 +104,16 @@ void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int
         *m = m_new;
     }
 }
+
+void mk_attn_block_ref(const mk_attn_params *p) {
+    for (int64_t t = 0; t < p->n_tok; t++) {
+        int64_t nv = p->n;
+        if (p->causal) {
+            const int64_t lim = p->q_pos0 + t - p->k_pos0 + 1; /* keys at positions <= q_pos0 + t */
+            nv = lim < 0 ? 0 : lim < nv ? lim : nv;
+        }
+        for (int64_t h = 0; h < p->n_head; h++)
+            mk_attn_accum_ref(p->q + t * p->q_ts + h * p->D, p->k, p->v, nv, p->kv_stride, p->D, p->scale,
+                              p->acc + t * p->acc_ts + h * p->D, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
+    }
+}

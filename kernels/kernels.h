@@ -89,7 +89,51 @@ void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int
  * spilled blocks, split-K decoding and context parallelism. */
 void mk_attn_merge(float *acc, float *m, float *l, const float *acc2, float m2, float l2, int64_t D);
 
+/* Grouped attention over one KV block: every query row that reads the same KV group (the
+ * n_head = H/G heads of one group, for n_tok consecutive query tokens) against the block's keys at
+ * once, so the block is read and widened once per group and tile instead of once per head, and the
+ * scores and P·V products run as small register-blocked GEMMs. Row (t, h) for t < n_tok, h < n_head:
+ *   query  q   + t*q_ts   + h*D   [D]
+ *   state  acc + t*acc_ts + h*D   [D],  m[t*ml_ts + h], l[t*ml_ts + h]  (as mk_attn_accum's)
+ * Keys/values j < n at k + j*kv_stride, v + j*kv_stride (bf16), at positions k_pos0 + j. causal:
+ * token t (position q_pos0 + t) sees keys at positions <= its own only. The state update equals n_tok
+ * x n_head calls of mk_attn_accum (within fp32 rounding). */
+typedef struct {
+    const float *q;
+    int64_t q_ts;
+    float *acc;
+    int64_t acc_ts;
+    float *m, *l;
+    int64_t ml_ts;
+    int64_t n_tok, n_head, D;
+    const uint16_t *k, *v;
+    int64_t kv_stride, n;
+    int64_t q_pos0, k_pos0;
+    int causal;
+    float scale;
+} mk_attn_params;
+void mk_attn_block(const mk_attn_params *p);
+void mk_attn_block_ref(const mk_attn_params *p);
+
 /* fp32 -> bf16 row conversion (KV append). */
 void mk_f32_to_bf16_row(uint16_t *dst, const float *src, int64_t n);
+
+/* ---- machine limits (kernels/cpu_limits.c; the denominators of `mtok bench`) ---- */
+typedef struct {
+    int threads;         /* 0: all online cores */
+    int64_t array_bytes; /* bytes per STREAM array (0: 256 MiB; use >> last-level cache) */
+    int reps;            /* best of reps (0: 5) */
+    int64_t fma_iters;   /* FMA loop iterations per thread and rep (0: 2e7, ~0.1 s) */
+} mk_limits_params;
+typedef struct {
+    double triad_gbs;  /* a = b + s*c, 12 bytes per element counted (STREAM convention) */
+    double read_gbs;   /* sum of one array, 4 bytes per element */
+    double fma_gflops; /* fp32, 2 flops per FMA lane */
+    int threads, avx2;
+    int64_t array_bytes;
+    int verified;      /* 1: the triad output and the read sums had their expected values */
+} mk_limits;
+/* Measures with plain pthreads (safe in a forked child of an OpenMP process). 0 or MTOK_ERESOURCE. */
+int mk_measure_limits(const mk_limits_params *p, mk_limits *out);
 
 #endif

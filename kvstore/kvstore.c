@@ -1,29 +1,100 @@
-/* kvstore.c — paged KV cache, host-RAM tier.
+/* kvstore.c — the tiered, paged KV cache.
  *
- * Design note (the tiered store of issue 3 extends this):
- *  - A block is (layer, b): positions [b*B, (b+1)*B). Its memory is one allocation holding K rows
- *    then V rows, B*groups*head_dim bf16 values each, allocated the first time a position of the
- *    block is written and kept across kvs_reset() so a new request reuses it.
- *  - Invariant: n_tok[layer] positions of a layer are valid; blocks beyond them hold stale data that
- *    is never read. kvs_write() may rewrite a tail (pos < n_tok) but never leave a hole.
- *  - Readers get const pointers into block memory; nothing moves while a forward pass runs, so
- *    kvs_get_block() needs no lock. (Spill/restore will add pin counts here.) */
+ * Design note (in the manner of SQLite's pager.c).
+ *
+ * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K rows then V rows, bf16,
+ * data_bytes = 2*B*groups*head_dim*2. In memory and on disk a block occupies one slot of
+ * slot_bytes = data_bytes rounded up to 4 KiB, so every cold-tier transfer is O_DIRECT-aligned.
+ *
+ * States of a block and the function performing each transition:
+ *     EMPTY ──make_hot──> HOT ──evict (write, checksum)──> [spilling] ──> COLD
+ *     COLD ──kvs_plan/pump (read into a staging slot)──> [loading] ──stream_next (verify)──> read view
+ *     COLD ──make_hot (kvs_write into a spilled block after a truncate)──> HOT (dirty)
+ *     HOT/COLD ──kvs_truncate / kvs_reset──> EMPTY;  HOT/COLD outside sinks+window (window policy)
+ *     ──evict / kvs_plan──> DROPPED (never read again).
+ * A cold block is never promoted back to hot for reading: attention reads it through the staging
+ * ring each time (exact policy: every block is read back, so results equal the unspilled run).
+ *
+ * Invariants.
+ *  - n_tok[layer] positions of a layer are valid; blocks beyond hold stale data never read.
+ *  - A COLD block's slot holds data whose XXH3-64 is blk.sum; the checksum is computed from the hot
+ *    copy before the write is submitted and verified after every read (mismatch: MTOK_ERESOURCE with
+ *    layer, block, file and offset). A block is durable for this process once its write completed;
+ *    only then does its hot slot return to the free list. A HOT block may keep its cold slot as a
+ *    clean copy (dirty = 0): evicting it again costs no write.
+ *  - Hot tier: budget bytes = hot slots + R staging slots, one arena; each layer owns an equal quota
+ *    of hot slots. A layer over quota evicts its own oldest hot blocks after the sinks (the recent
+ *    window and the sinks stay hot; the middle, needed by attention only after them, goes cold).
+ *  - Cold slots are reserved with fallocate in growth steps before any write lands in them, so a
+ *    full disk shows up as a failed reservation (clean stop, MTOK_ERESOURCE) rather than a torn write.
+ *  - Evictions happen only inside kvs_write; reads of planned blocks are in flight concurrently but
+ *    touch other slots. make_hot of a COLD block first waits for every read in flight, and
+ *    kvs_truncate/kvs_reset drop the plan after waiting, so no slot is rewritten under a read.
+ *  - Short reads/writes and EIO are retried once, then reported with the file and offset. */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <xxhash.h>
 
 #include "kvstore.h"
+#include "kvtier.h"
 #include "../core/mtok.h"
 #include "../kernels/kernels.h"
 
+enum { BLK_EMPTY = 0, BLK_HOT, BLK_COLD, BLK_DROPPED };
+enum { ST_FREE = 0, ST_INFLIGHT, ST_HELD };
+
+typedef struct {
+    uint16_t *hot;
+    int64_t cold; /* cold slot or -1 */
+    uint64_t sum; /* XXH3-64 of the cold copy */
+    uint8_t state, dirty;
+} kvs_blk;
+
+typedef struct {
+    kvs_io io;
+    uint16_t *buf;
+    int64_t plan_idx;
+    int state, stale;
+} kvs_stage;
+
+typedef struct {
+    int64_t layer, b;
+} plan_item;
+
 struct kvs_cache {
     kvs_params p;
-    int64_t row;       /* groups*head_dim */
-    int64_t n_blocks;  /* per layer: ceil(ctx / B) */
-    uint16_t **blocks; /* [n_layers][n_blocks], NULL until first write */
-    int64_t *n_tok;    /* [n_layers] */
-    uint64_t bytes;
+    int64_t B, row, n_blocks, sink_blocks;
+    size_t data_bytes, slot_bytes;
+    kvs_blk *blk;   /* [n_layers][n_blocks] */
+    int64_t *n_tok; /* [n_layers] */
+    /* hot tier */
+    int64_t quota; /* hot blocks per layer (INT64_MAX: unlimited) */
+    int64_t *n_hot;
+    char *arena;
+    size_t arena_bytes;
+    uint16_t **free_hot;
+    int64_t n_free_hot, cap_free_hot;
+    /* cold tier */
+    kvs_tier *tier;
+    int64_t *free_cold, n_free_cold, cap_free_cold, next_cold;
+    uint64_t reserved;
+    /* streaming */
+    plan_item *plan;
+    int64_t plan_n, plan_cap, plan_head, plan_sub;
+    kvs_stage *ring;
+    int R;
+    uint16_t *bounce; /* one aligned slot for kvs_read_block */
+    kvs_stats st;
 };
 
+static kvs_blk *BLK(kvs_cache *c, int64_t l, int64_t b) { return &c->blk[l * c->n_blocks + b]; }
+static uint64_t cold_off(const kvs_cache *c, int64_t slot) { return (uint64_t)slot * c->slot_bytes; }
+static uint64_t sum_of(const kvs_cache *c, const void *data) { return XXH3_64bits(data, c->data_bytes); }
+
+/* ---- setup ---- */
 int kvs_create(const kvs_params *p, kvs_cache **out) {
     *out = NULL;
     if (p->n_layers <= 0 || p->n_kv_groups <= 0 || p->head_dim <= 0 || p->ctx <= 0 || p->block_tokens <= 0)
@@ -31,76 +102,523 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
                         (long long)p->n_layers, (long long)p->n_kv_groups, (long long)p->ctx,
                         (long long)p->block_tokens);
     kvs_cache *c = calloc(1, sizeof *c);
-    if (!c) goto oom;
+    if (!c) return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory");
+    int rc = MTOK_ERESOURCE;
     c->p = *p;
+    c->B = p->block_tokens;
     c->row = p->n_kv_groups * p->head_dim;
-    c->n_blocks = (p->ctx + p->block_tokens - 1) / p->block_tokens;
-    c->blocks = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blocks);
+    c->n_blocks = (p->ctx + c->B - 1) / c->B;
+    c->data_bytes = 2 * (size_t)c->B * (size_t)c->row * sizeof(uint16_t);
+    c->slot_bytes = (c->data_bytes + KVS_ALIGN - 1) / KVS_ALIGN * KVS_ALIGN;
+    c->sink_blocks = (p->sinks + c->B - 1) / c->B;
+    c->blk = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blk);
     c->n_tok = calloc((size_t)p->n_layers, sizeof *c->n_tok);
-    if (!c->blocks || !c->n_tok) goto oom;
+    c->n_hot = calloc((size_t)p->n_layers, sizeof *c->n_hot);
+    if (!c->blk || !c->n_tok || !c->n_hot) goto oom;
+    for (int64_t i = 0; i < p->n_layers * c->n_blocks; i++) c->blk[i].cold = -1;
+    c->quota = INT64_MAX;
+    c->st.io = "none";
+    c->st.io_note = "no --kv-budget: every block stays in RAM";
+    if (p->budget) {
+        const size_t slot_bytes = c->slot_bytes;
+        int64_t slots = (int64_t)(p->budget / c->slot_bytes);
+        int64_t min_q = c->sink_blocks + 2;
+        /* staging ring: a quarter of the budget, 16..64 blocks; hot slots: the rest, but at least
+         * sinks + 2 per layer. A tiny budget is exceeded by at most the 16-block ring. */
+        int64_t R = slots / 4;
+        R = R < 16 ? 16 : R > 64 ? 64 : R;
+        if (slots < p->n_layers * min_q) {
+            kvs_free(c);
+            return mtok_err(MTOK_EUSAGE, "--kv-budget %llu bytes is too small: it must hold at least %lld bytes "
+                            "(%lld layers x %lld hot blocks of %zu bytes; --kv-block %lld)",
+                            (unsigned long long)p->budget,
+                            (long long)(p->n_layers * min_q * (int64_t)slot_bytes), (long long)p->n_layers,
+                            (long long)min_q, slot_bytes, (long long)p->block_tokens);
+        }
+        c->R = (int)R;
+        c->quota = (slots - R) / p->n_layers;
+        if (c->quota < min_q) c->quota = min_q;
+        int64_t hot_slots = c->quota * p->n_layers;
+        c->arena_bytes = (size_t)(hot_slots + R + 1) * c->slot_bytes;
+        /* pages are touched only as blocks are written; MAP_NORESERVE keeps RSS = what is used */
+        c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+        if (c->arena == MAP_FAILED) {
+            c->arena = NULL;
+            goto oom;
+        }
+        c->cap_free_hot = hot_slots;
+        c->free_hot = malloc((size_t)hot_slots * sizeof *c->free_hot);
+        c->ring = calloc((size_t)R, sizeof *c->ring);
+        if (!c->free_hot || !c->ring) goto oom;
+        for (int64_t i = hot_slots - 1; i >= 0; i--) c->free_hot[c->n_free_hot++] = (uint16_t *)(c->arena + i * c->slot_bytes);
+        for (int i = 0; i < c->R; i++) c->ring[i].buf = (uint16_t *)(c->arena + (hot_slots + i) * c->slot_bytes);
+        c->bounce = (uint16_t *)(c->arena + (hot_slots + R) * c->slot_bytes);
+        kvs_tier_params tp = {p->dir, p->io, p->depth, c->arena, c->arena_bytes, p->fault};
+        if ((rc = kvs_tier_open(&tp, &c->tier))) goto fail;
+        c->st.io = c->tier->ops == NULL ? "?" : (strstr(c->tier->note, "io_uring") == c->tier->note ? "io_uring"
+                                                                                                      : "threads");
+        c->st.io_note = c->tier->note;
+        mtok_log(1, "kv: hot tier %.1f MiB (%lld blocks/layer of %zu bytes, %d staging), cold tier %s via %s",
+                 (double)p->budget / (1 << 20), (long long)c->quota, c->slot_bytes, c->R, c->tier->path,
+                 c->tier->note);
+    } else {
+        c->bounce = aligned_alloc(KVS_ALIGN, c->slot_bytes);
+        if (!c->bounce) goto oom;
+    }
     *out = c;
     return 0;
 oom:
+    mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the block tables and the hot arena");
+fail:
     kvs_free(c);
-    return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the block table");
+    return rc;
 }
 
 void kvs_free(kvs_cache *c) {
     if (!c) return;
-    if (c->blocks)
-        for (int64_t i = 0; i < c->p.n_layers * c->n_blocks; i++) free(c->blocks[i]);
-    free(c->blocks);
-    free(c->n_tok);
+    if (c->tier) c->tier->ops->close(c->tier); /* waits for requests in flight */
+    if (c->arena) {
+        munmap(c->arena, c->arena_bytes);
+    } else {
+        if (c->blk)
+            for (int64_t i = 0; i < c->p.n_layers * c->n_blocks; i++) free(c->blk[i].hot);
+        for (int64_t i = 0; i < c->n_free_hot; i++) free(c->free_hot[i]);
+        free(c->bounce);
+    }
+    free(c->free_hot), free(c->free_cold), free(c->plan), free(c->ring);
+    free(c->blk), free(c->n_tok), free(c->n_hot);
     free(c);
 }
 
-void kvs_reset(kvs_cache *c) { memset(c->n_tok, 0, (size_t)c->p.n_layers * sizeof *c->n_tok); }
-
-int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
-    for (int64_t l = 0; l < c->p.n_layers; l++)
-        if (c->n_tok[l] > n_tokens) c->n_tok[l] = n_tokens;
+/* ---- slots ---- */
+static int push_ptr(uint16_t ***v, int64_t *n, int64_t *cap, uint16_t *x) {
+    if (*n == *cap) {
+        int64_t nc = *cap ? 2 * *cap : 64;
+        uint16_t **nv = realloc(*v, (size_t)nc * sizeof **v);
+        if (!nv) return -1;
+        *v = nv, *cap = nc;
+    }
+    (*v)[(*n)++] = x;
     return 0;
 }
 
-static size_t block_elems(const kvs_cache *c) { return (size_t)c->p.block_tokens * (size_t)c->row; }
+static void release_hot(kvs_cache *c, int64_t layer, kvs_blk *k) {
+    if (!k->hot) return;
+    if (push_ptr(&c->free_hot, &c->n_free_hot, &c->cap_free_hot, k->hot)) free(k->hot); /* unlimited mode only */
+    k->hot = NULL;
+    c->n_hot[layer]--;
+}
 
-int kvs_write(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const float *k, const float *v, int64_t ld) {
+static void release_cold(kvs_cache *c, kvs_blk *k) {
+    if (k->cold < 0) return;
+    if (c->n_free_cold == c->cap_free_cold) {
+        int64_t nc = c->cap_free_cold ? 2 * c->cap_free_cold : 256;
+        int64_t *nv = realloc(c->free_cold, (size_t)nc * sizeof *nv);
+        if (!nv) { /* the slot leaks until the cache is freed; nothing else breaks */
+            k->cold = -1;
+            return;
+        }
+        c->free_cold = nv, c->cap_free_cold = nc;
+    }
+    c->free_cold[c->n_free_cold++] = k->cold;
+    k->cold = -1;
+}
+
+static int alloc_cold(kvs_cache *c, int64_t *slot) {
+    if (c->n_free_cold) {
+        *slot = c->free_cold[--c->n_free_cold];
+        return 0;
+    }
+    uint64_t need = cold_off(c, c->next_cold + 1);
+    if (need > c->reserved) {
+        /* grow by what is reserved so far (1 MiB first, 64 MiB at most per step) */
+        uint64_t step = c->reserved < ((uint64_t)1 << 20) ? (uint64_t)1 << 20 : c->reserved;
+        if (step > (uint64_t)64 << 20) step = (uint64_t)64 << 20;
+        if (step < 16 * c->slot_bytes) step = 16 * c->slot_bytes;
+        uint64_t want = (need + step - 1) / step * step;
+        int rc = c->tier->ops->reserve(c->tier, want);
+        if (rc < 0)
+            return mtok_err(MTOK_ERESOURCE, "kv cold tier: cannot reserve %llu bytes for spilled blocks in %s: %s "
+                            "(free space on --kv-dir, or raise --kv-budget)", (unsigned long long)want,
+                            c->tier->path, strerror(-rc));
+        c->reserved = want;
+    }
+    *slot = c->next_cold++;
+    return 0;
+}
+
+/* Waits for io and checks it transferred everything; retries once. */
+static int io_finish(kvs_cache *c, kvs_io *io, int64_t layer, int64_t b) {
+    c->tier->ops->wait(c->tier, io);
+    if (io->res == (int64_t)io->len) return 0;
+    int64_t first = io->res;
+    kvs_io *p = io;
+    int rc = c->tier->ops->submit(c->tier, &p, 1);
+    if (!rc) c->tier->ops->wait(c->tier, io);
+    if (!rc && io->res == (int64_t)io->len) {
+        mtok_log(1, "kv cold tier: %s of layer %lld block %lld at offset %llu retried after %s", 
+                 io->op == KVS_OP_READ ? "read" : "write", (long long)layer, (long long)b,
+                 (unsigned long long)io->off, first < 0 ? strerror((int)-first) : "a short transfer");
+        return 0;
+    }
+    char why[96];
+    int64_t r = rc ? rc : io->res;
+    if (r < 0) snprintf(why, sizeof why, "%s", strerror((int)-r));
+    else snprintf(why, sizeof why, "short transfer: %lld of %zu bytes", (long long)r, io->len);
+    return mtok_err(MTOK_ERESOURCE, "kv cold tier: %s of layer %lld block %lld failed twice (%s) in %s at offset %llu",
+                    io->op == KVS_OP_READ ? "read" : "write", (long long)layer, (long long)b, why, c->tier->path,
+                    (unsigned long long)io->off);
+}
+
+static int verify(kvs_cache *c, const void *data, int64_t layer, int64_t b) {
+    kvs_blk *k = BLK(c, layer, b);
+    if (sum_of(c, data) == k->sum) return 0;
+    return mtok_err(MTOK_ERESOURCE, "kv cold tier: checksum mismatch in layer %lld block %lld (file %s, offset %llu): "
+                    "the spilled block is corrupt", (long long)layer, (long long)b, c->tier->path,
+                    (unsigned long long)cold_off(c, k->cold));
+}
+
+/* Waits for every staged read in flight (they stay valid). */
+static void drain_reads(kvs_cache *c) {
+    for (int i = 0; i < c->R; i++)
+        if (c->ring[i].state != ST_FREE) c->tier->ops->wait(c->tier, &c->ring[i].io);
+}
+
+static void drop_plan(kvs_cache *c) {
+    if (c->tier) drain_reads(c);
+    for (int i = 0; i < c->R; i++) c->ring[i].state = ST_FREE;
+    c->plan_n = c->plan_head = c->plan_sub = 0;
+}
+
+/* ---- eviction: hot → cold (or dropped) for up to 16 of the layer's oldest hot blocks past the sinks ---- */
+static int evict(kvs_cache *c, int64_t layer, int64_t keep_b, int64_t cur_pos) {
+    int64_t victims[16];
+    int nv = 0;
+    int64_t end = (c->n_tok[layer] + c->B - 1) / c->B; /* blocks of this write may lie past n_tok */
+    if (end < keep_b) end = keep_b;
+    for (int64_t b = c->sink_blocks; b < end && nv < 16; b++) {
+        kvs_blk *k = BLK(c, layer, b);
+        if (k->state == BLK_HOT && b != keep_b) victims[nv++] = b;
+    }
+    if (!nv)
+        return mtok_err(MTOK_EINTERNAL, "kv cache: layer %lld is over its hot quota with nothing to evict",
+                        (long long)layer);
+    /* keep the evictions that make room, not more than half the layer's quota at once */
+    int64_t limit = c->quota / 2 > 0 ? c->quota / 2 : 1;
+    if (nv > limit) nv = (int)limit;
+    kvs_io ios[16];
+    kvs_io *sub[16];
+    int ns = 0;
+    for (int i = 0; i < nv; i++) {
+        kvs_blk *k = BLK(c, layer, victims[i]);
+        int outside = c->p.policy == KVS_POLICY_WINDOW && (victims[i] + 1) * c->B <= cur_pos - c->p.window;
+        if (outside) {
+            release_cold(c, k);
+            continue;
+        }
+        if (!k->dirty && k->cold >= 0) continue; /* clean copy on disk already */
+        if (k->cold < 0) {
+            int rc = alloc_cold(c, &k->cold);
+            if (rc) return rc;
+        }
+        k->sum = sum_of(c, k->hot);
+        ios[ns] = (kvs_io){.op = KVS_OP_WRITE, .buf = k->hot, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+        sub[ns] = &ios[ns];
+        ns++;
+    }
+    if (ns) {
+        int rc = c->tier->ops->submit(c->tier, sub, ns);
+        if (rc < 0)
+            return mtok_err(MTOK_ERESOURCE, "kv cold tier: submitting %d writes to %s failed: %s", ns, c->tier->path,
+                            strerror(-rc));
+        int err = 0;
+        for (int i = 0, j = 0; i < nv; i++) {
+            kvs_blk *k = BLK(c, layer, victims[i]);
+            if (j < ns && sub[j]->buf == k->hot) {
+                if (!err && (err = io_finish(c, sub[j], layer, victims[i]))) {
+                    for (int q = j + 1; q < ns; q++) c->tier->ops->wait(c->tier, sub[q]);
+                }
+                j++;
+                if (err) continue;
+                c->st.spill_writes++;
+                c->st.bytes_written += c->slot_bytes;
+            }
+        }
+        if (err) return err;
+    }
+    for (int i = 0; i < nv; i++) {
+        kvs_blk *k = BLK(c, layer, victims[i]);
+        release_hot(c, layer, k);
+        k->dirty = 0;
+        if (k->cold >= 0) {
+            k->state = BLK_COLD;
+        } else {
+            k->state = BLK_DROPPED;
+            c->st.dropped++;
+        }
+    }
+    return 0;
+}
+
+/* Makes block b of a layer hot and writable. */
+static int make_hot(kvs_cache *c, int64_t layer, int64_t b, int64_t cur_pos) {
+    kvs_blk *k = BLK(c, layer, b);
+    if (k->state == BLK_HOT) return 0;
+    while (c->n_hot[layer] >= c->quota) {
+        int rc = evict(c, layer, b, cur_pos);
+        if (rc) return rc;
+    }
+    uint16_t *mem = NULL;
+    if (c->n_free_hot) mem = c->free_hot[--c->n_free_hot];
+    else if (!c->arena) mem = aligned_alloc(KVS_ALIGN, c->slot_bytes);
+    if (!mem)
+        return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory allocating block %lld of layer %lld", (long long)b,
+                        (long long)layer);
+    if (k->state == BLK_COLD) { /* rewriting a spilled block (after a truncate): load it first */
+        drain_reads(c);
+        kvs_io io = {.op = KVS_OP_READ, .buf = mem, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+        kvs_io *p = &io;
+        int rc = c->tier->ops->submit(c->tier, &p, 1);
+        if (!rc) rc = io_finish(c, &io, layer, b);
+        else rc = mtok_err(MTOK_ERESOURCE, "kv cold tier: read submit failed: %s", strerror(-rc));
+        if (!rc) rc = verify(c, mem, layer, b);
+        if (rc) {
+            push_ptr(&c->free_hot, &c->n_free_hot, &c->cap_free_hot, mem);
+            return rc;
+        }
+        c->st.spill_reads++;
+        c->st.bytes_read += c->slot_bytes;
+    } else {
+        release_cold(c, k);
+    }
+    k->hot = mem;
+    k->state = BLK_HOT;
+    k->dirty = 1;
+    c->n_hot[layer]++;
+    return 0;
+}
+
+void kvs_reset(kvs_cache *c) { kvs_truncate(c, 0); }
+
+int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
+    drop_plan(c);
+    for (int64_t l = 0; l < c->p.n_layers; l++) {
+        if (c->n_tok[l] > n_tokens) c->n_tok[l] = n_tokens;
+        for (int64_t b = (c->n_tok[l] + c->B - 1) / c->B; b < c->n_blocks; b++) {
+            kvs_blk *k = BLK(c, l, b);
+            if (k->state == BLK_EMPTY) {
+                if (b * c->B > n_tokens + c->B) break;
+                continue;
+            }
+            release_hot(c, l, k);
+            release_cold(c, k);
+            k->state = BLK_EMPTY;
+            k->dirty = 0;
+        }
+    }
+    return 0;
+}
+
+typedef void (*row_fn)(uint16_t *dst, const void *src, int64_t n);
+static void row_f32(uint16_t *dst, const void *src, int64_t n) { mk_f32_to_bf16_row(dst, src, n); }
+static void row_bf16(uint16_t *dst, const void *src, int64_t n) { memcpy(dst, src, (size_t)n * sizeof *dst); }
+
+static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const char *k, const char *v,
+                      size_t row_bytes, row_fn fn) {
     if (layer < 0 || layer >= c->p.n_layers || pos < 0 || pos > c->n_tok[layer] || pos + n > c->p.ctx)
         return mtok_err(MTOK_EINPUT, "kv cache: write of %lld tokens at position %lld of layer %lld is outside "
                         "the cache (holds %lld of %lld)", (long long)n, (long long)pos, (long long)layer,
                         (long long)c->n_tok[layer], (long long)c->p.ctx);
-    const int64_t B = c->p.block_tokens;
+    const int64_t B = c->B, half = B * c->row;
     for (int64_t t = 0; t < n; t++) {
         int64_t p = pos + t, b = p / B, r = p % B;
-        uint16_t **slot = &c->blocks[layer * c->n_blocks + b];
-        if (!*slot) {
-            *slot = malloc(2 * block_elems(c) * sizeof(uint16_t));
-            if (!*slot)
-                return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory allocating block %lld of layer %lld",
-                                (long long)b, (long long)layer);
-            c->bytes += 2 * block_elems(c) * sizeof(uint16_t);
+        kvs_blk *blk = BLK(c, layer, b);
+        if (blk->state != BLK_HOT || !blk->dirty) {
+            int rc;
+            if (blk->state != BLK_HOT && (rc = make_hot(c, layer, b, pos + n))) {
+                c->n_tok[layer] = p; /* rows before p are in place */
+                return rc;
+            }
+            blk->dirty = 1;
         }
-        mk_f32_to_bf16_row(*slot + (size_t)r * c->row, k + (size_t)t * ld, c->row);
-        mk_f32_to_bf16_row(*slot + block_elems(c) + (size_t)r * c->row, v + (size_t)t * ld, c->row);
+        fn(blk->hot + r * c->row, k + (size_t)t * row_bytes, c->row);
+        fn(blk->hot + half + r * c->row, v + (size_t)t * row_bytes, c->row);
     }
     c->n_tok[layer] = pos + n;
     return 0;
 }
 
-int kvs_get_block(kvs_cache *c, int64_t layer, int64_t b, kvs_block *out) {
-    const int64_t B = c->p.block_tokens;
-    if (layer < 0 || layer >= c->p.n_layers || b < 0 || b * B >= c->n_tok[layer])
+int kvs_write(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const float *k, const float *v, int64_t ld) {
+    return write_rows(c, layer, pos, n, (const char *)k, (const char *)v, (size_t)ld * sizeof(float), row_f32);
+}
+
+int kvs_write_bf16(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const uint16_t *k, const uint16_t *v,
+                   int64_t ld) {
+    return write_rows(c, layer, pos, n, (const char *)k, (const char *)v, (size_t)ld * sizeof(uint16_t), row_bf16);
+}
+
+int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_t *n) {
+    if (layer < 0 || layer >= c->p.n_layers || b < 0 || b * c->B >= c->n_tok[layer])
         return mtok_err(MTOK_EINTERNAL, "kv cache: block %lld of layer %lld is not held", (long long)b,
                         (long long)layer);
-    const uint16_t *base = c->blocks[layer * c->n_blocks + b];
-    out->k = base;
-    out->v = base + block_elems(c);
-    out->pos0 = b * B;
-    out->n = c->n_tok[layer] - b * B < B ? c->n_tok[layer] - b * B : B;
+    kvs_blk *k = BLK(c, layer, b);
+    int64_t rows = c->n_tok[layer] - b * c->B;
+    *n = rows < c->B ? rows : c->B;
+    if (k->state == BLK_HOT) {
+        memcpy(dst, k->hot, c->data_bytes);
+        return 0;
+    }
+    if (k->state != BLK_COLD)
+        return mtok_err(MTOK_EINPUT, "kv cache: block %lld of layer %lld was dropped by the window policy",
+                        (long long)b, (long long)layer);
+    kvs_io io = {.op = KVS_OP_READ, .buf = c->bounce, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+    kvs_io *p = &io;
+    int rc = c->tier->ops->submit(c->tier, &p, 1);
+    if (rc) return mtok_err(MTOK_ERESOURCE, "kv cold tier: read submit failed: %s", strerror(-rc));
+    if ((rc = io_finish(c, &io, layer, b)) || (rc = verify(c, c->bounce, layer, b))) return rc;
+    c->st.spill_reads++;
+    c->st.bytes_read += c->slot_bytes;
+    memcpy(dst, c->bounce, c->data_bytes);
     return 0;
 }
 
-int64_t kvs_block_tokens(const kvs_cache *c) { return c->p.block_tokens; }
+/* ---- streaming ---- */
+static kvs_stage *find_stage(kvs_cache *c, int64_t plan_idx) {
+    for (int i = 0; i < c->R; i++)
+        if (c->ring[i].state != ST_FREE && c->ring[i].plan_idx == plan_idx) return &c->ring[i];
+    return NULL;
+}
+static kvs_stage *free_stage(kvs_cache *c) {
+    for (int i = 0; i < c->R; i++)
+        if (c->ring[i].state == ST_FREE) return &c->ring[i];
+    return NULL;
+}
+
+/* Submits reads for planned cold blocks while staging slots are free (one batch). */
+static int pump(kvs_cache *c) {
+    if (!c->tier) return 0;
+    kvs_io *batch[64];
+    int nb = 0;
+    while (c->plan_sub < c->plan_n && nb < 64) {
+        plan_item it = c->plan[c->plan_sub];
+        kvs_blk *k = BLK(c, it.layer, it.b);
+        if (k->state == BLK_COLD && !find_stage(c, c->plan_sub)) {
+            kvs_stage *s = free_stage(c);
+            if (!s) break;
+            s->plan_idx = c->plan_sub;
+            s->state = ST_INFLIGHT;
+            s->stale = 0;
+            s->io = (kvs_io){.op = KVS_OP_READ, .buf = s->buf, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+            batch[nb++] = &s->io;
+        }
+        c->plan_sub++;
+    }
+    if (!nb) return 0;
+    int rc = c->tier->ops->submit(c->tier, batch, nb);
+    return rc < 0 ? mtok_err(MTOK_ERESOURCE, "kv cold tier: submitting %d reads failed: %s", nb, strerror(-rc)) : 0;
+}
+
+int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0) {
+    int64_t nb = (pos_end + c->B - 1) / c->B;
+    if (nb > c->n_blocks) nb = c->n_blocks;
+    if (c->plan_head == c->plan_n && c->plan_head > 0) drop_plan(c); /* everything consumed: start over */
+    if (c->plan_n + nb > c->plan_cap) {
+        int64_t cap = c->plan_cap ? c->plan_cap : 256;
+        while (cap < c->plan_n + nb) cap *= 2;
+        plan_item *np = realloc(c->plan, (size_t)cap * sizeof *np);
+        if (!np) return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the read plan");
+        c->plan = np, c->plan_cap = cap;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        kvs_blk *k = BLK(c, layer, b);
+        if (c->p.policy == KVS_POLICY_WINDOW && b >= c->sink_blocks && (b + 1) * c->B <= q_pos0 - c->p.window) {
+            if (k->state == BLK_COLD) { /* outside sinks + window: dropped, never read */
+                release_cold(c, k);
+                k->state = BLK_DROPPED;
+                c->st.dropped++;
+            }
+            continue;
+        }
+        if (k->state == BLK_DROPPED) continue;
+        c->plan[c->plan_n++] = (plan_item){layer, b};
+    }
+    return pump(c);
+}
+
+int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *n_out) {
+    *n_out = 0;
+    for (int i = 0; i < c->R; i++) /* the previous segment is done with */
+        if (c->ring[i].state == ST_HELD) c->ring[i].state = ST_FREE;
+    const int max_cold = c->R / 2 > 1 ? c->R / 2 : 1;
+    kvs_stage *held[64];
+    int64_t held_b[64];
+    int k = 0, nh = 0;
+    while (c->plan_head < c->plan_n && k < max && c->plan[c->plan_head].layer == layer) {
+        plan_item it = c->plan[c->plan_head];
+        kvs_blk *blk = BLK(c, layer, it.b);
+        kvs_stage *s = c->tier ? find_stage(c, c->plan_head) : NULL;
+        if (blk->state == BLK_COLD) {
+            if (nh >= max_cold || nh >= 64) break;
+            if (!s) { /* went cold after it was planned: read it now, stealing the furthest read-ahead */
+                if (!(s = free_stage(c))) {
+                    for (int i = 0; i < c->R; i++)
+                        if (c->ring[i].state == ST_INFLIGHT && (!s || c->ring[i].plan_idx > s->plan_idx))
+                            s = &c->ring[i];
+                    if (!s) return mtok_err(MTOK_EINTERNAL, "kv cache: staging ring exhausted");
+                    c->tier->ops->wait(c->tier, &s->io);
+                    if (s->plan_idx < c->plan_sub) c->plan_sub = s->plan_idx;
+                }
+                s->plan_idx = c->plan_head;
+                s->io = (kvs_io){.op = KVS_OP_READ, .buf = s->buf, .len = c->slot_bytes, .off = cold_off(c, blk->cold)};
+                kvs_io *p = &s->io;
+                int rc = c->tier->ops->submit(c->tier, &p, 1);
+                if (rc < 0) return mtok_err(MTOK_ERESOURCE, "kv cold tier: read submit failed: %s", strerror(-rc));
+            }
+            s->state = ST_HELD;
+            held[nh] = s;
+            held_b[nh++] = it.b;
+            blks[k] = (kvs_block){s->buf, s->buf + c->B * c->row, it.b * c->B, 0};
+        } else if (blk->state == BLK_HOT) {
+            if (s) { /* staged earlier, hot again since: the staged copy is stale */
+                c->tier->ops->wait(c->tier, &s->io);
+                s->state = ST_FREE;
+            }
+            blks[k] = (kvs_block){blk->hot, blk->hot + c->B * c->row, it.b * c->B, 0};
+        } else {
+            if (s) { /* dropped or released since planning: its staged read is of no use */
+                c->tier->ops->wait(c->tier, &s->io);
+                s->state = ST_FREE;
+            }
+            c->plan_head++;
+            continue;
+        }
+        int64_t rows = c->n_tok[layer] - it.b * c->B;
+        blks[k].n = rows < c->B ? rows : c->B;
+        if (blks[k].n <= 0) { /* truncated since planning */
+            if (blk->state == BLK_COLD) held[--nh]->state = ST_FREE;
+            c->plan_head++;
+            continue;
+        }
+        k++;
+        c->plan_head++;
+    }
+    if (c->plan_sub < c->plan_head) c->plan_sub = c->plan_head;
+    int rc = pump(c); /* read ahead, across into the next planned layer */
+    for (int i = 0; i < nh && !rc; i++) {
+        rc = io_finish(c, &held[i]->io, layer, held_b[i]);
+        if (!rc) rc = verify(c, held[i]->buf, layer, held_b[i]);
+        c->st.spill_reads++;
+        c->st.bytes_read += c->slot_bytes;
+    }
+    if (rc) return rc;
+    *n_out = k;
+    return 0;
+}
+
+/* ---- queries ---- */
+int64_t kvs_block_tokens(const kvs_cache *c) { return c->B; }
+const kvs_params *kvs_get_params(const kvs_cache *c) { return &c->p; }
 
 int64_t kvs_tokens(const kvs_cache *c) {
     int64_t m = c->n_tok[0];
@@ -109,4 +627,19 @@ int64_t kvs_tokens(const kvs_cache *c) {
     return m;
 }
 
-uint64_t kvs_bytes(const kvs_cache *c) { return c->bytes; }
+void kvs_get_stats(const kvs_cache *c, kvs_stats *st) {
+    *st = c->st;
+    st->hot_bytes = st->cold_bytes = 0;
+    for (int64_t l = 0; l < c->p.n_layers; l++)
+        for (int64_t b = 0; b * c->B < c->n_tok[l]; b++) {
+            const kvs_blk *k = &c->blk[l * c->n_blocks + b];
+            if (k->state == BLK_HOT) st->hot_bytes += c->data_bytes;
+            else if (k->state == BLK_COLD) st->cold_bytes += c->data_bytes;
+        }
+}
+
+uint64_t kvs_bytes(const kvs_cache *c) {
+    kvs_stats st;
+    kvs_get_stats(c, &st);
+    return st.hot_bytes + st.cold_bytes;
+}

@@ -1,17 +1,40 @@
-/* kvstore.h — the KV cache interface the decoder uses (prefix kvs_).
+/* kvstore.h — the tiered KV cache the decoder uses (prefix kvs_). Design note: top of kvstore.c;
+ * user-facing description: docs/KVSTORE.md.
  *
  * The cache is paged: a block holds `block_tokens` consecutive positions of one layer, K and V for
  * every KV group, stored bf16 token-major ([n][groups*head_dim], the layout the QKV projection
- * produces). Attention reads the cache block by block through kvs_get_block(), so the tiered store
- * (hot RAM arena under a byte budget + cold NVMe tier, issue 3) can replace the implementation in
- * kvstore/kvstore.c without touching the forward pass. Today every block lives in host RAM,
- * allocated on first write, so memory follows the tokens actually held rather than --ctx. */
+ * produces). Blocks live in a hot tier (host RAM, under a byte budget) or a cold tier (a
+ * preallocated O_DIRECT file driven through io_uring or a pread/pwrite thread pool). Attention
+ * streams the blocks of a layer in order through kvs_plan() + kvs_stream_next(): hot blocks are
+ * read in place, cold blocks arrive through a staging ring that is filled ahead of use (including
+ * the next layer's blocks while this layer computes) and checked against their XXH3 checksum. */
 #ifndef MTOK_KVSTORE_H
 #define MTOK_KVSTORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct kvs_cache kvs_cache;
+
+typedef enum { KVS_IO_AUTO = 0, KVS_IO_URING = 1, KVS_IO_THREADS = 2 } kvs_io_kind;
+typedef enum { KVS_POLICY_EXACT = 0, KVS_POLICY_WINDOW = 1 } kvs_policy;
+
+/* Test-only fault injection, applied by a wrapping tier (kvstore/kvtier.c); see docs/KVSTORE.md. */
+typedef enum {
+    KVS_FAULT_NONE = 0,
+    KVS_FAULT_CORRUPT, /* flip one byte of the nth cold read after it completes */
+    KVS_FAULT_EIO,     /* the nth cold read fails with EIO */
+    KVS_FAULT_SHORT,   /* the nth cold read returns half its bytes */
+    KVS_FAULT_ENOSPC,  /* the nth space reservation (fallocate) fails with ENOSPC */
+    KVS_FAULT_NOURING, /* io_uring setup fails as if blocked (exercises the fallback) */
+} kvs_fault_kind;
+typedef struct {
+    kvs_fault_kind kind;
+    int64_t nth;  /* 1-based index of the first faulty operation */
+    int64_t count; /* consecutive faulty operations (1: a retry succeeds) */
+} kvs_fault;
+/* Parses "corrupt|eio|short|enospc|nouring[:NTH[:COUNT]]". */
+int kvs_fault_parse(const char *s, kvs_fault *out);
 
 typedef struct {
     int64_t n_layers;
@@ -19,6 +42,13 @@ typedef struct {
     int64_t head_dim;
     int64_t ctx;          /* positions the cache may hold */
     int64_t block_tokens; /* tokens per block */
+    uint64_t budget;      /* bytes of the hot tier incl. the staging ring; 0: unlimited, nothing spills */
+    const char *dir;      /* cold tier directory (NULL: $TMPDIR, else /var/tmp) */
+    kvs_io_kind io;
+    kvs_policy policy;
+    int64_t sinks, window; /* tokens: attention sinks and recent window (window policy; kept hot always) */
+    int depth;            /* cold-tier queue depth (0: 32) */
+    kvs_fault fault;      /* test-only (kind NONE in production) */
 } kvs_params;
 
 typedef struct {
@@ -28,21 +58,76 @@ typedef struct {
     int64_t n;         /* rows valid in this block */
 } kvs_block;
 
+typedef struct {
+    const char *io;         /* "none" (no budget), "io_uring" or "threads" */
+    const char *io_note;    /* why (forced, fallback reason) */
+    uint64_t hot_bytes;     /* bytes of block data held hot */
+    uint64_t cold_bytes;    /* bytes of block data held cold */
+    uint64_t spill_writes, spill_reads, bytes_written, bytes_read, dropped;
+} kvs_stats;
+
 int kvs_create(const kvs_params *p, kvs_cache **out);
 void kvs_free(kvs_cache *c);
-/* Forgets every position (blocks are kept for reuse). */
+/* Forgets every position. */
 void kvs_reset(kvs_cache *c);
-/* Truncates the cache to its first n_tokens positions (used to drop a rejected continuation). */
+/* Truncates the cache to its first n_tokens positions; whole blocks beyond are released. */
 int kvs_truncate(kvs_cache *c, int64_t n_tokens);
 /* Stores n rows of K and V (fp32, row stride ld elements) for positions pos..pos+n-1 of a layer,
- * rounding to bf16. Positions must be written in order: pos <= tokens already held by the layer. */
+ * rounding to bf16. Positions must be written in order: pos <= tokens already held by the layer.
+ * May spill older blocks of the layer to the cold tier (errors: MTOK_ERESOURCE). */
 int kvs_write(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const float *k, const float *v, int64_t ld);
-/* Read view of block b of a layer. Safe to call from several threads at once. */
-int kvs_get_block(kvs_cache *c, int64_t layer, int64_t b, kvs_block *out);
+/* As kvs_write with bf16 rows (loading a saved cache). */
+int kvs_write_bf16(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const uint16_t *k, const uint16_t *v,
+                   int64_t ld);
+/* Copies block b of a layer (K rows then V rows, block_tokens rows each) into dst, reading the cold
+ * tier if needed (checksum verified). Returns the rows valid through *n. */
+int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_t *n);
+
+/* ---- streaming reads for attention ----
+ * kvs_plan queues the blocks [0, ceil(pos_end/B)) of a layer that attention for queries from
+ * q_pos0 on will visit (the window policy leaves out blocks outside sinks + window) and starts
+ * reading their cold ones. kvs_stream_next returns the next up to max planned blocks of that layer,
+ * in order, all resident until the next call (0 blocks: the layer is done). Plans are consumed in
+ * the order they were made, so planning layer l+1 before streaming layer l prefetches it. */
+int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0);
+int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *n_out);
+
 int64_t kvs_block_tokens(const kvs_cache *c);
+const kvs_params *kvs_get_params(const kvs_cache *c);
 /* Tokens held (the minimum over layers). */
 int64_t kvs_tokens(const kvs_cache *c);
-/* Bytes of KV data held in memory. */
+/* Bytes of KV data held (hot + cold). */
 uint64_t kvs_bytes(const kvs_cache *c);
+void kvs_get_stats(const kvs_cache *c, kvs_stats *st);
+
+/* Which cold-tier I/O a cache with these settings would use, as one line (mtok info). */
+void kvs_io_describe(kvs_io_kind want, char *buf, size_t cap);
+
+/* ---- raw cold-tier benchmark (mtok bench kv) ---- */
+typedef struct {
+    const char *dir;
+    kvs_io_kind io;
+    uint64_t block_bytes; /* bytes per block (rounded up to 4 KiB) */
+    uint64_t total_bytes; /* bytes written then read back */
+    int depth;
+} kvs_bench_params;
+typedef struct {
+    double write_gbs, read_gbs, write_iops, read_iops, write_s, read_s;
+    uint64_t blocks, slot_bytes;
+    int depth;
+    char io[160];
+} kvs_bench_result;
+int kvs_bench(const kvs_bench_params *p, kvs_bench_result *r);
+
+/* ---- saved document caches (kvstore/kvfile.c; format in docs/KVSTORE.md and DESIGN.md §4) ----
+ * Save: the first n positions of every layer with their token ids, atomically (temp, fsync, rename).
+ * Load: validates the whole header against the model fingerprint and the cache geometry
+ * (MTOK_EINPUT with a message on any mismatch, truncation or checksum failure), then, if prompt is
+ * given, keeps only the longest prefix of saved tokens that the prompt starts with (whole blocks by
+ * the hash chain h_i = XXH3_128(h_{i-1} || ids of block i), plus the tail when every saved token
+ * matches), resets the cache and loads those positions. ids_out receives the tokens loaded. */
+int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n);
+int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
+                  int32_t **ids_out, int64_t *n_loaded);
 
 #endif

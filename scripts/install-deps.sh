@@ -7,7 +7,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config python3 python3-pip
       libpcre2-dev libjansson-dev libxxhash-dev liburing-dev libhwloc-dev
-      libcmocka-dev libcairo2-dev libopenmpi-dev openmpi-bin)
+      libcmocka-dev libcairo2-dev libopenmpi-dev openmpi-bin
+      fio)  # fio: the reference for mtok bench kv (docs/PERFORMANCE.md)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -369,6 +369,83 @@ static void test_attn(void) {
           "merge arithmetic: l=%g acc0=%g", l, acc[0]);
 }
 
+/* mk_attn_block (grouped rows x one KV block at a time, causal) against its reference and against
+ * one mk_attn_accum_ref call per row: several blocks in sequence, then the output acc / l. */
+static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64_t n_keys, int64_t block,
+                                 int causal) {
+    const int64_t G = 2, stride = G * D + 5, q_ts = (n_head * G + 1) * D, ml_ts = n_head * G + 3;
+    /* queries are the last n_tok positions (or start at 0 when there are fewer keys than queries) */
+    const int64_t q_pos0 = causal && n_keys > n_tok ? n_keys - n_tok : 0;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    uint16_t *k = xmalloc((size_t)(n_keys * stride) * 2), *v = xmalloc((size_t)(n_keys * stride) * 2);
+    float *q = xmalloc((size_t)(n_tok * q_ts) * 4);
+    float *acc[2], *m[2], *l[2];
+    for (int64_t i = 0; i < n_keys * stride; i++) k[i] = mk_f32_to_bf16(rnd_f()), v[i] = mk_f32_to_bf16(rnd_f());
+    for (int64_t i = 0; i < n_tok * q_ts; i++) q[i] = 3.0f * rnd_f();
+    for (int i = 0; i < 2; i++) {
+        acc[i] = xmalloc((size_t)(n_tok * q_ts) * 4);
+        m[i] = xmalloc((size_t)(n_tok * ml_ts) * 4);
+        l[i] = xmalloc((size_t)(n_tok * ml_ts) * 4);
+        for (int64_t j = 0; j < n_tok * q_ts; j++) acc[i][j] = 0.0f;
+        for (int64_t j = 0; j < n_tok * ml_ts; j++) m[i][j] = -INFINITY, l[i][j] = 0.0f;
+    }
+    const int64_t g = 1; /* the second group: offsets into q, acc, m, l and K/V columns */
+    for (int impl = 0; impl < 2; impl++) {
+        /* impl 0: mk_attn_block (dispatch), impl 1: per-row mk_attn_accum_ref */
+        for (int64_t b0 = 0; b0 < n_keys; b0 += block) {
+            const int64_t nb = n_keys - b0 < block ? n_keys - b0 : block;
+            mk_attn_params P = {.q = q + g * n_head * D, .q_ts = q_ts, .acc = acc[impl] + g * n_head * D,
+                                .acc_ts = q_ts, .m = m[impl] + g * n_head, .l = l[impl] + g * n_head,
+                                .ml_ts = ml_ts, .n_tok = n_tok, .n_head = n_head, .D = D,
+                                .k = k + b0 * stride + g * D, .v = v + b0 * stride + g * D, .kv_stride = stride,
+                                .n = nb, .q_pos0 = q_pos0, .k_pos0 = b0, .causal = causal, .scale = scale};
+            if (impl == 0) {
+                mk_attn_block(&P);
+            } else {
+                for (int64_t t = 0; t < n_tok; t++)
+                    for (int64_t h = 0; h < n_head; h++) {
+                        int64_t nv = causal ? q_pos0 + t - b0 + 1 : nb;
+                        nv = nv < 0 ? 0 : nv > nb ? nb : nv;
+                        const int64_t r = t * q_ts + (g * n_head + h) * D, ml = t * ml_ts + g * n_head + h;
+                        mk_attn_accum_ref(q + r, P.k, P.v, nv, stride, D, scale, acc[1] + r, m[1] + ml, l[1] + ml);
+                    }
+            }
+        }
+    }
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t h = 0; h < n_head; h++) {
+            const int64_t r = t * q_ts + (g * n_head + h) * D, ml = t * ml_ts + g * n_head + h;
+            for (int i = 0; i < 2; i++)
+                for (int64_t d = 0; d < D; d++) acc[i][r + d] /= l[i][ml];
+        }
+    char what[160];
+    snprintf(what, sizeof what, "attn_block %s D=%lld tok=%lld heads=%lld keys=%lld block=%lld causal=%d",
+             mk_have_avx2() ? "avx2" : "scalar", (long long)D, (long long)n_tok, (long long)n_head, (long long)n_keys,
+             (long long)block, causal);
+    close_enough(what, acc[0], acc[1], n_tok * q_ts, 2e-5);
+    int same_ml = 1;
+    for (int64_t j = 0; j < n_tok * ml_ts; j++)
+        same_ml &= (m[0][j] == m[1][j] || fabsf(m[0][j] - m[1][j]) <= 1e-4f * (1 + fabsf(m[1][j]))) &&
+                   fabsf(l[0][j] - l[1][j]) <= 1e-4f * (1 + fabsf(l[1][j]));
+    CHECK(same_ml, "%s: running max / sum differ", what);
+    /* rows of the other group were not touched */
+    CHECK(acc[0][0] == 0.0f && m[0][0] == -INFINITY && l[0][0] == 0.0f, "%s: wrote outside its group", what);
+    for (int i = 0; i < 2; i++) free(acc[i]), free(m[i]), free(l[i]);
+    free(k), free(v), free(q);
+}
+
+static void test_attn_block(void) {
+    static const struct {
+        int64_t D, n_tok, n_head, n_keys, block;
+    } cs[] = {{128, 1, 8, 1, 128},   {128, 1, 8, 300, 128}, {128, 1, 1, 65, 64},   {128, 7, 8, 300, 128},
+              {64, 3, 2, 200, 16},   {64, 13, 4, 77, 1000}, {72, 5, 3, 150, 37},  {13, 4, 2, 50, 8},
+              {256, 2, 8, 130, 128}, {320, 2, 2, 40, 16},   {128, 16, 8, 1, 1},   {8, 6, 1, 9, 3}};
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+        for (int causal = 0; causal < 2; causal++)
+            FOR_PATHS(path) test_attn_block_case(cs[i].D, cs[i].n_tok, cs[i].n_head, cs[i].n_keys, cs[i].block, causal);
+    mk_force_scalar(0);
+}
+
 /* ---- conversions ---- */
 
 __attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, 0); }
@@ -478,6 +555,74 @@ static void bench_matmul(int64_t n_tok, int64_t N, int64_t K, double min_s) {
     free((void *)W.data), free(x), free(y);
 }
 
+/* One layer of GQA attention, 16 heads x 128 in 2 groups (glm4-1b / 9B), n_tok queries at the end of
+ * n_keys cached positions in blocks of 128: per-head mk_attn_accum (today's forward.c) against
+ * mk_attn_block per (group, token tile). */
+static void bench_attn(int64_t n_tok, int64_t n_keys, double min_s) {
+    const int64_t H = 16, G = 2, D = 128, per = H / G, stride = G * D, B = 128;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    uint16_t *k = xmalloc((size_t)(n_keys * stride) * 2), *v = xmalloc((size_t)(n_keys * stride) * 2);
+    float *q = xmalloc((size_t)(n_tok * H * D) * 4), *acc = xmalloc((size_t)(n_tok * H * D) * 4);
+    float *m = xmalloc((size_t)(n_tok * H) * 4), *l = xmalloc((size_t)(n_tok * H) * 4);
+    for (int64_t i = 0; i < n_keys * stride; i++) k[i] = mk_f32_to_bf16(rnd_f()), v[i] = mk_f32_to_bf16(rnd_f());
+    for (int64_t i = 0; i < n_tok * H * D; i++) q[i] = rnd_f();
+    const int64_t q_pos0 = n_keys - n_tok, tile = n_tok < 16 ? n_tok : 16;
+    double t_old = INFINITY, t_new = INFINITY;
+    for (int impl = 0; impl < 2; impl++) {
+        const double t_end = omp_get_wtime() + min_s;
+        for (int it = 0; it < 3 || omp_get_wtime() < t_end; it++) {
+            const double t0 = omp_get_wtime();
+            if (impl == 0) {
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+                for (int64_t t = 0; t < n_tok; t++)
+                    for (int64_t h = 0; h < H; h++) {
+                        float *a = acc + (t * H + h) * D, mm = -INFINITY, ll = 0;
+                        memset(a, 0, (size_t)D * 4);
+                        const int64_t p = q_pos0 + t;
+                        for (int64_t b = 0; b <= p / B; b++) {
+                            const int64_t nb = p - b * B + 1 < B ? p - b * B + 1 : B;
+                            mk_attn_accum(q + (t * H + h) * D, k + b * B * stride + h / per * D,
+                                          v + b * B * stride + h / per * D, nb, stride, D, scale, a, &mm, &ll);
+                        }
+                    }
+            } else {
+                const int64_t n_tiles = (n_tok + tile - 1) / tile;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+                for (int64_t g = 0; g < G; g++)
+                    for (int64_t tt = 0; tt < n_tiles; tt++) {
+                        const int64_t t0 = tt * tile, nt = n_tok - t0 < tile ? n_tok - t0 : tile;
+                        for (int64_t t = t0; t < t0 + nt; t++)
+                            for (int64_t h = g * per; h < (g + 1) * per; h++) {
+                                m[t * H + h] = -INFINITY, l[t * H + h] = 0;
+                                memset(acc + (t * H + h) * D, 0, (size_t)D * 4);
+                            }
+                        const int64_t p_last = q_pos0 + t0 + nt - 1;
+                        for (int64_t b = 0; b <= p_last / B; b++) {
+                            mk_attn_params P = {.q = q + (t0 * H + g * per) * D, .q_ts = H * D,
+                                                .acc = acc + (t0 * H + g * per) * D, .acc_ts = H * D,
+                                                .m = m + t0 * H + g * per, .l = l + t0 * H + g * per, .ml_ts = H,
+                                                .n_tok = nt, .n_head = per, .D = D,
+                                                .k = k + b * B * stride + g * D, .v = v + b * B * stride + g * D,
+                                                .kv_stride = stride, .n = n_keys - b * B < B ? n_keys - b * B : B,
+                                                .q_pos0 = q_pos0 + t0, .k_pos0 = b * B, .causal = 1, .scale = scale};
+                            mk_attn_block(&P);
+                        }
+                    }
+            }
+            const double dt = omp_get_wtime() - t0;
+            if (impl == 0) t_old = fmin(t_old, dt);
+            else t_new = fmin(t_new, dt);
+        }
+    }
+    const double keys = (double)n_tok * (double)q_pos0 + (double)n_tok * (n_tok + 1) / 2;
+    const double flop = 4.0 * (double)H * (double)D * keys, kvb = (double)n_keys * stride * 2 * 2;
+    printf("  attention %4lld tok x %6lld keys (16x128 heads, 2 groups): per-head %8.3f ms %6.1f GFLOP/s %6.1f GB/s"
+           " | grouped %8.3f ms %6.1f GFLOP/s %6.1f GB/s\n",
+           (long long)n_tok, (long long)n_keys, t_old * 1e3, flop / t_old * 1e-9, kvb / t_old * 1e-9, t_new * 1e3,
+           flop / t_new * 1e-9, kvb / t_new * 1e-9);
+    free(k), free(v), free(q), free(acc), free(m), free(l);
+}
+
 int main(int argc, char **argv) {
     (void)argc, (void)argv;
     printf("test_kernels: AVX2 path %s, %d OpenMP threads\n", mk_have_avx2() ? "available" : "NOT available",
@@ -489,6 +634,7 @@ int main(int argc, char **argv) {
     test_swiglu();
     test_embed();
     test_attn();
+    test_attn_block();
     printf("test_kernels: %d checks, %d failed\n", g_checks, g_fail);
 
     printf("throughput (informational):\n");
@@ -496,6 +642,9 @@ int main(int argc, char **argv) {
     bench_matmul(1, 13696, 4096, 0.5); /* 112 MB: past the caches, DRAM bandwidth */
     bench_matmul(512, 2048, 2048, 0.5);
     bench_matmul(64, 2048, 2048, 0.3);
+    bench_attn(1, 4096, 0.3);
+    bench_attn(1, 16384, 0.3);
+    bench_attn(64, 4096, 0.3);
     mk_force_scalar(1);
     bench_matmul(1, 2048, 2048, 0.3);
     bench_matmul(64, 2048, 2048, 0.3);

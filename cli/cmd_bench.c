@@ -1,0 +1,487 @@
+/* cmd_bench.c — mtok bench: speed and memory figures, each against this machine's limits measured
+ * in the same run (the machine is shared, so only same-run ratios mean anything).
+ *
+ *   mtok bench -m DIR [--prompt N[,N..]] [--gen N] [--depths D1,D2..] [--reps N] [--check-tokens N] [--json]
+ *   mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json]
+ *   mtok bench kv ...            (cold-tier benchmark, cli/cmd_kv.c)
+ *
+ * The limits (kernels/cpu_limits.c) run in a forked child before and after the model phases, so their
+ * arrays never count in the model's peak RSS; the better of the two runs is the limit. Every run also
+ * checks correctness: the bench's SIMD logits (prefill GEMM path and decode GEMV path) against the
+ * scalar kernels on the first --check-tokens prompt tokens; a mismatch exits 4. */
+#include <jansson.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "../kernels/kernels.h"
+
+/* Defined by cli/cmd_kv.c (issue 3); this weak stand-in answers until that file is built in. */
+__attribute__((weak)) int cmd_bench_kv(int argc, char **argv) {
+    (void)argc, (void)argv;
+    fprintf(stderr, "mtok: error: bench kv is not built yet\n");
+    return 1;
+}
+
+/* CPU seconds of this process (all threads): with wall time it tells whether the run had the cores
+ * to itself, cpu_util = cpu_s / (wall_s x threads); spinning OpenMP waits count as CPU time. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- limits ---- */
+
+/* mk_measure_limits in a forked child (its 3 arrays stay out of this process's RSS); in-process if
+ * fork fails. */
+static int limits_forked(const mk_limits_params *p, mk_limits *out) {
+    int fd[2];
+    if (pipe(fd) == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fd[0]);
+            mk_limits r;
+            int rc = mk_measure_limits(p, &r);
+            ssize_t w = rc ? 0 : write(fd[1], &r, sizeof r);
+            _exit(w == (ssize_t)sizeof r ? 0 : 3);
+        }
+        close(fd[1]);
+        if (pid > 0) {
+            ssize_t got = 0, n;
+            while (got < (ssize_t)sizeof *out && (n = read(fd[0], (char *)out + got, sizeof *out - got)) > 0) got += n;
+            close(fd[0]);
+            int st = 0;
+            waitpid(pid, &st, 0);
+            if (got == (ssize_t)sizeof *out && WIFEXITED(st) && WEXITSTATUS(st) == 0) return 0;
+            return mtok_err(MTOK_ERESOURCE, "bench limits: the measuring process failed (out of memory?)");
+        }
+        close(fd[0]);
+    }
+    return mk_measure_limits(p, out);
+}
+
+static json_t *limits_json(const mk_limits *l) {
+    return json_pack("{s:f, s:f, s:f, s:i, s:I, s:b, s:b}", "triad_gbs", l->triad_gbs, "read_gbs", l->read_gbs,
+                     "fma_gflops", l->fma_gflops, "threads", l->threads, "array_bytes", (json_int_t)l->array_bytes,
+                     "avx2", l->avx2, "verified", l->verified);
+}
+
+static int print_json(json_t *j) {
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+    if (!s) return 1;
+    puts(s);
+    free(s);
+    return 0;
+}
+
+/* ---- mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json] ---- */
+static int bench_limits(int argc, char **argv) {
+    mk_limits_params lp = {0};
+    int js = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int64_t n;
+        if (!strcmp(a, "--json")) js = 1;
+        else if (!strcmp(a, "--threads") || !strcmp(a, "-t") || !strcmp(a, "--array-mb") || !strcmp(a, "--reps")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_parse_i64(a, v, &n)) return 1;
+            if (n < 1) return cli_usage_error("%s must be >= 1", a);
+            if (!strcmp(a, "--array-mb")) lp.array_bytes = n << 20;
+            else if (!strcmp(a, "--reps")) lp.reps = (int)n;
+            else lp.threads = (int)n;
+        } else
+            return cli_usage_error("bench limits: unknown option '%s'", a);
+    }
+    mk_limits l;
+    int rc = limits_forked(&lp, &l);
+    if (rc) return cli_fail(rc);
+    if (js) {
+        json_t *j = limits_json(&l);
+        print_json(j);
+        json_decref(j);
+    } else {
+        printf("threads %d (%s), arrays 3 x %lld MiB\n", l.threads, l.avx2 ? "AVX2+FMA" : "portable",
+               (long long)(l.array_bytes >> 20));
+        printf("  STREAM triad      %8.1f GB/s\n  read-only         %8.1f GB/s\n  fp32 FMA peak     %8.1f GFLOP/s\n",
+               l.triad_gbs, l.read_gbs, l.fma_gflops);
+    }
+    if (!l.verified) {
+        fprintf(stderr, "mtok: error: bench limits: the kernels' results were wrong (triad or read-only sum)\n");
+        return 4;
+    }
+    return 0;
+}
+
+/* ---- model bench ---- */
+
+typedef struct {
+    int64_t v[16];
+    int n;
+} i64_list;
+
+static int parse_list(const char *flag, const char *s, i64_list *out, int64_t min) {
+    out->n = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (out->n == 16) return cli_usage_error("%s: at most 16 values", flag), -1;
+        if (cli_parse_i64(flag, t, &out->v[out->n])) return -1;
+        if (out->v[out->n] < min) return cli_usage_error("%s: values must be >= %lld", flag, (long long)min), -1;
+        out->n++;
+    }
+    if (!out->n) return cli_usage_error("%s: empty list", flag), -1;
+    return 0;
+}
+
+static int64_t argmax(const float *x, int64_t n) {
+    int64_t b = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Work per token, from the shapes. */
+typedef struct {
+    double mm_flop;        /* 2 x (per-layer projections + MLP) x layers: every token */
+    double out_flop;       /* 2 x vocab x hidden: tokens whose logits are computed */
+    double attn_flop_key;  /* flops per (query token, visible key): 4 x heads x head_dim x layers */
+    double weight_bytes;   /* bytes of weights one decode token reads (all but the embedding table) */
+    double kv_bytes_key;   /* bytes of K and V per visible key, all layers */
+} work_model;
+
+static work_model work_of(const mtok_model *m) {
+    const mtok_config *c = mtok_model_config(m);
+    const double E = (double)c->hidden, qd = (double)(c->n_heads * c->head_dim),
+                 kd = (double)(c->n_kv_groups * c->head_dim), F = (double)c->ffn, L = (double)c->n_layers;
+    const double ds = (double)mtok_dtype_size(c->dtype);
+    work_model w;
+    w.mm_flop = 2.0 * L * (E * (qd + 2 * kd) + qd * E + 3 * F * E);
+    w.out_flop = 2.0 * (double)c->vocab * E;
+    w.attn_flop_key = 4.0 * (double)c->n_heads * (double)c->head_dim * L;
+    /* everything mapped except the embedding table, of which one row is read */
+    w.weight_bytes = (double)mtok_model_weight_bytes(m) - (double)c->vocab * E * ds + E * ds;
+    w.kv_bytes_key = L * 2.0 * kd * 2.0; /* K and V, bf16 */
+    return w;
+}
+
+/* Deterministic prompt ids in [0, vocab): speed does not depend on the text. */
+static void make_ids(int32_t *ids, int64_t n, int64_t vocab) {
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((s >> 33) % (uint64_t)vocab);
+    }
+}
+
+/* Correctness: logits of the first n ids through the SIMD prefill (GEMM path, all rows) and through
+ * token-by-token decode (GEMV path, first n_dec rows) against the scalar kernels. */
+static int check_logits(mtok_session *s, const int32_t *ids, int64_t n, int no_simd, json_t **out, int *ok) {
+    const int64_t V = mtok_session_config(s)->vocab, n_dec = n < 4 ? n : 4;
+    float *pf = malloc((size_t)(n * V) * sizeof *pf), *ref = malloc((size_t)(n * V) * sizeof *ref);
+    float *dec = malloc((size_t)(n_dec * V) * sizeof *dec);
+    int rc = 0;
+    if (!pf || !ref || !dec) {
+        rc = mtok_err(MTOK_ERESOURCE, "bench: out of memory for the logits check");
+        goto done;
+    }
+    mtok_session_reset(s);
+    if ((rc = mtok_forward(s, ids, n, pf))) goto done;
+    mtok_session_reset(s);
+    for (int64_t t = 0; t < n_dec; t++) {
+        if ((rc = mtok_forward(s, ids + t, 1, NULL))) goto done;
+        memcpy(dec + t * V, mtok_session_logits(s), (size_t)V * sizeof *dec);
+    }
+    mk_force_scalar(1);
+    mtok_session_reset(s);
+    rc = mtok_forward(s, ids, n, ref);
+    mk_force_scalar(no_simd);
+    if (rc) goto done;
+    double min_cos = 1.0, max_rel = 0.0;
+    for (int64_t t = 0; t < n + n_dec; t++) {
+        const float *g = t < n ? pf + t * V : dec + (t - n) * V, *r = ref + (t < n ? t : t - n) * V;
+        double gg = 0, rr = 0, gr = 0, amax = 0, dmax = 0;
+        for (int64_t i = 0; i < V; i++) {
+            gg += (double)g[i] * g[i], rr += (double)r[i] * r[i], gr += (double)g[i] * r[i];
+            amax = fmax(amax, fabs(r[i]));
+            dmax = fmax(dmax, fabs((double)g[i] - r[i]));
+        }
+        const double cs = gr / (sqrt(gg * rr) + 1e-300);
+        if (!(cs >= min_cos)) min_cos = cs; /* NaN sticks */
+        if (!(dmax / (amax + 1e-30) <= max_rel)) max_rel = dmax / (amax + 1e-30);
+    }
+    /* the parity tests' tolerance: a different summation order may flip one bf16 rounding of a
+     * cached K/V value (1-cos ~ 1e-6); a wrong kernel costs 1-cos > 1e-3 */
+    *ok = min_cos > 1.0 - 1e-4 && max_rel < 2e-2;
+    *out = json_pack("{s:I, s:I, s:f, s:f, s:b}", "prefill_tokens", (json_int_t)n, "decode_tokens", (json_int_t)n_dec,
+                     "min_cos", isfinite(min_cos) ? min_cos : -1.0, "max_rel_diff", isfinite(max_rel) ? max_rel : 1e30,
+                     "ok", *ok);
+done:
+    free(pf), free(ref), free(dec);
+    return rc;
+}
+
+typedef struct {
+    cli_common o;
+    i64_list prompts, depths;
+    int64_t gen, check_tokens;
+    int reps, js;
+    mk_limits_params lp;
+} bench_opts;
+
+static int bench_model(bench_opts *B) {
+    cli_loaded L = {0};
+    int32_t *ids = NULL;
+    json_t *root = json_object(), *jpre = json_array(), *jdec = json_array(), *jchk = NULL;
+    mk_limits lim0, lim1;
+    int rc, ok = 0;
+    int64_t need = 0;
+    for (int i = 0; i < B->prompts.n; i++) need = B->prompts.v[i] > need ? B->prompts.v[i] : need;
+    for (int i = 0; i < B->depths.n; i++) need = B->depths.v[i] + B->gen > need ? B->depths.v[i] + B->gen : need;
+    if (B->check_tokens > need) need = B->check_tokens;
+    if (B->o.ctx && B->o.ctx < need)
+        return cli_usage_error("bench: --ctx %lld is below the %lld tokens the run needs", (long long)B->o.ctx,
+                               (long long)need);
+    if (!B->o.ctx) B->o.ctx = need;
+    /* --threads sizes the session's attention; the matmuls use OpenMP's default team, so set both */
+    if (B->o.threads) omp_set_num_threads(B->o.threads);
+    B->lp.threads = B->o.threads ? B->o.threads : omp_get_max_threads();
+
+    if ((rc = limits_forked(&B->lp, &lim0))) goto fail;
+    if ((rc = cli_load(&B->o, 0, &L))) goto fail;
+    const mtok_config *c = mtok_model_config(L.model);
+    const work_model W = work_of(L.model);
+    const int64_t V = c->vocab;
+    if (!(ids = malloc((size_t)need * sizeof *ids))) {
+        rc = mtok_err(MTOK_ERESOURCE, "bench: out of memory for %lld prompt ids", (long long)need);
+        goto fail;
+    }
+    make_ids(ids, need, V);
+    if (!B->js) setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines as they come */
+    if (!B->js)
+        printf("model %s: %lld layers, hidden %lld, %lldx%lld heads, %lld KV groups, ffn %lld, vocab %lld, %s\n",
+               B->o.model, (long long)c->n_layers, (long long)c->hidden, (long long)c->n_heads,
+               (long long)c->head_dim, (long long)c->n_kv_groups, (long long)c->ffn, (long long)V,
+               mtok_dtype_name(c->dtype));
+
+    /* warm-up: fault in every weight page and start the thread pool */
+    const int64_t warm = need < 32 ? need : 32; /* a prefill and a decode step, within the context */
+    mtok_session_reset(L.sess);
+    if (warm > 1 && (rc = mtok_forward(L.sess, ids, warm - 1, NULL))) goto fail;
+    if ((rc = mtok_forward(L.sess, ids, 1, NULL))) goto fail;
+
+    /* prefill: best of reps from an empty session; TTFT = prefill + picking the first token */
+    for (int i = 0; i < B->prompts.n; i++) {
+        const int64_t n = B->prompts.v[i];
+        double best = INFINITY, ttft = INFINITY, cpu = 0;
+        for (int r = 0; r < B->reps; r++) {
+            mtok_session_reset(L.sess);
+            const double c0 = cpu_s(), t0 = now_s();
+            if ((rc = mtok_forward(L.sess, ids, n, NULL))) goto fail;
+            const double t1 = now_s();
+            if (t1 - t0 < best) cpu = cpu_s() - c0;
+            volatile int64_t first = argmax(mtok_session_logits(L.sess), V);
+            (void)first;
+            best = fmin(best, t1 - t0);
+            ttft = fmin(ttft, now_s() - t0);
+        }
+        const double flop = W.mm_flop * (double)n + W.out_flop + W.attn_flop_key * (double)n * (double)(n + 1) / 2;
+        json_array_append_new(jpre, json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "tokens", (json_int_t)n,
+                                              "seconds", best, "tok_s", (double)n / best, "ttft_s", ttft, "gflop",
+                                              flop * 1e-9, "gflops", flop / best * 1e-9, "cpu_s", cpu, "cpu_util",
+                                              cpu / (best * B->lp.threads)));
+        if (!B->js)
+            printf("prefill %6lld tokens: %8.2f s  %8.1f tok/s  %7.1f GFLOP/s  ttft %.3f s  cpu util %.0f%%\n",
+                   (long long)n, best, (double)n / best, flop / best * 1e-9, ttft, 100 * cpu / (best * B->lp.threads));
+    }
+
+    /* decode at each depth (ascending): keep the prefilled prefix, drop the previous depth's
+     * generated tokens, prefill up to the depth, then time gen greedy steps */
+    int64_t filled = 0;
+    mtok_session_reset(L.sess);
+    double *step = malloc((size_t)B->gen * sizeof *step);
+    if (!step) {
+        rc = mtok_err(MTOK_ERESOURCE, "bench: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < B->depths.n; i++) {
+        const int64_t d = B->depths.v[i];
+        if ((rc = mtok_session_truncate(L.sess, filled))) break;
+        const double tf = now_s();
+        for (int64_t p = filled; p < d;) { /* in prompt-sized pieces, as a client would send them */
+            const int64_t n = d - p < 4096 ? d - p : 4096;
+            if ((rc = mtok_forward(L.sess, ids + p, n, NULL))) break;
+            p += n;
+        }
+        if (rc) break;
+        const double fill_s = now_s() - tf;
+        filled = d;
+        int32_t tok = d > 0 ? (int32_t)argmax(mtok_session_logits(L.sess), V) : ids[0];
+        double sum = 0;
+        const double c0 = cpu_s(), w0 = now_s();
+        for (int64_t g = 0; g < B->gen; g++) {
+            const double t0 = now_s();
+            if ((rc = mtok_forward(L.sess, &tok, 1, NULL))) break;
+            tok = (int32_t)argmax(mtok_session_logits(L.sess), V);
+            step[g] = now_s() - t0;
+            sum += step[g];
+        }
+        if (rc) break;
+        const double cpu = cpu_s() - c0, wall = now_s() - w0;
+        qsort(step, (size_t)B->gen, sizeof *step, cmp_double);
+        const double med = step[B->gen / 2], tps = (double)B->gen / sum;
+        /* keys visible to the steps: positions d..d+gen-1 each read p+1 keys */
+        const double keys = (double)d + ((double)B->gen + 1) / 2;
+        const double kvb = W.kv_bytes_key * keys, gbs = (W.weight_bytes + kvb) * tps * 1e-9;
+        json_array_append_new(
+            jdec, json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "depth", (json_int_t)d, "tokens",
+                            (json_int_t)B->gen, "tok_s", tps, "tok_s_median", 1.0 / med, "weight_bytes_per_token",
+                            W.weight_bytes, "kv_bytes_per_token", kvb, "gbs", gbs, "fill_s", fill_s, "cpu_util",
+                            cpu / (wall * B->lp.threads)));
+        if (!B->js)
+            printf("decode at %6lld: %7.2f tok/s (median step %.2f)  %6.1f GB/s  (%.0f MB weights + %.0f MB KV per token)"
+                   "  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, W.weight_bytes * 1e-6, kvb * 1e-6,
+                   100 * cpu / (wall * B->lp.threads));
+    }
+    free(step);
+    if (rc) goto fail;
+
+    /* peak RSS of the model phases, before the check allocates its logits */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const double rss = (double)ru.ru_maxrss * 1024.0;
+    const double kv_held = (double)mtok_session_kv_bytes(L.sess);
+
+    const int64_t nchk = B->check_tokens < need ? B->check_tokens : need;
+    if ((rc = check_logits(L.sess, ids, nchk, B->o.no_simd, &jchk, &ok))) goto fail;
+    if ((rc = limits_forked(&B->lp, &lim1))) goto fail;
+
+    /* the limit is the better of the two runs; fractions follow */
+    mk_limits lim = lim0;
+    lim.triad_gbs = fmax(lim0.triad_gbs, lim1.triad_gbs);
+    lim.read_gbs = fmax(lim0.read_gbs, lim1.read_gbs);
+    lim.fma_gflops = fmax(lim0.fma_gflops, lim1.fma_gflops);
+    lim.verified = lim0.verified && lim1.verified;
+    size_t k;
+    json_t *e;
+    json_array_foreach(jpre, k, e) {
+        json_object_set_new(e, "frac_fma_peak", json_real(json_real_value(json_object_get(e, "gflops")) / lim.fma_gflops));
+    }
+    double short_tps = 0;
+    json_array_foreach(jdec, k, e) {
+        const double gbs = json_real_value(json_object_get(e, "gbs")), tps = json_real_value(json_object_get(e, "tok_s"));
+        if (k == 0) short_tps = tps;
+        json_object_set_new(e, "frac_triad", json_real(gbs / lim.triad_gbs));
+        json_object_set_new(e, "frac_read", json_real(gbs / lim.read_gbs));
+        json_object_set_new(e, "tok_s_vs_first_depth", json_real(tps / short_tps));
+    }
+    json_t *jl = limits_json(&lim);
+    json_object_set_new(jl, "before", limits_json(&lim0));
+    json_object_set_new(jl, "after", limits_json(&lim1));
+    json_object_set_new(root, "model", json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "dir",
+                                                 B->o.model, "layers", (json_int_t)c->n_layers, "hidden",
+                                                 (json_int_t)c->hidden, "heads", (json_int_t)c->n_heads, "kv_groups",
+                                                 (json_int_t)c->n_kv_groups, "head_dim", (json_int_t)c->head_dim,
+                                                 "ffn", (json_int_t)c->ffn, "vocab", (json_int_t)V, "dtype",
+                                                 mtok_dtype_name(c->dtype), "weight_bytes",
+                                                 (json_int_t)mtok_model_weight_bytes(L.model)));
+    json_object_set_new(root, "threads", json_integer(lim.threads));
+    json_object_set_new(root, "simd", json_boolean(mk_have_avx2()));
+    json_object_set_new(root, "limits", jl);
+    json_object_set_new(root, "prefill", jpre);
+    json_object_set_new(root, "decode", jdec);
+    json_object_set_new(root, "peak_rss_bytes", json_integer((json_int_t)rss));
+    json_object_set_new(root, "kv_bytes_held", json_integer((json_int_t)kv_held));
+    json_object_set_new(root, "check", jchk);
+    jpre = jdec = jchk = NULL;
+    if (B->js) {
+        print_json(root);
+    } else {
+        printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s\n",
+               lim.threads, lim.triad_gbs, lim.read_gbs, lim.fma_gflops);
+        json_array_foreach(json_object_get(root, "prefill"), k, e)
+            printf("  prefill %6lld: %5.1f%% of FMA peak\n", (long long)json_integer_value(json_object_get(e, "tokens")),
+                   100 * json_real_value(json_object_get(e, "frac_fma_peak")));
+        json_array_foreach(json_object_get(root, "decode"), k, e)
+            printf("  decode at %6lld: %5.1f%% of triad, %5.1f%% of read-only, %5.1f%% of the first depth's tok/s\n",
+                   (long long)json_integer_value(json_object_get(e, "depth")),
+                   100 * json_real_value(json_object_get(e, "frac_triad")),
+                   100 * json_real_value(json_object_get(e, "frac_read")),
+                   100 * json_real_value(json_object_get(e, "tok_s_vs_first_depth")));
+        printf("peak RSS %.1f MB, KV held %.1f MB\ncheck vs scalar kernels: %s\n", rss * 1e-6, kv_held * 1e-6,
+               ok ? "ok" : "MISMATCH");
+    }
+    json_decref(root);
+    free(ids);
+    cli_unload(&L);
+    if (!ok || !lim.verified) {
+        fprintf(stderr, "mtok: error: bench: %s\n",
+                !ok ? "SIMD logits differ from the scalar kernels (see \"check\")" : "the limit kernels' results were wrong");
+        return 4;
+    }
+    return 0;
+fail:
+    json_decref(root), json_decref(jpre), json_decref(jdec), json_decref(jchk);
+    free(ids);
+    cli_unload(&L);
+    return cli_fail(rc);
+}
+
+/* ---- mtok bench: dispatch ---- */
+int cmd_bench(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "kv")) return cmd_bench_kv(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "limits")) return bench_limits(argc - 1, argv + 1);
+    bench_opts B = {.gen = 32, .check_tokens = 32, .reps = 1};
+    cli_common_defaults(&B.o);
+    B.o.log_level = 0;
+    mtok_set_log_level(0);
+    parse_list("--prompt", "512", &B.prompts, 1);
+    parse_list("--depths", "0,4096,16384,32768", &B.depths, 0);
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&B.o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        const char *a = argv[i], *v;
+        int64_t n;
+        if (!strcmp(a, "--json")) B.js = 1;
+        else if (!strcmp(a, "--prompt")) {
+            if (!(v = cli_value(argc, argv, &i)) || parse_list(a, v, &B.prompts, 1)) return 1;
+        } else if (!strcmp(a, "--depths")) {
+            if (!(v = cli_value(argc, argv, &i)) || parse_list(a, v, &B.depths, 0)) return 1;
+        } else if (!strcmp(a, "--gen") || !strcmp(a, "--reps") || !strcmp(a, "--check-tokens") ||
+                   !strcmp(a, "--array-mb")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_parse_i64(a, v, &n)) return 1;
+            if (n < 1) return cli_usage_error("%s must be >= 1", a);
+            if (!strcmp(a, "--gen")) B.gen = n;
+            else if (!strcmp(a, "--reps")) B.reps = (int)n;
+            else if (!strcmp(a, "--array-mb")) B.lp.array_bytes = n << 20;
+            else B.check_tokens = n;
+        } else
+            return cli_usage_error("bench: unknown option '%s'", a);
+    }
+    if (!B.o.model) return cli_usage_error("bench needs -m DIR (or: bench limits, bench kv)");
+    /* ascending depths: each one extends the previous prefix */
+    for (int i = 1; i < B.depths.n; i++)
+        for (int j = i; j > 0 && B.depths.v[j] < B.depths.v[j - 1]; j--) {
+            const int64_t t = B.depths.v[j];
+            B.depths.v[j] = B.depths.v[j - 1], B.depths.v[j - 1] = t;
+        }
+    return bench_model(&B);
+}

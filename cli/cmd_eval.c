@@ -1,0 +1,349 @@
+/* cmd_eval.c — mtok niah, mtok eval, mtok demo (the needle model + a NIAH grid). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "../eval/eval.h"
+
+static volatile int g_interrupted;
+static void on_sigint(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+    signal(SIGINT, SIG_DFL); /* a second Ctrl-C kills at once */
+}
+
+/* "1K,4K,64K" (K/M/G = powers of 1024) */
+static int parse_lengths(const char *flag, const char *s, int64_t **out, size_t *n) {
+    char *dup = strdup(s);
+    size_t cap = 1;
+    for (const char *c = s; *c; c++) cap += *c == ',';
+    *out = malloc(cap * sizeof **out);
+    *n = 0;
+    if (!dup || !*out) return free(dup), cli_usage_error("out of memory"), -1;
+    for (char *tok = strtok(dup, ","); tok; tok = strtok(NULL, ",")) {
+        int64_t v;
+        if (cli_parse_i64(flag, tok, &v)) return free(dup), -1;
+        if (v < 16) return free(dup), cli_usage_error("%s: %lld tokens is too short", flag, (long long)v), -1;
+        (*out)[(*n)++] = v;
+    }
+    free(dup);
+    return *n ? 0 : (cli_usage_error("%s: empty list", flag), -1);
+}
+
+/* "0,25,50" or "A:B:N" (N evenly spaced values from A to B) */
+static int parse_depths(const char *s, double **out, size_t *n) {
+    double a, b;
+    int k;
+    char tail;
+    if (sscanf(s, "%lf:%lf:%d%c", &a, &b, &k, &tail) == 3) {
+        if (k < 1 || k > 1000) return cli_usage_error("--depths %s: bad count", s), -1;
+        *out = malloc((size_t)k * sizeof **out);
+        if (!*out) return -1;
+        for (int i = 0; i < k; i++) (*out)[i] = k == 1 ? a : a + (b - a) * i / (k - 1);
+        *n = (size_t)k;
+        return 0;
+    }
+    char *dup = strdup(s);
+    size_t cap = 1;
+    for (const char *c = s; *c; c++) cap += *c == ',';
+    *out = malloc(cap * sizeof **out);
+    *n = 0;
+    if (!dup || !*out) return free(dup), -1;
+    for (char *tok = strtok(dup, ","); tok; tok = strtok(NULL, ",")) {
+        double v;
+        if (cli_parse_f64("--depths", tok, &v)) return free(dup), -1;
+        if (v < 0 || v > 100) return free(dup), cli_usage_error("--depths: %g is outside 0..100", v), -1;
+        (*out)[(*n)++] = v;
+    }
+    free(dup);
+    return *n ? 0 : (cli_usage_error("--depths: empty list"), -1);
+}
+
+static int parse_variants(const char *s, mev_variant **out, size_t *n) {
+    char *dup = strdup(s);
+    *out = malloc(MEV_N_VARIANTS * 4 * sizeof **out);
+    *n = 0;
+    if (!dup || !*out) return free(dup), -1;
+    for (char *tok = strtok(dup, ","); tok; tok = strtok(NULL, ",")) {
+        if (*n >= MEV_N_VARIANTS * 4 || mev_variant_parse(tok, &(*out)[*n])) {
+            free(dup);
+            return cli_usage_error("--variants: %s", mtok_errmsg()), -1;
+        }
+        (*n)++;
+    }
+    free(dup);
+    return 0;
+}
+
+typedef struct {
+    int64_t *lengths;
+    size_t n_lengths;
+    double *depths;
+    size_t n_depths;
+    mev_variant *variants;
+    size_t n_variants;
+} grid;
+
+static void grid_free(grid *g) {
+    free(g->lengths);
+    free(g->depths);
+    free(g->variants);
+}
+
+/* KV bytes on the cold tier (disk) at the end of a cell. */
+static uint64_t cold_bytes(const mtok_session *s, void *user) {
+    (void)user;
+    mtok_kv_stats st;
+    mtok_session_kv_stats(s, &st);
+    return st.cold_bytes;
+}
+
+/* Loads the model with a context just large enough for the grid, then runs it. */
+static int run_grid(cli_common *o, mev_niah_params *np, mev_niah_summary *sum) {
+    int64_t max_len = 0;
+    for (size_t i = 0; i < np->n_lengths; i++)
+        if (np->lengths[i] > max_len) max_len = np->lengths[i];
+    if (!o->ctx) o->ctx = max_len + 64 + (np->max_new > 0 ? np->max_new : 64);
+    cli_loaded L;
+    int rc = cli_load(o, 1, &L);
+    if (rc) return rc;
+    g_interrupted = 0;
+    void (*old)(int) = signal(SIGINT, on_sigint);
+    np->interrupted = &g_interrupted;
+    np->spilled_bytes = cold_bytes;
+    rc = mev_niah_run(L.sess, L.tok, np, sum);
+    signal(SIGINT, old);
+    cli_unload(&L);
+    mev_graphics_cleanup();
+    return rc;
+}
+
+static const char NIAH_USAGE[] =
+    "usage: mtok niah -m DIR --lengths L1,L2.. --depths D1,D2..|A:B:N --out DIR [--variants single,multikey,"
+    "multivalue,multiquery] [--haystack FILE | --noise] [--needle auto|facts|text] [--n-extra N] [--resume]"
+    " [--all-depths] [--seed S] [--max-new N] [--title T] [--progress|--no-progress]";
+
+int cmd_niah(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    grid g = {0};
+    mev_niah_params np = {.needle_mode = -1, .progress = -1, .seed = 1};
+    o.n_gen = 0; /* -n / --max-new (a common option): 0 = per-variant default */
+    int rc = 1;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) goto out;
+        if (r) continue;
+        const char *a = argv[i], *v = NULL;
+        int64_t n;
+#define VAL()                                       \
+    do {                                            \
+        if (!(v = cli_value(argc, argv, &i))) goto out; \
+    } while (0)
+        if (!strcmp(a, "--lengths")) {
+            VAL();
+            free(g.lengths);
+            if (parse_lengths(a, v, &g.lengths, &g.n_lengths)) goto out;
+        } else if (!strcmp(a, "--depths")) {
+            VAL();
+            free(g.depths);
+            if (parse_depths(v, &g.depths, &g.n_depths)) goto out;
+        } else if (!strcmp(a, "--variants") || !strcmp(a, "--variant")) {
+            VAL();
+            free(g.variants);
+            if (parse_variants(v, &g.variants, &g.n_variants)) goto out;
+        } else if (!strcmp(a, "--out") || !strcmp(a, "-o")) {
+            VAL();
+            np.out_dir = v;
+        } else if (!strcmp(a, "--haystack")) {
+            VAL();
+            np.haystack_file = v;
+        } else if (!strcmp(a, "--noise")) {
+            np.noise = 1;
+        } else if (!strcmp(a, "--needle")) {
+            VAL();
+            if (!strcmp(v, "auto")) np.needle_mode = -1;
+            else if (!strcmp(v, "facts")) np.needle_mode = 1;
+            else if (!strcmp(v, "text")) np.needle_mode = 0;
+            else {
+                cli_usage_error("--needle: auto, facts or text");
+                goto out;
+            }
+        } else if (!strcmp(a, "--n-extra")) {
+            VAL();
+            if (cli_parse_i64(a, v, &n) || n < 0) goto out;
+            np.n_extra = (int)n;
+        } else if (!strcmp(a, "--resume")) {
+            np.resume = 1;
+        } else if (!strcmp(a, "--all-depths")) {
+            np.all_depths = 1;
+        } else if (!strcmp(a, "--title")) {
+            VAL();
+            np.title = v;
+        } else if (!strcmp(a, "--progress")) {
+            np.progress = 1;
+        } else if (!strcmp(a, "--no-progress")) {
+            np.progress = 0;
+        } else {
+            cli_usage_error("niah: unknown option '%s'\n%s", a, NIAH_USAGE);
+            goto out;
+        }
+#undef VAL
+    }
+    if (!o.model || !g.n_lengths || !g.n_depths || !np.out_dir) {
+        cli_usage_error("niah needs -m DIR, --lengths, --depths and --out\n%s", NIAH_USAGE);
+        goto out;
+    }
+    if (np.noise && np.haystack_file) {
+        cli_usage_error("--haystack and --noise exclude each other");
+        goto out;
+    }
+    np.max_new = o.n_gen;
+    np.seed = o.seed;
+    np.lengths = g.lengths, np.n_lengths = g.n_lengths;
+    np.depths = g.depths, np.n_depths = g.n_depths;
+    np.variants = g.variants, np.n_variants = g.n_variants;
+    mev_niah_summary sum;
+    int lr = run_grid(&o, &np, &sum);
+    if (lr) rc = cli_fail(lr);
+    else {
+        printf("%zu cells run, %zu skipped (already in results.jsonl), mean score %.3f, %.1f s%s\n", sum.done,
+               sum.skipped, sum.mean_score, sum.seconds, sum.interrupted ? " (interrupted)" : "");
+        rc = sum.interrupted ? 130 : 0;
+    }
+out:
+    grid_free(&g);
+    return rc;
+}
+
+/* ---- mtok eval -m DIR --data F.jsonl --out preds.jsonl | mtok eval --score F.jsonl ---- */
+int cmd_eval(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    mev_eval_params ep = {0};
+    const char *score_file = NULL;
+    o.n_gen = 0; /* -n / --max-new (a common option): 0 = per-format default */
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--data") || !strcmp(a, "--out") || !strcmp(a, "--score") || !strcmp(a, "--metric")) {
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            if (!strcmp(a, "--data")) ep.data = v;
+            else if (!strcmp(a, "--out")) ep.out = v;
+            else if (!strcmp(a, "--score")) score_file = v;
+            else if (!strcmp(v, "all") || !strcmp(v, "part") || !strcmp(v, "em") || !strcmp(v, "f1")) ep.metric = v;
+            else return cli_usage_error("--metric: all, part, em or f1");
+        } else if (!strcmp(a, "--special")) {
+            ep.special = 1;
+        } else if (!strcmp(a, "--resume")) {
+            ep.resume = 1;
+        } else
+            return cli_usage_error("eval: unknown option '%s'", a);
+    }
+    ep.max_new = o.n_gen;
+    if (score_file) {
+        if (ep.data) return cli_usage_error("--score FILE scores existing predictions; it takes no --data");
+        ep.data = score_file;
+        int rc = mev_eval_run(NULL, NULL, &ep, 1, stdout);
+        return rc ? cli_fail(rc) : 0;
+    }
+    if (!o.model || !ep.data || !ep.out)
+        return cli_usage_error("eval needs -m DIR --data F.jsonl --out preds.jsonl (or --score PREDS.jsonl)");
+    cli_loaded L;
+    int rc = cli_load(&o, 1, &L);
+    if (rc) return cli_fail(rc);
+    g_interrupted = 0;
+    void (*old)(int) = signal(SIGINT, on_sigint);
+    ep.interrupted = &g_interrupted;
+    rc = mev_eval_run(L.sess, L.tok, &ep, 0, stdout);
+    signal(SIGINT, old);
+    cli_unload(&L);
+    if (rc) return cli_fail(rc);
+    return g_interrupted ? 130 : 0;
+}
+
+/* ---- mtok demo: the needle model, a NIAH grid, the heatmap ---- */
+int cmd_demo(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    const char *dir = NULL, *out = NULL;
+    int64_t max_len = 65536;
+    int spill = 1;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--dir")) {
+            if (!(dir = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--out")) {
+            if (!(out = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--no-spill")) {
+            spill = 0;
+        } else if (!strcmp(argv[i], "--max-len")) {
+            const char *v = cli_value(argc, argv, &i);
+            if (!v || cli_parse_i64("--max-len", v, &max_len)) return 1;
+            if (max_len < 1024) return cli_usage_error("--max-len must be at least 1K");
+        } else
+            return cli_usage_error("demo: unknown option '%s' (demo [--dir DIR] [--out DIR] [--max-len N] [--no-spill])",
+                                   argv[i]);
+    }
+    char path[4200], cfg[4300], outp[4200];
+    const char *base = getenv("XDG_CACHE_HOME");
+    char cache[4096];
+    if (base && *base) snprintf(cache, sizeof cache, "%s/mtok", base);
+    else snprintf(cache, sizeof cache, "%s/.cache/mtok", getenv("HOME") ? getenv("HOME") : ".");
+    if (!dir) {
+        snprintf(path, sizeof path, "%s/needle", cache);
+        dir = path;
+    }
+    if (!out) {
+        snprintf(outp, sizeof outp, "%s/demo-niah", cache);
+        out = outp;
+    }
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (access(cfg, F_OK) != 0) {
+        printf("synthesizing the needle model in %s ...\n", dir);
+        mtok_synth_params sp = {.preset = "needle", .out_dir = dir, .naming = MTOK_NAMING_CHATGLM, .shards = 1,
+                                .seed = 1, .dtype = MTOK_BF16};
+        int rc = mtok_synth(&sp);
+        if (rc) return cli_fail(rc);
+    }
+    o.model = dir;
+    /* lengths 1K, 4K, 16K, ... up to max_len (x4 steps, the last one exactly max_len) */
+    int64_t lengths[16];
+    size_t nl = 0;
+    for (int64_t L = 1024; L < max_len && nl < 15; L *= 4) lengths[nl++] = L;
+    lengths[nl++] = max_len;
+    static const double depths[] = {0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100};
+    /* one document per length with a needle (its own key) at every depth, each key asked on its
+     * own: one prefill per length, so 64K tokens x 11 depths fit in minutes on 2 cores */
+    mev_niah_params np = {.lengths = lengths, .n_lengths = nl, .depths = depths, .n_depths = 11, .out_dir = out,
+                          .needle_mode = 1, .progress = -1, .seed = 1, .all_depths = 1,
+                          .title = "mtok demo: the planted needle model, fact retrieval across context lengths"};
+    /* the KV cache: 2 KiB per token for this model (2 layers x 2 groups x 128 x K,V x bf16); an 8 MiB
+     * hot tier keeps ~4K tokens in RAM, so most of a 64K cache lives on disk */
+    if (spill && !o.kv_budget) o.kv_budget = 8u << 20;
+    /* 2048-token prefill chunks: 8x fewer passes over the (mostly cold) cache than the default 256 */
+    if (!o.chunk) o.chunk = 2048;
+    if (!spill) o.kv_budget = 0;
+    printf("model: %s (the planted needle model: 2 layers, 2x128 heads, 2 KV groups; docs/NEEDLE.md)\n", dir);
+    printf("grid: %zu lengths up to %lld tokens x 11 depths (one document per length, a needle at every depth),"
+           " exact attention\n", nl, (long long)max_len);
+    if (o.kv_budget)
+        printf("KV cache: hot tier %.1f MiB in RAM, the rest spilled to %s (--kv-budget, --kv-dir, --no-spill)\n",
+               (double)o.kv_budget / 1048576.0, o.kv_dir ? o.kv_dir : "$TMPDIR or /var/tmp");
+    else
+        printf("KV cache: all in RAM (--no-spill)\n");
+    fflush(stdout);
+    mev_niah_summary sum;
+    int rc = run_grid(&o, &np, &sum);
+    if (rc) return cli_fail(rc);
+    printf("%zu cells, mean score %.3f, %.1f s%s; results in %s/results.jsonl\n", sum.done + sum.skipped,
+           sum.mean_score, sum.seconds, sum.interrupted ? " (interrupted)" : "", out);
+    return sum.interrupted ? 130 : 0;
+}

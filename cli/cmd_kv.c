@@ -1,0 +1,310 @@
+/* cmd_kv.c — the KV-store commands: mtok prefill (--save-kv), mtok qa (many questions, one
+ * document prefill) and mtok bench kv (cold-tier bandwidth). docs/KVSTORE.md describes them. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "../kvstore/kvstore.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_log_kv_stats(const mtok_session *s) {
+    mtok_kv_stats st;
+    mtok_session_kv_stats(s, &st);
+    if (!strcmp(st.io, "none")) return;
+    mtok_log(1, "kv: %.1f MiB hot, %.1f MiB cold; %llu blocks spilled (%.1f MiB), %llu read back (%.1f MiB), "
+             "%llu dropped; cold-tier I/O: %s", (double)st.hot_bytes / (1 << 20), (double)st.cold_bytes / (1 << 20),
+             (unsigned long long)st.spill_writes, (double)st.bytes_written / (1 << 20),
+             (unsigned long long)st.spill_reads, (double)st.bytes_read / (1 << 20), (unsigned long long)st.dropped,
+             st.io_note);
+}
+
+int cli_load_kv_prompt(mtok_session *s, const mtok_tokenizer *t, const char *path, mtok_ids *ids, size_t *skip) {
+    int64_t n = 0;
+    *skip = 0;
+    int rc = mtok_session_load_kv(s, path, ids->v, ids->n, &n);
+    if (rc) return rc;
+    if (n > 0) {
+        *skip = (size_t)n;
+        mtok_log(1, "reused %lld tokens of %s (prefix), prefilling %zu", (long long)n, path, ids->n - (size_t)n);
+        return 0;
+    }
+    /* the prompt does not start with the document: continue after it */
+    if ((rc = mtok_session_load_kv(s, path, NULL, 0, &n))) return rc;
+    const int32_t *doc = mtok_session_tokens(s);
+    int32_t g = mtok_token_special(t, "[gMASK]"), so = mtok_token_special(t, "<sop>");
+    if (n >= 2 && ids->n >= 2 && doc[0] == g && doc[1] == so && ids->v[0] == g && ids->v[1] == so)
+        *skip = 2; /* the document already has the prefix */
+    if (*skip >= ids->n) return mtok_err(MTOK_EINPUT, "--load-kv: the prompt adds no tokens after the document");
+    mtok_log(1, "continuing after the %lld document tokens of %s", (long long)n, path);
+    return 0;
+}
+
+/* Peak resident set of this process (VmHWM of /proc/self/status, bytes; 0 if unknown). */
+static uint64_t peak_rss(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %llu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+/* [gMASK]<sop> + text: the document convention of mtok generate. */
+static int doc_ids(const mtok_tokenizer *t, const char *text, size_t len, mtok_ids *ids) {
+    int32_t g = mtok_token_special(t, "[gMASK]"), s = mtok_token_special(t, "<sop>");
+    int rc = 0;
+    if (g >= 0 && s >= 0) rc = mtok_ids_push(ids, g), rc = rc ? rc : mtok_ids_push(ids, s);
+    return rc ? rc : mtok_tokenize(t, text, len, 0, ids);
+}
+
+/* ---- mtok prefill -m DIR -f DOC [--save-kv F] ---- */
+int cmd_prefill(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    const char *file = NULL, *save = NULL, *text = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--file")) {
+            if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "-p") || !strcmp(argv[i], "--prompt")) {
+            if (!(text = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--save-kv")) {
+            if (!(save = cli_value(argc, argv, &i))) return 1;
+        } else
+            return cli_usage_error("prefill: unknown option '%s'", argv[i]);
+    }
+    if (!o.model || (!file) == (!text)) return cli_usage_error("prefill needs -m DIR and one of -f DOC, -p TEXT");
+    cli_loaded L;
+    char *buf = NULL;
+    size_t len = text ? strlen(text) : 0;
+    mtok_ids ids = {0};
+    int rc = cli_load(&o, 1, &L);
+    if (!rc && file) rc = cli_read_file(file, &buf, &len);
+    if (!rc) rc = doc_ids(L.tok, file ? buf : text, len, &ids);
+    if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "prefill: the document has no tokens");
+    double t0 = now_s(), dt = 0;
+    if (!rc) rc = mtok_forward(L.sess, ids.v, (int64_t)ids.n, NULL);
+    dt = now_s() - t0;
+    if (!rc) {
+        mtok_log(1, "prefilled %zu tokens in %.2f s (%.1f tok/s); KV %.1f MiB; peak RSS %.1f MiB", ids.n, dt,
+                 dt > 0 ? (double)ids.n / dt : 0, (double)mtok_session_kv_bytes(L.sess) / (1 << 20),
+                 (double)peak_rss() / (1 << 20));
+        cli_log_kv_stats(L.sess);
+    }
+    if (!rc && save) rc = mtok_session_save_kv(L.sess, save);
+    free(buf);
+    mtok_ids_free(&ids);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- mtok qa -m DIR (--load-kv F | -f DOC) --questions Q.jsonl [--chat] ----
+ * Every question starts from the document state: the session is truncated back to the document's
+ * tokens before each one, so the document is prefilled (or loaded) exactly once. */
+static int question_ids(const mtok_tokenizer *t, const char *q, int chat, mtok_ids *ids) {
+    mtok_ids tmp = {0};
+    int rc;
+    if (chat) {
+        mtok_message m = {"user", NULL, q, NULL};
+        rc = mtok_chat_encode(t, &m, 1, 1, &tmp);
+    } else {
+        rc = mtok_tokenize(t, q, strlen(q), 0, &tmp);
+    }
+    /* the document already starts with [gMASK]<sop> */
+    size_t skip = 0;
+    if (!rc && tmp.n >= 2 && tmp.v[0] == mtok_token_special(t, "[gMASK]") && tmp.v[1] == mtok_token_special(t, "<sop>"))
+        skip = 2;
+    if (!rc && tmp.n > skip) rc = mtok_ids_append(ids, tmp.v + skip, tmp.n - skip);
+    mtok_ids_free(&tmp);
+    return rc;
+}
+
+int cmd_qa(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    o.n_gen = 32;
+    const char *load = NULL, *file = NULL, *qfile = NULL;
+    int chat = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (!strcmp(argv[i], "--load-kv")) {
+            if (!(load = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--file")) {
+            if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--questions")) {
+            if (!(qfile = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--chat")) {
+            chat = 1;
+        } else
+            return cli_usage_error("qa: unknown option '%s'", argv[i]);
+    }
+    if (!o.model || !qfile || (!load) == (!file))
+        return cli_usage_error("qa needs -m DIR, --questions Q.jsonl and one of --load-kv F, -f DOC");
+    cli_loaded L;
+    char *buf = NULL, *qbuf = NULL;
+    size_t len = 0, qlen = 0;
+    mtok_ids doc = {0};
+    int64_t n_doc = 0, n_q = 0, q_tokens = 0;
+    int rc = cli_load(&o, 1, &L);
+    if (!rc) rc = cli_read_file(qfile, &qbuf, &qlen);
+    double t0 = now_s();
+    if (!rc && load) {
+        rc = mtok_session_load_kv(L.sess, load, NULL, 0, &n_doc);
+    } else if (!rc) {
+        rc = cli_read_file(file, &buf, &len);
+        if (!rc) rc = doc_ids(L.tok, buf, len, &doc);
+        if (!rc && doc.n == 0) rc = mtok_err(MTOK_EINPUT, "qa: the document has no tokens");
+        if (!rc) rc = mtok_forward(L.sess, doc.v, (int64_t)doc.n, NULL);
+        n_doc = (int64_t)doc.n;
+    }
+    double doc_s = now_s() - t0;
+    mtok_kv_stats st0 = {0};
+    if (!rc) mtok_session_kv_stats(L.sess, &st0);
+    int64_t line_no = 0;
+    for (char *line = qbuf, *next; !rc && line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        if (strspn(line, " \t\r") == strlen(line)) continue;
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        const char *q = NULL;
+        json_t *id = NULL;
+        if (j) {
+            q = json_string_value(json_object_get(j, "question"));
+            if (!q) q = json_string_value(json_object_get(j, "input"));
+            if (!q) q = json_string_value(json_object_get(j, "prompt"));
+            id = json_object_get(j, "id");
+        }
+        if (!q) {
+            rc = mtok_err(MTOK_EINPUT, "%s:%lld: expected a JSON object with a \"question\" string", qfile,
+                          (long long)line_no);
+            json_decref(j);
+            break;
+        }
+        mtok_ids ids = {0}, out = {0};
+        mtok_sampler *smp = NULL;
+        mtok_gen_stats gs;
+        rc = mtok_session_truncate(L.sess, n_doc); /* back to the document state */
+        if (!rc) rc = question_ids(L.tok, q, chat, &ids);
+        if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "%s:%lld: empty question", qfile, (long long)line_no);
+        mtok_sampler_params sp = {.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p,
+                                  .repetition_penalty = o.rep_pen, .seed = o.seed};
+        if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &smp);
+        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = o.ignore_eos};
+        if (!rc) rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, NULL, NULL, &out, &gs);
+        if (!rc) {
+            char *ans = mtok_detokenize(L.tok, out.v, out.n, NULL);
+            json_t *toks = json_array();
+            for (size_t k = 0; k < out.n; k++) json_array_append_new(toks, json_integer(out.v[k]));
+            json_t *rec = json_pack("{s:O?, s:s, s:s, s:o, s:I}", "id", id, "question", q, "answer", ans ? ans : "",
+                                    "tokens", toks, "question_tokens", (json_int_t)ids.n);
+            char *s = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+            if (s) puts(s);
+            fflush(stdout);
+            free(s);
+            json_decref(rec);
+            free(ans);
+            n_q++;
+            q_tokens += (int64_t)ids.n;
+        }
+        mtok_sampler_free(smp);
+        mtok_ids_free(&ids);
+        mtok_ids_free(&out);
+        json_decref(j);
+    }
+    if (!rc) {
+        mtok_kv_stats st;
+        mtok_session_kv_stats(L.sess, &st);
+        mtok_log(1, "qa summary {\"questions\": %lld, \"document_tokens\": %lld, \"document_source\": \"%s\", "
+                 "\"document_prefills\": %d, \"document_tokens_computed\": %lld, \"question_tokens\": %lld, "
+                 "\"tokens_computed\": %lld, \"document_s\": %.3f}", (long long)n_q, (long long)n_doc,
+                 load ? "loaded" : "prefilled", load ? 0 : 1, (long long)st0.tokens_computed, (long long)q_tokens,
+                 (long long)st.tokens_computed, doc_s);
+        cli_log_kv_stats(L.sess);
+    }
+    free(buf);
+    free(qbuf);
+    mtok_ids_free(&doc);
+    cli_unload(&L);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- mtok bench kv [-m DIR] [--kv-dir D] [--kv-block N | --block-bytes N] [--kv-depth N] [--size B] [--json] ----
+ * Without -m the block geometry is GLM-4-9B-Chat-1M's (4 KV groups x 128 dims, bf16 K and V):
+ * 2 KiB per token per layer, so --kv-block 128 gives 256 KiB blocks. argv[0] is "kv". */
+int cmd_bench_kv(int argc, char **argv) {
+    cli_common o;
+    cli_common_defaults(&o);
+    int64_t block_bytes = 0, size = (int64_t)1 << 30;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        int r = cli_common_opt(&o, argc, argv, &i);
+        if (r < 0) return 1;
+        if (r) continue;
+        const char *v;
+        if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (!strcmp(argv[i], "--block-bytes") || !strcmp(argv[i], "--size")) {
+            const char *a = argv[i];
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            int64_t n;
+            if (cli_parse_i64(a, v, &n) || n <= 0) return cli_usage_error("%s must be a positive size", a);
+            if (!strcmp(a, "--size")) size = n;
+            else block_bytes = n;
+        } else
+            return cli_usage_error("bench kv: unknown option '%s'", argv[i]);
+    }
+    int64_t B = o.kv_block > 0 ? o.kv_block : 128, row_bytes = 4 * 128 * 2 * 2;
+    const char *geom = "GLM-4-9B-Chat-1M (4 KV groups x 128)";
+    mtok_model *m = NULL;
+    if (o.model) {
+        mtok_load_params lp = {.rope_base = o.rope_base};
+        int rc = mtok_model_load(o.model, &lp, &m);
+        if (rc) return cli_fail(rc);
+        const mtok_config *c = mtok_model_config(m);
+        row_bytes = c->n_kv_groups * c->head_dim * 2 * 2;
+        geom = o.model;
+    }
+    if (!block_bytes) block_bytes = B * row_bytes;
+    kvs_bench_params bp = {.dir = o.kv_dir, .io = (kvs_io_kind)o.kv_io, .block_bytes = (uint64_t)block_bytes,
+                           .total_bytes = (uint64_t)size, .depth = o.kv_depth};
+    kvs_bench_result r;
+    int rc = kvs_bench(&bp, &r);
+    mtok_model_free(m);
+    if (rc) return cli_fail(rc);
+    const char *dir = o.kv_dir ? o.kv_dir : (getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");
+    if (json) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:b}",
+                              "bench", "kv", "dir", dir, "io", r.io, "block_tokens", (json_int_t)B, "block_bytes",
+                              (json_int_t)block_bytes, "slot_bytes", (json_int_t)r.slot_bytes, "depth", r.depth,
+                              "blocks", (json_int_t)r.blocks, "bytes", (json_int_t)(r.blocks * r.slot_bytes),
+                              "write_gbs", r.write_gbs, "read_gbs", r.read_gbs, "write_iops", r.write_iops,
+                              "read_iops", r.read_iops, "write_s", r.write_s, "read_s", r.read_s, "checksums_ok", 1);
+        char *s = json_dumps(j, JSON_INDENT(2));
+        puts(s);
+        free(s);
+        json_decref(j);
+    } else {
+        printf("cold tier %s via %s\n", dir, r.io);
+        printf("blocks of %lld bytes (%lld tokens, %s), slot %llu bytes, queue depth %d, %llu blocks\n",
+               (long long)block_bytes, (long long)B, geom, (unsigned long long)r.slot_bytes, r.depth,
+               (unsigned long long)r.blocks);
+        printf("spill write: %.3f GB/s, %.0f IOPS\nread back:   %.3f GB/s, %.0f IOPS (every block checksum-verified)\n",
+               r.write_gbs, r.write_iops, r.read_gbs, r.read_iops);
+    }
+    return 0;
+}

@@ -1,0 +1,287 @@
+/* kvfile.c — saved document caches (mtok prefill --save-kv, --load-kv), DESIGN.md §4.
+ *
+ * File layout, little-endian:
+ *   [0, 128)            header (kvf_header below)
+ *   ids_off             int32 token ids [n_tokens]
+ *   sums_off            uint64 XXH3-64 of each block's data [n_layers][n_blocks]
+ *   chain_off           16-byte prefix hashes [n_blocks]: h_i = XXH3_128(h_{i-1} || ids of block i),
+ *                       h_{-1} = 0 (the last block may be partial: its ids are the ones saved)
+ *   data_off (4 KiB)    block data [n_layers][n_blocks][block_bytes]: K rows then V rows, bf16
+ *                       [block_tokens][groups*head_dim] each; rows past n_tokens are zero
+ * meta_sum is the XXH3-64 of bytes [0, data_off) with meta_sum itself zero, so a flipped byte
+ * anywhere in the header, ids, checksums or chain is caught before anything is used; block data
+ * is checked against sums as it is loaded. Written to PATH.tmp.PID, fsynced, renamed, directory
+ * fsynced: a reader sees the old file or the whole new one. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "kvstore.h"
+#include "../core/mtok.h"
+
+#define KVF_MAGIC "MTOKKV\r\n"
+#define KVF_VERSION 1
+
+typedef struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t header_bytes;
+    uint64_t fingerprint;
+    uint64_t n_tokens;
+    uint32_t block_tokens;
+    uint32_t dtype; /* 0 = bf16 */
+    uint32_t n_layers, n_kv_groups, head_dim, reserved;
+    uint64_t n_blocks;    /* per layer */
+    uint64_t block_bytes; /* data bytes per block */
+    uint64_t ids_off, sums_off, chain_off, data_off, file_bytes;
+    uint64_t meta_sum;
+    uint64_t pad;
+} kvf_header;
+_Static_assert(sizeof(kvf_header) == 128, "kv file header is 128 bytes");
+
+static void chain_next(uint8_t h[16], const int32_t *ids, int64_t n) {
+    XXH3_state_t *st = XXH3_createState();
+    XXH3_128bits_reset(st);
+    XXH3_128bits_update(st, h, 16);
+    XXH3_128bits_update(st, ids, (size_t)n * sizeof *ids);
+    XXH128_hash_t r = XXH3_128bits_digest(st);
+    XXH3_freeState(st);
+    memcpy(h, &r.high64, 8);
+    memcpy(h + 8, &r.low64, 8);
+}
+
+static int write_all(int fd, const void *p, size_t n, uint64_t off) {
+    const char *b = p;
+    while (n) {
+        ssize_t w = pwrite(fd, b, n, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return w < 0 ? -errno : -EIO;
+        b += w, n -= (size_t)w, off += (uint64_t)w;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *p, size_t n, uint64_t off) {
+    char *b = p;
+    while (n) {
+        ssize_t r = pread(fd, b, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return r < 0 ? -errno : -EIO;
+        b += r, n -= (size_t)r, off += (uint64_t)r;
+    }
+    return 0;
+}
+
+int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n) {
+    const kvs_params *p = kvs_get_params(c);
+    const int64_t B = kvs_block_tokens(c), row = p->n_kv_groups * p->head_dim;
+    const int64_t nb = (n + B - 1) / B, nsum = p->n_layers * nb;
+    const size_t bb = 2 * (size_t)B * (size_t)row * sizeof(uint16_t);
+    kvf_header h = {0};
+    memcpy(h.magic, KVF_MAGIC, 8);
+    h.version = KVF_VERSION;
+    h.header_bytes = sizeof h;
+    h.fingerprint = fingerprint;
+    h.n_tokens = (uint64_t)n;
+    h.block_tokens = (uint32_t)B;
+    h.n_layers = (uint32_t)p->n_layers, h.n_kv_groups = (uint32_t)p->n_kv_groups, h.head_dim = (uint32_t)p->head_dim;
+    h.n_blocks = (uint64_t)nb;
+    h.block_bytes = bb;
+    h.ids_off = sizeof h;
+    h.sums_off = (h.ids_off + (uint64_t)n * 4 + 7) / 8 * 8;
+    h.chain_off = h.sums_off + (uint64_t)nsum * 8;
+    h.data_off = (h.chain_off + (uint64_t)nb * 16 + 4095) / 4096 * 4096;
+    h.file_bytes = h.data_off + (uint64_t)nsum * bb;
+
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    uint8_t *meta = calloc(1, h.data_off);
+    uint16_t *blk = malloc(bb);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int rc = 0, err = 0;
+    if (!meta || !blk) {
+        rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory saving the KV cache", path);
+        goto done;
+    }
+    if (fd < 0) {
+        rc = mtok_err(errno == ENOSPC ? MTOK_ERESOURCE : MTOK_EINPUT, "%s: cannot create %s: %s", path, tmp,
+                      strerror(errno));
+        goto done;
+    }
+    memcpy(meta + h.ids_off, ids, (size_t)n * 4);
+    uint8_t *sums = meta + h.sums_off; /* uint64 each, written with memcpy */
+    uint8_t chain[16] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        chain_next(chain, ids + b * B, (b + 1) * B <= n ? B : n - b * B);
+        memcpy(meta + h.chain_off + b * 16, chain, 16);
+    }
+    for (int64_t l = 0; l < p->n_layers && !rc; l++)
+        for (int64_t b = 0; b < nb && !rc; b++) {
+            int64_t rows;
+            if ((rc = kvs_read_block(c, l, b, blk, &rows))) break;
+            if (rows < B) { /* stale rows past the end are not part of the document */
+                memset(blk + rows * row, 0, (size_t)(B - rows) * row * 2);
+                memset(blk + (B + rows) * row, 0, (size_t)(B - rows) * row * 2);
+            }
+            uint64_t sum = XXH3_64bits(blk, bb);
+            memcpy(sums + (l * nb + b) * 8, &sum, 8);
+            if ((err = write_all(fd, blk, bb, h.data_off + (uint64_t)(l * nb + b) * bb))) break;
+        }
+    if (rc) goto done;
+    memcpy(meta, &h, sizeof h);
+    h.meta_sum = XXH3_64bits(meta, h.data_off);
+    memcpy(meta, &h, sizeof h);
+    if (!err) err = write_all(fd, meta, h.chain_off + (uint64_t)nb * 16, 0);
+    if (!err && ftruncate(fd, (off_t)h.file_bytes)) err = -errno;
+    if (!err && fsync(fd)) err = -errno;
+    if (!err && close(fd)) err = -errno;
+    fd = -1;
+    if (!err && rename(tmp, path)) err = -errno;
+    if (err) {
+        rc = mtok_err(-err == ENOSPC ? MTOK_ERESOURCE : MTOK_EINPUT, "%s: writing the KV cache failed: %s", path,
+                      strerror(-err));
+        goto done;
+    }
+    char dirbuf[4200];
+    snprintf(dirbuf, sizeof dirbuf, "%s", path);
+    int dfd = open(dirname(dirbuf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) fsync(dfd), close(dfd);
+    mtok_log(1, "saved %lld tokens of KV (%lld layers x %lld blocks of %lld tokens, %.1f MiB) to %s", (long long)n,
+             (long long)p->n_layers, (long long)nb, (long long)B, (double)h.file_bytes / (1 << 20), path);
+done:
+    if (fd >= 0) close(fd);
+    if (rc) unlink(tmp);
+    free(meta);
+    free(blk);
+    return rc;
+}
+
+int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
+                  int32_t **ids_out, int64_t *n_loaded) {
+    *ids_out = NULL;
+    *n_loaded = 0;
+    const kvs_params *p = kvs_get_params(c);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
+    struct stat st;
+    kvf_header h;
+    uint8_t *meta = NULL;
+    uint16_t *blk = NULL;
+    int32_t *ids = NULL;
+    int rc = 0;
+    if (fstat(fd, &st) || st.st_size < (off_t)sizeof h || read_all(fd, &h, sizeof h, 0)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: truncated: %lld bytes, shorter than the %zu-byte header of an mtok KV file",
+                      path, (long long)st.st_size, sizeof h);
+        goto done;
+    }
+    if (memcmp(h.magic, KVF_MAGIC, 8)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: not an mtok KV cache file (bad magic)", path);
+        goto done;
+    }
+    if (h.version != KVF_VERSION || h.header_bytes != sizeof h) {
+        rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads version %d)", path,
+                      h.version, KVF_VERSION);
+        goto done;
+    }
+    if (h.file_bytes != (uint64_t)st.st_size) {
+        rc = mtok_err(MTOK_EINPUT, "%s: truncated or damaged: the header says %llu bytes, the file has %lld", path,
+                      (unsigned long long)h.file_bytes, (long long)st.st_size);
+        goto done;
+    }
+    if (h.data_off > h.file_bytes || h.data_off < h.chain_off || h.ids_off != sizeof h || h.sums_off < h.ids_off ||
+        h.chain_off < h.sums_off || h.sums_off - h.ids_off < h.n_tokens * 4 || h.data_off > ((uint64_t)1 << 36) ||
+        !(meta = malloc(h.data_off)) || read_all(fd, meta, h.data_off, 0)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: damaged header (data offset %llu)", path, (unsigned long long)h.data_off);
+        goto done;
+    }
+    uint64_t want = h.meta_sum;
+    memset(meta + offsetof(kvf_header, meta_sum), 0, 8);
+    if (XXH3_64bits(meta, h.data_off) != want) {
+        rc = mtok_err(MTOK_EINPUT, "%s: corrupt: the header/token-list checksum does not match (flipped or damaged "
+                      "bytes before offset %llu)", path, (unsigned long long)h.data_off);
+        goto done;
+    }
+    if (h.fingerprint != fingerprint) {
+        rc = mtok_err(MTOK_EINPUT, "%s: saved by a different model (fingerprint %016llx, this model %016llx)", path,
+                      (unsigned long long)h.fingerprint, (unsigned long long)fingerprint);
+        goto done;
+    }
+    if (h.dtype != 0 || h.n_layers != p->n_layers || h.n_kv_groups != p->n_kv_groups || h.head_dim != p->head_dim ||
+        h.block_tokens == 0 || h.n_blocks != (h.n_tokens + h.block_tokens - 1) / h.block_tokens ||
+        h.block_bytes != 2ull * h.block_tokens * h.n_kv_groups * h.head_dim * 2 ||
+        h.data_off + h.n_layers * h.n_blocks * h.block_bytes != h.file_bytes ||
+        h.chain_off - h.sums_off < (uint64_t)h.n_layers * h.n_blocks * 8 || h.data_off - h.chain_off < h.n_blocks * 16) {
+        rc = mtok_err(MTOK_EINPUT, "%s: KV layout (%u layers, %u groups x %u, block %u, dtype %u) does not match "
+                      "this model or is inconsistent", path, h.n_layers, h.n_kv_groups, h.head_dim, h.block_tokens,
+                      h.dtype);
+        goto done;
+    }
+    const int64_t Bf = h.block_tokens, n_tok = (int64_t)h.n_tokens, nb = (int64_t)h.n_blocks;
+    const int64_t row = p->n_kv_groups * p->head_dim;
+    const int32_t *saved = (const int32_t *)(meta + h.ids_off);
+    int64_t use = n_tok;
+    if (prompt) { /* longest saved prefix the prompt starts with, block by block through the hash chain */
+        uint8_t hc[16] = {0};
+        use = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t len = (b + 1) * Bf <= n_tok ? Bf : n_tok - b * Bf;
+            if (b * Bf + len > n_prompt) break;
+            chain_next(hc, prompt + b * Bf, len);
+            if (memcmp(hc, meta + h.chain_off + b * 16, 16)) break;
+            use += len;
+        }
+        if (use >= n_prompt) use = n_prompt - 1; /* one prompt token must run to give logits */
+        if (use < 0) use = 0;
+    }
+    if (use > p->ctx) {
+        rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)", path,
+                      (long long)use, (long long)p->ctx);
+        goto done;
+    }
+    kvs_reset(c);
+    blk = malloc(h.block_bytes);
+    ids = malloc((size_t)(use > 0 ? use : 1) * sizeof *ids);
+    if (!blk || !ids) {
+        rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory loading the KV cache", path);
+        goto done;
+    }
+    memcpy(ids, saved, (size_t)use * sizeof *ids);
+    const uint8_t *sums = meta + h.sums_off;
+    for (int64_t l = 0; l < p->n_layers && !rc; l++)
+        for (int64_t b = 0; b * Bf < use && !rc; b++) {
+            uint64_t off = h.data_off + (uint64_t)(l * nb + b) * h.block_bytes;
+            if (read_all(fd, blk, h.block_bytes, off)) {
+                rc = mtok_err(MTOK_EINPUT, "%s: read error at offset %llu", path, (unsigned long long)off);
+                break;
+            }
+            uint64_t want_sum;
+            memcpy(&want_sum, sums + (l * nb + b) * 8, 8);
+            if (XXH3_64bits(blk, h.block_bytes) != want_sum) {
+                rc = mtok_err(MTOK_EINPUT, "%s: corrupt block: layer %lld block %lld at offset %llu fails its checksum",
+                              path, (long long)l, (long long)b, (unsigned long long)off);
+                break;
+            }
+            int64_t rows = use - b * Bf < Bf ? use - b * Bf : Bf;
+            rc = kvs_write_bf16(c, l, b * Bf, rows, blk, blk + Bf * row, row);
+        }
+    if (rc) {
+        kvs_reset(c);
+        goto done;
+    }
+    *ids_out = ids;
+    ids = NULL;
+    *n_loaded = use;
+    mtok_log(1, "loaded %lld of %lld saved tokens of KV from %s", (long long)use, (long long)n_tok, path);
+done:
+    close(fd);
+    free(meta);
+    free(blk);
+    free(ids);
+    return rc;
+}
