@@ -49,6 +49,9 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->ctx = p && p->ctx > 0 ? p->ctx : c->max_ctx;
     s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : 256;
     s->threads = p && p->threads > 0 ? p->threads : omp_get_num_procs();
+    /* the kernels' parallel regions take OpenMP's default team size; an explicit thread count must
+     * reach them too, not only attention (this sets the calling thread's default, as the CLI wants) */
+    if (p && p->threads > 0) omp_set_num_threads(p->threads);
     int64_t block = p && p->kv_block > 0 ? p->kv_block : 128;
     int64_t qd = c->n_heads * c->head_dim, kd = c->n_kv_groups * c->head_dim, C = s->chunk;
     s->x = xalloc(C * c->hidden);
@@ -176,6 +179,7 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
  * ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across segments, so
  * the arithmetic is the same block-by-block sequence whether a block was hot or read back. */
 #define SEG_BLOCKS 64
+#define ATT_TILE 16 /* query tokens per attention task */
 static int attention(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     const mtok_config *c = s->c;
     const int64_t H = c->n_heads, D = c->head_dim, G = c->n_kv_groups, per_group = H / G;
@@ -192,21 +196,25 @@ static int attention(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
         /* small segments (decode against a few blocks) run on this thread: waking the team for them
          * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
         const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
+        /* one task per (KV group, tile of ATT_TILE query tokens): the task's per_group x tile query
+         * rows meet each block once through mk_attn_block, so a block is widened once per group and
+         * tile instead of once per head and token, and Q·Kᵀ, P·V run as register-blocked tiles */
+        const int64_t n_tiles = (n + ATT_TILE - 1) / ATT_TILE;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
-        for (int64_t t = 0; t < n; t++) {
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t p = pos + t, g = h / per_group;
-                const float *q = s->q + (size_t)t * H * D + h * D;
-                float *acc = s->att + (size_t)t * H * D + h * D;
-                float m = s->ms[t * H + h], l = s->ls[t * H + h];
+        for (int64_t g = 0; g < G; g++) {
+            for (int64_t tt = 0; tt < n_tiles; tt++) {
+                const int64_t t0 = tt * ATT_TILE, nt = n - t0 < ATT_TILE ? n - t0 : ATT_TILE;
+                const int64_t r0 = t0 * H + g * per_group; /* the task's first (token, head) row */
                 for (int j = 0; j < nseg; j++) {
                     const kvs_block *blk = &seg[j];
-                    if (blk->pos0 > p) break;
-                    int64_t upto = p - blk->pos0 + 1; /* causal: positions ≤ p */
-                    int64_t nb = blk->n < upto ? blk->n : upto;
-                    mk_attn_accum(q, blk->k + g * D, blk->v + g * D, nb, row, D, scale, acc, &m, &l);
+                    if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
+                    const mk_attn_params ap = {
+                        .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = s->att + (size_t)r0 * D, .acc_ts = H * D,
+                        .m = s->ms + r0, .l = s->ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
+                        .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
+                        .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale};
+                    mk_attn_block(&ap);
                 }
-                s->ms[t * H + h] = m, s->ls[t * H + h] = l;
             }
         }
     }
