@@ -33,6 +33,7 @@
  *  - Short reads/writes and EIO are retried once, then reported with the file and offset. */
 #include <errno.h>
 #include <stdio.h>
+#include <hwloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -95,6 +96,26 @@ static uint64_t cold_off(const kvs_cache *c, int64_t slot) { return (uint64_t)sl
 static uint64_t sum_of(const kvs_cache *c, const void *data) { return XXH3_64bits(data, c->data_bytes); }
 
 /* ---- setup ---- */
+/* Binds the hot arena to the NUMA node(s) nearest the CPUs this thread may run on (hwloc), so blocks
+ * land in local memory on first touch. Best effort: where the kernel or the topology cannot tell,
+ * pages go wherever the default policy puts them, and the log says so. */
+static void bind_arena_local(void *arena, size_t bytes) {
+    hwloc_topology_t topo;
+    if (hwloc_topology_init(&topo)) return;
+    hwloc_bitmap_t cpus = hwloc_bitmap_alloc();
+    if (hwloc_topology_load(topo) == 0 && cpus && hwloc_get_cpubind(topo, cpus, HWLOC_CPUBIND_THREAD) == 0) {
+        int nodes = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_NUMANODE);
+        if (hwloc_set_area_membind(topo, arena, bytes, cpus, HWLOC_MEMBIND_BIND, 0) == 0)
+            mtok_log(2, "kv cache: hot arena bound to the NUMA node(s) of this thread's CPUs (%d node%s)", nodes,
+                     nodes == 1 ? "" : "s");
+        else
+            mtok_log(2, "kv cache: NUMA binding of the hot arena unavailable (%s); default placement",
+                     strerror(errno));
+    }
+    hwloc_bitmap_free(cpus);
+    hwloc_topology_destroy(topo);
+}
+
 int kvs_create(const kvs_params *p, kvs_cache **out) {
     *out = NULL;
     if (p->n_layers <= 0 || p->n_kv_groups <= 0 || p->head_dim <= 0 || p->ctx <= 0 || p->block_tokens <= 0)
@@ -147,6 +168,7 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
             c->arena = NULL;
             goto oom;
         }
+        bind_arena_local(c->arena, c->arena_bytes);
         c->cap_free_hot = hot_slots;
         c->free_hot = malloc((size_t)hot_slots * sizeof *c->free_hot);
         c->ring = calloc((size_t)R, sizeof *c->ring);
