@@ -23,13 +23,6 @@
 #include "cli.h"
 #include "../kernels/kernels.h"
 
-/* Defined by cli/cmd_kv.c (issue 3); this weak stand-in answers until that file is built in. */
-__attribute__((weak)) int cmd_bench_kv(int argc, char **argv) {
-    (void)argc, (void)argv;
-    fprintf(stderr, "mtok: error: bench kv is not built yet\n");
-    return 1;
-}
-
 /* CPU seconds of this process (all threads): with wall time it tells whether the run had the cores
  * to itself, cpu_util = cpu_s / (wall_s x threads); spinning OpenMP waits count as CPU time. */
 static double cpu_s(void) {
