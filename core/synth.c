@@ -437,33 +437,6 @@ static json_t *generation_config(int64_t n_ranks) {
 
 /* ---- entry point ------------------------------------------------------------------------------ */
 
-/* mkdir -p; an existing path must be a directory. */
-static int make_dir(const char *dir) {
-    size_t n = strlen(dir);
-    char *p = malloc(n + 1);
-    if (!p) return mtok_err(MTOK_ERESOURCE, "out of memory");
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != 0) continue;
-        char c = p[i];
-        p[i] = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-            /* a path through a regular file is a bad argument; permissions, a full or read-only disk
-             * are the machine's resources */
-            int rc = mtok_err(errno == ENOTDIR ? MTOK_EINPUT : MTOK_ERESOURCE, "%s: cannot create directory: %s",
-                              p, strerror(errno));
-            free(p);
-            return rc;
-        }
-        p[i] = c;
-    }
-    free(p);
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return mtok_err(MTOK_EINPUT, "%s: exists and is not a directory", dir);
-    return 0;
-}
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -491,7 +464,7 @@ int mtok_synth(const mtok_synth_params *p) {
     int64_t n_ranks = 0;
     mtok_outset o = {.dir = p->out_dir};
     double t0 = now_s();
-    int rc = make_dir(p->out_dir);
+    int rc = mev_mkdir_p(p->out_dir); /* mkdir -p; an existing path must be a directory */
     if (rc) return rc;
     if ((rc = build_table(pr, p, &t, &g, &n))) goto fail;
     /* the tokenizer first: it is fast and fixes the special ids the configs refer to */
