@@ -549,35 +549,46 @@ static void attn_values(float *acc, float alpha, const float *p, const uint16_t 
     }
 }
 
+/* The online-softmax step of one row on its scores s[0..nbp): keys j >= nv are masked. Leaves
+ * p_j = exp(s_j - m_new) in s and returns alpha (the factor for the old acc). */
+static float ab_softmax_row(float *s, int64_t nv, int64_t nbp, float *m, float *l) {
+    if (nv <= 0) { /* nothing visible: the state stays, acc * 1 + 0 */
+        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
+        return 1.0f;
+    }
+    float mb = -INFINITY;
+    for (int64_t j = 0; j < nv; j++) mb = s[j] > mb ? s[j] : mb;
+    const float m_new = mb > *m ? mb : *m;
+    if (m_new == -INFINITY) { /* only -inf scores */
+        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
+        return 1.0f;
+    }
+    const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+    const __m256 mv = _mm256_set1_ps(m_new);
+    __m256 ls = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= nv; j += 8) {
+        const __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
+        _mm256_store_ps(s + j, p);
+        ls = _mm256_add_ps(ls, p);
+    }
+    float lsum = hsum(ls);
+    for (; j < nv; j++) lsum += s[j] = expf(s[j] - m_new);
+    for (; j < nbp; j++) s[j] = 0.0f;
+    *l = *l * alpha + lsum;
+    *m = m_new;
+    return alpha;
+}
+
 void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
                         int64_t D, float scale, float *acc, float *m, float *l) {
     _Alignas(32) float s[ATT_SUB];
     for (int64_t j0 = 0; j0 < n; j0 += ATT_SUB) {
         const int64_t nb = n - j0 < ATT_SUB ? n - j0 : ATT_SUB;
         attn_scores(s, q, k + j0 * stride, nb, stride, D, scale);
-        float mb = -INFINITY;
-        for (int64_t j = 0; j < nb; j++) mb = s[j] > mb ? s[j] : mb;
-        const float m_new = mb > *m ? mb : *m;
-        if (m_new == -INFINITY) continue; /* only -inf scores: nothing to add */
-        /* exp(-inf) would be 0 anyway, but -inf - -inf is NaN: the empty state needs its own case */
-        const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
-        /* p_j = exp(s_j - m_new) <= 1 in place of the scores */
-        const __m256 mv = _mm256_set1_ps(m_new);
-        __m256 ls = _mm256_setzero_ps();
-        int64_t j = 0;
-        for (; j + 8 <= nb; j += 8) {
-            const __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
-            _mm256_store_ps(s + j, p);
-            ls = _mm256_add_ps(ls, p);
-        }
-        float lsum = hsum(ls);
-        for (; j < nb; j++) {
-            s[j] = expf(s[j] - m_new);
-            lsum += s[j];
-        }
+        const float alpha = ab_softmax_row(s, nb, nb, m, l);
+        if (*m == -INFINITY) continue; /* only -inf scores so far: nothing to add */
         attn_values(acc, alpha, s, v + j0 * stride, nb, stride, D);
-        *l = *l * alpha + lsum;
-        *m = m_new;
     }
 }
 
@@ -682,37 +693,6 @@ INLINE void ab_values(int mr, float *const *accr, const float *alpha, const floa
         }
         for (int r = 0; r < mr; r++) _mm256_storeu_ps(accr[r] + d, c[r]);
     }
-}
-
-/* The online-softmax step of one row on its scores s[0..nbp): keys j >= nv are masked. Leaves
- * p_j = exp(s_j - m_new) in s and returns alpha (the factor for the old acc). */
-static float ab_softmax_row(float *s, int64_t nv, int64_t nbp, float *m, float *l) {
-    if (nv <= 0) { /* nothing visible: the state stays, acc * 1 + 0 */
-        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
-        return 1.0f;
-    }
-    float mb = -INFINITY;
-    for (int64_t j = 0; j < nv; j++) mb = s[j] > mb ? s[j] : mb;
-    const float m_new = mb > *m ? mb : *m;
-    if (m_new == -INFINITY) { /* only -inf scores */
-        for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
-        return 1.0f;
-    }
-    const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
-    const __m256 mv = _mm256_set1_ps(m_new);
-    __m256 ls = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 8 <= nv; j += 8) {
-        const __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(s + j), mv));
-        _mm256_store_ps(s + j, p);
-        ls = _mm256_add_ps(ls, p);
-    }
-    float lsum = hsum(ls);
-    for (; j < nv; j++) lsum += s[j] = expf(s[j] - m_new);
-    for (; j < nbp; j++) s[j] = 0.0f;
-    *l = *l * alpha + lsum;
-    *m = m_new;
-    return alpha;
 }
 
 static void ab_tile(int mr, float *s, const float *const *qr, float *const *accr, float **mr_, float **lr,
