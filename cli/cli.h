@@ -21,7 +21,9 @@ typedef struct {
     uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */
     const char *kv_dir;    /* --kv-dir DIR: cold tier location */
     int kv_io;             /* --kv-io auto|uring|threads */
-    int kv_policy;         /* --kv-policy exact|window */
+    int kv_policy;         /* --kv-policy exact|window|topk */
+    int64_t kv_topk;       /* --kv-topk N: blocks chosen per layer and KV group (topk policy) */
+    double kv_audit;       /* --kv-audit RATE: share of steps audited against exact attention */
     int64_t kv_sinks;      /* --kv-sinks N */
     int64_t kv_window;     /* --kv-window N */
     int kv_depth;          /* --kv-depth N: cold-tier queue depth */

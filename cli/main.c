@@ -33,7 +33,8 @@ static const char USAGE[] =
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  -v | -q | --log-level N\n"
     "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"
-    "  --kv-policy exact|window  --kv-sinks N  --kv-window N   (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
+    "  --kv-policy exact|window|topk  --kv-sinks N  --kv-window N  --kv-topk N  --kv-audit RATE\n"
+    "  (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
     "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";
 
 int cli_usage_error(const char *fmt, ...) {
@@ -158,7 +159,18 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         VAL();
         if (!strcmp(v, "exact")) o->kv_policy = 0;
         else if (!strcmp(v, "window")) o->kv_policy = 1;
-        else return cli_usage_error("--kv-policy must be exact or window"), -1;
+        else if (!strcmp(v, "topk")) o->kv_policy = 2;
+        else return cli_usage_error("--kv-policy must be exact, window or topk"), -1;
+    } else if (!strcmp(a, "--kv-topk")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        if (n < 1) return cli_usage_error("--kv-topk must be at least 1 block"), -1;
+        o->kv_topk = n;
+    } else if (!strcmp(a, "--kv-audit")) {
+        VAL();
+        if (cli_parse_f64(a, v, &d)) return -1;
+        if (!(d >= 0 && d <= 1)) return cli_usage_error("--kv-audit must be a rate in [0, 1]"), -1;
+        o->kv_audit = d;
     } else if (!strcmp(a, "--ignore-eos")) {
         o->ignore_eos = 1;
     } else if (!strcmp(a, "--no-simd")) {
@@ -219,7 +231,8 @@ int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
         mtok_session_params sp = {.ctx = o->ctx, .threads = o->threads, .prefill_chunk = o->chunk,
                                   .kv_block = o->kv_block, .kv_budget = o->kv_budget, .kv_dir = o->kv_dir,
                                   .kv_io = o->kv_io, .kv_policy = o->kv_policy, .kv_sinks = o->kv_sinks,
-                                  .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_fault = o->kv_fault};
+                                  .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_fault = o->kv_fault,
+                                  .kv_topk = o->kv_topk, .kv_audit = o->kv_audit};
         rc = mtok_session_create(L->model, &sp, &L->sess);
     }
     if (rc) cli_unload(L);

@@ -18,24 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
-#include "../kvstore/kvstore.h"
+#include "session.h"
 #include <xxhash.h>
 
-struct mtok_session {
-    const mtok_model *m;
-    const mtok_config *c;
-    int64_t ctx, chunk, pos;
-    int threads;
-    kvs_cache *kv;
-    mtok_ids ids;          /* the token ids at positions 0..pos-1 (saved with the KV) */
-    int64_t computed;      /* tokens run through the model since creation */
-    float *ms, *ls;        /* [chunk][n_heads] online-softmax max and denominator */
-    /* scratch, each [chunk][width] */
-    float *x, *a, *q, *k, *v, *att, *gate, *up;
-    float *cs, *sn; /* [chunk][rope_dim/2] */
-    float *logits;  /* [vocab] of the last position */
-};
+
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
 
@@ -49,6 +35,7 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->ctx = p && p->ctx > 0 ? p->ctx : c->max_ctx;
     s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : 256;
     s->threads = p && p->threads > 0 ? p->threads : omp_get_num_procs();
+    s->H = c->n_heads, s->G = c->n_kv_groups, s->D = c->head_dim;
     /* the kernels' parallel regions take OpenMP's default team size; an explicit thread count must
      * reach them too, not only attention (this sets the calling thread's default, as the CLI wants) */
     if (p && p->threads > 0) omp_set_num_threads(p->threads);
@@ -87,6 +74,7 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
         if (p->kv_fault && *p->kv_fault) rc = kvs_fault_parse(p->kv_fault, &kp.fault);
     }
     if (!rc) rc = kvs_create(&kp, &s->kv);
+    if (!rc) rc = attn_create(s, p);
     if (rc) {
         mtok_session_free(s);
         return rc;
@@ -97,6 +85,7 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
 
 void mtok_session_free(mtok_session *s) {
     if (!s) return;
+    attn_free(s);
     kvs_free(s->kv);
     mtok_ids_free(&s->ids);
     free(s->ms), free(s->ls);
@@ -174,57 +163,6 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
     return 0;
 }
 
-/* ---- attention: o[t][h] = softmax_s≤pos_t(q·k_s/sqrt(D)) · v_s, query head h reads group h/(H/G) ----
- * The KV store hands out the layer's blocks in order, a segment of resident blocks at a time (cold
- * ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across segments, so
- * the arithmetic is the same block-by-block sequence whether a block was hot or read back. */
-#define SEG_BLOCKS 64
-#define ATT_TILE 16 /* query tokens per attention task */
-static int attention(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
-    const mtok_config *c = s->c;
-    const int64_t H = c->n_heads, D = c->head_dim, G = c->n_kv_groups, per_group = H / G;
-    const int64_t row = G * D;
-    const float scale = (float)(1.0 / sqrt((double)D));
-    for (int64_t i = 0; i < n * H; i++) s->ms[i] = -INFINITY, s->ls[i] = 0.0f;
-    memset(s->att, 0, (size_t)(n * H * D) * sizeof *s->att);
-    kvs_block seg[SEG_BLOCKS];
-    for (;;) {
-        int nseg = 0;
-        int rc = kvs_stream_next(s->kv, layer, seg, SEG_BLOCKS, &nseg);
-        if (rc) return rc;
-        if (!nseg) break;
-        /* small segments (decode against a few blocks) run on this thread: waking the team for them
-         * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
-        const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
-        /* one task per (KV group, tile of ATT_TILE query tokens): the task's per_group x tile query
-         * rows meet each block once through mk_attn_block, so a block is widened once per group and
-         * tile instead of once per head and token, and Q·Kᵀ, P·V run as register-blocked tiles */
-        const int64_t n_tiles = (n + ATT_TILE - 1) / ATT_TILE;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
-        for (int64_t g = 0; g < G; g++) {
-            for (int64_t tt = 0; tt < n_tiles; tt++) {
-                const int64_t t0 = tt * ATT_TILE, nt = n - t0 < ATT_TILE ? n - t0 : ATT_TILE;
-                const int64_t r0 = t0 * H + g * per_group; /* the task's first (token, head) row */
-                for (int j = 0; j < nseg; j++) {
-                    const kvs_block *blk = &seg[j];
-                    if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
-                    const mk_attn_params ap = {
-                        .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = s->att + (size_t)r0 * D, .acc_ts = H * D,
-                        .m = s->ms + r0, .l = s->ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
-                        .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
-                        .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale};
-                    mk_attn_block(&ap);
-                }
-            }
-        }
-    }
-    for (int64_t i = 0; i < n * H; i++) {
-        const float inv = s->ls[i] > 0 ? 1.0f / s->ls[i] : 0.0f;
-        for (int64_t d = 0; d < D; d++) s->att[i * D + d] *= inv;
-    }
-    return 0;
-}
-
 /* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ---- */
 static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits, int want_last) {
     const mtok_config *c = s->c;
@@ -246,7 +184,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
 
     /* the KV blocks attention will read, layer 0 first; each layer queues the next one's before its
      * own attention runs, so the next layer's cold blocks are in flight while this one computes */
-    if ((rc = kvs_plan(s->kv, 0, s->pos + n, s->pos))) return rc;
+    if ((rc = attn_plan(s, 0, s->pos + n, s->pos))) return rc;
     for (int64_t l = 0; l < c->n_layers; l++) {
         const mtok_layer *L = &w->layers[l];
         /* attention block */
@@ -259,8 +197,9 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
             mk_rope(s->k + t * kd, c->n_kv_groups, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
         }
         if ((rc = kvs_write(s->kv, l, s->pos, n, s->k, s->v, kd))) return rc;
-        if (l + 1 < c->n_layers && (rc = kvs_plan(s->kv, l + 1, s->pos + n, s->pos))) return rc;
-        if ((rc = attention(s, l, s->pos, n))) return rc;
+        if (l + 1 < c->n_layers && (rc = attn_plan(s, l + 1, s->pos + n, s->pos))) return rc;
+        if ((rc = attn_layer(s, l, s->pos, n))) return rc;
+        attn_normalize(s, n);
         mk_matmul(s->a, E, s->att, qd, n, &L->wo, NULL);
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
         /* MLP block: SwiGLU, gate rows first */

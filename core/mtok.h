@@ -66,6 +66,9 @@ typedef struct mtok_model mtok_model;
 
 typedef struct {
     double rope_base;   /* > 0: override the RoPE base (--rope-base) */
+    /* tensor parallel (docs/PARALLEL.md): load only this rank's slices of a tp-way split.
+     * tp_size 0 or 1: the whole model. */
+    int tp_rank, tp_size;
 } mtok_load_params;
 
 /* Loads DIR/config.json + safetensors (single or sharded). Weights are mmapped and used in place. */
@@ -160,10 +163,18 @@ typedef struct {
     uint64_t kv_budget;    /* hot-tier bytes incl. the staging ring (0: unlimited, nothing spills) */
     const char *kv_dir;    /* cold-tier directory (NULL: $TMPDIR, else /var/tmp) */
     int kv_io;             /* 0 auto (io_uring, else the thread pool), 1 io_uring, 2 threads */
-    int kv_policy;         /* 0 exact (default), 1 window (StreamingLLM: sinks + recent window) */
+    int kv_policy;         /* 0 exact (default), 1 window (StreamingLLM: sinks + recent window),
+                            * 2 topk (query-aware block selection over block key bounds) */
     int64_t kv_sinks;      /* tokens kept hot from the start, attention sinks (0: 4) */
     int64_t kv_window;     /* window policy: recent tokens attended (0: 4096) */
     int kv_depth;          /* cold-tier queue depth (0: 32) */
+    int64_t kv_topk;       /* topk policy: blocks chosen per layer and KV group besides sinks/window (0: 64) */
+    double kv_audit;       /* topk policy: share of attention steps also run exactly to audit (0: none) */
+    /* parallel runs (docs/PARALLEL.md): a communicator per axis from parallel/parallel.h, NULL for
+     * one rank. The model must have been loaded with the matching tp_rank/tp_size. */
+    struct mp_comm *tp_comm; /* tensor parallel: ranks holding the other head/ffn/vocab slices */
+    struct mp_comm *cp_comm; /* context parallel: ranks holding the other spans of positions */
+    int64_t cp_span;         /* context parallel: tokens per span, assigned round-robin (0: 4096) */
     const char *kv_fault;  /* test-only fault injection "KIND[:NTH[:COUNT]]" (docs/KVSTORE.md); NULL normally */
 } mtok_session_params;
 

@@ -17,7 +17,7 @@
 typedef struct kvs_cache kvs_cache;
 
 typedef enum { KVS_IO_AUTO = 0, KVS_IO_URING = 1, KVS_IO_THREADS = 2 } kvs_io_kind;
-typedef enum { KVS_POLICY_EXACT = 0, KVS_POLICY_WINDOW = 1 } kvs_policy;
+typedef enum { KVS_POLICY_EXACT = 0, KVS_POLICY_WINDOW = 1, KVS_POLICY_TOPK = 2 } kvs_policy;
 
 /* Test-only fault injection, applied by a wrapping tier (kvstore/kvtier.c); see docs/KVSTORE.md. */
 typedef enum {
