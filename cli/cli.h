@@ -28,6 +28,9 @@ typedef struct {
     int64_t kv_window;     /* --kv-window N */
     int kv_depth;          /* --kv-depth N: cold-tier queue depth */
     const char *kv_fault;  /* --kv-fault KIND[:NTH[:COUNT]]: test-only fault injection */
+    /* parallel runs under mpirun/srun (docs/PARALLEL.md) */
+    int tp, cp;            /* --tp N, --cp N: ranks = tp x cp */
+    int64_t cp_span;       /* --cp-span N: tokens per context-parallel span */
     /* sampling */
     float temperature, top_p, rep_pen;
     int top_k;
@@ -51,9 +54,11 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Loads model + tokenizer and makes a session from the common options. */
 typedef struct {
     mtok_model *model;
-    mtok_tokenizer *tok;
+    mtok_tokenizer *tok;  /* NULL on the ranks other than 0 of a parallel run */
     mtok_session *sess;
+    struct mp_comm *world, *tp_comm, *cp_comm; /* parallel runs only */
 } cli_loaded;
+/* In a parallel run only rank 0 returns; the other ranks serve its session and exit the process. */
 int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L);
 void cli_unload(cli_loaded *L);
 

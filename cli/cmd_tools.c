@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "../kernels/kernels.h"
 #include "../kvstore/kvstore.h"
+#include "../parallel/parallel.h"
 
 /* ---- mtok tokenize -m DIR (--text T | --text-file F) [--special] ---- */
 int cmd_tokenize(int argc, char **argv) {
@@ -149,6 +150,38 @@ static const char *io_uring_status(void) {
 #endif
 }
 
+/* Topology and the binding each rank would get (docs/PARALLEL.md), as text for rank 0 to print.
+ * Under mpirun/srun every rank plans its own binding and sends it to rank 0; *follower is set on
+ * the other ranks, which print nothing. */
+static char *info_parallel(const cli_common *o, int *follower) {
+    enum { LINE = 320, CAP = 32768 };
+    char *out = calloc(1, CAP), *all = NULL, mine[LINE];
+    *follower = 0;
+    if (!out) return NULL;
+    int n = snprintf(out, CAP, "parallel: mpi %s, nccl %s\n", mp_have_mpi() ? "built" : "not built",
+                     mp_have_nccl() ? "built" : "not built");
+    mp_comm *w = NULL;
+    if (mp_world_init(NULL, NULL, 0, &w)) { /* e.g. launched by mpirun, built without MPI */
+        snprintf(out + n, CAP - (size_t)n, "ranks: %s\n", mtok_errmsg());
+        return out;
+    }
+    const int rank = mp_rank(w), size = mp_size(w);
+    mp_bind_plan(w, o->threads, -1, mine, sizeof mine);
+    int rc = (all = malloc((size_t)size * LINE)) ? mp_allgather(w, mine, LINE, all, NULL, MP_BYTE) : MTOK_ERESOURCE;
+    if (rank == 0) {
+        mp_topology_describe(out + n, CAP - (size_t)n);
+        n = (int)strlen(out);
+        n += snprintf(out + n, CAP - (size_t)n, "ranks: %d (%s)\n", size, mp_backend_name(mp_backend_of(w)));
+        for (int r = 0; r < size && (size_t)n < CAP; r++)
+            n += snprintf(out + n, CAP - (size_t)n, "  rank %d binding: %s\n", r,
+                          rc ? (r ? "unknown" : mine) : all + (size_t)r * LINE);
+    }
+    *follower = rank != 0;
+    free(all);
+    mp_world_finalize(w);
+    return out;
+}
+
 /* ---- mtok info [-m DIR] ---- */
 int cmd_info(int argc, char **argv) {
     cli_common o;
@@ -158,10 +191,18 @@ int cmd_info(int argc, char **argv) {
         if (r < 0) return 1;
         if (!r) return cli_usage_error("info: unknown option '%s'", argv[i]);
     }
+    int follower;
+    char *par = info_parallel(&o, &follower);
+    if (follower) {
+        free(par);
+        return 0;
+    }
     printf("mtok %s\n", MTOK_VERSION);
     printf("backends: cpu (%s kernels, %d OpenMP threads)\n", mk_have_avx2() ? "avx2+fma" : "scalar",
            o.threads ? o.threads : omp_get_max_threads());
-    printf("not built: cuda, nccl, mpi\n");
+    printf("not built: cuda\n");
+    if (par) fputs(par, stdout);
+    free(par);
     printf("io_uring: %s\n", io_uring_status());
     char kvio[256];
     kvs_io_describe((kvs_io_kind)o.kv_io, kvio, sizeof kvio);

@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "../kernels/kernels.h"
+#include "../parallel/parallel.h"
 
 static const char USAGE[] =
     "usage: mtok COMMAND [options]\n"
@@ -35,6 +36,7 @@ static const char USAGE[] =
     "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"
     "  --kv-policy exact|window|topk  --kv-sinks N  --kv-window N  --kv-topk N  --kv-audit RATE\n"
     "  (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
+    "parallel (under mpirun/srun, docs/PARALLEL.md): --tp N  --cp N  --cp-span TOKENS\n"
     "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";
 
 int cli_usage_error(const char *fmt, ...) {
@@ -143,6 +145,14 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         else if (!strcmp(a, "--kv-sinks")) o->kv_sinks = n;
         else if (!strcmp(a, "--kv-window")) o->kv_window = n;
         else o->kv_depth = (int)n;
+    } else if (!strcmp(a, "--tp") || !strcmp(a, "--cp") || !strcmp(a, "--cp-span")) {
+        VAL();
+        if (cli_parse_i64(a, v, &n)) return -1;
+        if (n < 1 || n > (strcmp(a, "--cp-span") ? 4096 : (int64_t)1 << 40))
+            return cli_usage_error("%s must be a positive count", a), -1;
+        if (!strcmp(a, "--tp")) o->tp = (int)n;
+        else if (!strcmp(a, "--cp")) o->cp = (int)n;
+        else o->cp_span = n;
     } else if (!strcmp(a, "--kv-dir")) {
         VAL();
         o->kv_dir = v;
@@ -221,19 +231,62 @@ int cli_read_file(const char *path, char **data, size_t *len) {
     return 0;
 }
 
+/* The job's ranks, when launched by mpirun/srun or asked for with --tp/--cp: rank r holds
+ * tensor-parallel slice r % tp of context-parallel share r / tp. */
+static int cli_parallel(const cli_common *o, cli_loaded *L, int *tp_rank, int *threads) {
+    const int tp = o->tp > 0 ? o->tp : 1, cp = o->cp > 0 ? o->cp : 1;
+    const char *launched = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!launched) launched = getenv("PMI_SIZE");
+    if (tp * cp == 1 && (!launched || atoi(launched) <= 1)) return 0;
+    int rc = mp_world_init(NULL, NULL, tp * cp > 1, &L->world);
+    if (rc) return rc;
+    const int size = mp_size(L->world), rank = mp_rank(L->world);
+    if (size != tp * cp)
+        return mtok_err(MTOK_EUSAGE, "the job has %d rank%s but --tp %d x --cp %d = %d (launch with mpirun -np %d)",
+                        size, size == 1 ? "" : "s", tp, cp, tp * cp, tp * cp);
+    char desc[512];
+    mp_bind(L->world, o->threads, -1, desc, sizeof desc);
+    mtok_log(1, "rank %d of %d: %s", rank, size, desc);
+    /* OpenMP counted its cores before the binding (and mpirun may have bound each rank to one):
+     * without --threads, use the cores this rank was given */
+    if (o->threads <= 0) *threads = mp_bound_cores();
+    if (rank != 0 && o->log_level < 2) mtok_set_log_level(0); /* rank 0 speaks for the job */
+    *tp_rank = rank % tp;
+    if ((rc = mp_split(L->world, rank / tp, rank % tp, &L->tp_comm)) ||
+        (rc = mp_split(L->world, rank % tp, rank / tp, &L->cp_comm)))
+        return rc;
+    return 0;
+}
+
 int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
     memset(L, 0, sizeof *L);
     if (!o->model) return mtok_err(MTOK_EUSAGE, "no model: pass -m DIR (a checkpoint directory)");
-    mtok_load_params lp = {.rope_base = o->rope_base};
-    int rc = mtok_model_load(o->model, &lp, &L->model);
-    if (!rc && need_tokenizer) rc = mtok_tokenizer_load(o->model, &L->tok);
+    int tp_rank = 0, threads = o->threads;
+    int rc = cli_parallel(o, L, &tp_rank, &threads);
+    const int leader = !L->world || mp_rank(L->world) == 0;
+    mtok_load_params lp = {.rope_base = o->rope_base, .tp_rank = tp_rank, .tp_size = o->tp > 0 ? o->tp : 1};
+    if (!rc) rc = mtok_model_load(o->model, &lp, &L->model);
+    if (!rc && need_tokenizer && leader) rc = mtok_tokenizer_load(o->model, &L->tok);
     if (!rc) {
-        mtok_session_params sp = {.ctx = o->ctx, .threads = o->threads, .prefill_chunk = o->chunk,
+        mtok_session_params sp = {.ctx = o->ctx, .threads = threads, .prefill_chunk = o->chunk,
                                   .kv_block = o->kv_block, .kv_budget = o->kv_budget, .kv_dir = o->kv_dir,
                                   .kv_io = o->kv_io, .kv_policy = o->kv_policy, .kv_sinks = o->kv_sinks,
                                   .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_fault = o->kv_fault,
-                                  .kv_topk = o->kv_topk, .kv_audit = o->kv_audit};
+                                  .kv_topk = o->kv_topk, .kv_audit = o->kv_audit, .world = L->world,
+                                  .tp_comm = L->tp_comm, .cp_comm = L->cp_comm, .cp_span = o->cp_span};
         rc = mtok_session_create(L->model, &sp, &L->sess);
+    }
+    if (rc && L->world && mp_size(L->world) > 1) {
+        /* the other ranks may already wait for this one: end the job with the message */
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", mtok_errmsg());
+        mp_abort(L->world, rc, msg);
+    }
+    if (!rc && !leader) {
+        /* serve rank 0's session until it is freed, then leave quietly */
+        rc = mtok_session_serve(L->sess);
+        cli_unload(L);
+        exit(rc ? cli_fail(rc) : 0);
     }
     if (rc) cli_unload(L);
     return rc;
@@ -243,6 +296,7 @@ void cli_unload(cli_loaded *L) {
     mtok_session_free(L->sess);
     mtok_tokenizer_free(L->tok);
     mtok_model_free(L->model);
+    if (L->world) mp_world_finalize(L->world); /* frees tp_comm and cp_comm too */
     memset(L, 0, sizeof *L);
 }
 

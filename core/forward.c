@@ -35,33 +35,40 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->ctx = p && p->ctx > 0 ? p->ctx : c->max_ctx;
     s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : 256;
     s->threads = p && p->threads > 0 ? p->threads : omp_get_num_procs();
-    s->H = c->n_heads, s->G = c->n_kv_groups, s->D = c->head_dim;
+    /* this rank's heads and groups (all of them unless the model was loaded as a tensor-parallel slice) */
+    s->H = m->tp.H, s->G = m->tp.G, s->D = c->head_dim;
     /* the kernels' parallel regions take OpenMP's default team size; an explicit thread count must
      * reach them too, not only attention (this sets the calling thread's default, as the CLI wants) */
     if (p && p->threads > 0) omp_set_num_threads(p->threads);
+    int rc = dist_setup(s, p);
+    if (rc) {
+        mtok_session_free(s);
+        return rc;
+    }
     int64_t block = p && p->kv_block > 0 ? p->kv_block : 128;
-    int64_t qd = c->n_heads * c->head_dim, kd = c->n_kv_groups * c->head_dim, C = s->chunk;
+    int64_t qd = s->H * s->D, kd = s->G * s->D, C = s->chunk;
     s->x = xalloc(C * c->hidden);
     s->a = xalloc(C * (c->hidden > qd ? c->hidden : qd));
     s->q = xalloc(C * qd);
     s->k = xalloc(C * kd);
     s->v = xalloc(C * kd);
     s->att = xalloc(C * qd);
-    s->gate = xalloc(C * c->ffn);
-    s->up = xalloc(C * c->ffn);
+    /* gate also takes a tensor-parallel rank's slice of the last row's logits */
+    s->gate = xalloc(C * m->tp.F > m->tp.V ? C * m->tp.F : m->tp.V);
+    s->up = xalloc(C * m->tp.F);
     s->cs = xalloc(C * (c->rope_dim / 2 + 1));
     s->sn = xalloc(C * (c->rope_dim / 2 + 1));
     s->logits = xalloc(c->vocab);
-    s->ms = xalloc(C * c->n_heads);
-    s->ls = xalloc(C * c->n_heads);
+    s->ms = xalloc(C * s->H);
+    s->ls = xalloc(C * s->H);
     if (!s->x || !s->a || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->cs || !s->sn ||
         !s->logits || !s->ms || !s->ls) {
         mtok_session_free(s);
         return mtok_err(MTOK_ERESOURCE, "out of memory for prefill scratch (chunk %lld tokens)", (long long)C);
     }
-    kvs_params kp = {.n_layers = c->n_layers, .n_kv_groups = c->n_kv_groups, .head_dim = c->head_dim,
-                     .ctx = s->ctx, .block_tokens = block};
-    int rc = 0;
+    /* a context-parallel rank stores only its spans of positions, densely */
+    kvs_params kp = {.n_layers = c->n_layers, .n_kv_groups = s->G, .head_dim = c->head_dim,
+                     .ctx = dist_local_tokens(s, s->ctx), .block_tokens = block};
     if (p) {
         kp.budget = p->kv_budget;
         kp.dir = p->kv_dir;
@@ -85,8 +92,10 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
 
 void mtok_session_free(mtok_session *s) {
     if (!s) return;
+    dist_announce(s, DIST_EXIT, 0, NULL, 0); /* releases the serving ranks */
     attn_free(s);
     kvs_free(s->kv);
+    dist_free(s);
     mtok_ids_free(&s->ids);
     free(s->ms), free(s->ls);
     free(s->x), free(s->a), free(s->q), free(s->k), free(s->v), free(s->att);
@@ -94,17 +103,30 @@ void mtok_session_free(mtok_session *s) {
     free(s);
 }
 
-void mtok_session_reset(mtok_session *s) {
+void session_reset_local(mtok_session *s) {
     s->pos = 0;
+    s->kv_pos = 0;
     s->ids.n = 0;
     kvs_reset(s->kv);
+}
+void mtok_session_reset(mtok_session *s) {
+    int rc = dist_announce(s, DIST_RESET, 0, NULL, 0);
+    if (rc) dist_fail(s, rc);
+    session_reset_local(s);
+}
+int session_truncate_local(mtok_session *s, int64_t n) {
+    s->pos = n;
+    s->ids.n = (size_t)n;
+    s->kv_pos = dist_local_tokens(s, n);
+    return kvs_truncate(s->kv, s->kv_pos);
 }
 int mtok_session_truncate(mtok_session *s, int64_t n) {
     if (n < 0 || n > s->pos)
         return mtok_err(MTOK_EUSAGE, "truncate to %lld tokens: session holds %lld", (long long)n, (long long)s->pos);
-    s->pos = n;
-    s->ids.n = (size_t)n;
-    return kvs_truncate(s->kv, n);
+    int rc = dist_announce(s, DIST_TRUNCATE, n, NULL, 0);
+    if (!rc) rc = session_truncate_local(s, n);
+    if (rc && s->world) dist_fail(s, rc);
+    return rc;
 }
 int64_t mtok_session_pos(const mtok_session *s) { return s->pos; }
 int64_t mtok_session_ctx(const mtok_session *s) { return s->ctx; }
@@ -139,6 +161,7 @@ static uint64_t kv_fingerprint(const mtok_model *m) {
 }
 
 int mtok_session_save_kv(mtok_session *s, const char *path) {
+    if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
     if (s->pos <= 0) return mtok_err(MTOK_EUSAGE, "%s: nothing to save, the session holds no tokens", path);
     return kvs_file_save(s->kv, path, kv_fingerprint(s->m), s->ids.v, s->pos);
 }
@@ -147,6 +170,7 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
                          int64_t *n_loaded) {
     int32_t *ids = NULL;
     int64_t n = 0;
+    if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
     mtok_session_reset(s);
     int rc = kvs_file_load(s->kv, path, kv_fingerprint(s->m), prompt, prompt ? (int64_t)n_prompt : -1, &ids,
                            &n);
@@ -158,17 +182,24 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
         mtok_session_reset(s);
         return rc;
     }
-    s->pos = n;
+    s->pos = s->kv_pos = n;
     if (n_loaded) *n_loaded = n;
     return 0;
 }
 
-/* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ---- */
+/* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ----
+ * Parallel runs (docs/PARALLEL.md): under tensor parallelism the weights are this rank's slices, so
+ * the dense and down projections give partial sums that one all-reduce each completes, and the
+ * output layer gives this rank's vocabulary rows. Under context parallelism every rank runs the
+ * whole chunk, the rank owning the chunk's span stores its K/V, and each rank's attention over its
+ * own positions is merged by the log-sum-exp rule. A chunk never crosses a span boundary. */
 static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits, int want_last) {
     const mtok_config *c = s->c;
     const mtok_weights *w = &s->m->w;
-    const int64_t E = c->hidden, qd = c->n_heads * c->head_dim, kd = c->n_kv_groups * c->head_dim;
-    const int64_t F = c->ffn, half = c->rope_dim / 2;
+    const int64_t E = c->hidden, qd = s->H * s->D, kd = s->G * s->D;
+    const int64_t F = s->m->tp.F, V = s->m->tp.V, half = c->rope_dim / 2;
+    const int owner = dist_owns(s, s->pos);
+    const int64_t kpos = s->kv_pos, kend = kpos + (owner ? n : 0); /* this rank's KV-store positions */
     int rc;
 
     /* embedding */
@@ -184,7 +215,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
 
     /* the KV blocks attention will read, layer 0 first; each layer queues the next one's before its
      * own attention runs, so the next layer's cold blocks are in flight while this one computes */
-    if ((rc = attn_plan(s, 0, s->pos + n, s->pos))) return rc;
+    if ((rc = attn_plan(s, 0, kend, kpos))) return rc;
     for (int64_t l = 0; l < c->n_layers; l++) {
         const mtok_layer *L = &w->layers[l];
         /* attention block */
@@ -193,14 +224,18 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         mk_matmul(s->k, kd, s->a, E, n, &L->wk, L->bk.data ? &L->bk : NULL);
         mk_matmul(s->v, kd, s->a, E, n, &L->wv, L->bv.data ? &L->bv : NULL);
         for (int64_t t = 0; t < n; t++) {
-            mk_rope(s->q + t * qd, c->n_heads, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
-            mk_rope(s->k + t * kd, c->n_kv_groups, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
+            mk_rope(s->q + t * qd, s->H, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
+            mk_rope(s->k + t * kd, s->G, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
         }
-        if ((rc = kvs_write(s->kv, l, s->pos, n, s->k, s->v, kd))) return rc;
-        if (l + 1 < c->n_layers && (rc = attn_plan(s, l + 1, s->pos + n, s->pos))) return rc;
-        if ((rc = attn_layer(s, l, s->pos, n))) return rc;
+        if (owner && (rc = kvs_write(s->kv, l, kpos, n, s->k, s->v, kd))) return rc;
+        if (l + 1 < c->n_layers && (rc = attn_plan(s, l + 1, kend, kpos))) return rc;
+        /* queries sit at kpos.. in this rank's positions: after every key it holds from earlier
+         * spans, and causally aligned with the chunk's own keys when it owns them */
+        if ((rc = attn_layer(s, l, kpos, n))) return rc;
+        if ((rc = dist_cp_merge(s, n))) return rc;
         attn_normalize(s, n);
         mk_matmul(s->a, E, s->att, qd, n, &L->wo, NULL);
+        if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
         /* MLP block: SwiGLU, gate rows first */
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->mlp_norm, E, c->norm_eps);
@@ -208,21 +243,62 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         mk_matmul(s->up, F, s->a, E, n, &L->w_up, NULL);
         mk_swiglu(s->gate, s->gate, s->up, n * F);
         mk_matmul(s->a, E, s->gate, F, n, &L->w_down, NULL);
+        if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
     }
 
-    /* output: every row for `mtok logits`, else only the last one (generation needs no more) */
+    /* output: every row for `mtok logits`, else only the last one (generation needs no more). A
+     * tensor-parallel rank computes its vocabulary rows into the scratch and gathers the rest. */
+    const int split = s->tp_size > 1;
     if (all_logits) {
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &w->final_norm, E, c->norm_eps);
-        mk_matmul(all_logits, c->vocab, s->a, E, n, &w->output, NULL);
+        if (split) {
+            float *loc = s->gate; /* the scratch holds [chunk][F] (or [V]) and is free now */
+            float *tmp = n * V <= s->chunk * F ? loc : NULL;
+            if (!tmp && !(tmp = malloc((size_t)(n * V) * sizeof *tmp)))
+                return mtok_err(MTOK_ERESOURCE, "out of memory for %lld x %lld logits", (long long)n, (long long)V);
+            mk_matmul(tmp, V, s->a, E, n, &w->output, NULL);
+            rc = dist_gather_logits(s, tmp, n, all_logits);
+            if (tmp != loc) free(tmp);
+            if (rc) return rc;
+        } else {
+            mk_matmul(all_logits, c->vocab, s->a, E, n, &w->output, NULL);
+        }
         if (want_last) memcpy(s->logits, all_logits + (size_t)(n - 1) * c->vocab, (size_t)c->vocab * sizeof(float));
     } else if (want_last) {
         mk_rmsnorm(s->a, s->x + (n - 1) * E, &w->final_norm, E, c->norm_eps);
-        mk_matmul(s->logits, c->vocab, s->a, E, 1, &w->output, NULL);
+        if (split) {
+            mk_matmul(s->gate, V, s->a, E, 1, &w->output, NULL);
+            if ((rc = dist_gather_logits(s, s->gate, 1, s->logits))) return rc;
+        } else {
+            mk_matmul(s->logits, c->vocab, s->a, E, 1, &w->output, NULL);
+        }
     }
     s->pos += n;
+    s->kv_pos = kend;
     s->computed += n;
     return mtok_ids_append(&s->ids, ids, (size_t)n);
+}
+
+/* Runs n tokens on this rank, in chunks that end at the prefill chunk size and at span boundaries. */
+int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits) {
+    const int64_t start = s->pos;
+    for (int64_t i = 0; i < n;) {
+        int64_t nc = n - i < s->chunk ? n - i : s->chunk, span_left = dist_span_end(s, s->pos) - s->pos;
+        if (nc > span_left) nc = span_left;
+        float *out = all_logits ? all_logits + (size_t)i * s->c->vocab : NULL;
+        int rc = forward_chunk(s, ids + i, nc, out, i + nc == n);
+        if (rc) {
+            /* leave the session as it was before this call: a failed request loses nothing */
+            s->pos = start;
+            s->ids.n = (size_t)start;
+            s->kv_pos = dist_local_tokens(s, start);
+            kvs_truncate(s->kv, s->kv_pos);
+            return rc;
+        }
+        i += nc;
+    }
+    return 0;
 }
 
 int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits) {
@@ -230,20 +306,16 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
     if (s->pos + n > s->ctx)
         return mtok_err(MTOK_EINPUT, "%lld tokens at position %lld exceed the context limit of %lld tokens (--ctx)",
                         (long long)n, (long long)s->pos, (long long)s->ctx);
-    const int64_t start = s->pos;
-    for (int64_t i = 0; i < n; i += s->chunk) {
-        int64_t nc = n - i < s->chunk ? n - i : s->chunk;
-        float *out = all_logits ? all_logits + (size_t)i * s->c->vocab : NULL;
-        int rc = forward_chunk(s, ids + i, nc, out, i + nc == n);
-        if (rc) {
-            /* leave the session as it was before this call: a failed request loses nothing */
-            s->pos = start;
-            s->ids.n = (size_t)start;
-            kvs_truncate(s->kv, start);
-            return rc;
-        }
-    }
-    return 0;
+    for (int64_t t = 0; t < n; t++) /* checked before the other ranks are told, so a bad id loses nothing */
+        if (ids[t] < 0 || ids[t] >= s->c->vocab)
+            return mtok_err(MTOK_EINPUT, "token id %d at position %lld is outside the vocabulary [0, %lld)", ids[t],
+                            (long long)(s->pos + t), (long long)s->c->vocab);
+    int rc = dist_announce(s, DIST_FORWARD, n, ids, all_logits != NULL);
+    if (!rc) rc = forward_run(s, ids, n, all_logits);
+    /* in a parallel run the other ranks are part-way through the same call: they cannot be rolled
+     * back in step, so an error there ends the job with the message */
+    if (rc && s->world) dist_fail(s, rc);
+    return rc;
 }
 
 const mtok_config *mtok_session_config(const mtok_session *s) { return s->c; }

@@ -233,6 +233,8 @@ int mtok_model_load(const char *dir, const mtok_load_params *p, mtok_model **out
     if ((rc = bind_all(&b, &m->w)) || (rc = fingerprint(st, &m->cfg, &m->fingerprint))) goto fail;
     m->weight_bytes = mtok_ckpt_bound_bytes(st);
     mtok_ckpt_close(st);
+    st = NULL;
+    if ((rc = mtok_tp_apply(m, p ? p->tp_rank : 0, p ? p->tp_size : 1))) goto fail;
     mtok_log(1, "%s: %lld layers, hidden %lld, %lld heads / %lld KV groups, %s weights %.2f GB in %d file%s, "
              "RoPE base %g", dir, (long long)m->cfg.n_layers, (long long)m->cfg.hidden, (long long)m->cfg.n_heads,
              (long long)m->cfg.n_kv_groups, mtok_dtype_name(m->cfg.dtype), (double)m->weight_bytes / 1e9,
@@ -248,6 +250,8 @@ fail:
 void mtok_model_free(mtok_model *m) {
     if (!m) return;
     mtok_shards_free(m->shards, m->n_shards);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     free(m->w.layers);
     free(m->dir);
     free(m);

@@ -37,10 +37,21 @@ typedef struct {
     size_t data_off; /* 8 + header length */
 } mtok_shard;
 
+/* This rank's slice of a tensor-parallel split (core/tp.c); size 1 when the model is whole. Heads
+ * [h0, h0+H) of KV groups [g0, g0+G); ffn rows [f0, f0+F); vocabulary rows [v0, v0+V). When the
+ * split is wider than the KV groups, several ranks hold the same group (K/V replicated). */
+typedef struct {
+    int rank, size;
+    int64_t h0, H, g0, G, f0, F, v0, V;
+} mtok_tp_slice;
+
 struct mtok_model {
     char *dir;
     mtok_config cfg;
     mtok_weights w;
+    mtok_tp_slice tp;
+    void **owned;  /* buffers of column slices copied out of the mapping (tensor parallel) */
+    int n_owned;
     mtok_shard *shards;
     int n_shards;
     uint64_t fingerprint;
@@ -51,5 +62,10 @@ struct mtok_model {
  * path is used in messages. */
 int mtok_config_parse(const char *path, const char *json_text, size_t len, const mtok_load_params *p,
                       mtok_config *cfg);
+
+/* core/tp.c: replaces the whole-model views in m->w by rank's slices of a size-way split (row
+ * slices stay views into the mapping; the column slices of the dense and down projections are
+ * copied, so pages of other ranks' slices are never touched). size 1: records the whole model. */
+int mtok_tp_apply(mtok_model *m, int rank, int size);
 
 #endif

@@ -172,6 +172,8 @@ typedef struct {
     double kv_audit;       /* topk policy: share of attention steps also run exactly to audit (0: none) */
     /* parallel runs (docs/PARALLEL.md): a communicator per axis from parallel/parallel.h, NULL for
      * one rank. The model must have been loaded with the matching tp_rank/tp_size. */
+    struct mp_comm *world;   /* every rank of the job; rank 0 leads (tokenizes, samples, prints), the
+                              * others run mtok_session_serve() */
     struct mp_comm *tp_comm; /* tensor parallel: ranks holding the other head/ffn/vocab slices */
     struct mp_comm *cp_comm; /* context parallel: ranks holding the other spans of positions */
     int64_t cp_span;         /* context parallel: tokens per span, assigned round-robin (0: 4096) */
@@ -179,7 +181,14 @@ typedef struct {
 } mtok_session_params;
 
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out);
+/* Frees the session; on the leading rank of a parallel run this also releases the serving ranks. */
 void mtok_session_free(mtok_session *s);
+/* Parallel runs: the ranks other than 0 call this after creating their session; it executes the
+ * forward, reset and truncate calls the leader makes on its session, in step, until the leader
+ * frees its session. Returns 0 then, or an error (the job is normally aborted first). */
+int mtok_session_serve(mtok_session *s);
+/* 1 when the session is one rank of a parallel run and not its leader. */
+int mtok_session_is_follower(const mtok_session *s);
 void mtok_session_reset(mtok_session *s);
 /* Keeps the first n tokens of the sequence (n <= pos); later positions are forgotten. */
 int mtok_session_truncate(mtok_session *s, int64_t n);

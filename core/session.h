@@ -25,7 +25,41 @@ struct mtok_session {
     float *x, *a, *q, *k, *v, *att, *gate, *up;
     float *cs, *sn; /* [chunk][rope_dim/2] */
     float *logits;  /* [vocab] of the last position */
+    /* parallel runs (core/dist.c); all NULL / 0 / 1 on one rank */
+    struct mp_comm *world, *tp, *cp;
+    int leader;            /* 1 on world rank 0 or without a world */
+    int tp_size, cp_rank, cp_size;
+    int64_t cp_span;       /* context parallel: positions [k*span, (k+1)*span) live on rank k % cp_size */
+    int64_t kv_pos;        /* positions held by this rank's KV store (== pos on one rank) */
+    float *gbuf;           /* all-gather scratch */
+    size_t gbuf_cap;       /* floats */
 };
+
+/* ---- core/dist.c: the parallel parts of the forward pass (docs/PARALLEL.md) ---- */
+int dist_setup(mtok_session *s, const mtok_session_params *p);
+void dist_free(mtok_session *s);
+/* Positions among [0, n) that this rank's KV store holds. */
+int64_t dist_local_tokens(const mtok_session *s, int64_t n);
+/* 1 when this rank stores the KV of position pos. */
+int dist_owns(const mtok_session *s, int64_t pos);
+/* The first position after pos that starts another context-parallel span (INT64_MAX on one rank). */
+int64_t dist_span_end(const mtok_session *s, int64_t pos);
+/* Tensor parallel: sums buf [n] over the tensor-parallel ranks (nothing on one rank). */
+int dist_tp_sum(mtok_session *s, float *buf, size_t n);
+/* Context parallel: merges the online-softmax states s->ms, s->ls, s->att of n query rows over the
+ * context-parallel ranks by the log-sum-exp rule (nothing on one rank). */
+int dist_cp_merge(mtok_session *s, int64_t n);
+/* Tensor parallel: local [n][V_local] logits -> out [n][vocab] (every rank receives all). */
+int dist_gather_logits(mtok_session *s, const float *local, int64_t n, float *out);
+/* Leader side of a call the followers must mirror; 0 on one rank or on a follower. */
+enum { DIST_FORWARD = 1, DIST_RESET, DIST_TRUNCATE, DIST_EXIT };
+int dist_announce(mtok_session *s, int op, int64_t arg, const int32_t *ids, int want_all);
+/* Ends the whole job after an error that left the ranks out of step (never returns under MPI). */
+void dist_fail(mtok_session *s, int rc);
+/* Implemented in core/forward.c, used by the serving loop. */
+int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
+void session_reset_local(mtok_session *s);
+int session_truncate_local(mtok_session *s, int64_t n);
 
 /* ---- core/attn.c ----
  * Positions here are the session's KV-store positions (the same as sequence positions on one
