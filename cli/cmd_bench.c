@@ -328,6 +328,8 @@ static int bench_model(bench_opts *B) {
         filled = d;
         int32_t tok = d > 0 ? (int32_t)argmax(mtok_session_logits(L.sess), V) : ids[0];
         double sum = 0;
+        mtok_kv_stats k0, k1;
+        mtok_session_kv_stats(L.sess, &k0);
         const double c0 = cpu_s(), w0 = now_s();
         for (int64_t g = 0; g < B->gen; g++) {
             const double t0 = now_s();
@@ -338,16 +340,30 @@ static int bench_model(bench_opts *B) {
         }
         if (rc) break;
         const double cpu = cpu_s() - c0, wall = now_s() - w0;
+        mtok_session_kv_stats(L.sess, &k1);
         qsort(step, (size_t)B->gen, sizeof *step, cmp_double);
         const double med = step[B->gen / 2], tps = (double)B->gen / sum;
-        /* keys visible to the steps: positions d..d+gen-1 each read p+1 keys */
-        const double keys = (double)d + ((double)B->gen + 1) / 2;
-        const double kvb = W.kv_bytes_key * keys, gbs = (W.weight_bytes + kvb) * tps * 1e-9;
+        /* keys visible to the steps: positions d..d+gen-1 each read p+1 keys; a sparse policy reads
+         * what the session counted (bytes_attended) */
+        const double keys = (double)d + ((double)B->gen + 1) / 2, gen = (double)B->gen;
+        const double att = (double)(k1.bytes_attended - k0.bytes_attended) / gen;
+        const double kvb = B->o.kv_policy ? att : W.kv_bytes_key * keys, gbs = (W.weight_bytes + kvb) * tps * 1e-9;
+        json_t *jk = json_pack("{s:f, s:f, s:f, s:I}", "kv_bytes_read_per_token",
+                               (double)((k1.bytes_read - k1.audit_bytes_read) - (k0.bytes_read - k0.audit_bytes_read)) / gen,
+                               "kv_bytes_attended_per_token", att, "kv_bytes_exact_per_token",
+                               (double)(k1.bytes_exact - k0.bytes_exact) / gen, "audit_steps",
+                               (json_int_t)(k1.audit_steps - k0.audit_steps));
+        if (k1.audit_rows > k0.audit_rows)
+            json_object_set_new(jk, "audit_mass_mean", json_real((k1.audit_mass_mean * (double)k1.audit_rows -
+                                                                   k0.audit_mass_mean * (double)k0.audit_rows) /
+                                                                  (double)(k1.audit_rows - k0.audit_rows)));
         json_array_append_new(
             jdec, json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "depth", (json_int_t)d, "tokens",
                             (json_int_t)B->gen, "tok_s", tps, "tok_s_median", 1.0 / med, "weight_bytes_per_token",
                             W.weight_bytes, "kv_bytes_per_token", kvb, "gbs", gbs, "fill_s", fill_s, "cpu_util",
                             cpu / (wall * B->lp.threads)));
+        json_object_update(json_array_get(jdec, json_array_size(jdec) - 1), jk);
+        json_decref(jk);
         if (!B->js)
             printf("decode at %6lld: %7.2f tok/s (median step %.2f)  %6.1f GB/s  (%.0f MB weights + %.0f MB KV per token)"
                    "  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, W.weight_bytes * 1e-6, kvb * 1e-6,
@@ -361,6 +377,8 @@ static int bench_model(bench_opts *B) {
     getrusage(RUSAGE_SELF, &ru);
     const double rss = (double)ru.ru_maxrss * 1024.0;
     const double kv_held = (double)mtok_session_kv_bytes(L.sess);
+    mtok_kv_stats ks; /* the model phases' KV traffic, before the check runs */
+    mtok_session_kv_stats(L.sess, &ks);
 
     const int64_t nchk = B->check_tokens < need ? B->check_tokens : need;
     if ((rc = check_logits(L.sess, ids, nchk, B->o.no_simd, &jchk, &ok))) goto fail;
@@ -402,6 +420,22 @@ static int bench_model(bench_opts *B) {
     json_object_set_new(root, "decode", jdec);
     json_object_set_new(root, "peak_rss_bytes", json_integer((json_int_t)rss));
     json_object_set_new(root, "kv_bytes_held", json_integer((json_int_t)kv_held));
+    {
+        static const char *const pol[] = {"exact", "window", "topk"};
+        json_t *jkv = json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}", "policy",
+                                pol[B->o.kv_policy >= 0 && B->o.kv_policy < 3 ? B->o.kv_policy : 0], "budget",
+                                (json_int_t)B->o.kv_budget, "topk", (json_int_t)B->o.kv_topk, "sinks",
+                                (json_int_t)B->o.kv_sinks, "window", (json_int_t)B->o.kv_window, "audit",
+                                B->o.kv_audit, "bytes_read", (json_int_t)(ks.bytes_read - ks.audit_bytes_read),
+                                "bytes_attended", (json_int_t)ks.bytes_attended, "bytes_exact",
+                                (json_int_t)ks.bytes_exact, "summary_bytes", (json_int_t)ks.summary_bytes);
+        json_object_set_new(jkv, "audit_steps", json_integer((json_int_t)ks.audit_steps));
+        if (ks.audit_rows) {
+            json_object_set_new(jkv, "audit_mass_min", json_real(ks.audit_mass_min));
+            json_object_set_new(jkv, "audit_mass_mean", json_real(ks.audit_mass_mean));
+        }
+        json_object_set_new(root, "kv", jkv);
+    }
     json_object_set_new(root, "check", jchk);
     jpre = jdec = jchk = NULL;
     if (B->js) {

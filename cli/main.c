@@ -34,7 +34,8 @@ static const char USAGE[] =
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  -v | -q | --log-level N\n"
     "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"
-    "  --kv-policy exact|window|topk  --kv-sinks N  --kv-window N  --kv-topk N  --kv-audit RATE\n"
+    "  --kv-policy exact|window|topk  --kv-sinks N  --kv-window N (window 4096, topk 1024)\n"
+    "  --kv-topk N (blocks per layer and KV group, 64)  --kv-audit RATE (0..1)\n"
     "  (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
     "parallel (under mpirun/srun, docs/PARALLEL.md): --tp N  --cp N  --cp-span TOKENS\n"
     "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";

@@ -1,5 +1,15 @@
 /* attn.c — attention over the paged KV store for one layer (the policy-dependent part of the
- * forward pass; the contract is in core/session.h). */
+ * forward pass; the contract is in core/session.h, the policies in docs/KVSTORE.md).
+ *
+ * exact / window: the KV store streams the blocks that attn_plan queued (window: sinks + recent).
+ * topk: per layer and KV group, every block between the sinks and the recent window is ranked by an
+ * upper bound of q·k over its key summary (kvs_summary_bound); the N best, the sinks, the window
+ * and the chunk's own blocks are attended exactly. The next layer's queries are unknown when
+ * attn_plan(l+1) runs, so topk plans in attn_layer: it scores, selects, queues the union of the
+ * groups' chosen blocks in block order (their cold reads all go out at once, up to the staging
+ * ring) and streams them, computing each segment while the reads of the following ones are in
+ * flight. Streaming in block order keeps the arithmetic that of exact attention restricted to the
+ * chosen blocks, so a selection covering every block equals exact bit for bit, hot or spilled. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -7,44 +17,101 @@
 
 #include "session.h"
 
+#define TOPK_DEFAULT 64
+#define TOPK_WINDOW_DEFAULT 1024 /* tokens: the recent window topk always attends (--kv-window) */
+
 struct attn_state {
     int policy;
+    int64_t topk, window, sink_blocks, B, n_blocks;
+    double audit;     /* share of steps audited against exact attention */
+    uint64_t step;    /* attention steps (forward chunks) begun */
+    int audit_now;    /* the current step is audited */
+    /* topk scratch */
+    float *qlo, *qhi; /* [H][D]: per head, the chunk's query box */
+    float *score;     /* [n_blocks] */
+    int64_t *heap;    /* [topk] block ids */
+    uint8_t *sel;     /* [G][n_blocks]: block attended by group g */
+    int64_t *ids;     /* [n_blocks]: the union, ascending */
+    float *am, *al, *aacc; /* audit: exact state [chunk][H], [chunk][H], [chunk][H*D] */
+    /* accounting (mtok_kv_stats) */
+    uint64_t bytes_attended, bytes_exact, audit_steps, audit_rows, audit_bytes_read;
+    double audit_min, audit_sum;
 };
 
 int attn_create(mtok_session *s, const mtok_session_params *p) {
-    s->attn = calloc(1, sizeof *s->attn);
-    if (!s->attn) return mtok_err(MTOK_ERESOURCE, "out of memory creating attention state");
-    s->attn->policy = p ? p->kv_policy : 0;
-    return 0;
+    attn_state *A = s->attn = calloc(1, sizeof *s->attn);
+    if (!A) return mtok_err(MTOK_ERESOURCE, "out of memory creating attention state");
+    const kvs_params *kp = kvs_get_params(s->kv);
+    A->policy = p ? p->kv_policy : 0;
+    A->B = kvs_block_tokens(s->kv);
+    A->n_blocks = (kp->ctx + A->B - 1) / A->B;
+    A->sink_blocks = (kp->sinks + A->B - 1) / A->B;
+    A->audit_min = 1.0;
+    if (A->policy != KVS_POLICY_TOPK) return 0;
+    if (p->kv_topk < 0 || p->kv_window < 0 || !(p->kv_audit >= 0 && p->kv_audit <= 1))
+        return mtok_err(MTOK_EUSAGE, "topk policy: --kv-topk %lld, --kv-window %lld and --kv-audit %g must be a "
+                        "positive block count, a token count >= 0 and a rate in [0, 1]", (long long)p->kv_topk,
+                        (long long)p->kv_window, p->kv_audit);
+    A->topk = p->kv_topk > 0 ? p->kv_topk : TOPK_DEFAULT;
+    A->window = p->kv_window > 0 ? p->kv_window : TOPK_WINDOW_DEFAULT;
+    A->audit = p->kv_audit;
+    const size_t nb = (size_t)A->n_blocks, hd = (size_t)(s->H * s->D), C = (size_t)s->chunk;
+    A->qlo = malloc(hd * sizeof *A->qlo);
+    A->qhi = malloc(hd * sizeof *A->qhi);
+    A->score = malloc(nb * sizeof *A->score);
+    A->heap = malloc((size_t)A->topk * sizeof *A->heap);
+    A->sel = malloc((size_t)s->G * nb);
+    A->ids = malloc(nb * sizeof *A->ids);
+    int ok = A->qlo && A->qhi && A->score && A->heap && A->sel && A->ids;
+    if (ok && A->audit > 0) {
+        A->am = malloc(C * (size_t)s->H * sizeof *A->am);
+        A->al = malloc(C * (size_t)s->H * sizeof *A->al);
+        A->aacc = malloc(C * hd * sizeof *A->aacc);
+        ok = A->am && A->al && A->aacc;
+    }
+    return ok ? 0 : mtok_err(MTOK_ERESOURCE, "out of memory for the topk selection buffers (%lld blocks)",
+                             (long long)A->n_blocks);
 }
 
 void attn_free(mtok_session *s) {
-    free(s->attn);
+    attn_state *A = s->attn;
+    if (!A) return;
+    free(A->qlo), free(A->qhi), free(A->score), free(A->heap), free(A->sel), free(A->ids);
+    free(A->am), free(A->al), free(A->aacc);
+    free(A);
     s->attn = NULL;
 }
 
 int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0) {
-    return kvs_plan(s->kv, layer, kv_end, q_pos0);
+    /* topk plans in attn_layer, once the layer's queries are known */
+    return s->attn->policy == KVS_POLICY_TOPK ? 0 : kvs_plan(s->kv, layer, kv_end, q_pos0);
 }
 
 /* ---- attention: o[t][h] = softmax_s≤pos_t(q·k_s/sqrt(D)) · v_s, query head h reads group h/(H/G) ----
- * The KV store hands out the layer's blocks in order, a segment of resident blocks at a time (cold
- * ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across segments, so
- * the arithmetic is the same block-by-block sequence whether a block was hot or read back. */
+ * The KV store hands out the planned blocks of the layer in order, a segment of resident blocks at a
+ * time (cold ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across
+ * segments, so the arithmetic is the same block-by-block sequence whether a block was hot or read
+ * back. sel (topk; NULL: every planned block) says which blocks each group attends; *attended
+ * (if given) counts the K and V bytes the kernels read. */
 #define SEG_BLOCKS 64
 #define ATT_TILE 16 /* query tokens per attention task */
-int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
+static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const uint8_t *sel, float *ms, float *ls,
+                  float *att, uint64_t *attended) {
+    attn_state *A = s->attn;
     const int64_t H = s->H, D = s->D, G = s->G, per_group = H / G;
     const int64_t row = G * D;
     const float scale = (float)(1.0 / sqrt((double)D));
-    for (int64_t i = 0; i < n * H; i++) s->ms[i] = -INFINITY, s->ls[i] = 0.0f;
-    memset(s->att, 0, (size_t)(n * H * D) * sizeof *s->att);
+    for (int64_t i = 0; i < n * H; i++) ms[i] = -INFINITY, ls[i] = 0.0f;
+    memset(att, 0, (size_t)(n * H * D) * sizeof *att);
     kvs_block seg[SEG_BLOCKS];
     for (;;) {
         int nseg = 0;
         int rc = kvs_stream_next(s->kv, layer, seg, SEG_BLOCKS, &nseg);
         if (rc) return rc;
         if (!nseg) break;
+        for (int j = 0; j < nseg && attended; j++) /* bf16 K and V rows, per group attending */
+            for (int64_t g = 0; g < G; g++)
+                if (!sel || sel[g * A->n_blocks + seg[j].pos0 / A->B]) *attended += (uint64_t)(seg[j].n * D * 4);
         /* small segments (decode against a few blocks) run on this thread: waking the team for them
          * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
         const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
@@ -60,9 +127,10 @@ int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
                 for (int j = 0; j < nseg; j++) {
                     const kvs_block *blk = &seg[j];
                     if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
+                    if (sel && !sel[g * A->n_blocks + blk->pos0 / A->B]) continue; /* not chosen for g */
                     const mk_attn_params ap = {
-                        .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = s->att + (size_t)r0 * D, .acc_ts = H * D,
-                        .m = s->ms + r0, .l = s->ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
+                        .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = att + (size_t)r0 * D, .acc_ts = H * D,
+                        .m = ms + r0, .l = ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
                         .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
                         .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale};
                     mk_attn_block(&ap);
@@ -73,6 +141,142 @@ int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     return 0;
 }
 
+/* ---- topk selection ---- */
+/* a ranks above b: higher bound, then the earlier block (a total order: runs are reproducible) */
+static int above(const float *sc, int64_t a, int64_t b) { return sc[a] > sc[b] || (sc[a] == sc[b] && a < b); }
+
+/* Marks in sel the k best of the nm candidate blocks m0.. (scores sc[i] for block m0 + i), through a
+ * heap of the k best so far with the weakest on top: O(nm log k). */
+static void select_best(attn_state *A, const float *sc, int64_t m0, int64_t nm, int64_t k, uint8_t *sel) {
+    int64_t *hp = A->heap, n = 0;
+    for (int64_t i = 0; i < nm; i++) {
+        if (n == k && !above(sc, i, hp[0])) continue;
+        int64_t at;
+        if (n < k) { /* sift up */
+            at = n++;
+            while (at > 0 && above(sc, hp[(at - 1) / 2], i)) hp[at] = hp[(at - 1) / 2], at = (at - 1) / 2;
+        } else { /* replace the weakest, sift down */
+            at = 0;
+            for (;;) {
+                int64_t c = 2 * at + 1;
+                if (c >= n) break;
+                if (c + 1 < n && above(sc, hp[c], hp[c + 1])) c++;
+                if (!above(sc, i, hp[c])) break;
+                hp[at] = hp[c], at = c;
+            }
+        }
+        hp[at] = i;
+    }
+    for (int64_t j = 0; j < n; j++) sel[m0 + hp[j]] = 1;
+}
+
+/* The query box of group g's heads over the chunk: per head and channel, min and max over tokens. */
+static void query_box(mtok_session *s, int64_t g, int64_t n, float *lo, float *hi) {
+    const int64_t H = s->H, D = s->D, per = H / s->G;
+    for (int64_t h = 0; h < per; h++) {
+        const float *q0 = s->q + (g * per + h) * D;
+        float *l = lo + h * D, *u = hi + h * D;
+        memcpy(l, q0, (size_t)D * sizeof *l);
+        memcpy(u, q0, (size_t)D * sizeof *u);
+        for (int64_t t = 1; t < n; t++)
+            for (int64_t d = 0; d < D; d++) {
+                const float x = q0[t * H * D + d];
+                l[d] = x < l[d] ? x : l[d];
+                u[d] = x > u[d] ? x : u[d];
+            }
+    }
+}
+
+/* Chooses, per group, the blocks layer `layer` attends for queries pos..pos+n-1 (into A->sel) and
+ * returns their union in block order (A->ids, *n_ids). */
+static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, int64_t *n_ids) {
+    attn_state *A = s->attn;
+    const int64_t G = s->G, D = s->D, per = s->H / G, B = A->B, nbm = A->n_blocks;
+    const int64_t nb = (pos + n + B - 1) / B;
+    /* fixed: the sinks, then from m1 on the window and the chunk's own blocks; candidates between */
+    const int64_t m0 = A->sink_blocks < nb ? A->sink_blocks : nb;
+    int64_t m1 = pos - A->window > 0 ? (pos - A->window) / B : 0;
+    m1 = m1 < m0 ? m0 : m1 > nb ? nb : m1;
+    const int64_t nm = m1 - m0;
+    for (int64_t g = 0; g < G; g++) {
+        uint8_t *sg = A->sel + g * nbm;
+        memset(sg, 0, (size_t)nb);
+        memset(sg, 1, (size_t)m0);
+        memset(sg + m1, 1, (size_t)(nb - m1));
+        if (nm <= A->topk) { /* every candidate fits */
+            memset(sg + m0, 1, (size_t)nm);
+            continue;
+        }
+        const float *qlo = s->q + g * per * D, *qhi = qlo; /* one token: its own queries */
+        if (n > 1) {
+            query_box(s, g, n, A->qlo, A->qhi);
+            qlo = A->qlo, qhi = A->qhi;
+        }
+        /* the bound costs O(candidates x heads x D): split it over the team when that is large */
+        const int64_t piece = 512, np = (nm + piece - 1) / piece;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->threads) if (nm * per * D > (1 << 20))
+        for (int64_t i = 0; i < np; i++) {
+            const int64_t b0 = m0 + i * piece, cnt = nm - i * piece < piece ? nm - i * piece : piece;
+            kvs_summary_bound(s->kv, layer, g, b0, cnt, qlo, qhi, per, A->score + (b0 - m0));
+        }
+        select_best(A, A->score, m0, nm, A->topk, sg);
+    }
+    int64_t k = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        int any = 0;
+        for (int64_t g = 0; g < G && !any; g++) any = A->sel[g * nbm + b];
+        if (any) A->ids[k++] = b;
+    }
+    *n_ids = k;
+}
+
+/* Audit: exact attention over every block for the same queries; per (query, head) the share of the
+ * exact softmax mass the chosen blocks hold, l_sel e^(m_sel - m) / l. */
+static int audit_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
+    attn_state *A = s->attn;
+    kvs_stats st0, st1;
+    kvs_get_stats(s->kv, &st0);
+    int rc = kvs_plan(s->kv, layer, pos + n, pos);
+    if (!rc) rc = attend(s, layer, pos, n, NULL, A->am, A->al, A->aacc, NULL);
+    kvs_get_stats(s->kv, &st1);
+    A->audit_bytes_read += st1.bytes_read - st0.bytes_read;
+    if (rc) return rc;
+    for (int64_t i = 0; i < n * s->H; i++) {
+        double share = A->al[i] > 0 ? (double)s->ls[i] * exp((double)s->ms[i] - (double)A->am[i]) / A->al[i] : 1.0;
+        share = share > 1.0 ? 1.0 : share; /* rounding */
+        A->audit_min = share < A->audit_min ? share : A->audit_min;
+        A->audit_sum += share;
+        A->audit_rows++;
+    }
+    return 0;
+}
+
+/* Deterministic sampling of audited steps: a hash of the step index against the rate. */
+static int audit_pick(uint64_t step, double rate) {
+    uint64_t z = step + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53 < rate;
+}
+
+int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
+    attn_state *A = s->attn;
+    if (layer == 0) {
+        A->step++;
+        A->audit_now = A->audit > 0 && audit_pick(A->step, A->audit);
+        A->audit_steps += (uint64_t)A->audit_now;
+    }
+    A->bytes_exact += (uint64_t)((pos + n) * s->G * s->D * 4);
+    if (A->policy != KVS_POLICY_TOPK) return attend(s, layer, pos, n, NULL, s->ms, s->ls, s->att, &A->bytes_attended);
+    int64_t n_ids = 0;
+    topk_select(s, layer, pos, n, &n_ids);
+    int rc = kvs_plan_blocks(s->kv, layer, A->ids, n_ids);
+    if (!rc) rc = attend(s, layer, pos, n, A->sel, s->ms, s->ls, s->att, &A->bytes_attended);
+    if (!rc && A->audit_now) rc = audit_layer(s, layer, pos, n);
+    return rc;
+}
+
 void attn_normalize(mtok_session *s, int64_t n) {
     const int64_t H = s->H, D = s->D;
     for (int64_t i = 0; i < n * H; i++) {
@@ -81,3 +285,14 @@ void attn_normalize(mtok_session *s, int64_t n) {
     }
 }
 
+/* The attention accounting of mtok_kv_stats (called by mtok_session_kv_stats). */
+void attn_kv_stats(const mtok_session *s, mtok_kv_stats *out) {
+    const attn_state *A = s->attn;
+    out->bytes_attended = A->bytes_attended;
+    out->bytes_exact = A->bytes_exact;
+    out->audit_steps = A->audit_steps;
+    out->audit_rows = A->audit_rows;
+    out->audit_bytes_read = A->audit_bytes_read;
+    out->audit_mass_min = A->audit_rows ? A->audit_min : 0;
+    out->audit_mass_mean = A->audit_rows ? A->audit_sum / (double)A->audit_rows : 0;
+}

@@ -140,7 +140,9 @@ void mtok_session_kv_stats(const mtok_session *s, mtok_kv_stats *out) {
     *out = (mtok_kv_stats){.io = st.io, .io_note = st.io_note, .hot_bytes = st.hot_bytes,
                            .cold_bytes = st.cold_bytes, .spill_writes = st.spill_writes,
                            .spill_reads = st.spill_reads, .bytes_written = st.bytes_written,
-                           .bytes_read = st.bytes_read, .dropped = st.dropped, .tokens_computed = s->computed};
+                           .bytes_read = st.bytes_read, .dropped = st.dropped, .tokens_computed = s->computed,
+                           .summary_bytes = st.summary_bytes};
+    attn_kv_stats(s, out);
 }
 
 /* The identity a saved KV file carries: the model fingerprint (config + tensor table) combined with

@@ -166,7 +166,7 @@ typedef struct {
     int kv_policy;         /* 0 exact (default), 1 window (StreamingLLM: sinks + recent window),
                             * 2 topk (query-aware block selection over block key bounds) */
     int64_t kv_sinks;      /* tokens kept hot from the start, attention sinks (0: 4) */
-    int64_t kv_window;     /* window policy: recent tokens attended (0: 4096) */
+    int64_t kv_window;     /* window and topk policies: recent tokens always attended (0: 4096 window, 1024 topk) */
     int kv_depth;          /* cold-tier queue depth (0: 32) */
     int64_t kv_topk;       /* topk policy: blocks chosen per layer and KV group besides sinks/window (0: 64) */
     double kv_audit;       /* topk policy: share of attention steps also run exactly to audit (0: none) */
@@ -208,8 +208,17 @@ typedef struct {
     const char *io;       /* cold-tier I/O in use: "none", "io_uring", "threads" */
     const char *io_note;  /* how it was set up (fallback reason, queue depth) */
     uint64_t hot_bytes, cold_bytes;
-    uint64_t spill_writes, spill_reads, bytes_written, bytes_read, dropped;
+    uint64_t spill_writes, spill_reads, bytes_written, bytes_read, dropped; /* bytes_read: all cold reads */
     int64_t tokens_computed; /* tokens run through the model since the session was created */
+    /* attention accounting since the session was created (docs/KVSTORE.md, topk): bf16 K+V bytes the
+     * attention kernels read (hot or cold; per KV group attending) and what exact attention would
+     * have read for the same steps; RAM of the block key summaries (topk) */
+    uint64_t bytes_attended, bytes_exact, summary_bytes;
+    /* --kv-audit (topk): steps audited, (step, layer, query, head) rows audited, cold bytes the
+     * audits read (included in bytes_read), and the share of the exact softmax mass the chosen
+     * blocks held: minimum and mean over the audited rows (0 when none) */
+    uint64_t audit_steps, audit_rows, audit_bytes_read;
+    double audit_mass_min, audit_mass_mean;
 } mtok_kv_stats;
 void mtok_session_kv_stats(const mtok_session *s, mtok_kv_stats *out);
 /* Saves the session's tokens and KV to path (format: docs/KVSTORE.md), atomically. */

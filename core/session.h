@@ -74,5 +74,7 @@ void attn_free(mtok_session *s);
 int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0);
 int attn_layer(mtok_session *s, int64_t layer, int64_t q_pos0, int64_t n);
 void attn_normalize(mtok_session *s, int64_t n);
+/* Adds the policy's accounting (bytes attended vs exact, audit results) to out. */
+void attn_kv_stats(const mtok_session *s, mtok_kv_stats *out);
 
 #endif

@@ -456,6 +456,25 @@ static int append_line(int fd, const char *path, json_t *o) {
     return 0;
 }
 
+/* The KV traffic of one cell (the difference of the session's counters before and after it):
+ * cold-tier bytes the policy read, K+V bytes attention read, what exact attention would have read,
+ * and the --kv-audit share of the exact softmax mass the topk blocks held (mean over the cell's
+ * audited rows; the minimum is over the run so far, since the session keeps one running minimum). */
+static void kv_fields(json_t *o, const mtok_kv_stats *a, const mtok_kv_stats *b) {
+    const uint64_t rows = b->audit_rows - a->audit_rows;
+    const double sum = b->audit_mass_mean * (double)b->audit_rows - a->audit_mass_mean * (double)a->audit_rows;
+    json_object_set_new(o, "kv_bytes_read", json_integer((json_int_t)((b->bytes_read - b->audit_bytes_read) -
+                                                                      (a->bytes_read - a->audit_bytes_read))));
+    json_object_set_new(o, "kv_bytes_attended", json_integer((json_int_t)(b->bytes_attended - a->bytes_attended)));
+    json_object_set_new(o, "kv_bytes_exact", json_integer((json_int_t)(b->bytes_exact - a->bytes_exact)));
+    json_object_set_new(o, "kv_summary_bytes", json_integer((json_int_t)b->summary_bytes));
+    json_object_set_new(o, "audit_steps", json_integer((json_int_t)(b->audit_steps - a->audit_steps)));
+    if (rows) {
+        json_object_set_new(o, "audit_mass_mean", json_real(sum / (double)rows));
+        json_object_set_new(o, "audit_mass_min_run", json_real(b->audit_mass_min));
+    }
+}
+
 static void progress(const mev_niah_params *p, size_t done, size_t total, double w_done, double w_total, double t0) {
     int on = p->progress < 0 ? isatty(2) : p->progress;
     if (!on) return;
@@ -573,6 +592,8 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
                     out = NULL, out_len = 0;
                     double c0 = mev_now();
                     int64_t tokens = 0;
+                    mtok_kv_stats k0, k1;
+                    mtok_session_kv_stats(s, &k0);
                     for (int qi = q0; qi < q1 && !rc; qi++) {
                         full.n = 0;
                         if ((ctx.n && (rc = mtok_ids_append(&full, ctx.v, ctx.n))) ||
@@ -608,6 +629,8 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
                         rc = mtok_err(MTOK_ERESOURCE, "out of memory");
                         break;
                     }
+                    mtok_session_kv_stats(s, &k1);
+                    kv_fields(o, &k0, &k1);
                     rc = append_line(fd, res_path, o);
                     json_decref(o);
                     score_sum += score;

@@ -8,9 +8,13 @@
  *                       h_{-1} = 0 (the last block may be partial: its ids are the ones saved)
  *   data_off (4 KiB)    block data [n_layers][n_blocks][block_bytes]: K rows then V rows, bf16
  *                       [block_tokens][groups*head_dim] each; rows past n_tokens are zero
+ *   after the data      version 2 with flags bit 0: block key summaries [n_layers][n_blocks][2]
+ *                       [groups*head_dim] bf16 (per-channel key minimum, maximum over the block's
+ *                       saved rows), checked against ksum_sum (XXH3-64 of the section)
  * meta_sum is the XXH3-64 of bytes [0, data_off) with meta_sum itself zero, so a flipped byte
  * anywhere in the header, ids, checksums or chain is caught before anything is used; block data
- * is checked against sums as it is loaded. Written to PATH.tmp.PID, fsynced, renamed, directory
+ * is checked against sums as it is loaded. Version 1 (no flags, no summaries) is still read: a cache
+ * that keeps summaries (topk policy) recomputes them from the loaded rows. Written to PATH.tmp.PID, fsynced, renamed, directory
  * fsynced: a reader sees the old file or the whole new one. */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,10 +27,12 @@
 #include <xxhash.h>
 
 #include "kvstore.h"
+#include "kvsummary.h"
 #include "../core/mtok.h"
 
 #define KVF_MAGIC "MTOKKV\r\n"
-#define KVF_VERSION 1
+#define KVF_VERSION 2
+#define KVF_HAS_SUMMARIES 1u /* flags: key summaries follow the block data */
 
 typedef struct {
     char magic[8];
@@ -36,12 +42,12 @@ typedef struct {
     uint64_t n_tokens;
     uint32_t block_tokens;
     uint32_t dtype; /* 0 = bf16 */
-    uint32_t n_layers, n_kv_groups, head_dim, reserved;
+    uint32_t n_layers, n_kv_groups, head_dim, flags; /* flags: version 2 (0 in version 1) */
     uint64_t n_blocks;    /* per layer */
     uint64_t block_bytes; /* data bytes per block */
     uint64_t ids_off, sums_off, chain_off, data_off, file_bytes;
     uint64_t meta_sum;
-    uint64_t pad;
+    uint64_t ksum_sum; /* XXH3-64 of the key summaries (flags & KVF_HAS_SUMMARIES; 0 in version 1) */
 } kvf_header;
 _Static_assert(sizeof(kvf_header) == 128, "kv file header is 128 bytes");
 
@@ -82,7 +88,8 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     const kvs_params *p = kvs_get_params(c);
     const int64_t B = kvs_block_tokens(c), row = p->n_kv_groups * p->head_dim;
     const int64_t nb = (n + B - 1) / B, nsum = p->n_layers * nb;
-    const size_t bb = 2 * (size_t)B * (size_t)row * sizeof(uint16_t);
+    const size_t bb = 2 * (size_t)B * (size_t)row * sizeof(uint16_t), sb = 2 * (size_t)row * sizeof(uint16_t);
+    const int with_sum = kvs_summary(c, 0, 0) != NULL;
     kvf_header h = {0};
     memcpy(h.magic, KVF_MAGIC, 8);
     h.version = KVF_VERSION;
@@ -98,6 +105,10 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     h.chain_off = h.sums_off + (uint64_t)nsum * 8;
     h.data_off = (h.chain_off + (uint64_t)nb * 16 + 4095) / 4096 * 4096;
     h.file_bytes = h.data_off + (uint64_t)nsum * bb;
+    if (with_sum) {
+        h.flags = KVF_HAS_SUMMARIES;
+        h.file_bytes += (uint64_t)nsum * sb;
+    }
 
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
@@ -133,6 +144,21 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
             memcpy(sums + (l * nb + b) * 8, &sum, 8);
             if ((err = write_all(fd, blk, bb, h.data_off + (uint64_t)(l * nb + b) * bb))) break;
         }
+    if (!rc && !err && with_sum) { /* the summaries, one layer per write */
+        const uint64_t off0 = h.data_off + (uint64_t)nsum * bb;
+        XXH3_state_t *xs = XXH3_createState();
+        uint8_t *lay = malloc((size_t)nb * sb);
+        if (!xs || !lay) rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory saving the KV cache", path);
+        else XXH3_64bits_reset(xs);
+        for (int64_t l = 0; l < p->n_layers && !rc && !err; l++) {
+            for (int64_t b = 0; b < nb; b++) memcpy(lay + b * sb, kvs_summary(c, l, b), sb);
+            XXH3_64bits_update(xs, lay, (size_t)nb * sb);
+            err = write_all(fd, lay, (size_t)nb * sb, off0 + (uint64_t)(l * nb) * sb);
+        }
+        if (xs && lay) h.ksum_sum = XXH3_64bits_digest(xs);
+        XXH3_freeState(xs);
+        free(lay);
+    }
     if (rc) goto done;
     memcpy(meta, &h, sizeof h);
     h.meta_sum = XXH3_64bits(meta, h.data_off);
@@ -162,6 +188,37 @@ done:
     return rc;
 }
 
+/* Reads the summary section of a file (block size = the cache's) into the cache for the blocks of
+ * the first `use` positions, after checking the whole section against ksum_sum. A block cut short
+ * by a prefix load gets its summary recomputed from the loaded rows. */
+static int load_summaries(kvs_cache *c, int fd, const kvf_header *h, int64_t use, const char *path) {
+    const int64_t nb = (int64_t)h->n_blocks, Bf = h->block_tokens, nb_use = (use + Bf - 1) / Bf;
+    const size_t sb = 2 * (size_t)h->n_kv_groups * h->head_dim * sizeof(uint16_t), lb = (size_t)nb * sb;
+    const uint64_t off0 = h->data_off + h->n_layers * h->n_blocks * h->block_bytes;
+    kvs_sumtab *t = kvs_sumtab_of(c);
+    XXH3_state_t *xs = XXH3_createState();
+    uint8_t *lay = malloc(lb ? lb : 1);
+    int rc = 0;
+    if (!xs || !lay) rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory loading the key summaries", path);
+    else XXH3_64bits_reset(xs);
+    for (int64_t l = 0; l < (int64_t)h->n_layers && !rc; l++) {
+        if (read_all(fd, lay, lb, off0 + (uint64_t)l * lb)) {
+            rc = mtok_err(MTOK_EINPUT, "%s: read error in the key summaries at offset %llu", path,
+                          (unsigned long long)(off0 + (uint64_t)l * lb));
+            break;
+        }
+        XXH3_64bits_update(xs, lay, lb);
+        for (int64_t b = 0; b < nb_use; b++) memcpy(kvsum_at(t, l, b), lay + b * sb, sb);
+    }
+    if (!rc && XXH3_64bits_digest(xs) != h->ksum_sum)
+        rc = mtok_err(MTOK_EINPUT, "%s: corrupt: the block key summaries fail their checksum", path);
+    if (!rc && use < (int64_t)h->n_tokens && use % Bf) /* the last loaded block holds fewer rows than saved */
+        for (int64_t l = 0; l < (int64_t)h->n_layers && !rc; l++) rc = kvs_summary_rebuild(c, l, use / Bf);
+    XXH3_freeState(xs);
+    free(lay);
+    return rc;
+}
+
 int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
                   int32_t **ids_out, int64_t *n_loaded) {
     *ids_out = NULL;
@@ -184,7 +241,7 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         rc = mtok_err(MTOK_EINPUT, "%s: not an mtok KV cache file (bad magic)", path);
         goto done;
     }
-    if (h.version != KVF_VERSION || h.header_bytes != sizeof h) {
+    if ((h.version != 1 && h.version != KVF_VERSION) || h.header_bytes != sizeof h) {
         rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads version %d)", path,
                       h.version, KVF_VERSION);
         goto done;
@@ -212,10 +269,13 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
                       (unsigned long long)h.fingerprint, (unsigned long long)fingerprint);
         goto done;
     }
+    const int has_sum = (h.flags & KVF_HAS_SUMMARIES) != 0;
+    const uint64_t sb = 2ull * h.n_kv_groups * h.head_dim * 2; /* summary bytes per block */
     if (h.dtype != 0 || h.n_layers != p->n_layers || h.n_kv_groups != p->n_kv_groups || h.head_dim != p->head_dim ||
         h.block_tokens == 0 || h.n_blocks != (h.n_tokens + h.block_tokens - 1) / h.block_tokens ||
         h.block_bytes != 2ull * h.block_tokens * h.n_kv_groups * h.head_dim * 2 ||
-        h.data_off + h.n_layers * h.n_blocks * h.block_bytes != h.file_bytes ||
+        (h.flags & ~KVF_HAS_SUMMARIES) || (h.version == 1 && h.flags) ||
+        h.data_off + h.n_layers * h.n_blocks * (h.block_bytes + (has_sum ? sb : 0)) != h.file_bytes ||
         h.chain_off - h.sums_off < (uint64_t)h.n_layers * h.n_blocks * 8 || h.data_off - h.chain_off < h.n_blocks * 16) {
         rc = mtok_err(MTOK_EINPUT, "%s: KV layout (%u layers, %u groups x %u, block %u, dtype %u) does not match "
                       "this model or is inconsistent", path, h.n_layers, h.n_kv_groups, h.head_dim, h.block_tokens,
@@ -252,6 +312,13 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         goto done;
     }
     memcpy(ids, saved, (size_t)use * sizeof *ids);
+    /* the saved key summaries are installed when the block size matches; otherwise (or for a file
+     * without them) kvs_write_bf16 recomputes them from the rows */
+    const int install = has_sum && kvs_sumtab_of(c) && Bf == kvs_block_tokens(c);
+    if (!has_sum && kvs_sumtab_of(c))
+        mtok_log(1, "%s: the file has no block key summaries (version %u); recomputing them from the keys", path,
+                 h.version);
+    kvs_summary_hold(c, install);
     const uint8_t *sums = meta + h.sums_off;
     for (int64_t l = 0; l < p->n_layers && !rc; l++)
         for (int64_t b = 0; b * Bf < use && !rc; b++) {
@@ -270,6 +337,8 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
             int64_t rows = use - b * Bf < Bf ? use - b * Bf : Bf;
             rc = kvs_write_bf16(c, l, b * Bf, rows, blk, blk + Bf * row, row);
         }
+    kvs_summary_hold(c, 0);
+    if (!rc && install) rc = load_summaries(c, fd, &h, use, path);
     if (rc) {
         kvs_reset(c);
         goto done;

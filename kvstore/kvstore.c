@@ -30,7 +30,14 @@
  *  - Evictions happen only inside kvs_write; reads of planned blocks are in flight concurrently but
  *    touch other slots. make_hot of a COLD block first waits for every read in flight, and
  *    kvs_truncate/kvs_reset drop the plan after waiting, so no slot is rewritten under a read.
- *  - Short reads/writes and EIO are retried once, then reported with the file and offset. */
+ *  - Short reads/writes and EIO are retried once, then reported with the file and offset.
+ *  - Key summaries (topk policy, kvsummary.c): the summary of every block holding rows covers exactly
+ *    its rows [0, n_tok - b*B): write_rows widens it per row (restarting from the kept rows when a
+ *    write starts inside a block below n_tok), kvs_truncate recomputes a cut block (reading it back
+ *    if cold), and a loader may hold maintenance off while it installs saved summaries. They live
+ *    outside the budget and are never spilled.
+ *  - kvs_plan queues a range of blocks, kvs_plan_blocks an explicit ascending list (the topk policy's
+ *    chosen blocks); both feed the same ordered plan and staging ring. */
 #include <errno.h>
 #include <stdio.h>
 #include <hwloc.h>
@@ -41,6 +48,7 @@
 
 #include "kvstore.h"
 #include "kvtier.h"
+#include "kvsummary.h"
 #include "../core/mtok.h"
 #include "../kernels/kernels.h"
 
@@ -88,6 +96,8 @@ struct kvs_cache {
     kvs_stage *ring;
     int R;
     uint16_t *bounce; /* one aligned slot for kvs_read_block */
+    kvs_sumtab *sum;  /* block key summaries (topk policy), else NULL */
+    int sum_hold;     /* 1 while a loader installs saved summaries */
     kvs_stats st;
 };
 
@@ -137,6 +147,7 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->n_hot = calloc((size_t)p->n_layers, sizeof *c->n_hot);
     if (!c->blk || !c->n_tok || !c->n_hot) goto oom;
     for (int64_t i = 0; i < p->n_layers * c->n_blocks; i++) c->blk[i].cold = -1;
+    if (p->policy == KVS_POLICY_TOPK && (rc = kvsum_create(p->n_layers, c->n_blocks, c->row, &c->sum))) goto fail;
     c->quota = INT64_MAX;
     c->st.io = "none";
     c->st.io_note = "no --kv-budget: every block stays in RAM";
@@ -210,6 +221,7 @@ void kvs_free(kvs_cache *c) {
     }
     free(c->free_hot), free(c->free_cold), free(c->plan), free(c->ring);
     free(c->blk), free(c->n_tok), free(c->n_hot);
+    kvsum_free(c->sum);
     free(c);
 }
 
@@ -425,8 +437,10 @@ void kvs_reset(kvs_cache *c) { kvs_truncate(c, 0); }
 
 int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
     drop_plan(c);
+    int rc = 0;
     for (int64_t l = 0; l < c->p.n_layers; l++) {
-        if (c->n_tok[l] > n_tokens) c->n_tok[l] = n_tokens;
+        const int cut = c->n_tok[l] > n_tokens;
+        if (cut) c->n_tok[l] = n_tokens;
         for (int64_t b = (c->n_tok[l] + c->B - 1) / c->B; b < c->n_blocks; b++) {
             kvs_blk *k = BLK(c, l, b);
             if (k->state == BLK_EMPTY) {
@@ -438,8 +452,10 @@ int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
             k->state = BLK_EMPTY;
             k->dirty = 0;
         }
+        /* the kept rows of a cut block: its key summary must not remember the dropped ones */
+        if (cut && n_tokens % c->B && !rc) rc = kvs_summary_rebuild(c, l, n_tokens / c->B);
     }
-    return 0;
+    return rc;
 }
 
 typedef void (*row_fn)(uint16_t *dst, const void *src, int64_t n);
@@ -466,6 +482,11 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
         }
         fn(blk->hot + r * c->row, k + (size_t)t * row_bytes, c->row);
         fn(blk->hot + half + r * c->row, v + (size_t)t * row_bytes, c->row);
+        if (c->sum && !c->sum_hold) {
+            /* a rewrite from inside a block drops the rows after it: restart from the kept ones */
+            if (t == 0 && r > 0 && p < c->n_tok[layer]) kvsum_rebuild(c->sum, layer, b, blk->hot, r);
+            kvsum_row(c->sum, layer, b, r, blk->hot + r * c->row);
+        }
     }
     c->n_tok[layer] = pos + n;
     return 0;
@@ -541,17 +562,24 @@ static int pump(kvs_cache *c) {
     return rc < 0 ? mtok_err(MTOK_ERESOURCE, "kv cold tier: submitting %d reads failed: %s", nb, strerror(-rc)) : 0;
 }
 
-int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0) {
-    int64_t nb = (pos_end + c->B - 1) / c->B;
-    if (nb > c->n_blocks) nb = c->n_blocks;
+/* Room for n more plan items (the plan restarts when everything was consumed). */
+static int plan_reserve(kvs_cache *c, int64_t n) {
     if (c->plan_head == c->plan_n && c->plan_head > 0) drop_plan(c); /* everything consumed: start over */
-    if (c->plan_n + nb > c->plan_cap) {
+    if (c->plan_n + n > c->plan_cap) {
         int64_t cap = c->plan_cap ? c->plan_cap : 256;
-        while (cap < c->plan_n + nb) cap *= 2;
+        while (cap < c->plan_n + n) cap *= 2;
         plan_item *np = realloc(c->plan, (size_t)cap * sizeof *np);
         if (!np) return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the read plan");
         c->plan = np, c->plan_cap = cap;
     }
+    return 0;
+}
+
+int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0) {
+    int64_t nb = (pos_end + c->B - 1) / c->B;
+    if (nb > c->n_blocks) nb = c->n_blocks;
+    int rc = plan_reserve(c, nb);
+    if (rc) return rc;
     for (int64_t b = 0; b < nb; b++) {
         kvs_blk *k = BLK(c, layer, b);
         if (c->p.policy == KVS_POLICY_WINDOW && b >= c->sink_blocks && (b + 1) * c->B <= q_pos0 - c->p.window) {
@@ -565,6 +593,18 @@ int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0) {
         if (k->state == BLK_DROPPED) continue;
         c->plan[c->plan_n++] = (plan_item){layer, b};
     }
+    return pump(c);
+}
+
+int kvs_plan_blocks(kvs_cache *c, int64_t layer, const int64_t *blocks, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (blocks[i] < 0 || blocks[i] >= c->n_blocks || (i && blocks[i] <= blocks[i - 1]))
+            return mtok_err(MTOK_EINTERNAL, "kv cache: planned block %lld of layer %lld is out of order or range",
+                            (long long)blocks[i], (long long)layer);
+    int rc = plan_reserve(c, n);
+    if (rc) return rc;
+    for (int64_t i = 0; i < n; i++)
+        if (BLK(c, layer, blocks[i])->state != BLK_DROPPED) c->plan[c->plan_n++] = (plan_item){layer, blocks[i]};
     return pump(c);
 }
 
@@ -651,9 +691,10 @@ int64_t kvs_tokens(const kvs_cache *c) {
 
 void kvs_get_stats(const kvs_cache *c, kvs_stats *st) {
     *st = c->st;
-    st->hot_bytes = st->cold_bytes = 0;
+    st->hot_bytes = st->cold_bytes = st->summary_bytes = 0;
     for (int64_t l = 0; l < c->p.n_layers; l++)
         for (int64_t b = 0; b * c->B < c->n_tok[l]; b++) {
+            if (c->sum) st->summary_bytes += 2 * (uint64_t)c->row * sizeof(uint16_t);
             const kvs_blk *k = &c->blk[l * c->n_blocks + b];
             if (k->state == BLK_HOT) st->hot_bytes += c->data_bytes;
             else if (k->state == BLK_COLD) st->cold_bytes += c->data_bytes;
@@ -664,4 +705,35 @@ uint64_t kvs_bytes(const kvs_cache *c) {
     kvs_stats st;
     kvs_get_stats(c, &st);
     return st.hot_bytes + st.cold_bytes;
+}
+
+/* ---- block key summaries (the table and the bound live in kvsummary.c) ---- */
+const uint16_t *kvs_summary(const kvs_cache *c, int64_t layer, int64_t b) {
+    if (!c->sum || layer < 0 || layer >= c->p.n_layers || b < 0 || b * c->B >= c->n_tok[layer]) return NULL;
+    return kvsum_at(c->sum, layer, b);
+}
+
+void kvs_summary_bound(const kvs_cache *c, int64_t layer, int64_t g, int64_t b0, int64_t nb, const float *qlo,
+                       const float *qhi, int64_t nh, float *out) {
+    kvsum_bound(c->sum, layer, g, c->p.head_dim, b0, nb, qlo, qhi, nh, out);
+}
+
+kvs_sumtab *kvs_sumtab_of(kvs_cache *c) { return c->sum; }
+void kvs_summary_hold(kvs_cache *c, int hold) { c->sum_hold = hold; }
+
+int kvs_summary_rebuild(kvs_cache *c, int64_t layer, int64_t b) {
+    int64_t rows = c->n_tok[layer] - b * c->B;
+    if (!c->sum || rows <= 0) return 0;
+    kvs_blk *k = BLK(c, layer, b);
+    if (k->state == BLK_HOT) {
+        kvsum_rebuild(c->sum, layer, b, k->hot, rows < c->B ? rows : c->B);
+        return 0;
+    }
+    if (k->state != BLK_COLD) return 0;
+    uint16_t *tmp = malloc(c->data_bytes);
+    if (!tmp) return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory recomputing a block key summary");
+    int rc = kvs_read_block(c, layer, b, tmp, &rows);
+    if (!rc) kvsum_rebuild(c->sum, layer, b, tmp, rows);
+    free(tmp);
+    return rc;
 }

@@ -64,6 +64,7 @@ typedef struct {
     uint64_t hot_bytes;     /* bytes of block data held hot */
     uint64_t cold_bytes;    /* bytes of block data held cold */
     uint64_t spill_writes, spill_reads, bytes_written, bytes_read, dropped;
+    uint64_t summary_bytes; /* RAM of the block key summaries of the blocks held (topk policy) */
 } kvs_stats;
 
 int kvs_create(const kvs_params *p, kvs_cache **out);
@@ -90,7 +91,25 @@ int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_
  * in order, all resident until the next call (0 blocks: the layer is done). Plans are consumed in
  * the order they were made, so planning layer l+1 before streaming layer l prefetches it. */
 int kvs_plan(kvs_cache *c, int64_t layer, int64_t pos_end, int64_t q_pos0);
+/* As kvs_plan for exactly the listed blocks of a layer (ascending, each holding rows): the topk
+ * policy's chosen blocks. */
+int kvs_plan_blocks(kvs_cache *c, int64_t layer, const int64_t *blocks, int64_t n);
 int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *n_out);
+
+/* ---- block key summaries (kvstore/kvsummary.c; kept with the topk policy only) ----
+ * For every block of every layer, hot or cold, the per-channel minimum and maximum of its stored
+ * (post-RoPE, bf16) keys over its valid rows: [2][groups*head_dim] bf16, the minimum row then the
+ * maximum row (exact: the keys are bf16 already). Kept in RAM outside the budget, widened by
+ * kvs_write* as rows arrive, recomputed when kvs_truncate or a rewrite cuts into a block, saved with
+ * the cache and recomputed on load when a file has none. kvs_summary: NULL when the cache keeps no
+ * summaries (other policies). */
+const uint16_t *kvs_summary(const kvs_cache *c, int64_t layer, int64_t b);
+/* Upper bounds of q·k (unscaled) over blocks b0..b0+nb-1 of a layer for KV group g, for nh query
+ * heads whose queries lie in the boxes qlo[h][d] <= q_d <= qhi[h][d] ([nh][head_dim] each; one query
+ * per head: pass qlo == qhi): out[i] = max_h Σ_d max over the box corners of q_d·k_d, k_d in
+ * [kmin_d, kmax_d]. Needs summaries (kvs_summary non-NULL). */
+void kvs_summary_bound(const kvs_cache *c, int64_t layer, int64_t g, int64_t b0, int64_t nb, const float *qlo,
+                       const float *qhi, int64_t nh, float *out);
 
 int64_t kvs_block_tokens(const kvs_cache *c);
 const kvs_params *kvs_get_params(const kvs_cache *c);
