@@ -333,7 +333,11 @@ int cmd_demo(int argc, char **argv) {
     if (!spill) o.kv_budget = 0;
     printf("model: %s (the planted needle model: 2 layers, 2x128 heads, 2 KV groups; docs/NEEDLE.md)\n", dir);
     printf("grid: %zu lengths up to %lld tokens x 11 depths (one document per length, a needle at every depth),"
-           " exact attention\n", nl, (long long)max_len);
+           " %s attention\n", nl, (long long)max_len,
+           o.kv_policy == 2 ? "topk (query-aware block selection)" : o.kv_policy == 1 ? "window" : "exact");
+    if (o.kv_policy == 0 && max_len > 131072)
+        printf("note: exact prefill is quadratic: past 128K tokens it takes hours on a few cores; "
+               "--kv-policy topk makes it linear (docs/KVSTORE.md)\n");
     if (o.kv_budget)
         printf("KV cache: hot tier %.1f MiB in RAM, the rest spilled to %s (--kv-budget, --kv-dir, --no-spill)\n",
                (double)o.kv_budget / 1048576.0, o.kv_dir ? o.kv_dir : "$TMPDIR or /var/tmp");
