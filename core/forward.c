@@ -222,9 +222,11 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         const mtok_layer *L = &w->layers[l];
         /* attention block */
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->attn_norm, E, c->norm_eps);
-        mk_matmul(s->q, qd, s->a, E, n, &L->wq, L->bq.data ? &L->bq : NULL);
-        mk_matmul(s->k, kd, s->a, E, n, &L->wk, L->bk.data ? &L->bk : NULL);
-        mk_matmul(s->v, kd, s->a, E, n, &L->wv, L->bv.data ? &L->bv : NULL);
+        /* Q, K and V read the same rows: one parallel region for the three (bitwise as three calls) */
+        const mk_matmul_job qkv[3] = {{s->q, qd, s->a, E, &L->wq, L->bq.data ? &L->bq : NULL},
+                                      {s->k, kd, s->a, E, &L->wk, L->bk.data ? &L->bk : NULL},
+                                      {s->v, kd, s->a, E, &L->wv, L->bv.data ? &L->bv : NULL}};
+        mk_matmul_multi(qkv, 3, n);
         for (int64_t t = 0; t < n; t++) {
             mk_rope(s->q + t * qd, s->H, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
             mk_rope(s->k + t * kd, s->G, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
@@ -241,8 +243,8 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
         /* MLP block: SwiGLU, gate rows first */
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->mlp_norm, E, c->norm_eps);
-        mk_matmul(s->gate, F, s->a, E, n, &L->w_gate, NULL);
-        mk_matmul(s->up, F, s->a, E, n, &L->w_up, NULL);
+        const mk_matmul_job gu[2] = {{s->gate, F, s->a, E, &L->w_gate, NULL}, {s->up, F, s->a, E, &L->w_up, NULL}};
+        mk_matmul_multi(gu, 2, n);
         mk_swiglu(s->gate, s->gate, s->up, n * F);
         mk_matmul(s->a, E, s->gate, F, n, &L->w_down, NULL);
         if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;

@@ -1,61 +1,13 @@
-/* cpu_avx2.c — AVX2 + FMA + F16C kernels. Compiled alone with -mavx2 -mfma -mf16c -O3 and only
- * reached through cpu_dispatch.c after a CPU check, so nothing here may run on other CPUs.
+/* cpu_avx2.c — AVX2 + FMA + F16C row ops and attention (the matrix products are in avx2_gemv.c and
+ * avx2_gemm.c). Compiled alone with -mavx2 -mfma -mf16c -O3 and only reached through cpu_dispatch.c
+ * after a CPU check, so nothing here may run on other CPUs.
  *
  * All arithmetic is fp32 with fp32 accumulation. Weights stay in their stored dtype (bf16 mostly)
  * and are widened in registers: bf16 -> fp32 is a zero-extend and a 16-bit shift, f16 uses F16C. */
-#include <immintrin.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
-#include "cpu_internal.h"
-
-#define INLINE static inline __attribute__((always_inline))
-
-/* ---- loads and reductions ---- */
-
-/* Elements i..i+7 of a row in dtype dt as fp32. dt is a constant wherever this is inlined, so the
- * switch folds away. */
-INLINE __m256 load8(const void *p, int64_t i, mtok_dtype dt) {
-    switch (dt) {
-    case MTOK_BF16: {
-        const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    case MTOK_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
-    case MTOK_F32: break;
-    }
-    return _mm256_loadu_ps((const float *)p + i);
-}
-
-INLINE float load1(const void *p, int64_t i, mtok_dtype dt) {
-    switch (dt) {
-    case MTOK_BF16: return mk_bf16_to_f32(((const uint16_t *)p)[i]);
-    case MTOK_F16: return _cvtsh_ss(((const uint16_t *)p)[i]);
-    case MTOK_F32: break;
-    }
-    return ((const float *)p)[i];
-}
-
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* [sum(a), sum(b), sum(c), sum(d)] */
-INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-    const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-/* [sum(r[0]), ..., sum(r[7])] */
-INLINE __m256 hsum8(const __m256 r[8]) {
-    const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(r[0], r[1]), _mm256_hadd_ps(r[2], r[3]));
-    const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(r[4], r[5]), _mm256_hadd_ps(r[6], r[7]));
-    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
-}
+#include "avx2_inline.h"
 
 /* exp(x) for 8 lanes, ~2 ulp (Cephes expf polynomial). Inputs below -87.3 give exactly 0 and
  * inputs above 88 give exp(88) instead of overflowing: callers only need exp(<= 0) and silu. */
@@ -81,300 +33,7 @@ INLINE __m256 exp256(__m256 x) {
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-/* ---- matmul: few tokens (GEMV and small batches), straight from the stored weights ----
- * R (4 or 1) weight rows against MT (1..3) tokens: each weight vector is loaded and widened once
- * and used for MT FMAs; x rows come from L1. With one token the K loop is unrolled twice so that
- * 8 independent accumulators cover the FMA latency. */
-INLINE void rows_kernel(int R, int MT, float *y, int64_t ldy, const float *x, int64_t ldx, const void *w,
-                        int64_t K, int64_t o, mtok_dtype dt, const float *bias) {
-    const int U = MT == 1 ? 2 : 1;
-    __m256 acc[2][3][4];
-    for (int u = 0; u < 2; u++)
-        for (int t = 0; t < 3; t++)
-            for (int r = 0; r < 4; r++) acc[u][t][r] = _mm256_setzero_ps();
-    const int64_t base = o * K;
-    int64_t i = 0;
-    for (; i + 8 * U <= K; i += 8 * U)
-        for (int u = 0; u < U; u++) {
-            /* x vectors first, then one weight vector at a time: 4*MT accumulators + MT + 1 <= 16
-             * registers, so nothing spills (a spilled accumulator costs a store-forward per FMA) */
-            __m256 xv[3];
-            for (int t = 0; t < MT; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + i + 8 * u);
-            for (int r = 0; r < R; r++) {
-                const __m256 wv = load8(w, base + r * K + i + 8 * u, dt);
-                for (int t = 0; t < MT; t++) acc[u][t][r] = _mm256_fmadd_ps(wv, xv[t], acc[u][t][r]);
-            }
-        }
-    if (U == 2 && i + 8 <= K) { /* one 8-wide step left over from the 2x unroll */
-        for (int r = 0; r < R; r++) {
-            const __m256 wv = load8(w, base + r * K + i, dt);
-            acc[0][0][r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), acc[0][0][r]);
-        }
-        i += 8;
-    }
-    for (int t = 0; t < MT; t++) {
-        float s[4];
-        if (R == 4) {
-            __m256 a[4];
-            for (int r = 0; r < 4; r++) a[r] = U == 2 ? _mm256_add_ps(acc[0][t][r], acc[1][t][r]) : acc[0][t][r];
-            _mm_storeu_ps(s, hsum4(a[0], a[1], a[2], a[3]));
-        } else {
-            s[0] = hsum(U == 2 ? _mm256_add_ps(acc[0][t][0], acc[1][t][0]) : acc[0][t][0]);
-        }
-        for (int r = 0; r < R; r++) {
-            for (int64_t j = i; j < K; j++) s[r] += x[t * ldx + j] * load1(w, base + r * K + j, dt);
-            y[t * ldy + o + r] = s[r] + (bias ? bias[r] : 0.0f);
-        }
-    }
-}
-
-/* Rows [r0, r1) of y for every token, 3 tokens at a time (12 accumulators). */
-INLINE void matmul_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                        const mk_tensor *b, int64_t r0, int64_t r1, mtok_dtype dt) {
-    const int64_t K = W->cols;
-    int64_t o = r0;
-    for (; o + 4 <= r1; o += 4) {
-        float bias[4] = {0, 0, 0, 0};
-        if (b)
-            for (int r = 0; r < 4; r++) bias[r] = mk_get(b, o + r);
-        for (int64_t t = 0, mt; t < n_tok; t += mt) {
-            float *yt = y + t * ldy;
-            const float *xt = x + t * ldx;
-            mt = n_tok - t == 4 ? 2 : n_tok - t < 3 ? n_tok - t : 3; /* 4 tokens as 2+2, not 3+1 */
-            switch (mt) {
-            case 1: rows_kernel(4, 1, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
-            case 2: rows_kernel(4, 2, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
-            default: rows_kernel(4, 3, yt, ldy, xt, ldx, W->data, K, o, dt, bias); break;
-            }
-        }
-    }
-    for (; o < r1; o++) {
-        const float bias = b ? mk_get(b, o) : 0.0f;
-        for (int64_t t = 0; t < n_tok; t++) rows_kernel(1, 1, y + t * ldy, ldy, x + t * ldx, ldx, W->data, K, o, dt, &bias);
-    }
-}
-
-static void matmul_rows_bf16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
-                             const mk_tensor *b, int64_t r0, int64_t r1) {
-    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_BF16);
-}
-static void matmul_rows_f16(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
-                            const mk_tensor *b, int64_t r0, int64_t r1) {
-    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_F16);
-}
-static void matmul_rows_f32(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
-                            const mk_tensor *b, int64_t r0, int64_t r1) {
-    matmul_rows(y, ldy, x, ldx, n, W, b, r0, r1, MTOK_F32);
-}
-
-static void matmul_rows_any(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n, const mk_tensor *W,
-                            const mk_tensor *b, int64_t r0, int64_t r1) {
-    switch (W->dtype) {
-    case MTOK_BF16: matmul_rows_bf16(y, ldy, x, ldx, n, W, b, r0, r1); break;
-    case MTOK_F16: matmul_rows_f16(y, ldy, x, ldx, n, W, b, r0, r1); break;
-    case MTOK_F32: matmul_rows_f32(y, ldy, x, ldx, n, W, b, r0, r1); break;
-    }
-}
-
-/* ---- matmul: prefill GEMM on packed fp32 weight tiles ----
- * A 16-row x KC-column slice of W is widened to fp32 once and stored transposed, [KC][16], so that
- * one k step of the micro-kernel reads 16 consecutive outputs' weights with two aligned loads. The
- * micro-kernel keeps a 6-token x 16-output tile of y in 12 registers: per k it broadcasts x[t][k]
- * for its 6 tokens and issues 12 FMAs for 8 loads, which keeps both FMA ports busy. A block of
- * NCP panels (NCP*16 outputs x KC, 128 KiB, L2-resident) is packed once and reused by every token. */
-#define MM_KC 256
-#define MM_NCP 8
-#define MM_MR 6
-#define MM_PACK_FLOATS ((size_t)MM_NCP * MM_KC * 16)
-
-/* Packing scratch: one fixed-size buffer per thread (OpenMP keeps its threads, so this allocates
- * once per thread, not per call). */
-static _Thread_local float *tl_pack;
-
-static float *pack_buffer(void) {
-    if (!tl_pack) tl_pack = aligned_alloc(64, MM_PACK_FLOATS * sizeof(float));
-    return tl_pack;
-}
-
-/* 8x8 transpose of r[0..7] stored as 8 rows of dst with stride ld floats. */
-INLINE void transpose8_store_ld(float *dst, int64_t ld, const __m256 r[8]) {
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_store_ps(dst + 0 * ld, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_store_ps(dst + 1 * ld, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_store_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_store_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_store_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_store_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_store_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_store_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
-}
-
-/* wp[k][j] = W[o0 + j][k0 + k] as fp32 for k < kc, j < 16; rows past N are zero. */
-INLINE void pack_panel(float *wp, const void *w, int64_t K, int64_t N, int64_t o0, int64_t k0, int64_t kc,
-                       mtok_dtype dt) {
-    for (int half = 0; half < 2; half++) {
-        const int64_t r = o0 + 8 * half;
-        float *dst = wp + 8 * half;
-        int64_t k = 0;
-        if (r + 8 <= N)
-            for (; k + 8 <= kc; k += 8) {
-                __m256 v[8];
-                for (int j = 0; j < 8; j++) v[j] = load8(w, (r + j) * K + k0 + k, dt);
-                transpose8_store_ld(dst + k * 16, 16, v);
-            }
-        for (; k < kc; k++)
-            for (int j = 0; j < 8; j++) dst[k * 16 + j] = r + j < N ? load1(w, (r + j) * K + k0 + k, dt) : 0.0f;
-    }
-}
-
-static void pack_panel_any(float *wp, const mk_tensor *W, int64_t o0, int64_t k0, int64_t kc) {
-    switch (W->dtype) {
-    case MTOK_BF16: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_BF16); break;
-    case MTOK_F16: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_F16); break;
-    case MTOK_F32: pack_panel(wp, W->data, W->cols, W->rows, o0, k0, kc, MTOK_F32); break;
-    }
-}
-
-/* c[t][0..16) (row stride ldc) = init (16 floats) or c itself, + sum_k x[t][k] * wp[k][0..16). */
-INLINE void ukernel(int mr, int64_t kc, const float *wp, const float *x, int64_t ldx, float *c, int64_t ldc,
-                    const float *init) {
-    __m256 c0[MM_MR], c1[MM_MR];
-    const float *xr[MM_MR];
-    for (int t = 0; t < MM_MR; t++) {
-        xr[t] = x + (t < mr ? t : 0) * ldx;
-        if (t >= mr) {
-            c0[t] = c1[t] = _mm256_setzero_ps();
-        } else if (init) {
-            c0[t] = _mm256_load_ps(init);
-            c1[t] = _mm256_load_ps(init + 8);
-        } else {
-            c0[t] = _mm256_loadu_ps(c + t * ldc);
-            c1[t] = _mm256_loadu_ps(c + t * ldc + 8);
-        }
-    }
-    for (int64_t k = 0; k < kc; k++) {
-        const __m256 w0 = _mm256_load_ps(wp + 16 * k), w1 = _mm256_load_ps(wp + 16 * k + 8);
-        for (int t = 0; t < mr; t++) {
-            const __m256 a = _mm256_broadcast_ss(xr[t] + k);
-            c0[t] = _mm256_fmadd_ps(a, w0, c0[t]);
-            c1[t] = _mm256_fmadd_ps(a, w1, c1[t]);
-        }
-    }
-    for (int t = 0; t < mr; t++) {
-        _mm256_storeu_ps(c + t * ldc, c0[t]);
-        _mm256_storeu_ps(c + t * ldc + 8, c1[t]);
-    }
-}
-
-static void ukernel_any(int mr, int64_t kc, const float *wp, const float *x, int64_t ldx, float *c, int64_t ldc,
-                        const float *init) {
-    switch (mr) {
-    case 1: ukernel(1, kc, wp, x, ldx, c, ldc, init); break;
-    case 2: ukernel(2, kc, wp, x, ldx, c, ldc, init); break;
-    case 3: ukernel(3, kc, wp, x, ldx, c, ldc, init); break;
-    case 4: ukernel(4, kc, wp, x, ldx, c, ldc, init); break;
-    case 5: ukernel(5, kc, wp, x, ldx, c, ldc, init); break;
-    default: ukernel(6, kc, wp, x, ldx, c, ldc, init); break;
-    }
-}
-
-/* Tokens [t0, t1) x panels [p0, p1) (16 outputs each) of y, with packing buffer wp. */
-static void gemm_block(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t t0, int64_t t1,
-                       const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, float *wp) {
-    const int64_t N = W->rows, K = W->cols;
-    _Alignas(32) float bias[MM_NCP][16];
-    _Alignas(32) float tmp[MM_MR * 16];
-    for (int64_t pc = p0; pc < p1; pc += MM_NCP) {
-        const int64_t np = p1 - pc < MM_NCP ? p1 - pc : MM_NCP;
-        for (int64_t p = 0; p < np; p++)
-            for (int j = 0; j < 16; j++) {
-                const int64_t o = (pc + p) * 16 + j;
-                bias[p][j] = b && o < N ? mk_get(b, o) : 0.0f;
-            }
-        for (int64_t k0 = 0; k0 < K; k0 += MM_KC) {
-            const int64_t kc = K - k0 < MM_KC ? K - k0 : MM_KC;
-            for (int64_t p = 0; p < np; p++) pack_panel_any(wp + p * MM_KC * 16, W, (pc + p) * 16, k0, kc);
-            /* tokens outer: the 6 x rows of a token block stay in L1 while the packed panels
-             * stream from L2 (measured a little faster than panels outer) */
-            for (int64_t t = t0; t < t1; t += MM_MR)
-                for (int64_t p = 0; p < np; p++) {
-                    const int mr = (int)(t1 - t < MM_MR ? t1 - t : MM_MR);
-                    const int64_t o0 = (pc + p) * 16;
-                    float *c = y + t * ldy + o0;
-                    const float *xt = x + t * ldx + k0, *init = k0 == 0 ? bias[p] : NULL;
-                    if (o0 + 16 <= N) {
-                        ukernel_any(mr, kc, wp + p * MM_KC * 16, xt, ldx, c, ldy, init);
-                        continue;
-                    }
-                    /* last, partial panel: run on a 16-wide copy so no store passes column N */
-                    const int64_t nv = N - o0;
-                    for (int i = 0; i < mr; i++)
-                        for (int64_t j = 0; j < nv; j++) tmp[i * 16 + j] = k0 ? c[i * ldy + j] : 0.0f;
-                    ukernel_any(mr, kc, wp + p * MM_KC * 16, xt, ldx, tmp, 16, init);
-                    for (int i = 0; i < mr; i++)
-                        for (int64_t j = 0; j < nv; j++) c[i * ldy + j] = tmp[i * 16 + j];
-                }
-        }
-    }
-}
-
-/* Below this many tokens the packed path does not pay for its packing. */
-#define MM_PACK_MIN_TOK 24
-
-void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                    const mk_tensor *b) {
-    const int64_t N = W->rows, K = W->cols;
-    if (n_tok <= 0 || N <= 0) return;
-    if (K == 0) { /* no products: y is the bias */
-        for (int64_t t = 0; t < n_tok; t++)
-            for (int64_t o = 0; o < N; o++) y[t * ldy + o] = b ? mk_get(b, o) : 0.0f;
-        return;
-    }
-    const int64_t npanels = (N + 15) / 16;
-#pragma omp parallel if ((double)N * (double)K * (double)n_tok > 65536.0)
-    {
-        const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-        float *wp = n_tok >= MM_PACK_MIN_TOK ? pack_buffer() : NULL;
-        /* without scratch memory a thread falls back to the row kernel over the same share */
-        if (n_tok < MM_PACK_MIN_TOK) {
-            /* few tokens: stream W rows once, split across threads */
-            int64_t r0, r1;
-            mk_split_rows(N, 16, nth, ith, &r0, &r1);
-            matmul_rows_any(y, ldy, x, ldx, n_tok, W, b, r0, r1);
-        } else if (npanels >= 2 * nth) {
-            /* the usual case: each thread owns a contiguous range of 16-output panels */
-            int64_t p0, p1;
-            mk_split_rows(npanels, 1, nth, ith, &p0, &p1);
-            if (wp)
-                gemm_block(y, ldy, x, ldx, 0, n_tok, W, b, p0, p1, wp);
-            else
-                matmul_rows_any(y, ldy, x, ldx, n_tok, W, b, p0 * 16, p1 * 16 < N ? p1 * 16 : N);
-        } else {
-            /* narrow W, many tokens: split the tokens instead */
-            int64_t t0, t1;
-            mk_split_rows(n_tok, MM_MR, nth, ith, &t0, &t1);
-            if (wp)
-                gemm_block(y, ldy, x, ldx, t0, t1, W, b, 0, npanels, wp);
-            else if (t1 > t0)
-                matmul_rows_any(y + t0 * ldy, ldy, x + t0 * ldx, ldx, t1 - t0, W, b, 0, N);
-        }
-    }
-}
-
 /* ---- row ops ---- */
-
-INLINE void row_to_f32(float *dst, const void *src, int64_t n, mtok_dtype dt) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src, i, dt));
-    for (; i < n; i++) dst[i] = load1(src, i, dt);
-}
 
 void mk_row_to_f32_avx2(float *dst, const void *src, mtok_dtype dt, int64_t n) {
     switch (dt) {
@@ -556,8 +215,15 @@ static float ab_softmax_row(float *s, int64_t nv, int64_t nbp, float *m, float *
         for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
         return 1.0f;
     }
+    /* max over the visible scores; a NaN score is skipped, as in the scalar (s > mb ? s : mb) */
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= nv; i += 8) mx = _mm256_max_ps(_mm256_loadu_ps(s + i), mx); /* s > mx ? s : mx */
+    _Alignas(32) float t8[8];
+    _mm256_store_ps(t8, mx);
     float mb = -INFINITY;
-    for (int64_t j = 0; j < nv; j++) mb = s[j] > mb ? s[j] : mb;
+    for (int r = 0; r < 8; r++) mb = t8[r] > mb ? t8[r] : mb;
+    for (; i < nv; i++) mb = s[i] > mb ? s[i] : mb;
     const float m_new = mb > *m ? mb : *m;
     if (m_new == -INFINITY) { /* only -inf scores */
         for (int64_t j = 0; j < nbp; j++) s[j] = 0.0f;
@@ -593,8 +259,8 @@ void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, in
 }
 
 /* ---- grouped attention over one KV block (mk_attn_block) ----
- * Per sub-block of AB_KEYS keys: K is widened once into kt (transposed, [D][AB_KEYS]) and V into vb
- * ([AB_KEYS][D]); then, for tiles of up to 6 query rows, S = Q·Kᵀ runs as a 6x16 register tile (as
+ * Per sub-block of AB_KEYS keys: K is widened once into kt (transposed, in 16-key panels [D][16]) and
+ * V into vb (in 16-column panels [AB_KEYS][16]), so that both products read them in address order; then, for tiles of up to 6 query rows, S = Q·Kᵀ runs as a 6x16 register tile (as
  * the prefill GEMM's micro-kernel), the online-softmax update works on S in place, and O += P·V runs
  * as a second 6x16 tile over D. All rows of the call share the widened block, so K/V cost one read
  * per group instead of one per head. */
@@ -606,17 +272,28 @@ void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, in
 static _Thread_local float *tl_attn;
 
 
-/* kt[d][j] = K[j][d] for j < nb (zero for nb <= j < nbp), d < D (D a multiple of 8). */
+/* K widened and transposed in panels of 16 keys, each panel [D][16]: kt[(j/16)*16*D + d*16 + j%16] =
+ * K[j][d] for j < nb (zero for nb <= j < nbp), d < D (D a multiple of 8). */
+#define KT_AT(j, d) (((j) / 16) * 16 * D + (d) * 16 + (j) % 16)
 static void ab_widen_k(float *kt, const uint16_t *k, int64_t stride, int64_t nb, int64_t nbp, int64_t D) {
     int64_t j = 0;
     for (; j + 8 <= nb; j += 8)
         for (int64_t d = 0; d < D; d += 8) {
             __m256 r[8];
             for (int i = 0; i < 8; i++) r[i] = load8(k + (j + i) * stride + d, 0, MTOK_BF16);
-            transpose8_store_ld(kt + d * AB_KEYS + j, AB_KEYS, r);
+            transpose8_store_ld(kt + KT_AT(j, d), 16, r);
         }
     for (; j < nbp; j++)
-        for (int64_t d = 0; d < D; d++) kt[d * AB_KEYS + j] = j < nb ? mk_bf16_to_f32(k[j * stride + d]) : 0.0f;
+        for (int64_t d = 0; d < D; d++) kt[KT_AT(j, d)] = j < nb ? mk_bf16_to_f32(k[j * stride + d]) : 0.0f;
+}
+#undef KT_AT
+
+/* V widened in panels of 16 columns, each panel [AB_KEYS][16] (the last one 8 wide when D % 16 == 8):
+ * vb[(d/16)*16*AB_KEYS + j*16 + d%16] = V[j][d] for j < nb, d < D. */
+static void ab_widen_v(float *vb, const uint16_t *v, int64_t stride, int64_t nb, int64_t D) {
+    for (int64_t j = 0; j < nb; j++)
+        for (int64_t d = 0; d < D; d += 8)
+            _mm256_store_ps(vb + (d / 16) * 16 * AB_KEYS + j * 16 + d % 16, load8(v + j * stride, d, MTOK_BF16));
 }
 
 /* s[r][j] = scale * q_r · k_j for r < mr rows, j < nbp (a multiple of 16). */
@@ -626,8 +303,9 @@ INLINE void ab_scores(int mr, float *s, const float *const *qr, const float *kt,
     for (int64_t j = 0; j < nbp; j += 16) {
         __m256 c0[AB_MR], c1[AB_MR];
         for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm256_setzero_ps();
+        const float *kp = kt + j * D; /* the panel of keys j..j+15, read in order */
         for (int64_t d = 0; d < D; d++) {
-            const __m256 w0 = _mm256_load_ps(kt + d * AB_KEYS + j), w1 = _mm256_load_ps(kt + d * AB_KEYS + j + 8);
+            const __m256 w0 = _mm256_load_ps(kp + 16 * d), w1 = _mm256_load_ps(kp + 16 * d + 8);
             for (int r = 0; r < mr; r++) {
                 const __m256 a = _mm256_broadcast_ss(qr[r] + d);
                 c0[r] = _mm256_fmadd_ps(a, w0, c0[r]);
@@ -641,7 +319,7 @@ INLINE void ab_scores(int mr, float *s, const float *const *qr, const float *kt,
     }
 }
 
-/* acc_r[d] = acc_r[d] * alpha_r + sum_{j < nb} p[r][j] * vb[j][d], for r < mr, d < D (multiple of 8). */
+/* acc_r[d] = acc_r[d] * alpha_r + sum_{j < nb} p[r][j] * V[j][d], for r < mr, d < D (multiple of 8). */
 INLINE void ab_values(int mr, float *const *accr, const float *alpha, const float *s, const float *vb, int64_t nb,
                       int64_t D) {
     int64_t d = 0;
@@ -652,8 +330,9 @@ INLINE void ab_values(int mr, float *const *accr, const float *alpha, const floa
             c0[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d), al);
             c1[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d + 8), al);
         }
+        const float *vp = vb + d * AB_KEYS; /* the panel of columns d..d+15, read in order */
         for (int64_t j = 0; j < nb; j++) {
-            const __m256 v0 = _mm256_load_ps(vb + j * D + d), v1 = _mm256_load_ps(vb + j * D + d + 8);
+            const __m256 v0 = _mm256_load_ps(vp + 16 * j), v1 = _mm256_load_ps(vp + 16 * j + 8);
             for (int r = 0; r < mr; r++) {
                 const __m256 a = _mm256_broadcast_ss(s + r * AB_KEYS + j);
                 c0[r] = _mm256_fmadd_ps(a, v0, c0[r]);
@@ -668,8 +347,9 @@ INLINE void ab_values(int mr, float *const *accr, const float *alpha, const floa
     for (; d < D; d += 8) {
         __m256 c[AB_MR];
         for (int r = 0; r < mr; r++) c[r] = _mm256_mul_ps(_mm256_loadu_ps(accr[r] + d), _mm256_set1_ps(alpha[r]));
+        const float *vp = vb + d * AB_KEYS; /* the last, 8-wide panel */
         for (int64_t j = 0; j < nb; j++) {
-            const __m256 v0 = _mm256_load_ps(vb + j * D + d);
+            const __m256 v0 = _mm256_load_ps(vp + 16 * j);
             for (int r = 0; r < mr; r++) c[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + r * AB_KEYS + j), v0, c[r]);
         }
         for (int r = 0; r < mr; r++) _mm256_storeu_ps(accr[r] + d, c[r]);
@@ -731,8 +411,18 @@ void mk_attn_block_avx2(const mk_attn_params *p) {
         const int64_t nb = n - j0 < AB_KEYS ? n - j0 : AB_KEYS, nbp = (nb + 15) & ~(int64_t)15;
         const uint16_t *k = p->k + j0 * p->kv_stride, *v = p->v + j0 * p->kv_stride;
         ab_widen_k(kt, k, p->kv_stride, nb, nbp, D);
-        for (int64_t j = 0; j < nb; j++) row_to_f32(vb + j * D, v + j * p->kv_stride, D, MTOK_BF16);
+        ab_widen_v(vb, v, p->kv_stride, nb, D);
+        /* the next sub-block's K and V rows (L3 or DRAM) are prefetched a few lines per tile, so its
+         * widening does not wait on every 8-row gather */
+        const int64_t nn = n - j0 - nb < AB_KEYS ? n - j0 - nb : AB_KEYS, lpr = (D * 2 + 63) / 64;
+        const int64_t ntile = (rows + AB_MR - 1) / AB_MR, per_tile = (2 * nn * lpr + ntile - 1) / ntile;
+        int64_t pf = 0;
         for (int64_t r0 = 0; r0 < rows; r0 += AB_MR) {
+            for (int64_t q = 0; q < per_tile && pf < 2 * nn * lpr; q++, pf++) {
+                const int64_t row = pf / lpr % nn, line = pf % lpr;
+                const uint16_t *src = (pf < nn * lpr ? k : v) + (nb + row) * p->kv_stride;
+                _mm_prefetch((const char *)src + line * 64, _MM_HINT_T1);
+            }
             const int mr = (int)(rows - r0 < AB_MR ? rows - r0 : AB_MR);
             const float *qr[AB_MR];
             float *accr[AB_MR], *mr_[AB_MR], *lr[AB_MR];

@@ -44,6 +44,15 @@ void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok
         mk_matmul_portable(y, ldy, x, ldx, n_tok, W, b);
 }
 
+void mk_matmul_multi(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
+    if (mk_have_avx2()) {
+        mk_matmul_multi_avx2(jobs, n_jobs, n_tok);
+        return;
+    }
+    for (int i = 0; i < n_jobs; i++)
+        mk_matmul_portable(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b);
+}
+
 void mk_rmsnorm(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {
     if (mk_have_avx2())
         mk_rmsnorm_avx2(y, x, w, n, eps);

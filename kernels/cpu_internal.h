@@ -1,8 +1,8 @@
 /* cpu_internal.h — private prototypes shared by the kernel files (not part of the public API).
  *
  * kernels/cpu_dispatch.c owns the public mk_* entry points and picks one of two implementations:
- *   *_avx2      kernels/cpu_avx2.c (compiled alone with -mavx2 -mfma -mf16c; only called when the CPU
- *               has all three),
+ *   *_avx2      kernels/cpu_avx2.c and kernels/avx2_*.c (compiled with -mavx2 -mfma -mf16c; only called
+ *               when the CPU has all three),
  *   *_portable  kernels/cpu_ops.c (baseline x86-64, threaded, fp32) or the _ref functions of cpu_ref.c
  *               where those are already as fast as a scalar loop gets. */
 #ifndef MTOK_CPU_INTERNAL_H
@@ -10,9 +10,19 @@
 
 #include "kernels.h"
 
-/* ---- AVX2 + FMA + F16C (kernels/cpu_avx2.c) ---- */
+/* ---- AVX2 + FMA + F16C (kernels/cpu_avx2.c, kernels/avx2_*.c) ---- */
+/* avx2_gemv.c: the threaded drivers and the few-token row kernel (rows [r0, r1) of y, one thread) */
 void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
                     const mk_tensor *b);
+void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
+void mk_gemv_rows_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                       const mk_tensor *b, int64_t r0, int64_t r1);
+/* avx2_gemm.c: the packed GEMM over tokens [t0, t1) x 16-output panels [p0, p1), one thread, with
+ * that thread's scratch (mk_gemm_scratch_avx2: allocated once per thread, NULL if out of memory) */
+void mk_gemm_block_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t t0, int64_t t1,
+                        const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, float *buf);
+float *mk_gemm_scratch_avx2(void);
+/* cpu_avx2.c: row ops and attention */
 void mk_rmsnorm_avx2(float *y, const float *x, const mk_tensor *w, int64_t n, float eps);
 void mk_rope_avx2(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
                   const float *sn);

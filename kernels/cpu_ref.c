@@ -79,6 +79,11 @@ void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n
         }
 }
 
+void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
+    for (int i = 0; i < n_jobs; i++)
+        mk_matmul_ref(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b);
+}
+
 void mk_rmsnorm_ref(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {
     double ss = 0.0;
     for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];

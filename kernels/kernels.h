@@ -1,8 +1,8 @@
 /* kernels.h — CPU compute kernels (prefix mk_). fp32 math on bf16/f16/f32 stored weights.
  *
  * Every kernel has a scalar reference (suffix _ref) that the tests compare against. The public
- * entry points dispatch at run time: AVX2+FMA code (kernels/cpu_avx2.c, built with -mavx2 -mfma)
- * when the CPU has it, the scalar code otherwise. Threading is OpenMP inside the kernels. */
+ * entry points dispatch at run time: AVX2+FMA code (kernels/cpu_avx2.c and kernels/avx2_*.c, built
+ * with -mavx2 -mfma -mf16c) when the CPU has it, the scalar code otherwise. Threading is OpenMP inside the kernels. */
 #ifndef MTOK_KERNELS_H
 #define MTOK_KERNELS_H
 
@@ -58,6 +58,21 @@ void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok
                const mk_tensor *b);
 void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
                    const mk_tensor *b);
+
+/* Several independent products over the same n_tok tokens in one parallel region (one fork/join
+ * instead of one per product): e.g. Q, K and V of a layer, or its gate and up projections, which
+ * share x. Job i computes y_i = x_i W_i^T (+ b_i) exactly as mk_matmul(y, ldy, x, ldx, n_tok, W, b)
+ * would (same summation order, bitwise equal). Outputs must not overlap. */
+typedef struct {
+    float *y;
+    int64_t ldy;
+    const float *x;
+    int64_t ldx;
+    const mk_tensor *W;
+    const mk_tensor *b; /* NULL: no bias */
+} mk_matmul_job;
+void mk_matmul_multi(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
+void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
 
 /* ---- elementwise / row ops ---- */
 /* y = w * x / sqrt(mean(x^2) + eps) over n elements (y may alias x). */

@@ -122,17 +122,24 @@ static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dty
 
 static void test_matmul(void) {
     static const int64_t shapes[][2] = {{1, 1},     {7, 33},    {33, 7},   {1, 1000}, {16, 256}, {48, 512},
-                                        {257, 257}, {1000, 33}, {33, 1000}, {257, 1000}, {1000, 257}};
-    static const int64_t toks[] = {1, 2, 3, 7, 64, 129};
+                                        {257, 257}, {1000, 33}, {33, 1000}, {257, 1000}, {1000, 257},
+                                        /* K past the GEMM's 2048-deep super-blocks, with a tail */
+                                        {33, 4100}, {70, 2049}};
+    /* 1..23 tokens take the row kernel, >= 24 the packed GEMM (300: two token blocks) */
+    static const int64_t toks[] = {1, 2, 3, 7, 17, 23, 24, 64, 129, 300};
     const mtok_dtype dts[] = {MTOK_BF16, MTOK_F16, MTOK_F32};
     int k = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t t = 0; t < sizeof toks / sizeof toks[0]; t++)
             for (int d = 0; d < 3; d++, k++) {
-                /* the two largest shapes with 129 tokens are slow in the reference: F16 only */
-                if (shapes[s][0] * shapes[s][1] * toks[t] > 30000000 && dts[d] != MTOK_F16) continue;
+                /* the largest cases are slow in the reference: one dtype each */
+                if (shapes[s][0] * shapes[s][1] * toks[t] > 30000000 && dts[d] != (toks[t] > 200 ? MTOK_BF16 : MTOK_F16))
+                    continue;
                 test_matmul_case(shapes[s][0], shapes[s][1], toks[t], dts[d], k % 4);
             }
+    /* large W (10 MB): many panel blocks per thread, few tokens */
+    test_matmul_case(600, 4100, 25, MTOK_F32, 1);
+    test_matmul_case(1200, 4100, 26, MTOK_BF16, 3);
     /* cols = 0: y is the bias */
     float bias[3] = {1, 2, 3}, y[6] = {0}, x[2] = {0};
     mk_tensor B = {bias, MTOK_F32, 1, 3}, W = {bias, MTOK_BF16, 3, 0};
@@ -142,6 +149,62 @@ static void test_matmul(void) {
         CHECK(y[0] == 1 && y[2] == 3 && y[3] == 1 && y[5] == 3, "matmul cols=0 must give the bias (path %d)", path);
     }
     mk_force_scalar(0);
+}
+
+/* mk_matmul_multi: Q/K/V-like jobs sharing x plus one with its own x and strides; each output must be
+ * bitwise equal to mk_matmul's on the same path, and close to the reference. */
+static void test_matmul_multi(void) {
+    static const int64_t toks[] = {1, 2, 5, 24, 70};
+    static const int64_t rows[] = {96, 17, 17, 130};
+    const int64_t K = 133, K2 = 71;
+    for (size_t ti = 0; ti < sizeof toks / sizeof toks[0]; ti++)
+        for (int d = 0; d < 3; d++) {
+            const int64_t n = toks[ti], ldx = K + 1, ldx2 = K2 + 5;
+            const mtok_dtype dt = (mtok_dtype)d;
+            mk_tensor W[4], B[4];
+            float *y[4], *y1[4], *yr[4];
+            int64_t ldy[4];
+            float *x = xmalloc((size_t)(n * ldx) * 4), *x2 = xmalloc((size_t)(n * ldx2) * 4);
+            for (int64_t i = 0; i < n * ldx; i++) x[i] = rnd_f();
+            for (int64_t i = 0; i < n * ldx2; i++) x2[i] = rnd_f();
+            mk_matmul_job jobs[4];
+            for (int j = 0; j < 4; j++) {
+                const int64_t k = j == 3 ? K2 : K;
+                float *wf = xmalloc((size_t)(rows[j] * k) * 4), *bf = xmalloc((size_t)rows[j] * 4);
+                for (int64_t i = 0; i < rows[j] * k; i++) wf[i] = rnd_f();
+                for (int64_t i = 0; i < rows[j]; i++) bf[i] = rnd_f();
+                W[j] = make_tensor(wf, rows[j], k, dt);
+                B[j] = make_tensor(bf, 1, rows[j], MTOK_F32);
+                free(wf), free(bf);
+                ldy[j] = rows[j] + 3 * j;
+                y[j] = xmalloc((size_t)(n * ldy[j]) * 4), y1[j] = xmalloc((size_t)(n * ldy[j]) * 4);
+                yr[j] = xmalloc((size_t)(n * ldy[j]) * 4);
+                jobs[j] = (mk_matmul_job){.y = y[j], .ldy = ldy[j], .x = j == 3 ? x2 : x, .ldx = j == 3 ? ldx2 : ldx,
+                                          .W = &W[j], .b = j % 2 ? NULL : &B[j]};
+            }
+            mk_matmul_job rj[4];
+            memcpy(rj, jobs, sizeof rj);
+            for (int j = 0; j < 4; j++) rj[j].y = yr[j];
+            mk_matmul_multi_ref(rj, 4, n);
+            FOR_PATHS(path) {
+                for (int j = 0; j < 4; j++) {
+                    memset(y[j], 0, (size_t)(n * ldy[j]) * 4), memset(y1[j], 0, (size_t)(n * ldy[j]) * 4);
+                    mk_matmul(y1[j], ldy[j], jobs[j].x, jobs[j].ldx, n, jobs[j].W, jobs[j].b);
+                }
+                mk_matmul_multi(jobs, 4, n);
+                for (int j = 0; j < 4; j++) {
+                    char what[128];
+                    snprintf(what, sizeof what, "matmul_multi %s %s job %d n_tok=%lld", path ? "scalar" : "avx2",
+                             dt_name(dt), j, (long long)n);
+                    CHECK(!memcmp(y[j], y1[j], (size_t)(n * ldy[j]) * 4), "%s: differs from mk_matmul", what);
+                    for (int64_t t = 0; t < n; t++)
+                        if (!close_enough(what, y[j] + t * ldy[j], yr[j] + t * ldy[j], rows[j], 1e-4)) break;
+                }
+            }
+            mk_force_scalar(0);
+            for (int j = 0; j < 4; j++) free((void *)W[j].data), free((void *)B[j].data), free(y[j]), free(y1[j]), free(yr[j]);
+            free(x), free(x2);
+        }
 }
 
 /* ---- rmsnorm, rope, swiglu, embed ---- */
@@ -629,6 +692,7 @@ int main(int argc, char **argv) {
            omp_get_max_threads());
     test_conversions();
     test_matmul();
+    test_matmul_multi();
     test_rmsnorm();
     test_rope();
     test_swiglu();
@@ -640,6 +704,7 @@ int main(int argc, char **argv) {
     printf("throughput (informational):\n");
     bench_matmul(1, 2048, 2048, 0.3);
     bench_matmul(1, 13696, 4096, 0.5); /* 112 MB: past the caches, DRAM bandwidth */
+    bench_matmul(256, 6848, 2048, 0.5); /* glm4-1b gate/up on a 256-token prefill chunk */
     bench_matmul(512, 2048, 2048, 0.5);
     bench_matmul(64, 2048, 2048, 0.3);
     bench_attn(1, 4096, 0.3);
