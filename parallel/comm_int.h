@@ -3,7 +3,7 @@
  * comm.c owns the mp_comm struct, the world, the single-rank backend and the dispatch of every
  * public call to a backend; comm_mpi.c is the MPI backend, comm_nccl.c the NCCL one. A backend
  * function is reached only for communicators of its kind, so a build without MPI or NCCL links
- * stubs that are never called (except the create functions, which report what is missing). */
+ * backends that say so if ever called (the create functions report what is missing). */
 #ifndef MTOK_PARALLEL_COMM_INT_H
 #define MTOK_PARALLEL_COMM_INT_H
 

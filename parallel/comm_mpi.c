@@ -282,6 +282,9 @@ int mp__mpi_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int 
 }
 
 #else /* no MPI in this build: only the single-rank world exists, so only init is ever reached */
+/* no MPI communicator can exist in this build, so these are unreachable; if one ever is reached
+ * the caller gets an error that says so instead of a silent no-op */
+static int absent(void) { return mtok_err(MTOK_EINTERNAL, "MPI backend called in a build without MPI"); }
 
 int mp_have_mpi(void) { return 0; }
 size_t mp__mpi_set_chunk(size_t elems) { return elems; }
@@ -289,16 +292,16 @@ int mp__mpi_init(int *argc, char ***argv, mp_comm *w) {
     return mtok_err(MTOK_EUSAGE, "this mtok was built without MPI");
 }
 void mp__mpi_finalize(mp_comm *w, int clean) {}
-int mp__mpi_split(mp_comm *c, int color, int key, mp_comm *out) { return MTOK_EINTERNAL; }
+int mp__mpi_split(mp_comm *c, int color, int key, mp_comm *out) { return absent(); }
 void mp__mpi_free(mp_comm *c) {}
 void mp__mpi_abort(int code) {}
-int mp__mpi_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t) { return MTOK_EINTERNAL; }
+int mp__mpi_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t) { return absent(); }
 int mp__mpi_allgather(mp_comm *c, const void *send, size_t count, void *recv, const size_t *counts, mp_dtype t) {
-    return MTOK_EINTERNAL;
+    return absent();
 }
-int mp__mpi_bcast(mp_comm *c, void *buf, size_t count, mp_dtype t, int root) { return MTOK_EINTERNAL; }
-int mp__mpi_barrier(mp_comm *c) { return MTOK_EINTERNAL; }
-int mp__mpi_send(mp_comm *c, const void *buf, size_t count, mp_dtype t, int peer, int tag) { return MTOK_EINTERNAL; }
-int mp__mpi_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int tag) { return MTOK_EINTERNAL; }
+int mp__mpi_bcast(mp_comm *c, void *buf, size_t count, mp_dtype t, int root) { return absent(); }
+int mp__mpi_barrier(mp_comm *c) { return absent(); }
+int mp__mpi_send(mp_comm *c, const void *buf, size_t count, mp_dtype t, int peer, int tag) { return absent(); }
+int mp__mpi_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int tag) { return absent(); }
 
 #endif

@@ -248,19 +248,22 @@ int mp__nccl_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int
 }
 
 #else /* built without NCCL: mp_nccl_create reports it before reaching here */
+/* no NCCL communicator can exist in this build, so these are unreachable; if one ever is reached
+ * the caller gets an error that says so instead of a silent no-op */
+static int absent(void) { return mtok_err(MTOK_EINTERNAL, "NCCL backend called in a build without NCCL"); }
 
 int mp_have_nccl(void) { return 0; }
 int mp__nccl_create(mp_comm *host, int device, mp_comm *out) {
     return mtok_err(MTOK_EUSAGE, "this mtok was built without NCCL");
 }
 void mp__nccl_free(mp_comm *c) {}
-int mp__nccl_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t) { return MTOK_EINTERNAL; }
+int mp__nccl_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t) { return absent(); }
 int mp__nccl_allgather(mp_comm *c, const void *send, size_t count, void *recv, const size_t *counts, mp_dtype t) {
-    return MTOK_EINTERNAL;
+    return absent();
 }
-int mp__nccl_bcast(mp_comm *c, void *buf, size_t count, mp_dtype t, int root) { return MTOK_EINTERNAL; }
-int mp__nccl_barrier(mp_comm *c) { return MTOK_EINTERNAL; }
-int mp__nccl_send(mp_comm *c, const void *buf, size_t count, mp_dtype t, int peer, int tag) { return MTOK_EINTERNAL; }
-int mp__nccl_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int tag) { return MTOK_EINTERNAL; }
+int mp__nccl_bcast(mp_comm *c, void *buf, size_t count, mp_dtype t, int root) { return absent(); }
+int mp__nccl_barrier(mp_comm *c) { return absent(); }
+int mp__nccl_send(mp_comm *c, const void *buf, size_t count, mp_dtype t, int peer, int tag) { return absent(); }
+int mp__nccl_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int tag) { return absent(); }
 
 #endif
