@@ -128,11 +128,15 @@ static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const 
                     const kvs_block *blk = &seg[j];
                     if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
                     if (sel && !sel[g * A->n_blocks + blk->pos0 / A->B]) continue; /* not chosen for g */
+                    int jn = j + 1; /* the next block this task reads, prefetched during this one */
+                    while (jn < nseg && sel && !sel[g * A->n_blocks + seg[jn].pos0 / A->B]) jn++;
+                    const int has_next = jn < nseg && seg[jn].pos0 <= pos + t0 + nt - 1;
                     const mk_attn_params ap = {
                         .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = att + (size_t)r0 * D, .acc_ts = H * D,
                         .m = ms + r0, .l = ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
                         .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
-                        .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale};
+                        .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
+                        .k_next = has_next ? seg[jn].k + g * D : NULL};
                     mk_attn_block(&ap);
                 }
             }

@@ -1,6 +1,6 @@
 /* avx2_inline.h — register-level helpers shared by the AVX2 kernel files (cpu_avx2.c, avx2_gemv.c,
- * avx2_gemm.c). Include it only from files compiled with -mavx2 -mfma -mf16c: every function here
- * emits AVX2/FMA/F16C instructions. */
+ * avx2_gemm.c, avx2_attn.c). Include it only from files compiled with -mavx2 -mfma -mf16c: every
+ * function here emits AVX2/FMA/F16C instructions. */
 #ifndef MTOK_AVX2_INLINE_H
 #define MTOK_AVX2_INLINE_H
 
@@ -85,6 +85,30 @@ INLINE void row_to_f32(float *dst, const void *src, int64_t n, mtok_dtype dt) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8(src, i, dt));
     for (; i < n; i++) dst[i] = load1(src, i, dt);
+}
+
+/* exp(x) for 8 lanes, ~2 ulp (Cephes expf polynomial). Inputs below -87.3 give exactly 0 and
+ * inputs above 88 give exp(88) instead of overflowing: callers only need exp(<= 0) and silu. */
+INLINE __m256 exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    /* operand order matters: max/min return their second operand for NaN, so NaN passes through */
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(lo, x));
+    /* x = n*ln2 + r, |r| <= ln2/2, with ln2 split in two so that n*ln2_hi is exact */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n built in the exponent field; n is in [-126, 127], so it is always a normal number */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
 #endif

@@ -126,6 +126,9 @@ typedef struct {
     int64_t q_pos0, k_pos0;
     int causal;
     float scale;
+    /* optional: the keys of the block the caller passes next (same stride), prefetched while this
+     * one computes (NULL: none); a hint only, never read as data */
+    const uint16_t *k_next;
 } mk_attn_params;
 void mk_attn_block(const mk_attn_params *p);
 void mk_attn_block_ref(const mk_attn_params *p);

@@ -461,7 +461,8 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
                                 .acc_ts = q_ts, .m = m[impl] + g * n_head, .l = l[impl] + g * n_head,
                                 .ml_ts = ml_ts, .n_tok = n_tok, .n_head = n_head, .D = D,
                                 .k = k + b0 * stride + g * D, .v = v + b0 * stride + g * D, .kv_stride = stride,
-                                .n = nb, .q_pos0 = q_pos0, .k_pos0 = b0, .causal = causal, .scale = scale};
+                                .n = nb, .q_pos0 = q_pos0, .k_pos0 = b0, .causal = causal, .scale = scale,
+                                .k_next = b0 + block < n_keys ? k + (b0 + block) * stride + g * D : NULL};
             if (impl == 0) {
                 mk_attn_block(&P);
             } else {
@@ -502,7 +503,9 @@ static void test_attn_block(void) {
         int64_t D, n_tok, n_head, n_keys, block;
     } cs[] = {{128, 1, 8, 1, 128},   {128, 1, 8, 300, 128}, {128, 1, 1, 65, 64},   {128, 7, 8, 300, 128},
               {64, 3, 2, 200, 16},   {64, 13, 4, 77, 1000}, {72, 5, 3, 150, 37},  {13, 4, 2, 50, 8},
-              {256, 2, 8, 130, 128}, {320, 2, 2, 40, 16},   {128, 16, 8, 1, 1},   {8, 6, 1, 9, 3}};
+              {256, 2, 8, 130, 128}, {320, 2, 2, 40, 16},   {128, 16, 8, 1, 1},   {8, 6, 1, 9, 3},
+              /* the direct (few-row) form's edges: 23 rows, odd blocks, D = 192 */
+              {128, 1, 23, 131, 128}, {192, 3, 5, 70, 33}};
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
         for (int causal = 0; causal < 2; causal++)
             FOR_PATHS(path) test_attn_block_case(cs[i].D, cs[i].n_tok, cs[i].n_head, cs[i].n_keys, cs[i].block, causal);
