@@ -328,7 +328,7 @@ int cmd_demo(int argc, char **argv) {
     /* the KV cache: 2 KiB per token for this model (2 layers x 2 groups x 128 x K,V x bf16); an 8 MiB
      * hot tier keeps ~4K tokens in RAM, so most of a 64K cache lives on disk */
     if (spill && !o.kv_budget) o.kv_budget = 8u << 20;
-    /* 2048-token prefill chunks: 8x fewer passes over the (mostly cold) cache than the default 256 */
+    /* 2048-token prefill chunks: 4x fewer passes over the (mostly cold) cache than the default 512 */
     if (!o.chunk) o.chunk = 2048;
     if (!spill) o.kv_budget = 0;
     printf("model: %s (the planted needle model: 2 layers, 2x128 heads, 2 KV groups; docs/NEEDLE.md)\n", dir);

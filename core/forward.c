@@ -33,7 +33,7 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->m = m;
     s->c = c;
     s->ctx = p && p->ctx > 0 ? p->ctx : c->max_ctx;
-    s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : 256;
+    s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : MTOK_DEFAULT_CHUNK;
     s->threads = p && p->threads > 0 ? p->threads : omp_get_num_procs();
     /* this rank's heads and groups (all of them unless the model was loaded as a tensor-parallel slice) */
     s->H = m->tp.H, s->G = m->tp.G, s->D = c->head_dim;

@@ -154,10 +154,14 @@ void mtok_reply_free(mtok_reply *r);
 /* ---------------------------------------------------------------------------------------------- */
 /* Session: the forward-pass state and KV cache of one sequence.                                   */
 typedef struct mtok_session mtok_session;
+/* Prefill tokens per chunk by default: each chunk widens every weight once (the GEMM packs W per
+ * chunk), so larger chunks amortize that; 512 measured best on glm4-1b (docs/PERFORMANCE.md), the
+ * scratch grows as chunk x ffn floats. */
+#define MTOK_DEFAULT_CHUNK 512
 typedef struct {
     int64_t ctx;           /* context limit in tokens (0: the model's max_ctx) */
     int threads;           /* OpenMP threads (0: all cores) */
-    int64_t prefill_chunk; /* tokens per prefill chunk (0: 256) */
+    int64_t prefill_chunk; /* tokens per prefill chunk (0: MTOK_DEFAULT_CHUNK) */
     int64_t kv_block;      /* tokens per KV block (0: 128) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* hot-tier bytes incl. the staging ring (0: unlimited, nothing spills) */

@@ -17,6 +17,7 @@
 #define GM_MIN_TOK 24
 /* Parallel regions only above this many multiply-adds (fork/join costs a few microseconds). */
 #define MM_PAR_MIN 65536.0
+#define GM_BLOCK_PANELS 8 /* panels per dynamically scheduled GEMM block (avx2_gemm.c packs 8 at a time) */
 
 /* R (4 or 1) weight rows at o, o + rs, o + 2rs, o + 3rs against MT (1..3) tokens: each weight vector
  * is loaded and widened once and used for MT FMAs. With one token the K loop is unrolled twice so that
@@ -124,24 +125,41 @@ static void matmul_share(const mk_matmul_job *j, int64_t n_tok, int nth, int ith
             for (int64_t o = r0; o < r1; o++) j->y[t * j->ldy + o] = j->b ? mk_get(j->b, o) : 0.0f;
         return;
     }
-    float *buf = n_tok >= GM_MIN_TOK ? mk_gemm_scratch_avx2() : NULL;
     const int64_t npanels = (N + 15) / 16;
-    if (!buf) {
-        /* few tokens (or no scratch memory): stream W rows once, contiguous ranges per thread, on
-         * 16-row boundaries so that no two threads write the same cache line of y */
+    if (n_tok < GM_MIN_TOK) {
+        /* few tokens: stream W rows once, contiguous ranges per thread, on 16-row boundaries so that
+         * no two threads write the same cache line of y */
         int64_t r0, r1;
         mk_split_rows(N, 16, nth, ith, &r0, &r1);
         mk_gemv_rows_avx2(j->y, j->ldy, j->x, j->ldx, n_tok, W, j->b, r0, r1);
-    } else if (npanels >= 2 * nth) {
-        /* the usual case: each thread owns a contiguous range of 16-output panels */
-        int64_t p0, p1;
-        mk_split_rows(npanels, 1, nth, ith, &p0, &p1);
-        mk_gemm_block_avx2(j->y, j->ldy, j->x, j->ldx, 0, n_tok, W, j->b, p0, p1, buf);
+        return;
+    }
+    /* the packing scratch is per thread; a thread that could not allocate it does its share with
+     * the GEMV code (the branches themselves must not differ between threads: see below) */
+    float *buf = mk_gemm_scratch_avx2();
+    if (npanels >= 2 * nth) {
+        /* the usual case: blocks of GM_BLOCK_PANELS 16-output panels (one packing block each) handed
+         * out as threads become free. On a shared host one core often runs slower than the other for
+         * a while, and a static half each would make the faster one wait at the join. Each output is
+         * computed by one thread with the same arithmetic whichever it is, so results do not depend
+         * on the schedule. Every thread of the team reaches this loop for the same job (the branch
+         * depends only on the job, n_tok and nth), as an orphaned worksharing loop requires. */
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t pb = 0; pb < npanels; pb += GM_BLOCK_PANELS) {
+            const int64_t pe = npanels - pb < GM_BLOCK_PANELS ? npanels : pb + GM_BLOCK_PANELS;
+            if (buf)
+                mk_gemm_block_avx2(j->y, j->ldy, j->x, j->ldx, 0, n_tok, W, j->b, pb, pe, buf);
+            else
+                mk_gemv_rows_avx2(j->y, j->ldy, j->x, j->ldx, n_tok, W, j->b, pb * 16, pe * 16 < N ? pe * 16 : N);
+        }
     } else {
         /* narrow W, many tokens: split the tokens instead */
         int64_t t0, t1;
         mk_split_rows(n_tok, 6, nth, ith, &t0, &t1);
-        mk_gemm_block_avx2(j->y, j->ldy, j->x, j->ldx, t0, t1, W, j->b, 0, npanels, buf);
+        if (buf)
+            mk_gemm_block_avx2(j->y, j->ldy, j->x, j->ldx, t0, t1, W, j->b, 0, npanels, buf);
+        else if (t1 > t0)
+            mk_gemv_rows_avx2(j->y + t0 * j->ldy, j->ldy, j->x + t0 * j->ldx, j->ldx, t1 - t0, W, j->b, 0, N);
     }
 }
 
