@@ -474,7 +474,10 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
         kvs_blk *blk = BLK(c, layer, b);
         if (blk->state != BLK_HOT || !blk->dirty) {
             int rc;
-            if (blk->state != BLK_HOT && (rc = make_hot(c, layer, b, pos + n))) {
+            /* the window policy may drop what lies outside sinks + window before this write's
+             * first position (its first query's), as kvs_plan reckons it; the write's end would
+             * drop blocks the chunk's early queries still attend when a chunk is longer than the window */
+            if (blk->state != BLK_HOT && (rc = make_hot(c, layer, b, pos))) {
                 c->n_tok[layer] = p; /* rows before p are in place */
                 return rc;
             }

@@ -88,12 +88,16 @@ try:
               f"{'' if got is not None else p.stderr.strip()}")
     check(not os.listdir(kvdir), "no cold-tier files left behind")
 
-    # window policy (StreamingLLM): sinks + the last 256 tokens before each 256-token chunk. The first
-    # chunk sees everything (equal to exact); later positions lose the dropped middle (differ).
-    p, win = logits("--kv-budget", budget, "--kv-dir", kvdir, "--kv-policy", "window", "--kv-window", "256",
-                    "--kv-sinks", "16")
-    check(win is not None and np.array_equal(win[:256], ref[:256]) and not np.allclose(win[1024:], ref[1024:]),
-          "window policy: first chunk equal to exact, later positions attend sinks + window only")
+    # window policy (StreamingLLM): sinks + the last 256 tokens before each chunk. The first chunk
+    # sees everything (equal to exact); later positions lose the dropped middle (differ). A chunk
+    # longer than the window must not lose its own early blocks to eviction while it is written.
+    for chunk in ("256", "1024"):
+        p, win = logits("--kv-budget", budget, "--kv-dir", kvdir, "--kv-policy", "window", "--kv-window", "256",
+                        "--kv-sinks", "16", "--chunk", chunk)
+        first = int(chunk)
+        check(win is not None and np.array_equal(win[:first], ref[:first]) and
+              not np.allclose(win[first + 256:], ref[first + 256:]),
+              f"window policy, chunk {chunk}: first chunk equal to exact, later positions attend sinks + window only")
 
     # io_uring unavailable: simulated io_uring_queue_init failure -> thread pool, logged
     out = os.path.join(work, "l.npy")
