@@ -10,6 +10,7 @@
  * r0+2Q+i, r0+3Q+i): 4 long sequential streams, as STREAM's read kernel, ~20 GB/s per core. Each row's
  * weight vectors are widened in registers and used for up to 3 tokens (x rows come from L1). */
 #include <omp.h>
+#include <string.h>
 
 #include "avx2_inline.h"
 
@@ -163,15 +164,56 @@ static void matmul_share(const mk_matmul_job *j, int64_t n_tok, int nth, int ith
     }
 }
 
+/* The GEMM's 6-token micro-kernel reads six x rows in step. When the row stride is a multiple of
+ * 4 KiB (hidden 2048 or 4096 in fp32) their current lines all map to one L1 set and keep evicting
+ * each other; a copy of x with rows one cache line further apart costs ~1% of the product and
+ * saves ~4-7% (glm4-1b gate/up, 512 tokens). The copy belongs to the calling thread. */
+static _Thread_local float *tl_xpad;
+static _Thread_local size_t tl_xpad_cap;
+
+static const float *padded_x(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int64_t *ldp) {
+    const float *x = jobs[0].x;
+    const int64_t ldx = jobs[0].ldx;
+    int64_t K = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        if (jobs[i].x != x || jobs[i].ldx != ldx) return NULL; /* only the shared-x case */
+        K = jobs[i].W->cols > K ? jobs[i].W->cols : K;
+    }
+    if (n_tok < GM_MIN_TOK || ldx % 1024 || K < 256) return NULL;
+    const int64_t ld = K + 16;
+    const size_t need = (size_t)(n_tok * ld);
+    if (need > tl_xpad_cap) {
+        free(tl_xpad);
+        tl_xpad = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+        tl_xpad_cap = tl_xpad ? need : 0;
+    }
+    *ldp = ld;
+    return tl_xpad;
+}
+
 void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
     if (n_tok <= 0 || n_jobs <= 0) return;
     double work = 0;
     for (int i = 0; i < n_jobs; i++) work += (double)jobs[i].W->rows * (double)jobs[i].W->cols * (double)n_tok;
+    int64_t ldp = 0;
+    float *xp = (float *)padded_x(jobs, n_jobs, n_tok, &ldp);
+    mk_matmul_job padded[8];
+    if (xp && n_jobs <= 8) {
+        for (int i = 0; i < n_jobs; i++) padded[i] = jobs[i], padded[i].x = xp, padded[i].ldx = ldp;
+    } else {
+        xp = NULL;
+    }
+    const mk_matmul_job *use = xp ? padded : jobs;
     /* the products are independent: no barrier between them, one join at the end */
 #pragma omp parallel if (work > MM_PAR_MIN)
     {
         const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-        for (int i = 0; i < n_jobs; i++) matmul_share(&jobs[i], n_tok, nth, ith);
+        if (xp) { /* each thread copies its rows; the barrier at the loop's end publishes them */
+            const int64_t K = ldp - 16;
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < n_tok; t++) memcpy(xp + t * ldp, jobs[0].x + t * jobs[0].ldx, (size_t)K * sizeof *xp);
+        }
+        for (int i = 0; i < n_jobs; i++) matmul_share(&use[i], n_tok, nth, ith);
     }
 }
 

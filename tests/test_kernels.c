@@ -88,8 +88,8 @@ static const char *dt_name(mtok_dtype dt) { return mtok_dtype_name(dt); }
 
 /* ---- matmul ---- */
 
-static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind) {
-    const int64_t ldx = cols + 3, ldy = rows + 5;
+static void test_matmul_ld(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind, int64_t ldx) {
+    const int64_t ldy = rows + 5;
     float *wf = xmalloc((size_t)(rows * cols) * sizeof(float));
     for (int64_t i = 0; i < rows * cols; i++) wf[i] = rnd_f();
     mk_tensor W = make_tensor(wf, rows, cols, dt);
@@ -120,6 +120,10 @@ static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dty
     free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y);
 }
 
+static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind) {
+    test_matmul_ld(rows, cols, n_tok, dt, bias_kind, cols + 3);
+}
+
 static void test_matmul(void) {
     static const int64_t shapes[][2] = {{1, 1},     {7, 33},    {33, 7},   {1, 1000}, {16, 256}, {48, 512},
                                         {257, 257}, {1000, 33}, {33, 1000}, {257, 1000}, {1000, 257},
@@ -140,6 +144,10 @@ static void test_matmul(void) {
     /* large W (10 MB): many panel blocks per thread, few tokens */
     test_matmul_case(600, 4100, 25, MTOK_F32, 1);
     test_matmul_case(1200, 4100, 26, MTOK_BF16, 3);
+    /* x rows a multiple of 4 KiB apart: the GEMM works on a copy with padded rows */
+    test_matmul_ld(300, 1024, 30, MTOK_BF16, 0, 1024);
+    test_matmul_ld(200, 1000, 40, MTOK_BF16, 3, 2048);
+    test_matmul_ld(130, 2048, 25, MTOK_F32, 1, 2048);
     /* cols = 0: y is the bias */
     float bias[3] = {1, 2, 3}, y[6] = {0}, x[2] = {0};
     mk_tensor B = {bias, MTOK_F32, 1, 3}, W = {bias, MTOK_BF16, 3, 0};
