@@ -10,7 +10,12 @@
  * W fell from ~9% to ~4% of the time, but the packed x moved to L3 and lost that under load); 4 MiB
  * row super-blocks to stay within the TLB's reach; software prefetch of W for the next block or
  * further along the rows. The micro-kernel loop itself runs at ~85% of the core's FMA peak in the
- * forward pass, packing W ~8%. */
+ * forward pass, packing W ~8%. Session 3 (512-token chunks): packing W is now <1% of the samples;
+ * the micro-kernel alone reaches ~100% of a core's peak on L1-resident operands; unrolling its k loop,
+ * a 4x24 tile, and token super-blocks of 48/96/192 (one W panel kept in L1 while x streams from L2)
+ * made no measurable difference; copying each 6-row x slice per panel block cost more than it saved.
+ * What did help: x rows a multiple of 4 KiB apart alias in one L1 set, so the driver
+ * (avx2_gemv.c) hands this code a copy of x with padded rows. */
 #include <stdlib.h>
 
 #include "avx2_inline.h"
