@@ -22,16 +22,17 @@ void mk_gemv_rows_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64
 void mk_gemm_block_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t t0, int64_t t1,
                         const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, float *buf);
 float *mk_gemm_scratch_avx2(void);
-/* cpu_avx2.c: row ops and attention */
+/* cpu_avx2.c: row ops */
 void mk_rmsnorm_avx2(float *y, const float *x, const mk_tensor *w, int64_t n, float eps);
 void mk_rope_avx2(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
                   const float *sn);
 void mk_swiglu_avx2(float *out, const float *gate, const float *up, int64_t n);
 /* n elements of src (stored dtype dt) to fp32. */
 void mk_row_to_f32_avx2(float *dst, const void *src, mtok_dtype dt, int64_t n);
+void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n);
+/* avx2_attn.c: attention */
 void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
                         int64_t D, float scale, float *acc, float *m, float *l);
-void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n);
 void mk_attn_block_avx2(const mk_attn_params *p);
 
 /* ---- portable fallbacks (kernels/cpu_ops.c) ---- */
