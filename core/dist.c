@@ -112,8 +112,9 @@ int dist_gather_logits(mtok_session *s, const float *local, int64_t n, float *ou
     size_t counts[64];
     if (P > 64) return mtok_err(MTOK_EUSAGE, "tensor parallelism wider than 64 ranks");
     int64_t total = 0;
-    for (int r = 0; r < P; r++) { /* the same even split core/tp.c made */
-        const int64_t Vr = vocab / P + (r < vocab % P ? 1 : 0);
+    for (int r = 0; r < P; r++) {
+        int64_t v0, Vr;
+        mtok_tp_split(vocab, r, P, &v0, &Vr);
         counts[r] = (size_t)(Vr * n);
         total += Vr;
     }
@@ -123,11 +124,11 @@ int dist_gather_logits(mtok_session *s, const float *local, int64_t n, float *ou
     if (rc) return rc;
     /* rank r's block is [n][V_r]: transpose the blocks into rows of the whole vocabulary */
     const float *src = g;
-    for (int r = 0, v0 = 0; r < P; r++) {
-        const int64_t Vr = (int64_t)counts[r] / n;
+    for (int r = 0; r < P; r++) {
+        int64_t v0, Vr;
+        mtok_tp_split(vocab, r, P, &v0, &Vr);
         for (int64_t t = 0; t < n; t++) memcpy(out + t * vocab + v0, src + t * Vr, (size_t)Vr * sizeof *out);
         src += counts[r];
-        v0 += (int)Vr;
     }
     return 0;
 }

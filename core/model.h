@@ -67,5 +67,8 @@ int mtok_config_parse(const char *path, const char *json_text, size_t len, const
  * slices stay views into the mapping; the column slices of the dense and down projections are
  * copied, so pages of other ranks' slices are never touched). size 1: records the whole model. */
 int mtok_tp_apply(mtok_model *m, int rank, int size);
+/* [n0, n0+n) of `total` split `size` ways as evenly as possible (the first total%size get one more):
+ * the split of ffn rows and vocabulary rows that mtok_tp_apply makes and dist_gather_logits undoes. */
+void mtok_tp_split(int64_t total, int rank, int size, int64_t *n0, int64_t *n);
 
 #endif

@@ -12,8 +12,7 @@
 
 #include "model.h"
 
-/* [n0, n0+n) of `total` split `size` ways as evenly as possible (the first total%size get one more). */
-static void even_split(int64_t total, int rank, int size, int64_t *n0, int64_t *n) {
+void mtok_tp_split(int64_t total, int rank, int size, int64_t *n0, int64_t *n) {
     int64_t base = total / size, extra = total % size;
     *n0 = rank * base + (rank < extra ? rank : extra);
     *n = base + (rank < extra ? 1 : 0);
@@ -72,8 +71,8 @@ int mtok_tp_apply(mtok_model *m, int rank, int size) {
         s->G = 1, s->g0 = rank / rep;
         s->H = per_group / rep, s->h0 = s->g0 * per_group + (rank % rep) * s->H;
     }
-    even_split(c->ffn, rank, size, &s->f0, &s->F);
-    even_split(c->vocab, rank, size, &s->v0, &s->V);
+    mtok_tp_split(c->ffn, rank, size, &s->f0, &s->F);
+    mtok_tp_split(c->vocab, rank, size, &s->v0, &s->V);
     s->rank = rank, s->size = size;
 
     uint64_t bytes = tbytes(&m->w.embed) + tbytes(&m->w.final_norm);
