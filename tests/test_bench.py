@@ -76,8 +76,11 @@ with tempfile.TemporaryDirectory() as tmp:
     limits_ok(b.get("limits", {}).get("after", {}), "bench limits after")
     pre = b.get("prefill", [])
     check([p.get("tokens") for p in pre] == [48, 96], "one prefill entry per prompt length")
-    check(all(num(p.get(k)) and p[k] > 0 for p in pre for k in ("tok_s", "ttft_s", "gflops", "frac_fma_peak")),
-          "prefill: tok/s, time to first token, GFLOP/s and fraction of FMA peak")
+    check(all(num(p.get(k)) and p[k] > 0 for p in pre
+              for k in ("tok_s", "ttft_s", "gflops", "frac_fma_peak", "gflops_mean", "frac_fma_peak_mean")),
+          "prefill: tok/s, time to first token, GFLOP/s and fraction of FMA peak (best and mean of the reps)")
+    check(all(p["gflops_mean"] <= p["gflops"] * (1 + 1e-9) for p in pre if num(p.get("gflops_mean"))),
+          "prefill: the mean of the reps is no faster than the best")
     dec = b.get("decode", [])
     check([d.get("depth") for d in dec] == [0, 64], "decode depths in ascending order")
     keys = ("tok_s", "weight_bytes_per_token", "gbs", "frac_triad", "frac_read", "tok_s_vs_first_depth")
