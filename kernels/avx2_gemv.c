@@ -171,7 +171,11 @@ static void matmul_share(const mk_matmul_job *j, int64_t n_tok, int nth, int ith
 static _Thread_local float *tl_xpad;
 static _Thread_local size_t tl_xpad_cap;
 
-static const float *padded_x(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int64_t *ldp) {
+#define XPAD_MAX_JOBS 8
+
+/* The padded copy's buffer (NULL: no copy wanted or no memory; the product then reads x itself). */
+static float *padded_x(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int64_t *ldp) {
+    if (n_jobs > XPAD_MAX_JOBS) return NULL;
     const float *x = jobs[0].x;
     const int64_t ldx = jobs[0].ldx;
     int64_t K = 0;
@@ -196,13 +200,9 @@ void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) 
     double work = 0;
     for (int i = 0; i < n_jobs; i++) work += (double)jobs[i].W->rows * (double)jobs[i].W->cols * (double)n_tok;
     int64_t ldp = 0;
-    float *xp = (float *)padded_x(jobs, n_jobs, n_tok, &ldp);
-    mk_matmul_job padded[8];
-    if (xp && n_jobs <= 8) {
-        for (int i = 0; i < n_jobs; i++) padded[i] = jobs[i], padded[i].x = xp, padded[i].ldx = ldp;
-    } else {
-        xp = NULL;
-    }
+    float *xp = padded_x(jobs, n_jobs, n_tok, &ldp);
+    mk_matmul_job padded[XPAD_MAX_JOBS];
+    for (int i = 0; xp && i < n_jobs; i++) padded[i] = jobs[i], padded[i].x = xp, padded[i].ldx = ldp;
     const mk_matmul_job *use = xp ? padded : jobs;
     /* the products are independent: no barrier between them, one join at the end */
 #pragma omp parallel if (work > MM_PAR_MIN)
