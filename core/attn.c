@@ -33,10 +33,30 @@ struct attn_state {
     uint8_t *sel;     /* [G][n_blocks]: block attended by group g */
     int64_t *ids;     /* [n_blocks]: the union, ascending */
     float *am, *al, *aacc; /* audit: exact state [chunk][H], [chunk][H], [chunk][H*D] */
+    /* split-K (attend): the online-softmax state of key parts 1..split_max-1 for one tile of queries,
+     * [part][ATT_TILE * H] (m, l) and [part][ATT_TILE * H * D] (acc) */
+    int64_t split_max;
+    float *sk_m, *sk_l, *sk_acc;
     /* accounting (mtok_kv_stats) */
     uint64_t bytes_attended, bytes_exact, audit_steps, audit_rows, audit_bytes_read;
     double audit_min, audit_sum;
 };
+
+#define ATT_TILE 16   /* query tokens per attention task */
+#define SPLIT_MAX 16  /* most key parts per (group, tile) task in split-K attention */
+
+/* Split-K needs a state per extra key part: when there are more threads than KV groups, a decode
+ * step (one tile of queries) gives each thread a part of every group's keys. */
+static int split_create(mtok_session *s, attn_state *A) {
+    int64_t S = s->threads / s->G;
+    A->split_max = S > SPLIT_MAX ? SPLIT_MAX : S;
+    if (A->split_max < 2) return A->split_max = 1, 0;
+    const size_t rows = (size_t)(A->split_max - 1) * ATT_TILE * (size_t)s->H;
+    A->sk_m = malloc(rows * sizeof *A->sk_m);
+    A->sk_l = malloc(rows * sizeof *A->sk_l);
+    A->sk_acc = malloc(rows * (size_t)s->D * sizeof *A->sk_acc);
+    return A->sk_m && A->sk_l && A->sk_acc ? 0 : -1;
+}
 
 int attn_create(mtok_session *s, const mtok_session_params *p) {
     attn_state *A = s->attn = calloc(1, sizeof *s->attn);
@@ -47,6 +67,7 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
     A->n_blocks = (kp->ctx + A->B - 1) / A->B;
     A->sink_blocks = (kp->sinks + A->B - 1) / A->B;
     A->audit_min = 1.0;
+    if (split_create(s, A)) return mtok_err(MTOK_ERESOURCE, "out of memory for the split-K attention state");
     if (A->policy != KVS_POLICY_TOPK) return 0;
     if (p->kv_topk < 0 || p->kv_window < 0 || !(p->kv_audit >= 0 && p->kv_audit <= 1))
         return mtok_err(MTOK_EUSAGE, "topk policy: --kv-topk %lld, --kv-window %lld and --kv-audit %g must be a "
@@ -78,6 +99,7 @@ void attn_free(mtok_session *s) {
     if (!A) return;
     free(A->qlo), free(A->qhi), free(A->score), free(A->heap), free(A->sel), free(A->ids);
     free(A->am), free(A->al), free(A->aacc);
+    free(A->sk_m), free(A->sk_l), free(A->sk_acc);
     free(A);
     s->attn = NULL;
 }
@@ -94,15 +116,31 @@ int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0) {
  * back. sel (topk; NULL: every planned block) says which blocks each group attends; *attended
  * (if given) counts the K and V bytes the kernels read. */
 #define SEG_BLOCKS 64
-#define ATT_TILE 16 /* query tokens per attention task */
 static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const uint8_t *sel, float *ms, float *ls,
                   float *att, uint64_t *attended) {
     attn_state *A = s->attn;
     const int64_t H = s->H, D = s->D, G = s->G, per_group = H / G;
     const int64_t row = G * D;
     const float scale = (float)(1.0 / sqrt((double)D));
+    const int64_t n_tiles = (n + ATT_TILE - 1) / ATT_TILE, B = A->B;
+    /* split-K: with a single tile of queries (decode) there are only G tasks; when the team is
+     * larger, each task's keys are cut into S parts by block index, each part with its own
+     * online-softmax state, merged in part order at the end (mk_attn_merge). The parts are fixed by
+     * position, not by how the store segments its stream, so spilled and in-RAM runs stay bit-identical;
+     * the sums then depend on the thread count (as in every split-K engine). */
+    const int64_t kblocks = (pos + n + B - 1) / B;
+    int64_t S = 1;
+    if (n_tiles == 1 && A->split_max > 1) {
+        S = s->threads / G;
+        S = S > A->split_max ? A->split_max : S;
+        S = S > kblocks / 2 ? kblocks / 2 : S; /* at least two blocks a part */
+        S = S < 1 ? 1 : S;
+    }
+    const int64_t part_blocks = (kblocks + S - 1) / S, part_rows = ATT_TILE * H;
     for (int64_t i = 0; i < n * H; i++) ms[i] = -INFINITY, ls[i] = 0.0f;
     memset(att, 0, (size_t)(n * H * D) * sizeof *att);
+    for (int64_t i = 0; i < (S - 1) * part_rows; i++) A->sk_m[i] = -INFINITY, A->sk_l[i] = 0.0f;
+    if (S > 1) memset(A->sk_acc, 0, (size_t)((S - 1) * part_rows * D) * sizeof *A->sk_acc);
     kvs_block seg[SEG_BLOCKS];
     for (;;) {
         int nseg = 0;
@@ -111,37 +149,49 @@ static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const 
         if (!nseg) break;
         for (int j = 0; j < nseg && attended; j++) /* bf16 K and V rows, per group attending */
             for (int64_t g = 0; g < G; g++)
-                if (!sel || sel[g * A->n_blocks + seg[j].pos0 / A->B]) *attended += (uint64_t)(seg[j].n * D * 4);
+                if (!sel || sel[g * A->n_blocks + seg[j].pos0 / B]) *attended += (uint64_t)(seg[j].n * D * 4);
         /* small segments (decode against a few blocks) run on this thread: waking the team for them
          * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
         const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
-        /* one task per (KV group, tile of ATT_TILE query tokens): the task's per_group x tile query
-         * rows meet each block once through mk_attn_block, so a block is widened once per group and
-         * tile instead of once per head and token, and Q·Kᵀ, P·V run as register-blocked tiles */
-        const int64_t n_tiles = (n + ATT_TILE - 1) / ATT_TILE;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
+        /* one task per (KV group, tile of ATT_TILE query tokens, key part): the task's per_group x
+         * tile query rows meet each block once through mk_attn_block, so a block is widened once per
+         * group and tile instead of once per head and token, and Q·Kᵀ, P·V run as register-blocked tiles */
+#pragma omp parallel for collapse(3) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
         for (int64_t g = 0; g < G; g++) {
             for (int64_t tt = 0; tt < n_tiles; tt++) {
-                const int64_t t0 = tt * ATT_TILE, nt = n - t0 < ATT_TILE ? n - t0 : ATT_TILE;
-                const int64_t r0 = t0 * H + g * per_group; /* the task's first (token, head) row */
-                for (int j = 0; j < nseg; j++) {
-                    const kvs_block *blk = &seg[j];
-                    if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
-                    if (sel && !sel[g * A->n_blocks + blk->pos0 / A->B]) continue; /* not chosen for g */
-                    int jn = j + 1; /* the next block this task reads, prefetched during this one */
-                    while (jn < nseg && sel && !sel[g * A->n_blocks + seg[jn].pos0 / A->B]) jn++;
-                    const int has_next = jn < nseg && seg[jn].pos0 <= pos + t0 + nt - 1;
-                    const mk_attn_params ap = {
-                        .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = att + (size_t)r0 * D, .acc_ts = H * D,
-                        .m = ms + r0, .l = ls + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
-                        .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
-                        .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
-                        .k_next = has_next ? seg[jn].k + g * D : NULL};
-                    mk_attn_block(&ap);
+                for (int64_t part = 0; part < S; part++) {
+                    const int64_t t0 = tt * ATT_TILE, nt = n - t0 < ATT_TILE ? n - t0 : ATT_TILE;
+                    const int64_t r0 = t0 * H + g * per_group; /* the task's first (token, head) row */
+                    /* part 0 accumulates into the caller's state, the others into their own */
+                    float *pm = part ? A->sk_m + (part - 1) * part_rows : ms;
+                    float *pl = part ? A->sk_l + (part - 1) * part_rows : ls;
+                    float *pacc = part ? A->sk_acc + (part - 1) * part_rows * D : att;
+#define ATTENDS(blk) ((blk).pos0 / B / part_blocks == part && (!sel || sel[g * A->n_blocks + (blk).pos0 / B]))
+                    for (int j = 0; j < nseg; j++) {
+                        const kvs_block *blk = &seg[j];
+                        if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
+                        if (!ATTENDS(*blk)) continue; /* another part's, or not chosen for g */
+                        int jn = j + 1; /* the next block this task reads, prefetched during this one */
+                        while (jn < nseg && !ATTENDS(seg[jn])) jn++;
+                        const int has_next = jn < nseg && seg[jn].pos0 <= pos + t0 + nt - 1;
+                        const mk_attn_params ap = {
+                            .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = pacc + (size_t)r0 * D, .acc_ts = H * D,
+                            .m = pm + r0, .l = pl + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
+                            .k = blk->k + g * D, .v = blk->v + g * D, .kv_stride = row, .n = blk->n,
+                            .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
+                            .k_next = has_next ? seg[jn].k + g * D : NULL};
+                        mk_attn_block(&ap);
+                    }
+#undef ATTENDS
                 }
             }
         }
     }
+    for (int64_t part = 1; part < S; part++) /* in part order: the result does not depend on timing */
+        for (int64_t i = 0; i < n * H; i++) {
+            const int64_t k = (part - 1) * part_rows + i;
+            mk_attn_merge(att + i * D, &ms[i], &ls[i], A->sk_acc + k * D, A->sk_m[k], A->sk_l[k], D);
+        }
     return 0;
 }
 
