@@ -372,12 +372,12 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
         for (int64_t r0 = 0; r0 < rows; r0 += 4) {
             const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
             for (int64_t i = 0; i < nb; i += 2) {
-                if (r0 == 0)
-                    for (int64_t q = 0; q < 2 * lpr; q++) {
-                        const int64_t at = (i + q / lpr) * p->kv_stride + (q % lpr) * 32; /* 64 bytes a line */
-                        if (kn) _mm_prefetch((const char *)(kn + at), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(v + at), _MM_HINT_T0);
-                    }
+                if (r0 == 0) /* rows i, i+1: lpr lines of 64 bytes (32 bf16) each */
+                    for (int64_t r = i; r < i + 2; r++)
+                        for (int64_t at = r * p->kv_stride, e = at + lpr * 32; at < e; at += 32) {
+                            if (kn) _mm_prefetch((const char *)(kn + at), _MM_HINT_T0);
+                            _mm_prefetch((const char *)(v + at), _MM_HINT_T0);
+                        }
                 /* an odd last key pairs with itself; its second score lands in the row's padding */
                 const uint16_t *ki = k + i * p->kv_stride, *ki2 = i + 1 < nb ? ki + p->kv_stride : ki;
                 ad_dot42(s + r0 * AB_KEYS + i, qp + r0 * D, D, ki, ki2, p->scale);
