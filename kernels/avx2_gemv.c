@@ -10,7 +10,6 @@
  * r0+2Q+i, r0+3Q+i): 4 long sequential streams, as STREAM's read kernel, ~20 GB/s per core. Each row's
  * weight vectors are widened in registers and used for up to 3 tokens (x rows come from L1). */
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "avx2_inline.h"
@@ -68,57 +67,6 @@ INLINE void rows_kernel(int R, int MT, float *y, int64_t ldy, const float *x, in
     }
 }
 
-/* The one-token bf16 case, which decode spends its time in: 16 weights per 256-bit load, their
- * even elements widened by a 16-bit shift of each 32-bit lane and their odd ones by masking the low
- * half (half the loads and widening work of 8 at a time). xp is x with every 16 elements reordered
- * as [0, 2, .., 14, 1, 3, .., 15] (gemv_rows makes it once per call), so the products pair up
- * lane by lane; even and odd terms go to separate accumulators, 8 chains for R = 4. The tail
- * (K % 16) reads x itself. */
-INLINE void rows_bf16_1tok(int R, float *y, const float *xp, const float *x, const uint16_t *w, int64_t K, int64_t o,
-                           int64_t rs, const float *bias) {
-    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 ae[4], ao[4];
-    for (int r = 0; r < 4; r++) ae[r] = ao[r] = _mm256_setzero_ps();
-    const uint16_t *wr[4];
-    for (int r = 0; r < 4; r++) wr[r] = w + (o + (r < R ? r : 0) * rs) * K;
-    int64_t i = 0;
-    for (; i + 16 <= K; i += 16) {
-        const __m256 xe = _mm256_load_ps(xp + i), xo = _mm256_load_ps(xp + i + 8);
-        for (int r = 0; r < R; r++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(wr[r] + i));
-            ae[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(raw, 16)), xe, ae[r]);
-            ao[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(raw, hi)), xo, ao[r]);
-        }
-    }
-    float s[4];
-    if (R == 4) {
-        _mm_storeu_ps(s, hsum4(_mm256_add_ps(ae[0], ao[0]), _mm256_add_ps(ae[1], ao[1]), _mm256_add_ps(ae[2], ao[2]),
-                               _mm256_add_ps(ae[3], ao[3])));
-    } else {
-        s[0] = hsum(_mm256_add_ps(ae[0], ao[0]));
-    }
-    for (int r = 0; r < R; r++) {
-        for (int64_t j = i; j < K; j++) s[r] += x[j] * mk_bf16_to_f32(wr[r][j]);
-        y[o + r * rs] = s[r] + bias[r];
-    }
-}
-
-/* xp = x with every whole 16 elements reordered even-first (see rows_bf16_1tok); the tail is not
- * copied. A per-thread buffer, grown as needed (NULL if out of memory: the caller then reads x). */
-static _Thread_local float *tl_xeo;
-static _Thread_local int64_t tl_xeo_cap;
-static const float *x_even_odd(const float *x, int64_t K) {
-    if (K > tl_xeo_cap) {
-        free(tl_xeo);
-        tl_xeo = aligned_alloc(64, (size_t)((K + 15) / 16 * 16) * sizeof(float));
-        tl_xeo_cap = tl_xeo ? K : 0;
-        if (!tl_xeo) return NULL;
-    }
-    for (int64_t i = 0; i + 16 <= K; i += 16)
-        for (int j = 0; j < 8; j++) tl_xeo[i + j] = x[i + 2 * j], tl_xeo[i + 8 + j] = x[i + 2 * j + 1];
-    return tl_xeo;
-}
-
 /* All n_tok tokens (3 at a time, 4 as 2+2) for the R rows at o + r*rs. */
 INLINE void rows_all_tokens(int R, float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok,
                             const void *w, int64_t K, int64_t o, int64_t rs, mtok_dtype dt, const float *bias) {
@@ -143,20 +91,6 @@ INLINE void rows_all_tokens(int R, float *y, int64_t ldy, const float *x, int64_
 INLINE void gemv_rows(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
                       const mk_tensor *b, int64_t r0, int64_t r1, mtok_dtype dt) {
     const int64_t K = W->cols, Q = (r1 - r0) / 4;
-    const float *xp = dt == MTOK_BF16 && n_tok == 1 && r1 > r0 ? x_even_odd(x, K) : NULL;
-    if (xp) { /* decode */
-        for (int64_t o = r0; o < r0 + Q; o++) {
-            float bias[4] = {0, 0, 0, 0};
-            if (b)
-                for (int r = 0; r < 4; r++) bias[r] = mk_get(b, o + r * Q);
-            rows_bf16_1tok(4, y, xp, x, W->data, K, o, Q, bias);
-        }
-        for (int64_t o = r0 + 4 * Q; o < r1; o++) {
-            const float bias = b ? mk_get(b, o) : 0.0f;
-            rows_bf16_1tok(1, y, xp, x, W->data, K, o, 1, &bias);
-        }
-        return;
-    }
     for (int64_t o = r0; o < r0 + Q; o++) {
         float bias[4] = {0, 0, 0, 0};
         if (b)
