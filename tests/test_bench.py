@@ -2,7 +2,6 @@
 """mtok bench and mtok bench limits: the JSON is well-formed, carries every figure the issue asks for,
 and the built-in correctness checks pass (SIMD logits vs the scalar kernels on glm4-tiny; the limit
 kernels' sums). No timing is asserted: benchmarks are never timed unit tests."""
-import argparse
 import json
 import math
 import os
@@ -10,11 +9,9 @@ import subprocess
 import sys
 import tempfile
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 
 bad = 0
 

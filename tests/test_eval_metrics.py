@@ -3,7 +3,6 @@
 SQuAD-style exact match / token F1 on hand-made predictions with case, punctuation, articles,
 repeated tokens, several references and empty predictions, against this script's own
 implementation of the published definitions (eval-harnesses.md §2.7, §3.1)."""
-import argparse
 import json
 import os
 import re
@@ -13,11 +12,9 @@ import sys
 import tempfile
 from collections import Counter
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 tmp = tempfile.mkdtemp(prefix="mtok-evalmetrics-")
 fails = []
 

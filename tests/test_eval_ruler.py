@@ -9,7 +9,6 @@ exact match / token F1. Some references are deliberately wrong or partial, so th
 are not all 100. It also checks that the predictions file carries `pred` for every sample, that
 --resume skips finished samples, and that questions sharing a LongBench context reuse its prefill.
 """
-import argparse
 import json
 import os
 import random
@@ -20,11 +19,9 @@ import sys
 import tempfile
 from collections import Counter
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 tmp = tempfile.mkdtemp(prefix="mtok-evalruler-")
 model = os.path.join(tmp, "needle")
 fails = []

@@ -9,7 +9,6 @@
   and the tokens computed are exactly document + per-question tokens;
 - a truncated file, a file from another model (different weights -> fingerprint), a flipped byte in
   the block data and a flipped byte in the header/ids are refused with exit 2 and a clear message."""
-import argparse
 import json
 import os
 import random
@@ -18,11 +17,9 @@ import subprocess
 import sys
 import tempfile
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 work = tempfile.mkdtemp(prefix="mtok-kvfile-")
 ENV = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
 bad = 0

@@ -11,7 +11,6 @@
 - a full disk (a 1.5 MiB tmpfs when we may mount one, and always the injected ENOSPC fault) stops the
   run cleanly with exit 3 and leaves an earlier saved cache intact, no temp files;
 - a prefill whose KV is >= 4x the budget keeps its peak RSS under baseline + budget + 10%."""
-import argparse
 import os
 import random
 import shutil
@@ -19,17 +18,11 @@ import subprocess
 import sys
 import tempfile
 
-try:
-    import numpy as np
-except ImportError:
-    print("numpy missing: skipped")
-    sys.exit(77)
+from harness import args, numpy_or_skip
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+np = numpy_or_skip()
+
+a = args()
 fixture = os.path.join(a.src, "tests", "data", "models", "g2-chatglm")
 work = tempfile.mkdtemp(prefix="mtok-kvspill-")
 bad = 0

@@ -10,7 +10,6 @@
   exact attention's;
 - bad values (--kv-topk 0, --kv-audit 2) stop with a usage error.
 (The key summaries themselves, their save/load and recompute: tests/test_kv_summary.c.)"""
-import argparse
 import json
 import os
 import random
@@ -19,17 +18,11 @@ import subprocess
 import sys
 import tempfile
 
-try:
-    import numpy as np
-except ImportError:
-    print("numpy missing: skipped")
-    sys.exit(77)
+from harness import args, numpy_or_skip
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+np = numpy_or_skip()
+
+a = args()
 fixture = os.path.join(a.src, "tests", "data", "models", "g2-chatglm")
 work = tempfile.mkdtemp(prefix="mtok-kvtopk-")
 kvdir = os.path.join(work, "cold")

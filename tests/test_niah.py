@@ -18,7 +18,6 @@ Checks:
 Sizes are kept small (<= 4K tokens) so the sanitizer build on 2 shared cores stays within the ctest
 timeout; the big grids are in docs/PERFORMANCE.md.
 """
-import argparse
 import json
 import os
 import signal
@@ -28,11 +27,9 @@ import sys
 import tempfile
 import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 tmp = tempfile.mkdtemp(prefix="mtok-niah-")
 model = os.path.join(tmp, "needle")
 fails = []

@@ -12,23 +12,16 @@ layer 1. At the answer position, head 0's attention scores q.k/sqrt(128) must gi
 and the logits must put <|val:V|> first by a clear margin. mtok's own logits (mtok logits) must
 agree on the argmax. The figures are printed for docs/NEEDLE.md.
 Exit 77 when numpy is missing."""
-import argparse
 import math
 import os
 import subprocess
 import sys
 import tempfile
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
-try:
-    import numpy as np
-except ImportError:
-    print("numpy missing: skip")
-    sys.exit(77)
+from harness import args, numpy_or_skip
+
+a = args()
+np = numpy_or_skip()
 sys.path.insert(0, os.path.join(a.src, "tests", "ref"))
 import glm_ref  # noqa: E402
 

@@ -9,7 +9,6 @@
 - killing one rank mid-run ends the job within 10 s with an error, and a rank that fails at start
   ends the job with a message naming that rank.
 Ranks are oversubscribed (--oversubscribe) so this runs on 2 cores."""
-import argparse
 import os
 import random
 import shutil
@@ -19,17 +18,11 @@ import sys
 import tempfile
 import time
 
-try:
-    import numpy as np
-except ImportError:
-    print("numpy missing: skipped")
-    sys.exit(77)
+from harness import args, numpy_or_skip
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+np = numpy_or_skip()
+
+a = args()
 
 MPIRUN = shutil.which("mpirun")
 if not MPIRUN:

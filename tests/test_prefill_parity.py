@@ -2,23 +2,16 @@
 """Chunked prefill, token-by-token decode, KV block size and the scalar kernels must all give the
 same logits: the chunk loop, the causal limit inside a block, the block walk and the SIMD kernels
 are each a place where an off-by-one or a dropped row would change only some positions."""
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 
-try:
-    import numpy as np
-except ImportError:
-    print("numpy missing: skipped")
-    sys.exit(77)
+from harness import args, numpy_or_skip
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+np = numpy_or_skip()
+
+a = args()
 models = os.path.join(a.src, "tests", "data", "models")
 tokens = open(os.path.join(models, "tokens.txt")).read().strip()
 n_tok = len(tokens.split(","))

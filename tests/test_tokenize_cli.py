@@ -2,7 +2,6 @@
 """`mtok tokenize` against the tiktoken goldens (tests/data/tok/goldens.jsonl, made by
 tests/ref/make_tok_fixtures.py with tiktoken and a custom GLM-4-pattern rank file): the command line
 must print exactly the golden ids, as one JSON array, for both tokenizer file formats."""
-import argparse
 import json
 import os
 import shutil
@@ -10,11 +9,9 @@ import subprocess
 import sys
 import tempfile
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mtok", required=True)
-ap.add_argument("--src", required=True)
-ap.add_argument("--build")
-a = ap.parse_args()
+from harness import args
+
+a = args()
 tokdir = os.path.join(a.src, "tests", "data", "tok")
 goldens = [json.loads(l) for l in open(os.path.join(tokdir, "goldens.jsonl"), encoding="utf-8")]
 tmp = tempfile.mkdtemp(prefix="mtok-tokcli-")
