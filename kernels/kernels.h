@@ -146,7 +146,9 @@ typedef struct {
 typedef struct {
     double triad_gbs;  /* a = b + s*c, 12 bytes per element counted (STREAM convention) */
     double read_gbs;   /* sum of one array, 4 bytes per element */
-    double fma_gflops; /* fp32, 2 flops per FMA lane */
+    double fma_gflops; /* fp32, 2 flops per FMA lane; the best rep: the core's peak */
+    double fma_gflops_mean; /* the same loop's mean over the reps: what the host gave it (on a shared
+                             * host, time taken by neighbours lowers this and not the best) */
     int threads, avx2;
     int64_t array_bytes;
     int verified;      /* 1: the triad output and the read sums had their expected values */

@@ -35,6 +35,8 @@ def limits_ok(lim, where):
     check(all(num(lim.get(k)) and lim[k] > 0 for k in ("triad_gbs", "read_gbs", "fma_gflops")),
           f"{where}: triad, read-only and FMA figures are positive numbers")
     check(lim.get("verified") is True, f"{where}: limit kernels verified their results")
+    check(num(lim.get("fma_gflops_mean")) and 0 < lim["fma_gflops_mean"] <= lim["fma_gflops"] * (1 + 1e-9),
+          f"{where}: the FMA loop's mean over the reps is positive and no faster than its best")
 
 
 # ---- mtok bench limits ----
@@ -74,7 +76,8 @@ with tempfile.TemporaryDirectory() as tmp:
     pre = b.get("prefill", [])
     check([p.get("tokens") for p in pre] == [48, 96], "one prefill entry per prompt length")
     check(all(num(p.get(k)) and p[k] > 0 for p in pre
-              for k in ("tok_s", "ttft_s", "gflops", "frac_fma_peak", "gflops_mean", "frac_fma_peak_mean")),
+              for k in ("tok_s", "ttft_s", "gflops", "frac_fma_peak", "gflops_mean", "frac_fma_peak_mean",
+                        "frac_fma_sustained")),
           "prefill: tok/s, time to first token, GFLOP/s and fraction of FMA peak (best and mean of the reps)")
     check(all(p["gflops_mean"] <= p["gflops"] * (1 + 1e-9) for p in pre if num(p.get("gflops_mean"))),
           "prefill: the mean of the reps is no faster than the best")
