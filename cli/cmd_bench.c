@@ -69,8 +69,8 @@ static int limits_forked(const mk_limits_params *p, mk_limits *out) {
 
 static json_t *limits_json(const mk_limits *l) {
     return json_pack("{s:f, s:f, s:f, s:f, s:i, s:I, s:b, s:b}", "triad_gbs", l->triad_gbs, "read_gbs", l->read_gbs,
-                     "fma_gflops", l->fma_gflops, "fma_gflops_mean", l->fma_gflops_mean, "threads", l->threads, "array_bytes", (json_int_t)l->array_bytes,
-                     "avx2", l->avx2, "verified", l->verified);
+                     "fma_gflops", l->fma_gflops, "fma_gflops_mean", l->fma_gflops_mean, "threads", l->threads,
+                     "array_bytes", (json_int_t)l->array_bytes, "avx2", l->avx2, "verified", l->verified);
 }
 
 static int print_json(json_t *j) {
