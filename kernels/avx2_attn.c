@@ -312,17 +312,18 @@ INLINE void ad_dot42(float *s, const float *qp, int64_t D, const uint16_t *k, co
     for (int r = 0; r < 4; r++) s[r * AB_KEYS] = u[r], s[r * AB_KEYS + 1] = u[4 + r];
 }
 
-/* accp_r = accp_r * alpha_r + sum_{j < nb} p[r][j] v_j for r < rb, in the even/odd order; 16 dims
- * at a time so that the rb x 2 sums stay in registers while the block's V rows pass. */
-INLINE void ad_values(int rb, float *accp, int64_t D, const float *alpha, const float *s, const uint16_t *v,
-                      int64_t stride, int64_t nb) {
+/* accp_r = accp_r * alpha_r + sum_{j < nb} p[r][j] v_j for r < rb (rows ld floats apart), dims
+ * [0, D), in the even/odd order; 16 dims at a time so that the rb x 2 sums stay in registers while
+ * the block's V rows pass. */
+INLINE void ad_values(int rb, float *accp, int64_t ld, int64_t D, const float *alpha, const float *s,
+                      const uint16_t *v, int64_t stride, int64_t nb) {
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     for (int64_t d = 0; d < D; d += 16) {
         __m256 ce[4], co[4];
         for (int r = 0; r < rb; r++) {
             const __m256 al = _mm256_set1_ps(alpha[r]);
-            ce[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * D + d), al);
-            co[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * D + d + 8), al);
+            ce[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + d), al);
+            co[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + d + 8), al);
         }
         for (int64_t j = 0; j < nb; j++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(v + j * stride + d));
@@ -335,19 +336,19 @@ INLINE void ad_values(int rb, float *accp, int64_t D, const float *alpha, const 
             }
         }
         for (int r = 0; r < rb; r++) {
-            _mm256_store_ps(accp + r * D + d, ce[r]);
-            _mm256_store_ps(accp + r * D + d + 8, co[r]);
+            _mm256_store_ps(accp + r * ld + d, ce[r]);
+            _mm256_store_ps(accp + r * ld + d + 8, co[r]);
         }
     }
 }
 
-static void ad_values_any(int rb, float *accp, int64_t D, const float *alpha, const float *s, const uint16_t *v,
-                          int64_t stride, int64_t nb) {
+static void ad_values_any(int rb, float *accp, int64_t ld, int64_t D, const float *alpha, const float *s,
+                          const uint16_t *v, int64_t stride, int64_t nb) {
     switch (rb) {
-    case 1: ad_values(1, accp, D, alpha, s, v, stride, nb); break;
-    case 2: ad_values(2, accp, D, alpha, s, v, stride, nb); break;
-    case 3: ad_values(3, accp, D, alpha, s, v, stride, nb); break;
-    default: ad_values(4, accp, D, alpha, s, v, stride, nb); break;
+    case 1: ad_values(1, accp, ld, D, alpha, s, v, stride, nb); break;
+    case 2: ad_values(2, accp, ld, D, alpha, s, v, stride, nb); break;
+    case 3: ad_values(3, accp, ld, D, alpha, s, v, stride, nb); break;
+    default: ad_values(4, accp, ld, D, alpha, s, v, stride, nb); break;
     }
 }
 
@@ -365,37 +366,42 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
     for (int64_t j0 = 0; j0 < n; j0 += AB_KEYS) {
         const int64_t nb = n - j0 < AB_KEYS ? n - j0 : AB_KEYS, nbp = (nb + 15) & ~(int64_t)15;
         const uint16_t *k = p->k + j0 * p->kv_stride, *v = p->v + j0 * p->kv_stride;
-        /* DRAM latency, not bandwidth, limits a lone decode row set: while the first row tile runs,
-         * prefetch the keys of the next sub-block (or of the caller's next block) and the values of
-         * this one, two rows per dot product */
+        /* DRAM latency, not bandwidth, limits a lone decode row set: while the scores run, prefetch
+         * the keys of the next sub-block (or of the caller's next block) and the values of this one,
+         * two rows per key pair. Every row tile meets a key pair while its lines are in L1, and the
+         * values go 16 dims of every tile at a time: K and V leave L1 once per sub-block rather than
+         * once per tile (measured 3-17% faster than tile after tile, docs/PERFORMANCE.md). */
         const uint16_t *kn = j0 + AB_KEYS < n ? k + AB_KEYS * p->kv_stride : p->k_next;
-        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-            const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
-            for (int64_t i = 0; i < nb; i += 2) {
-                if (r0 == 0) /* rows i, i+1: lpr lines of 64 bytes (32 bf16) each */
-                    for (int64_t r = i; r < i + 2; r++)
-                        for (int64_t at = r * p->kv_stride, e = at + lpr * 32; at < e; at += 32) {
-                            if (kn) _mm_prefetch((const char *)(kn + at), _MM_HINT_T0);
-                            _mm_prefetch((const char *)(v + at), _MM_HINT_T0);
-                        }
-                /* an odd last key pairs with itself; its second score lands in the row's padding */
-                const uint16_t *ki = k + i * p->kv_stride, *ki2 = i + 1 < nb ? ki + p->kv_stride : ki;
-                ad_dot42(s + r0 * AB_KEYS + i, qp + r0 * D, D, ki, ki2, p->scale);
-            }
-            float alpha[4];
-            int64_t nmax = 0;
-            for (int r = 0; r < rb; r++) {
-                const int64_t row = r0 + r, t = row / p->n_head, h = row % p->n_head;
-                int64_t nv = nb;
-                if (p->causal) {
-                    const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
-                    nv = lim < 0 ? 0 : lim < nb ? lim : nb;
+        for (int64_t i = 0; i < nb; i += 2) {
+            for (int64_t r = i; r < i + 2; r++) /* rows i, i+1: lpr lines of 64 bytes (32 bf16) each */
+                for (int64_t at = r * p->kv_stride, e = at + lpr * 32; at < e; at += 32) {
+                    if (kn) _mm_prefetch((const char *)(kn + at), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(v + at), _MM_HINT_T0);
                 }
-                alpha[r] = ab_softmax_row(s + row * AB_KEYS, nv, nbp, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
-                nmax = nv > nmax ? nv : nmax;
-            }
-            ad_values_any(rb, accp + r0 * D, D, alpha, s + r0 * AB_KEYS, v, p->kv_stride, nmax);
+            /* an odd last key pairs with itself; its second score lands in the row's padding */
+            const uint16_t *ki = k + i * p->kv_stride, *ki2 = i + 1 < nb ? ki + p->kv_stride : ki;
+            for (int64_t r0 = 0; r0 < rows; r0 += 4)
+                ad_dot42(s + r0 * AB_KEYS + i, qp + r0 * D, D, ki, ki2, p->scale);
         }
+        float alpha[AD_ROWS];
+        int64_t nmax = 0;
+        for (int64_t row = 0; row < rows; row++) {
+            const int64_t t = row / p->n_head, h = row % p->n_head;
+            int64_t nv = nb;
+            if (p->causal) {
+                const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
+                nv = lim < 0 ? 0 : lim < nb ? lim : nb;
+            }
+            alpha[row] =
+                ab_softmax_row(s + row * AB_KEYS, nv, nbp, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
+            nmax = nv > nmax ? nv : nmax;
+        }
+        for (int64_t d = 0; d < D; d += 16)
+            for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+                const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
+                ad_values_any(rb, accp + r0 * D + d, D, 16, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride,
+                              nmax);
+            }
     }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t t = r / p->n_head, h = r % p->n_head;
