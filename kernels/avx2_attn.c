@@ -312,43 +312,40 @@ INLINE void ad_dot42(float *s, const float *qp, int64_t D, const uint16_t *k, co
     for (int r = 0; r < 4; r++) s[r * AB_KEYS] = u[r], s[r * AB_KEYS + 1] = u[4 + r];
 }
 
-/* accp_r = accp_r * alpha_r + sum_{j < nb} p[r][j] v_j for r < rb (rows ld floats apart), dims
- * [0, D), in the even/odd order; 16 dims at a time so that the rb x 2 sums stay in registers while
- * the block's V rows pass. */
-INLINE void ad_values(int rb, float *accp, int64_t ld, int64_t D, const float *alpha, const float *s,
-                      const uint16_t *v, int64_t stride, int64_t nb) {
+/* accp_r[0..16) = accp_r * alpha_r + sum_{j < nb} p[r][j] v_j[0..16) for r < rb (rows ld floats
+ * apart), in the even/odd order: the rb x 2 sums stay in registers while the block's V rows pass. */
+INLINE void ad_values(int rb, float *accp, int64_t ld, const float *alpha, const float *s, const uint16_t *v,
+                      int64_t stride, int64_t nb) {
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
-    for (int64_t d = 0; d < D; d += 16) {
-        __m256 ce[4], co[4];
+    __m256 ce[4], co[4];
+    for (int r = 0; r < rb; r++) {
+        const __m256 al = _mm256_set1_ps(alpha[r]);
+        ce[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld), al);
+        co[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + 8), al);
+    }
+    for (int64_t j = 0; j < nb; j++) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(v + j * stride));
+        const __m256 ve = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+        const __m256 vo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
         for (int r = 0; r < rb; r++) {
-            const __m256 al = _mm256_set1_ps(alpha[r]);
-            ce[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + d), al);
-            co[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + d + 8), al);
+            const __m256 pj = _mm256_broadcast_ss(s + r * AB_KEYS + j);
+            ce[r] = _mm256_fmadd_ps(pj, ve, ce[r]);
+            co[r] = _mm256_fmadd_ps(pj, vo, co[r]);
         }
-        for (int64_t j = 0; j < nb; j++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(v + j * stride + d));
-            const __m256 ve = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-            const __m256 vo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
-            for (int r = 0; r < rb; r++) {
-                const __m256 pj = _mm256_broadcast_ss(s + r * AB_KEYS + j);
-                ce[r] = _mm256_fmadd_ps(pj, ve, ce[r]);
-                co[r] = _mm256_fmadd_ps(pj, vo, co[r]);
-            }
-        }
-        for (int r = 0; r < rb; r++) {
-            _mm256_store_ps(accp + r * ld + d, ce[r]);
-            _mm256_store_ps(accp + r * ld + d + 8, co[r]);
-        }
+    }
+    for (int r = 0; r < rb; r++) {
+        _mm256_store_ps(accp + r * ld, ce[r]);
+        _mm256_store_ps(accp + r * ld + 8, co[r]);
     }
 }
 
-static void ad_values_any(int rb, float *accp, int64_t ld, int64_t D, const float *alpha, const float *s,
-                          const uint16_t *v, int64_t stride, int64_t nb) {
+static void ad_values_any(int rb, float *accp, int64_t ld, const float *alpha, const float *s, const uint16_t *v,
+                          int64_t stride, int64_t nb) {
     switch (rb) {
-    case 1: ad_values(1, accp, ld, D, alpha, s, v, stride, nb); break;
-    case 2: ad_values(2, accp, ld, D, alpha, s, v, stride, nb); break;
-    case 3: ad_values(3, accp, ld, D, alpha, s, v, stride, nb); break;
-    default: ad_values(4, accp, ld, D, alpha, s, v, stride, nb); break;
+    case 1: ad_values(1, accp, ld, alpha, s, v, stride, nb); break;
+    case 2: ad_values(2, accp, ld, alpha, s, v, stride, nb); break;
+    case 3: ad_values(3, accp, ld, alpha, s, v, stride, nb); break;
+    default: ad_values(4, accp, ld, alpha, s, v, stride, nb); break;
     }
 }
 
@@ -399,8 +396,7 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
         for (int64_t d = 0; d < D; d += 16)
             for (int64_t r0 = 0; r0 < rows; r0 += 4) {
                 const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
-                ad_values_any(rb, accp + r0 * D + d, D, 16, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride,
-                              nmax);
+                ad_values_any(rb, accp + r0 * D + d, D, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride, nmax);
             }
     }
     for (int64_t r = 0; r < rows; r++) {

@@ -252,7 +252,7 @@ static int grow_hot(kvs_cache *c) {
     if (m == MAP_FAILED) return -1;
     const size_t head = (KVS_HUGE - (uintptr_t)m % KVS_HUGE) % KVS_HUGE;
     if (head) munmap(m, head);
-    if (KVS_HUGE - head) munmap(m + head + c->chunk_bytes, KVS_HUGE - head);
+    munmap(m + head + c->chunk_bytes, KVS_HUGE - head); /* head < KVS_HUGE: never empty */
     m += head;
     madvise(m, c->chunk_bytes, MADV_HUGEPAGE); /* a hint: refused where THP is off, and that is fine */
     c->chunks[c->n_chunks++] = m;
