@@ -20,7 +20,14 @@
  * second of two identical builds 4-12% faster): BLIS's loop order with x packed once per product
  * ([k][6] groups, a W panel in L1, x streamed from L2), KC 128 with 16 panels, KC 512 with 4, and
  * handing out panel runs that shrink towards the end all measured within +-3% of this code.
- * OpenBLAS 0.3.21's sgemm on the same shapes with W already in fp32 was level with it. */
+ * OpenBLAS 0.3.21's sgemm on the same shapes with W already in fp32 was level with it.
+ * Session 6: with every loop 64-byte aligned (CMakeLists.txt; that alone was +9% on prefill) the
+ * cost that remained was reloading and storing the 6x16 tile of y once per KC slice of k. KC 2048
+ * with 2 panels per packing block (256 KiB, half of L2) loads and stores each y tile once for
+ * K <= 2048 and 4 times for the down projection's 6848: ABBA harness 1.07-1.19x over KC 256 x 8
+ * panels on glm4-1b shapes, glm4-1b prefill 512 161 -> 180 tok/s (ABBA bench runs). KC 1024 x 8
+ * panels measured level with it; KC 384-768 in between. Results are bit-identical for any KC: the
+ * micro-kernel continues the tile's sum in the same k order. */
 #include <stdlib.h>
 
 #include "avx2_inline.h"
@@ -30,9 +37,10 @@
  * one k step of the micro-kernel reads 16 consecutive outputs' weights with two aligned loads. The
  * micro-kernel keeps a 6-token x 16-output tile of y in 12 registers: per k it broadcasts x[t][k]
  * for its 6 tokens and issues 12 FMAs for 8 loads, which keeps both FMA ports busy. A block of
- * NCP panels (NCP*16 outputs x KC, 128 KiB, L2-resident) is packed once and reused by every token. */
-#define MM_KC 256
-#define MM_NCP 8
+ * NCP panels (NCP*16 outputs x KC, 256 KiB, L2-resident) is packed once and reused by every token;
+ * the 6 x rows of a token block (48 KiB at KC 2048) come from L2 for the second panel. */
+#define MM_KC 2048
+#define MM_NCP 2
 #define MM_MR 6
 #define MM_PACK_FLOATS ((size_t)MM_NCP * MM_KC * 16)
 
@@ -130,8 +138,8 @@ void mk_gemm_block_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int6
         for (int64_t k0 = 0; k0 < K; k0 += MM_KC) {
             const int64_t kc = K - k0 < MM_KC ? K - k0 : MM_KC;
             for (int64_t p = 0; p < np; p++) pack_panel_any(wp + p * MM_KC * 16, W, (pc + p) * 16, k0, kc);
-            /* tokens outer: the 6 x rows of a token block stay in L1 while the packed panels
-             * stream from L2 (measured a little faster than panels outer) */
+            /* tokens outer: a token block's x rows are read by each panel of the packing block
+             * while they are still in L2, and the packed panels stream from L2 */
             for (int64_t t = t0; t < t1; t += MM_MR)
                 for (int64_t p = 0; p < np; p++) {
                     const int mr = (int)(t1 - t < MM_MR ? t1 - t : MM_MR);

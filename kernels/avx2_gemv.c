@@ -18,7 +18,7 @@
 #define GM_MIN_TOK 24
 /* Parallel regions only above this many multiply-adds (fork/join costs a few microseconds). */
 #define MM_PAR_MIN 65536.0
-#define GM_BLOCK_PANELS 8 /* panels per dynamically scheduled GEMM block (avx2_gemm.c packs 8 at a time) */
+#define GM_BLOCK_PANELS 8 /* panels per dynamically scheduled GEMM block (a multiple of avx2_gemm.c's MM_NCP) */
 
 /* R (4 or 1) weight rows at o, o + rs, o + 2rs, o + 3rs against MT (1..3) tokens: each weight vector
  * is loaded and widened once and used for MT FMAs. With one token the K loop is unrolled twice so that
