@@ -105,6 +105,8 @@ struct kvs_cache {
 };
 
 static kvs_blk *BLK(kvs_cache *c, int64_t l, int64_t b) { return &c->blk[l * c->n_blocks + b]; }
+#define KVS_HUGE ((size_t)2 << 20)  /* a transparent huge page */
+#define KVS_CHUNK ((size_t)8 << 20) /* unlimited mode maps hot slots this many bytes at a time (grow_hot) */
 static uint64_t cold_off(const kvs_cache *c, int64_t slot) { return (uint64_t)slot * c->slot_bytes; }
 static uint64_t sum_of(const kvs_cache *c, const void *data) { return XXH3_64bits(data, c->data_bytes); }
 
@@ -144,6 +146,9 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->n_blocks = (p->ctx + c->B - 1) / c->B;
     c->data_bytes = 2 * (size_t)c->B * (size_t)c->row * sizeof(uint16_t);
     c->slot_bytes = (c->data_bytes + KVS_ALIGN - 1) / KVS_ALIGN * KVS_ALIGN;
+    /* unlimited mode's slot chunks (grow_hot): ~8 MiB of slots, rounded up to whole huge pages */
+    c->chunk_bytes = ((c->slot_bytes < KVS_CHUNK ? KVS_CHUNK / c->slot_bytes : 1) * c->slot_bytes + KVS_HUGE - 1) /
+                     KVS_HUGE * KVS_HUGE;
     c->sink_blocks = (p->sinks + c->B - 1) / c->B;
     c->blk = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blk);
     c->n_tok = calloc((size_t)p->n_layers, sizeof *c->n_tok);
@@ -233,13 +238,7 @@ void kvs_free(kvs_cache *c) {
  * block costs 32 TLB misses and as many restarts of the hardware prefetchers, which stop at page
  * edges. (Measured: glm4-1b decode at 16K +4-5%, a scratch attention driver over 16K keys 8-21%,
  * docs/PERFORMANCE.md.) Chunks are mapped as the context grows and unmapped by kvs_free. */
-#define KVS_HUGE ((size_t)2 << 20)
-#define KVS_CHUNK ((size_t)8 << 20)
 static int grow_hot(kvs_cache *c) {
-    if (!c->n_chunks) {
-        const size_t per = c->slot_bytes < KVS_CHUNK ? KVS_CHUNK / c->slot_bytes : 1;
-        c->chunk_bytes = (per * c->slot_bytes + KVS_HUGE - 1) / KVS_HUGE * KVS_HUGE;
-    }
     const int64_t per = (int64_t)(c->chunk_bytes / c->slot_bytes);
     char **nc = realloc(c->chunks, (size_t)(c->n_chunks + 1) * sizeof *nc);
     if (!nc) return -1;
