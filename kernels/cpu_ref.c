@@ -92,13 +92,14 @@ void mk_rmsnorm_ref(float *y, const float *x, const mk_tensor *w, int64_t n, flo
     for (int64_t i = 0; i < n; i++) y[i] = mk_get(w, i) * (x[i] * r);
 }
 
-void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
-                       int64_t D, float scale, float *acc, float *m, float *l) {
-    /* one key at a time: the textbook online-softmax update */
+/* the textbook online-softmax update, one key at a time; K at k[kat(s, d)] (rows or panels) */
+static void accum_ref(const float *q, const uint16_t *k, int kp, const uint16_t *v, int64_t n, int64_t stride,
+                      int64_t D, float scale, float *acc, float *m, float *l) {
     for (int64_t s = 0; s < n; s++) {
-        const uint16_t *ks = k + s * stride, *vs = v + s * stride;
+        const uint16_t *vs = v + s * stride;
         double dot = 0.0;
-        for (int64_t d = 0; d < D; d++) dot += (double)q[d] * mk_bf16_to_f32(ks[d]);
+        for (int64_t d = 0; d < D; d++)
+            dot += (double)q[d] * mk_bf16_to_f32(k[kp ? MK_KPANEL_AT(s, d, D) : s * stride + d]);
         const float sc = (float)(dot * scale);
         const float m_new = sc > *m ? sc : *m;
         if (m_new == -INFINITY) continue; /* a -inf score adds nothing */
@@ -110,6 +111,11 @@ void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int
     }
 }
 
+void mk_attn_accum_ref(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
+                       int64_t D, float scale, float *acc, float *m, float *l) {
+    accum_ref(q, k, 0, v, n, stride, D, scale, acc, m, l);
+}
+
 void mk_attn_block_ref(const mk_attn_params *p) {
     for (int64_t t = 0; t < p->n_tok; t++) {
         int64_t nv = p->n;
@@ -118,7 +124,7 @@ void mk_attn_block_ref(const mk_attn_params *p) {
             nv = lim < 0 ? 0 : lim < nv ? lim : nv;
         }
         for (int64_t h = 0; h < p->n_head; h++)
-            mk_attn_accum_ref(p->q + t * p->q_ts + h * p->D, p->k, p->v, nv, p->kv_stride, p->D, p->scale,
+            accum_ref(p->q + t * p->q_ts + h * p->D, p->k, p->k_panels, p->v, nv, p->kv_stride, p->D, p->scale,
                               p->acc + t * p->acc_ts + h * p->D, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
     }
 }

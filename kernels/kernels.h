@@ -110,7 +110,9 @@ void mk_attn_merge(float *acc, float *m, float *l, const float *acc2, float m2, 
  * scores and P·V products run as small register-blocked GEMMs. Row (t, h) for t < n_tok, h < n_head:
  *   query  q   + t*q_ts   + h*D   [D]
  *   state  acc + t*acc_ts + h*D   [D],  m[t*ml_ts + h], l[t*ml_ts + h]  (as mk_attn_accum's)
- * Keys/values j < n at k + j*kv_stride, v + j*kv_stride (bf16), at positions k_pos0 + j. causal:
+ * Keys/values j < n at k + j*kv_stride, v + j*kv_stride (bf16), at positions k_pos0 + j; or, with
+ * k_panels, K in panels of 16 keys, each [D][16] (key j, dim d at k[MK_KPANEL_AT(j, d, D)]; the last
+ * panel is allocated whole, its slots past n are never read as scores). causal:
  * token t (position q_pos0 + t) sees keys at positions <= its own only. The state update equals n_tok
  * x n_head calls of mk_attn_accum (within fp32 rounding). */
 typedef struct {
@@ -125,12 +127,16 @@ typedef struct {
     int64_t kv_stride, n;
     int64_t q_pos0, k_pos0;
     int causal;
+    int k_panels; /* K in 16-key panels (the KV store's layout when its blocks are multiples of 16) */
     float scale;
     /* optional: the keys of the block the caller passes next (same stride), prefetched while this
      * one computes (NULL: none); a hint only, never read as data */
     const uint16_t *k_next;
 } mk_attn_params;
 void mk_attn_block(const mk_attn_params *p);
+/* Where key j, dim d of head_dim D sits in a panel-layout K: the decode kernel reads one 256-bit
+ * load per dim as 16 keys' bf16 values, so Q·Kᵀ needs no horizontal sums. */
+#define MK_KPANEL_AT(j, d, D) (((j) >> 4) * 16 * (D) + (d) * 16 + ((j) & 15))
 void mk_attn_block_ref(const mk_attn_params *p);
 
 /* fp32 -> bf16 row conversion (KV append). */

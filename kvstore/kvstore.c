@@ -2,8 +2,9 @@
  *
  * Design note (in the manner of SQLite's pager.c).
  *
- * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K rows then V rows, bf16,
- * data_bytes = 2*B*groups*head_dim*2. In memory and on disk a block occupies one slot of
+ * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K then V, bf16,
+ * data_bytes = 2*B*groups*head_dim*2; V token-major, K too or, when B is a multiple of 16, in the
+ * decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In memory and on disk a block occupies one slot of
  * slot_bytes = data_bytes rounded up to 4 KiB, so every cold-tier transfer is O_DIRECT-aligned.
  *
  * States of a block and the function performing each transition:
@@ -49,6 +50,7 @@
 #include "kvstore.h"
 #include "kvtier.h"
 #include "kvsummary.h"
+#include "kvlayout.h"
 #include "../core/mtok.h"
 #include "../kernels/kernels.h"
 
@@ -99,6 +101,8 @@ struct kvs_cache {
     kvs_stage *ring;
     int R;
     uint16_t *bounce; /* one aligned slot for kvs_read_block */
+    int kp;           /* K in 16-key panels (B % 16 == 0) */
+    uint16_t *krow;   /* 2 rows of scratch for the K row being written and rows read back */
     kvs_sumtab *sum;  /* block key summaries (topk policy), else NULL */
     int sum_hold;     /* 1 while a loader installs saved summaries */
     kvs_stats st;
@@ -143,6 +147,7 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->p = *p;
     c->B = p->block_tokens;
     c->row = p->n_kv_groups * p->head_dim;
+    c->kp = c->B % 16 == 0;
     c->n_blocks = (p->ctx + c->B - 1) / c->B;
     c->data_bytes = 2 * (size_t)c->B * (size_t)c->row * sizeof(uint16_t);
     c->slot_bytes = (c->data_bytes + KVS_ALIGN - 1) / KVS_ALIGN * KVS_ALIGN;
@@ -153,7 +158,8 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->blk = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blk);
     c->n_tok = calloc((size_t)p->n_layers, sizeof *c->n_tok);
     c->n_hot = calloc((size_t)p->n_layers, sizeof *c->n_hot);
-    if (!c->blk || !c->n_tok || !c->n_hot) goto oom;
+    c->krow = malloc((size_t)(2 * c->row) * sizeof *c->krow);
+    if (!c->blk || !c->n_tok || !c->n_hot || !c->krow) goto oom;
     for (int64_t i = 0; i < p->n_layers * c->n_blocks; i++) c->blk[i].cold = -1;
     if (p->policy == KVS_POLICY_TOPK && (rc = kvsum_create(p->n_layers, c->n_blocks, c->row, &c->sum))) goto fail;
     c->quota = INT64_MAX;
@@ -227,7 +233,7 @@ void kvs_free(kvs_cache *c) {
         free(c->chunks), free(c->bounce);
     }
     free(c->free_hot), free(c->free_cold), free(c->plan), free(c->ring);
-    free(c->blk), free(c->n_tok), free(c->n_hot);
+    free(c->blk), free(c->n_tok), free(c->n_hot), free(c->krow);
     kvsum_free(c->sum);
     free(c);
 }
@@ -480,6 +486,14 @@ int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
     return rc;
 }
 
+/* The summary of block b from its first rows rows, held hot in data (K rows read out of its layout). */
+static void sum_rebuild_hot(kvs_cache *c, int64_t layer, int64_t b, const uint16_t *data, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        kvl_get_k(c->krow + c->row, c->kp, data, c->B, c->p.n_kv_groups, c->p.head_dim, r);
+        kvsum_row(c->sum, layer, b, r, c->krow + c->row);
+    }
+}
+
 typedef void (*row_fn)(uint16_t *dst, const void *src, int64_t n);
 static void row_f32(uint16_t *dst, const void *src, int64_t n) { mk_f32_to_bf16_row(dst, src, n); }
 static void row_bf16(uint16_t *dst, const void *src, int64_t n) { memcpy(dst, src, (size_t)n * sizeof *dst); }
@@ -505,13 +519,14 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
             }
             blk->dirty = 1;
         }
-        fn(blk->hot + r * c->row, k + (size_t)t * row_bytes, c->row);
+        fn(c->krow, k + (size_t)t * row_bytes, c->row);
         fn(blk->hot + half + r * c->row, v + (size_t)t * row_bytes, c->row);
         if (c->sum && !c->sum_hold) {
             /* a rewrite from inside a block drops the rows after it: restart from the kept ones */
-            if (t == 0 && r > 0 && p < c->n_tok[layer]) kvsum_rebuild(c->sum, layer, b, blk->hot, r);
-            kvsum_row(c->sum, layer, b, r, blk->hot + r * c->row);
+            if (t == 0 && r > 0 && p < c->n_tok[layer]) sum_rebuild_hot(c, layer, b, blk->hot, r);
+            kvsum_row(c->sum, layer, b, r, c->krow);
         }
+        kvl_put_k(blk->hot, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
     }
     c->n_tok[layer] = pos + n;
     return 0;
@@ -526,6 +541,17 @@ int kvs_write_bf16(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const ui
     return write_rows(c, layer, pos, n, (const char *)k, (const char *)v, (size_t)ld * sizeof(uint16_t), row_bf16);
 }
 
+/* A block's data with K in rows (the layout of kvs_read_block and of saved files). */
+static void block_rows(const kvs_cache *c, uint16_t *dst, const uint16_t *data) {
+    if (!c->kp) {
+        memcpy(dst, data, c->data_bytes);
+        return;
+    }
+    const int64_t half = c->B * c->row;
+    for (int64_t r = 0; r < c->B; r++) kvl_get_k(dst + r * c->row, 1, data, c->B, c->p.n_kv_groups, c->p.head_dim, r);
+    memcpy(dst + half, data + half, (size_t)half * sizeof *dst);
+}
+
 int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_t *n) {
     if (layer < 0 || layer >= c->p.n_layers || b < 0 || b * c->B >= c->n_tok[layer])
         return mtok_err(MTOK_EINTERNAL, "kv cache: block %lld of layer %lld is not held", (long long)b,
@@ -534,7 +560,7 @@ int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_
     int64_t rows = c->n_tok[layer] - b * c->B;
     *n = rows < c->B ? rows : c->B;
     if (k->state == BLK_HOT) {
-        memcpy(dst, k->hot, c->data_bytes);
+        block_rows(c, dst, k->hot);
         return 0;
     }
     if (k->state != BLK_COLD)
@@ -547,7 +573,7 @@ int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_
     if ((rc = io_finish(c, &io, layer, b)) || (rc = verify(c, c->bounce, layer, b))) return rc;
     c->st.spill_reads++;
     c->st.bytes_read += c->slot_bytes;
-    memcpy(dst, c->bounce, c->data_bytes);
+    block_rows(c, dst, c->bounce);
     return 0;
 }
 
@@ -665,13 +691,13 @@ int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *
             s->state = ST_HELD;
             held[nh] = s;
             held_b[nh++] = it.b;
-            blks[k] = (kvs_block){s->buf, s->buf + c->B * c->row, it.b * c->B, 0};
+            blks[k] = (kvs_block){s->buf, s->buf + c->B * c->row, it.b * c->B, 0, c->kp};
         } else if (blk->state == BLK_HOT) {
             if (s) { /* staged earlier, hot again since: the staged copy is stale */
                 c->tier->ops->wait(c->tier, &s->io);
                 s->state = ST_FREE;
             }
-            blks[k] = (kvs_block){blk->hot, blk->hot + c->B * c->row, it.b * c->B, 0};
+            blks[k] = (kvs_block){blk->hot, blk->hot + c->B * c->row, it.b * c->B, 0, c->kp};
         } else {
             if (s) { /* dropped or released since planning: its staged read is of no use */
                 c->tier->ops->wait(c->tier, &s->io);
@@ -751,7 +777,7 @@ int kvs_summary_rebuild(kvs_cache *c, int64_t layer, int64_t b) {
     if (!c->sum || rows <= 0) return 0;
     kvs_blk *k = BLK(c, layer, b);
     if (k->state == BLK_HOT) {
-        kvsum_rebuild(c->sum, layer, b, k->hot, rows < c->B ? rows : c->B);
+        sum_rebuild_hot(c, layer, b, k->hot, rows < c->B ? rows : c->B);
         return 0;
     }
     if (k->state != BLK_COLD) return 0;

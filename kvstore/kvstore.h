@@ -52,10 +52,12 @@ typedef struct {
 } kvs_params;
 
 typedef struct {
-    const uint16_t *k; /* bf16 [n][groups*head_dim] */
+    const uint16_t *k; /* bf16 [n][groups*head_dim], or with k_panels per group g from g*B*head_dim
+                        * on in 16-key panels [B/16][head_dim][16] (MK_KPANEL_AT, kernels.h) */
     const uint16_t *v; /* bf16 [n][groups*head_dim] */
     int64_t pos0;      /* position of row 0 */
     int64_t n;         /* rows valid in this block */
+    int k_panels;      /* the cache's K layout: panels when block_tokens is a multiple of 16 */
 } kvs_block;
 
 typedef struct {
@@ -80,7 +82,7 @@ int kvs_write(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const float *
 /* As kvs_write with bf16 rows (loading a saved cache). */
 int kvs_write_bf16(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const uint16_t *k, const uint16_t *v,
                    int64_t ld);
-/* Copies block b of a layer (K rows then V rows, block_tokens rows each) into dst, reading the cold
+/* Copies block b of a layer (K rows then V rows, block_tokens rows each, whatever the K layout) into dst, reading the cold
  * tier if needed (checksum verified). Returns the rows valid through *n. */
 int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_t *n);
 

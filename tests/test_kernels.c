@@ -441,9 +441,11 @@ static void test_attn(void) {
 }
 
 /* mk_attn_block (grouped rows x one KV block at a time, causal) against its reference and against
- * one mk_attn_accum_ref call per row: several blocks in sequence, then the output acc / l. */
+ * one mk_attn_accum_ref call per row: several blocks in sequence, then the output acc / l. With
+ * panels, mk_attn_block reads K from a copy in the KV store's panel layout (block a multiple of 16)
+ * whose slots past the block's keys hold NaN: a kernel that let them into a score would fail. */
 static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64_t n_keys, int64_t block,
-                                 int causal) {
+                                 int causal, int panels) {
     const int64_t G = 2, stride = G * D + 5, q_ts = (n_head * G + 1) * D, ml_ts = n_head * G + 3;
     /* queries are the last n_tok positions (or start at 0 when there are fewer keys than queries) */
     const int64_t q_pos0 = causal && n_keys > n_tok ? n_keys - n_tok : 0;
@@ -461,6 +463,13 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
         for (int64_t j = 0; j < n_tok * ml_ts; j++) m[i][j] = -INFINITY, l[i][j] = 0.0f;
     }
     const int64_t g = 1; /* the second group: offsets into q, acc, m, l and K/V columns */
+    const int64_t nblk = (n_keys + block - 1) / block;
+    uint16_t *kp = panels ? xmalloc((size_t)(nblk * block * D) * 2) : NULL;
+    for (int64_t b = 0; panels && b < nblk; b++)
+        for (int64_t j = 0; j < block; j++)
+            for (int64_t d = 0; d < D; d++)
+                kp[b * block * D + MK_KPANEL_AT(j, d, D)] =
+                    b * block + j < n_keys ? k[(b * block + j) * stride + g * D + d] : 0x7fc0; /* NaN */
     for (int impl = 0; impl < 2; impl++) {
         /* impl 0: mk_attn_block (dispatch), impl 1: per-row mk_attn_accum_ref */
         for (int64_t b0 = 0; b0 < n_keys; b0 += block) {
@@ -471,6 +480,11 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
                                 .k = k + b0 * stride + g * D, .v = v + b0 * stride + g * D, .kv_stride = stride,
                                 .n = nb, .q_pos0 = q_pos0, .k_pos0 = b0, .causal = causal, .scale = scale,
                                 .k_next = b0 + block < n_keys ? k + (b0 + block) * stride + g * D : NULL};
+            if (impl == 0 && panels) {
+                P.k_panels = 1;
+                P.k = kp + b0 * D;
+                P.k_next = b0 + block < n_keys ? kp + (b0 + block) * D : NULL;
+            }
             if (impl == 0) {
                 mk_attn_block(&P);
             } else {
@@ -491,9 +505,9 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
                 for (int64_t d = 0; d < D; d++) acc[i][r + d] /= l[i][ml];
         }
     char what[160];
-    snprintf(what, sizeof what, "attn_block %s D=%lld tok=%lld heads=%lld keys=%lld block=%lld causal=%d",
+    snprintf(what, sizeof what, "attn_block %s D=%lld tok=%lld heads=%lld keys=%lld block=%lld causal=%d%s",
              mk_have_avx2() ? "avx2" : "scalar", (long long)D, (long long)n_tok, (long long)n_head, (long long)n_keys,
-             (long long)block, causal);
+             (long long)block, causal, panels ? " K panels" : "");
     close_enough(what, acc[0], acc[1], n_tok * q_ts, 2e-5);
     int same_ml = 1;
     for (int64_t j = 0; j < n_tok * ml_ts; j++)
@@ -503,7 +517,7 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
     /* rows of the other group were not touched */
     CHECK(acc[0][0] == 0.0f && m[0][0] == -INFINITY && l[0][0] == 0.0f, "%s: wrote outside its group", what);
     for (int i = 0; i < 2; i++) free(acc[i]), free(m[i]), free(l[i]);
-    free(k), free(v), free(q);
+    free(k), free(v), free(q), free(kp);
 }
 
 static void test_attn_block(void) {
@@ -513,10 +527,14 @@ static void test_attn_block(void) {
               {64, 3, 2, 200, 16},   {64, 13, 4, 77, 1000}, {72, 5, 3, 150, 37},  {13, 4, 2, 50, 8},
               {256, 2, 8, 130, 128}, {320, 2, 2, 40, 16},   {128, 16, 8, 1, 1},   {8, 6, 1, 9, 3},
               /* the direct (few-row) form's edges: 23 rows, odd blocks, D = 192 */
-              {128, 1, 23, 131, 128}, {192, 3, 5, 70, 33}};
+              {128, 1, 23, 131, 128}, {192, 3, 5, 70, 33},
+              /* K panels only (blocks of 16k): partial last panels, 2 decode tokens, D = 72 (tiled form) */
+              {128, 2, 8, 1000, 128}, {128, 1, 8, 5, 16},   {72, 5, 3, 150, 32},  {16, 1, 4, 40, 16}};
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
         for (int causal = 0; causal < 2; causal++)
-            FOR_PATHS(path) test_attn_block_case(cs[i].D, cs[i].n_tok, cs[i].n_head, cs[i].n_keys, cs[i].block, causal);
+            for (int panels = 0; panels < 1 + (cs[i].block % 16 == 0); panels++)
+                FOR_PATHS(path)
+                test_attn_block_case(cs[i].D, cs[i].n_tok, cs[i].n_head, cs[i].n_keys, cs[i].block, causal, panels);
     mk_force_scalar(0);
 }
 
