@@ -3,8 +3,8 @@
  * Design note (in the manner of SQLite's pager.c).
  *
  * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K then V, bf16,
- * data_bytes = 2*B*groups*head_dim*2; V token-major, K too or, when B is a multiple of 16, in the
- * decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In memory and on disk a block occupies one slot of
+ * data_bytes = 2*B*groups*head_dim*2; token-major or, when B is a multiple of 16, per group with K in
+ * the decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In memory and on disk a block occupies one slot of
  * slot_bytes = data_bytes rounded up to 4 KiB, so every cold-tier transfer is O_DIRECT-aligned.
  *
  * States of a block and the function performing each transition:
@@ -101,7 +101,7 @@ struct kvs_cache {
     kvs_stage *ring;
     int R;
     uint16_t *bounce; /* one aligned slot for kvs_read_block */
-    int kp;           /* K in 16-key panels (B % 16 == 0) */
+    int kp;           /* grouped layout: K in 16-key panels, V per group (B % 16 == 0, kvlayout.h) */
     uint16_t *krow;   /* 2 rows of scratch for the K row being written and rows read back */
     kvs_sumtab *sum;  /* block key summaries (topk policy), else NULL */
     int sum_hold;     /* 1 while a loader installs saved summaries */
@@ -520,13 +520,14 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
             blk->dirty = 1;
         }
         fn(c->krow, k + (size_t)t * row_bytes, c->row);
-        fn(blk->hot + half + r * c->row, v + (size_t)t * row_bytes, c->row);
         if (c->sum && !c->sum_hold) {
             /* a rewrite from inside a block drops the rows after it: restart from the kept ones */
             if (t == 0 && r > 0 && p < c->n_tok[layer]) sum_rebuild_hot(c, layer, b, blk->hot, r);
             kvsum_row(c->sum, layer, b, r, c->krow);
         }
         kvl_put_k(blk->hot, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
+        fn(c->krow, v + (size_t)t * row_bytes, c->row);
+        kvl_put_v(blk->hot + half, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
     }
     c->n_tok[layer] = pos + n;
     return 0;
@@ -547,9 +548,11 @@ static void block_rows(const kvs_cache *c, uint16_t *dst, const uint16_t *data) 
         memcpy(dst, data, c->data_bytes);
         return;
     }
-    const int64_t half = c->B * c->row;
-    for (int64_t r = 0; r < c->B; r++) kvl_get_k(dst + r * c->row, 1, data, c->B, c->p.n_kv_groups, c->p.head_dim, r);
-    memcpy(dst + half, data + half, (size_t)half * sizeof *dst);
+    const int64_t half = c->B * c->row, G = c->p.n_kv_groups, D = c->p.head_dim;
+    for (int64_t r = 0; r < c->B; r++) {
+        kvl_get_k(dst + r * c->row, 1, data, c->B, G, D, r);
+        kvl_get_v(dst + half + r * c->row, 1, data + half, c->B, G, D, r);
+    }
 }
 
 int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_t *n) {

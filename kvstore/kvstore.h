@@ -54,10 +54,10 @@ typedef struct {
 typedef struct {
     const uint16_t *k; /* bf16 [n][groups*head_dim], or with k_panels per group g from g*B*head_dim
                         * on in 16-key panels [B/16][head_dim][16] (MK_KPANEL_AT, kernels.h) */
-    const uint16_t *v; /* bf16 [n][groups*head_dim] */
+    const uint16_t *v; /* bf16 [n][groups*head_dim], or with k_panels per group [B][head_dim] */
     int64_t pos0;      /* position of row 0 */
     int64_t n;         /* rows valid in this block */
-    int k_panels;      /* the cache's K layout: panels when block_tokens is a multiple of 16 */
+    int k_panels;      /* the cache's layout: grouped when block_tokens is a multiple of 16 */
 } kvs_block;
 
 typedef struct {

@@ -72,12 +72,13 @@ static int check_stream(kvs_cache *c, int64_t n_tok, int64_t q_pos0, int64_t *ro
             for (int i = 0; i < n; i++)
                 for (int64_t r = 0; r < seg[i].n; r++) {
                     int64_t p = seg[i].pos0 + r;
-                    /* K in rows, or (blocks of 16k) per group in the kernel's 16-key panels */
+                    /* K and V in rows, or (blocks of 16k) per group, K in the kernel's 16-key panels */
                     CHECK(seg[i].k_panels == (kvs_block_tokens(c) % 16 == 0), "K layout flag");
                     for (int64_t j = 0; j < ROW; j++)
                         if (seg[i].k[seg[i].k_panels ? j / D * kvs_block_tokens(c) * D + MK_KPANEL_AT(r, j % D, D)
                                                      : r * ROW + j] != mk_f32_to_bf16(val(l, p, j, 0)) ||
-                            seg[i].v[r * ROW + j] != mk_f32_to_bf16(val(l, p, j, 1)))
+                            seg[i].v[seg[i].k_panels ? j / D * kvs_block_tokens(c) * D + r * D + j % D : r * ROW + j] !=
+                                mk_f32_to_bf16(val(l, p, j, 1)))
                             (*bad)++;
                     (*rows_seen)++;
                 }

@@ -198,11 +198,11 @@ static void test_plan_blocks(void) {
             for (int i = 0; i < n && got < 8; i++, got++) {
                 int64_t rows;
                 same &= seg[i].pos0 == want[got] * 16 && seg[i].n == (want[got] == 62 ? 8 : 16);
-                same &= !kvs_read_block(c, l, want[got], ref, &rows) && seg[i].k_panels &&
-                        !memcmp(seg[i].v, ref + 16 * ROW, 16 * ROW * 2);
-                for (int64_t r = 0; r < 16; r++) /* K in 16-key panels per group; kvs_read_block gives rows */
+                same &= !kvs_read_block(c, l, want[got], ref, &rows) && seg[i].k_panels;
+                for (int64_t r = 0; r < 16; r++) /* grouped: K panels, V rows per group; kvs_read_block gives rows */
                     for (int64_t j = 0; j < ROW; j++)
-                        same &= seg[i].k[j / D * 16 * D + MK_KPANEL_AT(r, j % D, D)] == ref[r * ROW + j];
+                        same &= seg[i].k[j / D * 16 * D + MK_KPANEL_AT(r, j % D, D)] == ref[r * ROW + j] &&
+                                seg[i].v[j / D * 16 * D + r * D + j % D] == ref[16 * ROW + r * ROW + j];
             }
         }
         CHECK(got == 8 && same, "layer %lld: streamed %d of 8 planned blocks, in order and intact: %d",
