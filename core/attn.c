@@ -172,8 +172,8 @@ static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const 
 #define ATTENDS(blk) ((blk).pos0 / B / part_blocks == part && (!sel || sel[g * A->n_blocks + (blk).pos0 / B]))
                     for (int j = 0; j < nseg; j++) {
                         const kvs_block *blk = &seg[j];
-                        /* group g's first K and V values (kvstore.h: token-major or grouped) */
-                        const int64_t kg = blk->k_panels ? B * D : D, vg = kg;
+                        /* where group g's K and V start (kvstore.h: token-major, or grouped) */
+                        const int64_t go = blk->k_panels ? B * D : D;
                         if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
                         if (!ATTENDS(*blk)) continue; /* another part's, or not chosen for g */
                         int jn = j + 1; /* the next block this task reads, prefetched during this one */
@@ -182,9 +182,9 @@ static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const 
                         const mk_attn_params ap = {
                             .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = pacc + (size_t)r0 * D, .acc_ts = H * D,
                             .m = pm + r0, .l = pl + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
-                            .k = blk->k + g * kg, .v = blk->v + g * vg, .kv_stride = blk->k_panels ? D : row, .n = blk->n,
-                            .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
-                            .k_panels = blk->k_panels, .k_next = has_next ? seg[jn].k + g * kg : NULL};
+                            .k = blk->k + g * go, .v = blk->v + g * go, .kv_stride = blk->k_panels ? D : row,
+                            .n = blk->n, .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
+                            .k_panels = blk->k_panels, .k_next = has_next ? seg[jn].k + g * go : NULL};
                         mk_attn_block(&ap);
                     }
 #undef ATTENDS

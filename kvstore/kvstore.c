@@ -4,8 +4,9 @@
  *
  * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K then V, bf16,
  * data_bytes = 2*B*groups*head_dim*2; token-major or, when B is a multiple of 16, per group with K in
- * the decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In memory and on disk a block occupies one slot of
- * slot_bytes = data_bytes rounded up to 4 KiB, so every cold-tier transfer is O_DIRECT-aligned.
+ * the decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In
+ * memory and on disk a block occupies one slot of slot_bytes = data_bytes rounded up to 4 KiB, so
+ * every cold-tier transfer is O_DIRECT-aligned.
  *
  * States of a block and the function performing each transition:
  *     EMPTY ──make_hot──> HOT ──evict (write, checksum)──> [spilling] ──> COLD
@@ -102,7 +103,7 @@ struct kvs_cache {
     int R;
     uint16_t *bounce; /* one aligned slot for kvs_read_block */
     int kp;           /* grouped layout: K in 16-key panels, V per group (B % 16 == 0, kvlayout.h) */
-    uint16_t *krow;   /* 2 rows of scratch for the K row being written and rows read back */
+    uint16_t *krow;   /* 2 rows of scratch: the K or V row being written, a K row read back */
     kvs_sumtab *sum;  /* block key summaries (topk policy), else NULL */
     int sum_hold;     /* 1 while a loader installs saved summaries */
     kvs_stats st;
@@ -542,7 +543,7 @@ int kvs_write_bf16(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const ui
     return write_rows(c, layer, pos, n, (const char *)k, (const char *)v, (size_t)ld * sizeof(uint16_t), row_bf16);
 }
 
-/* A block's data with K in rows (the layout of kvs_read_block and of saved files). */
+/* A block's data with K and V in rows (the layout of kvs_read_block and of saved files). */
 static void block_rows(const kvs_cache *c, uint16_t *dst, const uint16_t *data) {
     if (!c->kp) {
         memcpy(dst, data, c->data_bytes);
