@@ -356,6 +356,32 @@ INLINE void ad_values_any(int rb, float *accp, int64_t ld, const float *alpha, c
     }
 }
 
+/* The rest of a direct-form sub-block (keys j0 .. j0+nb of the call, nbp padded) once its scores are
+ * in s: every row's online-softmax update, then acc += P·V in 4-row tiles, 16 dims at a time, acc
+ * rows in the even/odd order. Shared by the row- and panel-layout forms; inlined into both, as the
+ * P·V tiles keep their sums in registers only when the compiler sees the whole loop. */
+INLINE void ad_update(const mk_attn_params *p, int64_t j0, int64_t nb, int64_t nbp, float *s, float *accp,
+                      const uint16_t *v) {
+    const int64_t D = p->D, rows = p->n_tok * p->n_head;
+    float alpha[AD_ROWS];
+    int64_t nmax = 0;
+    for (int64_t row = 0; row < rows; row++) {
+        const int64_t t = row / p->n_head, h = row % p->n_head;
+        int64_t nv = nb;
+        if (p->causal) {
+            const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
+            nv = lim < 0 ? 0 : lim < nb ? lim : nb;
+        }
+        alpha[row] = ab_softmax_row(s + row * AB_KEYS, nv, nbp, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
+        nmax = nv > nmax ? nv : nmax;
+    }
+    for (int64_t d = 0; d < D; d += 16)
+        for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+            const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
+            ad_values_any(rb, accp + r0 * D + d, D, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride, nmax);
+        }
+}
+
 /* The direct form over keys [0, n) of the block (rows <= AD_ROWS, D a multiple of 16). */
 static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, float *accp, float *s) {
     const int64_t D = p->D, rows = p->n_tok * p->n_head;
@@ -387,24 +413,7 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
             for (int64_t r0 = 0; r0 < rows; r0 += 4)
                 ad_dot42(s + r0 * AB_KEYS + i, qp + r0 * D, D, ki, ki2, p->scale);
         }
-        float alpha[AD_ROWS];
-        int64_t nmax = 0;
-        for (int64_t row = 0; row < rows; row++) {
-            const int64_t t = row / p->n_head, h = row % p->n_head;
-            int64_t nv = nb;
-            if (p->causal) {
-                const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
-                nv = lim < 0 ? 0 : lim < nb ? lim : nb;
-            }
-            alpha[row] =
-                ab_softmax_row(s + row * AB_KEYS, nv, nbp, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
-            nmax = nv > nmax ? nv : nmax;
-        }
-        for (int64_t d = 0; d < D; d += 16)
-            for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-                const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
-                ad_values_any(rb, accp + r0 * D + d, D, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride, nmax);
-            }
+        ad_update(p, j0, nb, nbp, s, accp, v);
     }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t t = r / p->n_head, h = r % p->n_head;
@@ -475,24 +484,7 @@ static void attn_block_panels(const mk_attn_params *p, int64_t n, float *qn, flo
                 const uint16_t *pv = r0 == 4 || (r0 == 0 && rows4 == 4) ? v + i * p->kv_stride : NULL;
                 ap_scores(4, s + r0 * AB_KEYS + i, qn + r0 * D, D, k + i * D, p->scale, pk, pv, p->kv_stride);
             }
-        float alpha[AD_ROWS];
-        int64_t nmax = 0;
-        for (int64_t row = 0; row < rows; row++) {
-            const int64_t t = row / p->n_head, h = row % p->n_head;
-            int64_t nv = nb;
-            if (p->causal) {
-                const int64_t lim = p->q_pos0 + t - (p->k_pos0 + j0) + 1;
-                nv = lim < 0 ? 0 : lim < nb ? lim : nb;
-            }
-            alpha[row] =
-                ab_softmax_row(s + row * AB_KEYS, nv, nbp, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
-            nmax = nv > nmax ? nv : nmax;
-        }
-        for (int64_t d = 0; d < D; d += 16)
-            for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-                const int rb = (int)(rows - r0 < 4 ? rows - r0 : 4);
-                ad_values_any(rb, accp + r0 * D + d, D, alpha + r0, s + r0 * AB_KEYS, v + d, p->kv_stride, nmax);
-            }
+        ad_update(p, j0, nb, nbp, s, accp, v);
     }
     for (int64_t r = 0; r < rows; r++) {
         const int64_t t = r / p->n_head, h = r % p->n_head;
