@@ -268,6 +268,13 @@ static void ab_tile(int mr, float *s, const float *const *qr, float *const *accr
 #define AD_CUT 24  /* mk_attn_block takes the direct form below this many rows (decode: one token's heads) */
 _Static_assert(AD_CUT <= AD_ROWS && AD_ROWS * (AB_DMAX + AB_KEYS) <= AB_KEYS * AB_DMAX, "direct-form scratch");
 
+/* 16 bf16 values at p as fp32: the even ones in *e, the odd ones in *o (one load, a shift, a mask) */
+INLINE void bf16_eo(const uint16_t *p, __m256 *e, __m256 *o) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)p);
+    *e = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+    *o = _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
 /* dst = src with every 16 floats reordered as [0, 2, .., 14, 1, 3, .., 15] (D a multiple of 16) */
 INLINE void eo_split(float *dst, const float *src, int64_t D) {
     for (int64_t d = 0; d < D; d += 16) {
@@ -292,12 +299,11 @@ INLINE void eo_join(float *dst, const float *src, int64_t D) {
 /* s[r*AB_KEYS + i] = scale * qp_r · k_i for 4 rows r and 2 keys i (k and k2): eight dot products of
  * length D as lane-wise FMA chains in named registers (2 q loads per 4 FMAs), reduced at the end. */
 INLINE void ad_dot42(float *s, const float *qp, int64_t D, const uint16_t *k, const uint16_t *k2, float scale) {
-    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
     for (int64_t d = 0; d < D; d += 16) {
-        const __m256i r0 = _mm256_loadu_si256((const __m256i *)(k + d)), r1 = _mm256_loadu_si256((const __m256i *)(k2 + d));
-        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(r0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(r0, hi));
-        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(r1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(r1, hi));
+        __m256 e0, o0, e1, o1;
+        bf16_eo(k + d, &e0, &o0);
+        bf16_eo(k2 + d, &e1, &o1);
         const float *q = qp + d;
         __m256 qe = _mm256_load_ps(q), qo = _mm256_load_ps(q + 8);
         c0 = _mm256_fmadd_ps(e0, qe, c0), c4 = _mm256_fmadd_ps(e1, qe, c4);
@@ -323,7 +329,6 @@ INLINE void ad_dot42(float *s, const float *qp, int64_t D, const uint16_t *k, co
  * apart), in the even/odd order: the rb x 2 sums stay in registers while the block's V rows pass. */
 INLINE void ad_values(int rb, float *accp, int64_t ld, const float *alpha, const float *s, const uint16_t *v,
                       int64_t stride, int64_t nb) {
-    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     __m256 ce[4], co[4];
     for (int r = 0; r < rb; r++) {
         const __m256 al = _mm256_set1_ps(alpha[r]);
@@ -331,9 +336,8 @@ INLINE void ad_values(int rb, float *accp, int64_t ld, const float *alpha, const
         co[r] = _mm256_mul_ps(_mm256_load_ps(accp + r * ld + 8), al);
     }
     for (int64_t j = 0; j < nb; j++) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i *)(v + j * stride));
-        const __m256 ve = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-        const __m256 vo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
+        __m256 ve, vo;
+        bf16_eo(v + j * stride, &ve, &vo);
         for (int r = 0; r < rb; r++) {
             const __m256 pj = _mm256_broadcast_ss(s + r * AB_KEYS + j);
             ce[r] = _mm256_fmadd_ps(pj, ve, ce[r]);
@@ -432,7 +436,6 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
  * (16 rows of D bf16, vstride apart: this panel's values), one each per 2 dims. */
 INLINE void ap_scores(int rb, float *s, const float *q, int64_t D, const uint16_t *kp, float scale,
                       const uint16_t *pk, const uint16_t *pv, int64_t vstride) {
-    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     __m256 e[4], o[4];
     for (int r = 0; r < rb; r++) e[r] = o[r] = _mm256_setzero_ps();
     int64_t vr = 0, vc = 0; /* the next V line: row, column */
@@ -443,9 +446,8 @@ INLINE void ap_scores(int rb, float *s, const float *q, int64_t D, const uint16_
             if ((vc += 32) >= D) vc = 0, vr++;
         }
         for (int64_t dd = d; dd < d + 2; dd++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(kp + 16 * dd));
-            const __m256 ke = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
-            const __m256 ko = _mm256_castsi256_ps(_mm256_and_si256(raw, hi));
+            __m256 ke, ko;
+            bf16_eo(kp + 16 * dd, &ke, &ko);
             for (int r = 0; r < rb; r++) {
                 const __m256 a = _mm256_broadcast_ss(q + r * D + dd);
                 e[r] = _mm256_fmadd_ps(a, ke, e[r]);
