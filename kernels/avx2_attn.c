@@ -431,13 +431,13 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
  * registers with no horizontal sum (the row-layout form above spends ~15 % of its time reducing).
  * Measured against it in a scratch driver, 8 heads x 1K-16K keys: 1.12-1.35x. */
 
-/* s[r*AB_KEYS + j] = scale * q_r · k_j for r < rb (q rows D apart), the 16 keys of panel kp, in key
+/* s[r*AB_KEYS + j] = scale * q_r · k_j for 4 rows r (q rows D apart), the 16 keys of panel kp, in key
  * order. While it runs it prefetches D/2 cache lines: of pk (contiguous: the next keys) and/or of pv
  * (16 rows of D bf16, vstride apart: this panel's values), one each per 2 dims. */
-INLINE void ap_scores(int rb, float *s, const float *q, int64_t D, const uint16_t *kp, float scale,
-                      const uint16_t *pk, const uint16_t *pv, int64_t vstride) {
+INLINE void ap_scores(float *s, const float *q, int64_t D, const uint16_t *kp, float scale, const uint16_t *pk,
+                      const uint16_t *pv, int64_t vstride) {
     __m256 e[4], o[4];
-    for (int r = 0; r < rb; r++) e[r] = o[r] = _mm256_setzero_ps();
+    for (int r = 0; r < 4; r++) e[r] = o[r] = _mm256_setzero_ps();
     int64_t vr = 0, vc = 0; /* the next V line: row, column */
     for (int64_t d = 0; d < D; d += 2) {
         if (pk) _mm_prefetch((const char *)(pk + d * 16), _MM_HINT_T0);
@@ -448,7 +448,7 @@ INLINE void ap_scores(int rb, float *s, const float *q, int64_t D, const uint16_
         for (int64_t dd = d; dd < d + 2; dd++) {
             __m256 ke, ko;
             bf16_eo(kp + 16 * dd, &ke, &ko);
-            for (int r = 0; r < rb; r++) {
+            for (int r = 0; r < 4; r++) {
                 const __m256 a = _mm256_broadcast_ss(q + r * D + dd);
                 e[r] = _mm256_fmadd_ps(a, ke, e[r]);
                 o[r] = _mm256_fmadd_ps(a, ko, o[r]);
@@ -456,7 +456,7 @@ INLINE void ap_scores(int rb, float *s, const float *q, int64_t D, const uint16_
         }
     }
     const __m256 sc = _mm256_set1_ps(scale);
-    for (int r = 0; r < rb; r++) { /* keys 0 2 .. 14 and 1 3 .. 15 back into key order */
+    for (int r = 0; r < 4; r++) { /* keys 0 2 .. 14 and 1 3 .. 15 back into key order */
         const __m256 lo = _mm256_unpacklo_ps(e[r], o[r]), up = _mm256_unpackhi_ps(e[r], o[r]);
         _mm256_store_ps(s + r * AB_KEYS, _mm256_mul_ps(_mm256_permute2f128_ps(lo, up, 0x20), sc));
         _mm256_store_ps(s + r * AB_KEYS + 8, _mm256_mul_ps(_mm256_permute2f128_ps(lo, up, 0x31), sc));
@@ -484,7 +484,7 @@ static void attn_block_panels(const mk_attn_params *p, int64_t n, float *qn, flo
             for (int64_t r0 = 0; r0 < rows4; r0 += 4) {
                 const uint16_t *pk = r0 == 0 && kn ? kn + i * D : NULL;
                 const uint16_t *pv = r0 == 4 || (r0 == 0 && rows4 == 4) ? v + i * p->kv_stride : NULL;
-                ap_scores(4, s + r0 * AB_KEYS + i, qn + r0 * D, D, k + i * D, p->scale, pk, pv, p->kv_stride);
+                ap_scores(s + r0 * AB_KEYS + i, qn + r0 * D, D, k + i * D, p->scale, pk, pv, p->kv_stride);
             }
         ad_update(p, j0, nb, nbp, s, accp, v);
     }
@@ -497,11 +497,11 @@ static void attn_block_panels(const mk_attn_params *p, int64_t n, float *qn, flo
 void mk_attn_block_avx2(const mk_attn_params *p) {
     const int64_t D = p->D, rows = p->n_tok * p->n_head;
     if (!tl_attn) tl_attn = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
-    if ((D > AB_DMAX || D % 8 || !tl_attn) && p->k_panels) { /* unusual shapes */
-        mk_attn_block_ref(p);
-        return;
-    }
     if (D > AB_DMAX || D % 8 || !tl_attn) { /* unusual shapes: one row at a time */
+        if (p->k_panels) { /* mk_attn_accum reads K rows; the reference reads either layout */
+            mk_attn_block_ref(p);
+            return;
+        }
         for (int64_t t = 0; t < p->n_tok; t++) {
             int64_t nv = p->n;
             if (p->causal) {
@@ -543,9 +543,10 @@ void mk_attn_block_avx2(const mk_attn_params *p) {
         for (int64_t r0 = 0; r0 < rows; r0 += AB_MR) {
             for (int64_t q = 0; q < per_tile && pf < 2 * nn * lpr; q++, pf++) {
                 const int64_t row = pf / lpr % nn, line = pf % lpr;
-                const uint16_t *src = (pf < nn * lpr ? k : v) + (nb + row) * p->kv_stride;
-                const char *at = p->k_panels && pf < nn * lpr ? (const char *)(k + nb * D) + pf * 64 /* contiguous */
-                                                              : (const char *)src + line * 64;
+                const int is_k = pf < nn * lpr;
+                const char *at = is_k && p->k_panels /* panels: the next keys are contiguous */
+                                     ? (const char *)(k + nb * D) + pf * 64
+                                     : (const char *)((is_k ? k : v) + (nb + row) * p->kv_stride) + line * 64;
                 _mm_prefetch(at, _MM_HINT_T1);
             }
             const int mr = (int)(rows - r0 < AB_MR ? rows - r0 : AB_MR);
