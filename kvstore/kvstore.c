@@ -348,6 +348,20 @@ static void drain_reads(kvs_cache *c) {
         if (c->ring[i].state != ST_FREE) c->tier->ops->wait(c->tier, &c->ring[i].io);
 }
 
+/* Forgets every staged copy of block b of a layer. Called when the block is about to change: a
+ * read-ahead staged before a rewrite holds the old bytes, and once the rewritten block is evicted
+ * again it would be verified against the new checksum and reported corrupt (or, worse, match an
+ * identical rewrite and hide nothing). kvs_stream_next reads an unstaged cold block on demand. */
+static void unstage(kvs_cache *c, int64_t layer, int64_t b) {
+    for (int i = 0; i < c->R; i++) {
+        kvs_stage *s = &c->ring[i];
+        if (s->state == ST_FREE || s->plan_idx >= c->plan_n) continue;
+        if (c->plan[s->plan_idx].layer != layer || c->plan[s->plan_idx].b != b) continue;
+        if (s->state == ST_INFLIGHT) c->tier->ops->wait(c->tier, &s->io);
+        s->state = ST_FREE;
+    }
+}
+
 static void drop_plan(kvs_cache *c) {
     if (c->tier) drain_reads(c);
     for (int i = 0; i < c->R; i++) c->ring[i].state = ST_FREE;
@@ -440,6 +454,7 @@ static int make_hot(kvs_cache *c, int64_t layer, int64_t b, int64_t cur_pos) {
                         (long long)layer);
     if (k->state == BLK_COLD) { /* rewriting a spilled block (after a truncate): load it first */
         drain_reads(c);
+        unstage(c, layer, b);
         kvs_io io = {.op = KVS_OP_READ, .buf = mem, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
         kvs_io *p = &io;
         int rc = c->tier->ops->submit(c->tier, &p, 1);
