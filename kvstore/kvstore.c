@@ -142,6 +142,22 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
         return mtok_err(MTOK_EUSAGE, "kv cache: invalid parameters (layers %lld, groups %lld, ctx %lld, block %lld)",
                         (long long)p->n_layers, (long long)p->n_kv_groups, (long long)p->ctx,
                         (long long)p->block_tokens);
+    /* Sizes below are products of these; reject what would overflow (or divide by a wrapped zero)
+     * before anything is allocated. The command line checks its ranges too; this guards the library. */
+    int64_t n_blocks, table, row, data;
+    if (p->block_tokens > KVS_MAX_BLOCK_TOKENS)
+        return mtok_err(MTOK_EUSAGE, "kv cache: --kv-block %lld is out of range [1, %d]", (long long)p->block_tokens,
+                        KVS_MAX_BLOCK_TOKENS);
+    n_blocks = p->ctx / p->block_tokens + (p->ctx % p->block_tokens != 0);
+    if (__builtin_mul_overflow(p->n_layers, n_blocks, &table) || table > ((int64_t)1 << 40) ||
+        __builtin_mul_overflow(p->n_kv_groups, p->head_dim, &row) ||
+        __builtin_mul_overflow(4 * p->block_tokens, row, &data) || data > ((int64_t)1 << 40))
+        return mtok_err(MTOK_EUSAGE, "kv cache: %lld layers x %lld blocks of %lld tokens x %lld groups x %lld dims "
+                        "is too large to address", (long long)p->n_layers, (long long)n_blocks,
+                        (long long)p->block_tokens, (long long)p->n_kv_groups, (long long)p->head_dim);
+    if (p->sinks < 0 || p->sinks > ((int64_t)1 << 40) || p->window < 0 || p->window > ((int64_t)1 << 40))
+        return mtok_err(MTOK_EUSAGE, "kv cache: --kv-sinks %lld and --kv-window %lld must lie in [0, 2^40]",
+                        (long long)p->sinks, (long long)p->window);
     kvs_cache *c = calloc(1, sizeof *c);
     if (!c) return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory");
     int rc = MTOK_ERESOURCE;
@@ -156,6 +172,7 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->chunk_bytes = ((c->slot_bytes < KVS_CHUNK ? KVS_CHUNK / c->slot_bytes : 1) * c->slot_bytes + KVS_HUGE - 1) /
                      KVS_HUGE * KVS_HUGE;
     c->sink_blocks = (p->sinks + c->B - 1) / c->B;
+    if (c->sink_blocks > c->n_blocks) c->sink_blocks = c->n_blocks; /* sinks past the context: every block */
     c->blk = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blk);
     c->n_tok = calloc((size_t)p->n_layers, sizeof *c->n_tok);
     c->n_hot = calloc((size_t)p->n_layers, sizeof *c->n_hot);

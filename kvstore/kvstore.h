@@ -69,6 +69,9 @@ typedef struct {
     uint64_t summary_bytes; /* RAM of the block key summaries of the blocks held (topk policy) */
 } kvs_stats;
 
+/* Largest block_tokens kvs_create accepts (a block is one unit of spill I/O: 64K tokens of a 9B
+ * model's KV is already 256 MiB). */
+#define KVS_MAX_BLOCK_TOKENS 65536
 int kvs_create(const kvs_params *p, kvs_cache **out);
 void kvs_free(kvs_cache *c);
 /* Forgets every position. */

@@ -39,8 +39,14 @@ static int open_file(const char *dir, char *path, size_t cap, int *direct) {
         }
         if (fd < 0 && errno != EEXIST) break;
     }
-    if (fd < 0)
-        return mtok_err(MTOK_ERESOURCE, "kv cold tier: cannot create %s: %s (--kv-dir)", path, strerror(errno));
+    if (fd < 0) {
+        /* a directory that is missing, not a directory or not writable is the user's input to fix
+         * (exit 2); anything else (no inodes, no descriptors, no space) is a resource running out */
+        const int e = errno;
+        const int input = e == ENOENT || e == ENOTDIR || e == EACCES || e == EPERM || e == EROFS;
+        return mtok_err(input ? MTOK_EINPUT : MTOK_ERESOURCE, "kv cold tier: cannot create %s: %s (--kv-dir %s)", path,
+                        strerror(e), d);
+    }
     unlink(path);
     if (!*direct) mtok_log(1, "kv cold tier: %s does not support O_DIRECT; using buffered I/O", d);
     return fd;

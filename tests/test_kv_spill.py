@@ -185,6 +185,29 @@ try:
               f"niah 8192 x depths 25,50, --kv-budget 1M, {io}, {policy}: exit {p.returncode} "
               f"{p.stderr.strip().splitlines()[-1:] if p.returncode else ''}")
 
+    # a --kv-dir that is missing or read-only is the user's input to fix: exit 2 naming it (was exit 3)
+    gen_short = ["generate", "-m", model, "-p", "the river", "-n", "2", "--kv-budget", "64K", "--kv-block", "16"]
+    p = run(*gen_short, "--kv-dir", os.path.join(work, "missing"))
+    check(p.returncode == 2 and "--kv-dir" in p.stderr and "No such file" in p.stderr,
+          f"missing --kv-dir: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
+    ro = os.path.join(work, "ro")
+    os.mkdir(ro)
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro],
+                                            capture_output=True).returncode == 0:
+        try:
+            p = run(*gen_short, "--kv-dir", ro)
+            check(p.returncode == 2 and "Read-only" in p.stderr,
+                  f"read-only --kv-dir: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
+        finally:
+            subprocess.run(["umount", "-l", ro], capture_output=True)
+    elif os.geteuid() != 0:
+        os.chmod(ro, 0o555)
+        p = run(*gen_short, "--kv-dir", ro)
+        check(p.returncode == 2 and "Permission denied" in p.stderr,
+              f"unwritable --kv-dir: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
+    else:
+        print("skip read-only --kv-dir (cannot mount a read-only tmpfs here)")
+
     # peak RSS: KV >= 4x the budget stays under baseline + budget + 10%
     big = os.path.join(work, "big.txt")
     with open(big, "w") as f:

@@ -211,6 +211,42 @@ static void test_window(void) {
     kvs_free(c);
 }
 
+/* Parameters whose sizes would overflow, divide by a wrapped zero or walk off the block table are
+ * refused before anything is allocated (issue 16: --kv-block 2^62 died of SIGFPE, --kv-sinks 2^63-1
+ * with a budget of SIGSEGV); a cold-tier directory that is missing or not a directory is the user's
+ * input (MTOK_EINPUT, exit 2), not a resource failure. */
+static void test_params(void) {
+    kvs_cache *c = NULL;
+    kvs_params p = params((int64_t)1 << 62, 1 << 20, KVS_IO_AUTO, NULL);
+    CHECK(kvs_create(&p, &c) == MTOK_EUSAGE && strstr(mtok_errmsg(), "--kv-block") && !c, "block 2^62: %s",
+          mtok_errmsg());
+    p = params(16, 1 << 20, KVS_IO_AUTO, NULL);
+    p.sinks = INT64_MAX;
+    CHECK(kvs_create(&p, &c) == MTOK_EUSAGE && strstr(mtok_errmsg(), "--kv-sinks") && !c, "sinks 2^63-1: %s",
+          mtok_errmsg());
+    p = params(16, 1 << 20, KVS_IO_AUTO, NULL);
+    p.ctx = (int64_t)1 << 62;
+    CHECK(kvs_create(&p, &c) == MTOK_EUSAGE && strstr(mtok_errmsg(), "too large") && !c, "ctx 2^62: %s",
+          mtok_errmsg());
+    p = params(16, 1 << 20, KVS_IO_AUTO, NULL);
+    p.head_dim = (int64_t)1 << 40;
+    CHECK(kvs_create(&p, &c) == MTOK_EUSAGE && !c, "head_dim 2^40: %s", mtok_errmsg());
+    /* sinks longer than the context: every block is a sink, nothing breaks */
+    p = params(16, 1 << 20, KVS_IO_AUTO, NULL);
+    p.sinks = (int64_t)1 << 30;
+    int rc = kvs_create(&p, &c);
+    CHECK(rc == MTOK_EUSAGE && strstr(mtok_errmsg(), "too small"), "sinks 2^30 with a small budget: %s",
+          mtok_errmsg());
+    kvs_free(c), c = NULL;
+    p = params(16, 1 << 20, KVS_IO_AUTO, NULL);
+    p.dir = "/nonexistent-mtok-dir";
+    CHECK(kvs_create(&p, &c) == MTOK_EINPUT && strstr(mtok_errmsg(), "--kv-dir") && !c, "missing dir: %s",
+          mtok_errmsg());
+    p.dir = "/dev/null";
+    CHECK(kvs_create(&p, &c) == MTOK_EINPUT && strstr(mtok_errmsg(), "Not a directory") && !c, "not a dir: %s",
+          mtok_errmsg());
+}
+
 int main(int argc, char **argv) {
     (void)argc, (void)argv;
     snprintf(dir, sizeof dir, "/tmp/mtok-kvtest-%d", (int)getpid());
@@ -238,6 +274,7 @@ int main(int argc, char **argv) {
     }
     test_backends();
     test_window();
+    test_params();
 
     snprintf(cmd, sizeof cmd, "rmdir %s", dir); /* the cold files are unlinked at open: the dir is empty */
     CHECK(system(cmd) == 0, "cold-tier files left behind in %s", dir);
