@@ -23,11 +23,20 @@
 
 
 
-static void *xalloc(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
+static void *xalloc(size_t n) {
+    if (n > (SIZE_MAX - 63) / sizeof(float)) return NULL; /* the byte count would wrap */
+    return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+}
 
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out) {
     *out = NULL;
     const mtok_config *c = &m->cfg;
+    /* Every scratch buffer is a product of the chunk with a model width, and OpenMP's runtime dies
+     * (SIGSEGV) rather than fail on absurd team sizes: bound both before anything is allocated. */
+    if (p && (p->prefill_chunk > MTOK_MAX_CHUNK || p->threads > MTOK_MAX_THREADS || p->ctx > MTOK_MAX_CTX))
+        return mtok_err(MTOK_EUSAGE, "session: chunk %lld (at most %d), threads %d (at most %d) or context %lld "
+                        "(at most 2^40) out of range", (long long)p->prefill_chunk, MTOK_MAX_CHUNK, p->threads,
+                        MTOK_MAX_THREADS, (long long)p->ctx);
     mtok_session *s = calloc(1, sizeof *s);
     if (!s) return mtok_err(MTOK_ERESOURCE, "out of memory creating a session");
     s->m = m;

@@ -158,6 +158,11 @@ typedef struct mtok_session mtok_session;
  * chunk), so larger chunks amortize that; 512 measured best on glm4-1b (docs/PERFORMANCE.md), the
  * scratch grows as chunk x ffn floats. */
 #define MTOK_DEFAULT_CHUNK 512
+/* Bounds mtok_session_create enforces (MTOK_EUSAGE beyond them): scratch memory is O(chunk x width),
+ * OpenMP team sizes past a few thousand crash its runtime, and positions stay far from int64 limits. */
+#define MTOK_MAX_CHUNK (1 << 20)
+#define MTOK_MAX_THREADS 1024
+#define MTOK_MAX_CTX ((int64_t)1 << 40)
 typedef struct {
     int64_t ctx;           /* context limit in tokens (0: the model's max_ctx) */
     int threads;           /* OpenMP threads (0: all cores) */
