@@ -44,8 +44,35 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i);
 void cli_common_defaults(cli_common *o);
 /* Value of the option at argv[*i] (advances *i) or NULL with a usage message. */
 const char *cli_value(int argc, char **argv, int *i);
-int cli_parse_i64(const char *flag, const char *s, int64_t *out);
-int cli_parse_f64(const char *flag, const char *s, double *out);
+
+/* Numeric options (docs/OPTIONS.md lists each option with its range). Each parser prints one line
+ * naming the option, the value and the allowed range, and returns -1, when the argument is not a
+ * decimal number or lies outside [lo, hi]; 0 with *out set otherwise. */
+/* A plain integer: threads, ranks, queue depths, counts of blocks or repetitions. */
+int cli_parse_int(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
+/* A size in bytes or a count of tokens: K/M/G/T suffixes (powers of 1024) accepted, and the product
+ * checked for overflow before the range. */
+int cli_parse_size(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out);
+/* Any 64-bit unsigned value (seeds). */
+int cli_parse_u64(const char *flag, const char *s, uint64_t *out);
+/* A finite real in [lo, hi], or (lo, hi] when lo_open; nan and inf are refused. */
+int cli_parse_real(const char *flag, const char *s, double lo, double hi, int lo_open, double *out);
+/* --threads' upper bound: CLI_MAX_THREADS, or OpenMP's thread limit where that is lower. */
+int cli_max_threads(void);
+
+/* The ranges (docs/OPTIONS.md). Token counts stop at 2^30, a thousand times GLM-4-9B-Chat-1M's
+ * context: far beyond any model, and small enough that a count times any row size, block size or
+ * rank count stays inside int64. */
+#define CLI_MAX_TOKENS ((int64_t)1 << 30)     /* -n, --top-k, --kv-sinks, --kv-window, --kv-topk */
+#define CLI_MAX_CTX CLI_MAX_TOKENS            /* --ctx */
+#define CLI_MAX_CHUNK ((int64_t)1 << 20)      /* --chunk: the prefill scratch is chunk x hidden floats */
+#define CLI_MAX_KV_BLOCK ((int64_t)65536)     /* --kv-block (tokens per KV block) */
+#define CLI_MAX_KV_BUDGET ((int64_t)1 << 50)  /* --kv-budget bytes (1 PiB) */
+#define CLI_MAX_KV_DEPTH 4096                 /* --kv-depth (io_uring queue entries) */
+#define CLI_MAX_THREADS 1024                  /* --threads */
+#define CLI_MAX_RANKS 4096                    /* --tp, --cp */
+#define CLI_MAX_CP_SPAN ((int64_t)1 << 40)    /* --cp-span */
+#define CLI_MAX_ROPE_BASE 1e12                /* --rope-base (0, 1e12] */
 
 /* Prints "mtok: <message>" and returns the exit code for a library error code. */
 int cli_fail(int rc);
@@ -78,6 +105,7 @@ int cmd_bench(int argc, char **argv);    /* cli/cmd_bench.c: bench -m DIR | benc
 int cmd_bench_kv(int argc, char **argv); /* cli/cmd_kv.c: the cold-tier benchmark behind `mtok bench kv` */
 int cmd_prefill(int argc, char **argv);  /* cli/cmd_kv.c: prefill a document, --save-kv */
 int cmd_qa(int argc, char **argv);       /* cli/cmd_kv.c: many questions from one document state */
+int cmd_check(int argc, char **argv);    /* cli/cmd_check.c: dtypes, shapes and finite values of a checkpoint */
 /* cli/cmd_kv.c: --load-kv for generate. Loads the saved document into the session: if the prompt ids
  * start with the saved tokens (block hash chain) those blocks are reused and *skip says how many
  * prompt ids are already in; otherwise the prompt continues after the document (a leading

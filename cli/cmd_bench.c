@@ -37,6 +37,14 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Option ranges (docs/OPTIONS.md): prompt lengths and depths are token counts like --ctx; the decode
+ * steps and the logits check are kept to what one run can time or hold. */
+#define BENCH_MAX_TOKENS CLI_MAX_TOKENS   /* --prompt, --depths values */
+#define BENCH_MAX_GEN ((int64_t)1 << 20)  /* --gen */
+#define BENCH_MAX_CHECK ((int64_t)65536)  /* --check-tokens: 3 x tokens x vocab floats */
+#define BENCH_MAX_REPS 100000             /* --reps */
+#define BENCH_MAX_ARRAY_MB ((int64_t)1 << 20) /* --array-mb: 1 TiB per array */
+
 /* ---- limits ---- */
 
 /* mk_measure_limits in a forked child (its 3 arrays stay out of this process's RSS); in-process if
@@ -90,8 +98,11 @@ static int bench_limits(int argc, char **argv) {
         int64_t n;
         if (!strcmp(a, "--json")) js = 1;
         else if (!strcmp(a, "--threads") || !strcmp(a, "-t") || !strcmp(a, "--array-mb") || !strcmp(a, "--reps")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_parse_i64(a, v, &n)) return 1;
-            if (n < 1) return cli_usage_error("%s must be >= 1", a);
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            const int64_t hi = !strcmp(a, "--array-mb") ? BENCH_MAX_ARRAY_MB
+                               : !strcmp(a, "--reps")   ? BENCH_MAX_REPS
+                                                        : cli_max_threads();
+            if (cli_parse_int(a, v, 1, hi, &n)) return 1;
             if (!strcmp(a, "--array-mb")) lp.array_bytes = n << 20;
             else if (!strcmp(a, "--reps")) lp.reps = (int)n;
             else lp.threads = (int)n;
@@ -126,14 +137,15 @@ typedef struct {
     int n;
 } i64_list;
 
+/* "N,N,..": token counts in [min, BENCH_MAX_TOKENS], at most 16 */
 static int parse_list(const char *flag, const char *s, i64_list *out, int64_t min) {
     out->n = 0;
     char buf[512];
+    if (strlen(s) >= sizeof buf) return cli_usage_error("%s: the list is longer than %zu characters", flag, sizeof buf - 1), -1;
     snprintf(buf, sizeof buf, "%s", s);
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (out->n == 16) return cli_usage_error("%s: at most 16 values", flag), -1;
-        if (cli_parse_i64(flag, t, &out->v[out->n])) return -1;
-        if (out->v[out->n] < min) return cli_usage_error("%s: values must be >= %lld", flag, (long long)min), -1;
+        if (cli_parse_size(flag, t, min, BENCH_MAX_TOKENS, &out->v[out->n])) return -1;
         out->n++;
     }
     if (!out->n) return cli_usage_error("%s: empty list", flag), -1;
@@ -509,8 +521,14 @@ int cmd_bench(int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i)) || parse_list(a, v, &B.depths, 0)) return 1;
         } else if (!strcmp(a, "--gen") || !strcmp(a, "--reps") || !strcmp(a, "--check-tokens") ||
                    !strcmp(a, "--array-mb")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_parse_i64(a, v, &n)) return 1;
-            if (n < 1) return cli_usage_error("%s must be >= 1", a);
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            const int64_t hi = !strcmp(a, "--gen")            ? BENCH_MAX_GEN
+                               : !strcmp(a, "--reps")         ? BENCH_MAX_REPS
+                               : !strcmp(a, "--check-tokens") ? BENCH_MAX_CHECK
+                                                              : BENCH_MAX_ARRAY_MB;
+            if (!strcmp(a, "--gen") || !strcmp(a, "--check-tokens") ? cli_parse_size(a, v, 1, hi, &n)
+                                                                     : cli_parse_int(a, v, 1, hi, &n))
+                return 1;
             if (!strcmp(a, "--gen")) B.gen = n;
             else if (!strcmp(a, "--reps")) B.reps = (int)n;
             else if (!strcmp(a, "--array-mb")) B.lp.array_bytes = n << 20;

@@ -25,8 +25,7 @@ static int parse_lengths(const char *flag, const char *s, int64_t **out, size_t 
     if (!dup || !*out) return free(dup), cli_usage_error("out of memory"), -1;
     for (char *tok = strtok(dup, ","); tok; tok = strtok(NULL, ",")) {
         int64_t v;
-        if (cli_parse_i64(flag, tok, &v)) return free(dup), -1;
-        if (v < 16) return free(dup), cli_usage_error("%s: %lld tokens is too short", flag, (long long)v), -1;
+        if (cli_parse_size(flag, tok, 16, CLI_MAX_TOKENS, &v)) return free(dup), -1;
         (*out)[(*n)++] = v;
     }
     free(dup);
@@ -36,10 +35,18 @@ static int parse_lengths(const char *flag, const char *s, int64_t **out, size_t 
 /* "0,25,50" or "A:B:N" (N evenly spaced values from A to B) */
 static int parse_depths(const char *s, double **out, size_t *n) {
     double a, b;
-    int k;
-    char tail;
-    if (sscanf(s, "%lf:%lf:%d%c", &a, &b, &k, &tail) == 3) {
-        if (k < 1 || k > 1000) return cli_usage_error("--depths %s: bad count", s), -1;
+    int64_t k;
+    *out = NULL; /* the caller frees it on an error */
+    const char *c1 = strchr(s, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (c1 && c2) { /* A:B:N; sscanf's %lf took nan and inf */
+        char *dup = strdup(s);
+        if (!dup) return cli_usage_error("out of memory"), -1;
+        dup[c1 - s] = dup[c2 - s] = 0;
+        const int bad = cli_parse_real("--depths", dup, 0, 100, 0, &a) ||
+                        cli_parse_real("--depths", dup + (c1 - s) + 1, 0, 100, 0, &b) ||
+                        cli_parse_int("--depths A:B:N count", dup + (c2 - s) + 1, 1, 1000, &k);
+        free(dup);
+        if (bad) return -1;
         *out = malloc((size_t)k * sizeof **out);
         if (!*out) return -1;
         for (int i = 0; i < k; i++) (*out)[i] = k == 1 ? a : a + (b - a) * i / (k - 1);
@@ -54,8 +61,7 @@ static int parse_depths(const char *s, double **out, size_t *n) {
     if (!dup || !*out) return free(dup), -1;
     for (char *tok = strtok(dup, ","); tok; tok = strtok(NULL, ",")) {
         double v;
-        if (cli_parse_f64("--depths", tok, &v)) return free(dup), -1;
-        if (v < 0 || v > 100) return free(dup), cli_usage_error("--depths: %g is outside 0..100", v), -1;
+        if (cli_parse_real("--depths", tok, 0, 100, 0, &v)) return free(dup), -1;
         (*out)[(*n)++] = v;
     }
     free(dup);
@@ -174,7 +180,7 @@ int cmd_niah(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--n-extra")) {
             VAL();
-            if (cli_parse_i64(a, v, &n) || n < 0) goto out;
+            if (cli_parse_int(a, v, 0, 15, &n)) goto out; /* eval/niah.c: 16 needles at most */
             np.n_extra = (int)n;
         } else if (!strcmp(a, "--resume")) {
             np.resume = 1;
@@ -286,8 +292,7 @@ int cmd_demo(int argc, char **argv) {
             spill = 0;
         } else if (!strcmp(argv[i], "--max-len")) {
             const char *v = cli_value(argc, argv, &i);
-            if (!v || cli_parse_i64("--max-len", v, &max_len)) return 1;
-            if (max_len < 1024) return cli_usage_error("--max-len must be at least 1K");
+            if (!v || cli_parse_size("--max-len", v, 1024, CLI_MAX_TOKENS, &max_len)) return 1;
         } else
             return cli_usage_error("demo: unknown option '%s' (demo [--dir DIR] [--out DIR] [--max-len N] [--no-spill])",
                                    argv[i]);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "../eval/eval.h"
 #include "../kvstore/kvstore.h"
 
 static double now_s(void) {
@@ -153,13 +154,16 @@ int cmd_qa(int argc, char **argv) {
     }
     if (!o.model || !qfile || (!load) == (!file))
         return cli_usage_error("qa needs -m DIR, --questions Q.jsonl and one of --load-kv F, -f DOC");
+    /* the questions first: a bad file is reported before the model loads (eval/jsonl.c reads it) */
+    mev_questions qs;
+    int rc = mev_questions_read(qfile, &qs);
+    if (rc) return cli_fail(rc);
     cli_loaded L;
-    char *buf = NULL, *qbuf = NULL;
-    size_t len = 0, qlen = 0;
+    char *buf = NULL;
+    size_t len = 0;
     mtok_ids doc = {0};
     int64_t n_doc = 0, n_q = 0, q_tokens = 0;
-    int rc = cli_load(&o, 1, &L);
-    if (!rc) rc = cli_read_file(qfile, &qbuf, &qlen);
+    rc = cli_load(&o, 1, &L);
     double t0 = now_s();
     if (!rc && load) {
         rc = mtok_session_load_kv(L.sess, load, NULL, 0, &n_doc);
@@ -173,34 +177,16 @@ int cmd_qa(int argc, char **argv) {
     double doc_s = now_s() - t0;
     mtok_kv_stats st0 = {0};
     if (!rc) mtok_session_kv_stats(L.sess, &st0);
-    int64_t line_no = 0;
-    for (char *line = qbuf, *next; !rc && line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        if (strspn(line, " \t\r") == strlen(line)) continue;
-        json_error_t jerr;
-        json_t *j = json_loads(line, 0, &jerr);
-        const char *q = NULL;
-        json_t *id = NULL;
-        if (j) {
-            q = json_string_value(json_object_get(j, "question"));
-            if (!q) q = json_string_value(json_object_get(j, "input"));
-            if (!q) q = json_string_value(json_object_get(j, "prompt"));
-            id = json_object_get(j, "id");
-        }
-        if (!q) {
-            rc = mtok_err(MTOK_EINPUT, "%s:%lld: expected a JSON object with a \"question\" string", qfile,
-                          (long long)line_no);
-            json_decref(j);
-            break;
-        }
+    for (size_t qi = 0; !rc && qi < qs.n; qi++) {
+        const char *q = qs.v[qi].text;
+        json_t *id = qs.v[qi].id_json ? json_loads(qs.v[qi].id_json, JSON_DECODE_ANY, NULL) : NULL;
         mtok_ids ids = {0}, out = {0};
         mtok_sampler *smp = NULL;
         mtok_gen_stats gs;
         rc = mtok_session_truncate(L.sess, n_doc); /* back to the document state */
         if (!rc) rc = question_ids(L.tok, q, chat, &ids);
-        if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "%s:%lld: empty question", qfile, (long long)line_no);
+        if (!rc && ids.n == 0)
+            rc = mtok_err(MTOK_EINPUT, "%s:%lld: the question has no tokens", qfile, (long long)qs.v[qi].line);
         mtok_sampler_params sp = {.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p,
                                   .repetition_penalty = o.rep_pen, .seed = o.seed};
         if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &smp);
@@ -224,7 +210,7 @@ int cmd_qa(int argc, char **argv) {
         mtok_sampler_free(smp);
         mtok_ids_free(&ids);
         mtok_ids_free(&out);
-        json_decref(j);
+        json_decref(id);
     }
     if (!rc) {
         mtok_kv_stats st;
@@ -237,7 +223,7 @@ int cmd_qa(int argc, char **argv) {
         cli_log_kv_stats(L.sess);
     }
     free(buf);
-    free(qbuf);
+    mev_questions_free(&qs);
     mtok_ids_free(&doc);
     cli_unload(&L);
     return rc ? cli_fail(rc) : 0;
@@ -262,7 +248,7 @@ int cmd_bench_kv(int argc, char **argv) {
             const char *a = argv[i];
             if (!(v = cli_value(argc, argv, &i))) return 1;
             int64_t n;
-            if (cli_parse_i64(a, v, &n) || n <= 0) return cli_usage_error("%s must be a positive size", a);
+            if (cli_parse_size(a, v, 1, !strcmp(a, "--size") ? CLI_MAX_KV_BUDGET : (int64_t)1 << 30, &n)) return 1;
             if (!strcmp(a, "--size")) size = n;
             else block_bytes = n;
         } else

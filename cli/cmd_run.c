@@ -28,6 +28,36 @@ static void print_stats(const mtok_gen_stats *st) {
              st->stop_id >= 0 ? "" : " (length)");
 }
 
+/* Reads a --tools file and checks it with the chat template's own rules before the model loads, so
+ * that every problem with it is reported against the file (the template's messages cannot know
+ * where the JSON came from). */
+static int read_tools(const char *path, char **out) {
+    char *text = NULL, *rendered = NULL;
+    size_t len;
+    int rc = cli_read_file(path, &text, &len);
+    if (rc) return rc;
+    if (strlen(text) != len) {
+        rc = mtok_err(MTOK_EINPUT, "%s: contains a NUL byte at offset %zu (expected a JSON array of tool "
+                      "definitions)", path, strlen(text));
+    } else {
+        const mtok_message m = {"system", NULL, NULL, text};
+        rc = mtok_chat_render(&m, 1, 0, &rendered);
+        if (rc) {
+            char msg[1024];
+            const char *e = mtok_errmsg();
+            snprintf(msg, sizeof msg, "%s", strncmp(e, "tools: ", 7) ? e : e + 7);
+            rc = mtok_err(rc, "%s: %s", path, msg);
+        }
+    }
+    free(rendered);
+    if (rc) {
+        free(text);
+        return rc;
+    }
+    *out = text;
+    return 0;
+}
+
 /* ---- mtok generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [--tools F] [-n N] ---- */
 int cmd_generate(int argc, char **argv) {
     cli_common o;
@@ -61,11 +91,12 @@ int cmd_generate(int argc, char **argv) {
     mtok_sampler *smp = NULL;
     mtok_ids ids = {0};
     char *buf = NULL, *tools = NULL;
-    size_t len = 0, tlen;
+    size_t len = 0;
     mtok_gen_stats st;
-    int rc = cli_load(&o, 1, &L);
+    memset(&L, 0, sizeof L);
+    int rc = tools_file ? read_tools(tools_file, &tools) : 0;
+    if (!rc) rc = cli_load(&o, 1, &L);
     if (!rc && file) rc = cli_read_file(file, &buf, &len);
-    if (!rc && tools_file) rc = cli_read_file(tools_file, &tools, &tlen);
     const char *text = file ? buf : prompt;
     if (!rc && chat) {
         mtok_message msgs[3];
@@ -207,9 +238,9 @@ int cmd_chat(int argc, char **argv) {
     msg_list h = {0};
     mtok_ids fed = {0};
     char *tools = NULL;
-    size_t tlen;
-    int rc = cli_load(&o, 1, &L);
-    if (!rc && tools_file) rc = cli_read_file(tools_file, &tools, &tlen);
+    memset(&L, 0, sizeof L);
+    int rc = tools_file ? read_tools(tools_file, &tools) : 0;
+    if (!rc) rc = cli_load(&o, 1, &L);
     if (!rc) rc = make_sampler(&o, L.model, &smp);
     if (!rc && (system || tools)) rc = msg_add(&h, "system", NULL, system, tools);
     if (!rc && isatty(0)) fputs("mtok chat: type a message; /reset clears the history, /exit or EOF quits\n", stdout);

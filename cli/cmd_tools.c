@@ -50,20 +50,18 @@ int cmd_tokenize(int argc, char **argv) {
     return rc ? cli_fail(rc) : 0;
 }
 
-/* Parses "1,2,3" into ids. */
+/* Parses "1,2,3" (commas, blanks or newlines between ids) into ids. Returns the exit code: 0, 1 after
+ * a usage message, 3 out of memory. The forward pass checks each id against the vocabulary. */
 static int parse_token_list(const char *s, mtok_ids *out) {
-    while (*s) {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < 0 || v > INT32_MAX)
-            return mtok_err(MTOK_EUSAGE, "--tokens: expected comma-separated ids, got '%.20s'", s);
-        int rc = mtok_ids_push(out, (int32_t)v);
-        if (rc) return rc;
-        s = end;
-        while (*s == ',' || *s == ' ' || *s == '\n') s++;
+    char *dup = strdup(s);
+    int rc = dup ? 0 : cli_fail(mtok_err(MTOK_ERESOURCE, "--tokens: out of memory"));
+    for (char *save = NULL, *t = dup ? strtok_r(dup, ", \n", &save) : NULL; t && !rc; t = strtok_r(NULL, ", \n", &save)) {
+        int64_t v;
+        if (cli_parse_int("--tokens", t, 0, INT32_MAX, &v)) rc = 1;
+        else if ((rc = mtok_ids_push(out, (int32_t)v))) rc = cli_fail(rc);
     }
-    return 0;
+    free(dup);
+    return rc;
 }
 
 /* Writes a float32 [rows][cols] array in NumPy .npy format (v1.0), atomically. */
@@ -115,8 +113,12 @@ int cmd_logits(int argc, char **argv) {
     char *buf = NULL;
     size_t len;
     float *logits = NULL;
-    int rc = cli_load(&o, file != NULL, &L);
-    if (!rc && tokens) rc = parse_token_list(tokens, &ids);
+    int rc = tokens ? parse_token_list(tokens, &ids) : 0;
+    if (rc) {
+        mtok_ids_free(&ids);
+        return rc;
+    }
+    rc = cli_load(&o, file != NULL, &L);
     if (!rc && file) rc = cli_read_file(file, &buf, &len);
     if (!rc && file) rc = mtok_tokenize(L.tok, buf, len, 0, &ids);
     if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "logits: no tokens to run");
@@ -263,11 +265,11 @@ int cmd_synth(int argc, char **argv) {
             else if (!strcmp(v, "hf")) p.naming = MTOK_NAMING_HF;
             else return cli_usage_error("--naming must be chatglm or hf");
         } else if (!strcmp(a, "--shards")) {
-            if (cli_parse_i64(a, v, &n) || n < 1) return cli_usage_error("--shards must be >= 1");
+            /* the safetensors writer's limit (core/st_write.c: 5-digit shard names) */
+            if (cli_parse_int(a, v, 1, 99999, &n)) return 1;
             p.shards = (int)n;
         } else if (!strcmp(a, "--seed")) {
-            if (cli_parse_i64(a, v, &n)) return 1;
-            p.seed = (uint64_t)n;
+            if (cli_parse_u64(a, v, &p.seed)) return 1;
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "bf16")) p.dtype = MTOK_BF16;
             else if (!strcmp(v, "f16")) p.dtype = MTOK_F16;

@@ -1,6 +1,10 @@
 /* main.c — the mtok command: dispatch to subcommands, common options, loading helpers.
  * Exit codes (DESIGN.md §3): 0 success, 1 usage, 2 bad input, 3 resource. */
+#include <ctype.h>
 #include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +23,7 @@ static const char USAGE[] =
     "  logits   -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy   fp32 logits of every position\n"
     "  synth    --preset NAME --out DIR [--naming chatglm|hf] [--shards N] [--seed S] [--dtype bf16|f16|f32]\n"
     "  info     [-m DIR]                                     version, backends, model summary\n"
+    "  check    -m DIR [--threads N]                         every tensor: dtype, shape, NaN/Inf (exit 2 if bad)\n"
     "  niah     -m DIR --lengths L1,L2.. --depths D1,D2..|A:B:N --out DIR [--variants V,..] [--resume]\n"
     "                                                       needle grid: results.jsonl, heatmap.png, table\n"
     "  eval     -m DIR --data F.jsonl --out preds.jsonl [--special] [--resume] | eval --score PREDS.jsonl\n"
@@ -38,7 +43,9 @@ static const char USAGE[] =
     "  --kv-topk N (blocks per layer and KV group, 64)  --kv-audit RATE (0..1)\n"
     "  (test only: --kv-fault KIND[:NTH[:COUNT]])\n"
     "parallel (under mpirun/srun, docs/PARALLEL.md): --tp N  --cp N  --cp-span TOKENS\n"
-    "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n";
+    "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n"
+    "numeric options take decimal values within the ranges in docs/OPTIONS.md; sizes and token counts\n"
+    "  also take K/M/G/T suffixes (powers of 1024)\n";
 
 int cli_usage_error(const char *fmt, ...) {
     va_list ap;
@@ -68,26 +75,92 @@ const char *cli_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
-int cli_parse_i64(const char *flag, const char *s, int64_t *out) {
+/* ---- numeric options (docs/OPTIONS.md) ----
+ * Every numeric option goes through these parsers: base 10 only, the whole argument consumed, and the
+ * value inside the option's documented range before it reaches an allocation, a division or a
+ * narrowing cast. Unchecked values did all three (issue 16: --chunk 2^62 corrupted the heap,
+ * --kv-block 2^62 divided by a truncated zero, --threads 4294967297 became 1, --kv-budget 9000000000G
+ * wrapped negative, --rope-base nan was ignored and inf used). */
+static int out_of_range(const char *flag, const char *s, int64_t lo, int64_t hi) {
+    return cli_usage_error("%s: %s is out of range [%lld, %lld]", flag, s, (long long)lo, (long long)hi), -1;
+}
+
+/* suffix: 1 accepts K/M/G/T (powers of 1024) for sizes and token counts */
+static int parse_int(const char *flag, const char *s, int64_t lo, int64_t hi, int suffix, int64_t *out) {
     char *end;
     errno = 0;
-    long long v = strtoll(s, &end, 10);
+    /* strtoll skips leading blanks; a value must start with its sign or first digit */
+    long long v = (*s == '-' || *s == '+' || (*s >= '0' && *s <= '9')) ? strtoll(s, &end, 10) : (end = (char *)s, 0);
+    const int range = errno == ERANGE;
     int64_t mul = 1;
-    if (*end == 'K' || *end == 'k') mul = 1024, end++;
-    else if (*end == 'M') mul = 1024 * 1024, end++;
-    else if (*end == 'G') mul = 1024LL * 1024 * 1024, end++;
-    if (errno || end == s || *end) return cli_usage_error("%s: '%s' is not an integer", flag, s), -1;
+    if (suffix && end != s) {
+        switch (*end) {
+        case 'K': case 'k': mul = (int64_t)1 << 10, end++; break;
+        case 'M': case 'm': mul = (int64_t)1 << 20, end++; break;
+        case 'G': case 'g': mul = (int64_t)1 << 30, end++; break;
+        case 'T': case 't': mul = (int64_t)1 << 40, end++; break;
+        }
+    }
+    if (end == s || *end)
+        return cli_usage_error("%s: '%s' is not an integer%s", flag, s, suffix ? " (K/M/G/T suffixes allowed)" : ""), -1;
+    if (range || v > INT64_MAX / mul || v < INT64_MIN / mul || v * mul < lo || v * mul > hi)
+        return out_of_range(flag, s, lo, hi);
     *out = (int64_t)v * mul;
     return 0;
 }
 
-int cli_parse_f64(const char *flag, const char *s, double *out) {
-    char *end;
+int cli_parse_int(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    return parse_int(flag, s, lo, hi, 0, out);
+}
+
+int cli_parse_size(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    return parse_int(flag, s, lo, hi, 1, out);
+}
+
+int cli_parse_u64(const char *flag, const char *s, uint64_t *out) {
+    char *end = (char *)s;
     errno = 0;
+    /* digits only: strtoull would take "-1" as 2^64-1 */
+    unsigned long long v = (*s >= '0' && *s <= '9') ? strtoull(s, &end, 10) : 0;
+    const int negative = *s == '-' && s[1] >= '0' && s[1] <= '9';
+    if (!negative && (end == s || *end)) return cli_usage_error("%s: '%s' is not an integer", flag, s), -1;
+    if (negative || errno == ERANGE)
+        return cli_usage_error("%s: %s is out of range [0, %llu]", flag, s, (unsigned long long)UINT64_MAX), -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int cli_parse_real(const char *flag, const char *s, double lo, double hi, int lo_open, double *out) {
+    char *end;
     double v = strtod(s, &end);
-    if (errno || end == s || *end) return cli_usage_error("%s: '%s' is not a number", flag, s), -1;
+    /* decimal only: strtod would also take leading blanks and hexadecimal floats */
+    if (end == s || *end || isspace((unsigned char)*s) || strpbrk(s, "xX"))
+        return cli_usage_error("%s: '%s' is not a number", flag, s), -1;
+    if (!isfinite(v)) return cli_usage_error("%s: %s is not a finite number", flag, s), -1;
+    /* an underflow (ERANGE with a tiny or zero result) is judged by the value strtod returned */
+    if ((lo_open ? !(v > lo) : !(v >= lo)) || !(v <= hi))
+        return cli_usage_error("%s: %s is out of range %c%g, %g]", flag, s, lo_open ? '(' : '[', lo, hi), -1;
     *out = v;
     return 0;
+}
+
+/* A real option stored as float: the range must hold after the conversion too ((float)1e-50 is 0). */
+static int parse_float(const char *flag, const char *s, double lo, double hi, int lo_open, float *out) {
+    double d;
+    if (cli_parse_real(flag, s, lo, hi, lo_open, &d)) return -1;
+    const double f = (double)(float)d;
+    if (lo_open ? !(f > lo) : !(f >= lo))
+        return cli_usage_error("%s: %s is out of range %c%g, %g] (as a 32-bit float it is %g)", flag, s,
+                               lo_open ? '(' : '[', lo, hi, f), -1;
+    *out = (float)d;
+    return 0;
+}
+
+int cli_max_threads(void) {
+    /* OpenMP's thread-limit-var may be lower than ours (OMP_THREAD_LIMIT); 100000 threads crashed
+     * inside the OpenMP runtime */
+    const int lim = omp_get_thread_limit();
+    return lim > 0 && lim < CLI_MAX_THREADS ? lim : CLI_MAX_THREADS;
 }
 
 void cli_common_defaults(cli_common *o) {
@@ -106,54 +179,55 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
     double d;
 #define VAL() \
     if (!(v = cli_value(argc, argv, i))) return -1
+/* NAME: an integer option in [LO, HI] (PARSE: cli_parse_int or cli_parse_size) stored in FIELD */
+#define INT_OPT(NAME, PARSE, LO, HI, FIELD)              \
+    else if (!strcmp(a, NAME)) {                         \
+        VAL();                                           \
+        if (PARSE(a, v, LO, HI, &n)) return -1;          \
+        FIELD = n;                                       \
+    }
     if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
         VAL();
         o->model = v;
     } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
         VAL();
-        if (cli_parse_i64(a, v, &n) || n < 1) return n < 1 ? cli_usage_error("--threads must be >= 1"), -1 : -1;
+        if (cli_parse_int(a, v, 1, cli_max_threads(), &n)) return -1;
         o->threads = (int)n;
-    } else if (!strcmp(a, "--ctx") || !strcmp(a, "--chunk") || !strcmp(a, "--kv-block") || !strcmp(a, "-n") ||
-               !strcmp(a, "--max-new") || !strcmp(a, "--top-k")) {
+    }
+    INT_OPT("--ctx", cli_parse_size, 1, CLI_MAX_CTX, o->ctx)
+    INT_OPT("--chunk", cli_parse_size, 1, CLI_MAX_CHUNK, o->chunk)
+    INT_OPT("--kv-block", cli_parse_size, 1, CLI_MAX_KV_BLOCK, o->kv_block)
+    INT_OPT("-n", cli_parse_size, 1, CLI_MAX_TOKENS, o->n_gen)
+    INT_OPT("--max-new", cli_parse_size, 1, CLI_MAX_TOKENS, o->n_gen)
+    INT_OPT("--top-k", cli_parse_int, 0, CLI_MAX_TOKENS, o->top_k)
+    INT_OPT("--kv-budget", cli_parse_size, 0, CLI_MAX_KV_BUDGET, o->kv_budget)
+    INT_OPT("--kv-sinks", cli_parse_size, 0, CLI_MAX_TOKENS, o->kv_sinks)
+    INT_OPT("--kv-window", cli_parse_size, 0, CLI_MAX_TOKENS, o->kv_window)
+    INT_OPT("--kv-depth", cli_parse_int, 0, CLI_MAX_KV_DEPTH, o->kv_depth)
+    INT_OPT("--kv-topk", cli_parse_int, 1, CLI_MAX_TOKENS, o->kv_topk)
+    INT_OPT("--tp", cli_parse_int, 1, CLI_MAX_RANKS, o->tp)
+    INT_OPT("--cp", cli_parse_int, 1, CLI_MAX_RANKS, o->cp)
+    INT_OPT("--cp-span", cli_parse_size, 1, CLI_MAX_CP_SPAN, o->cp_span)
+    INT_OPT("--log-level", cli_parse_int, 0, 3, o->log_level)
+    else if (!strcmp(a, "--seed")) {
         VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        if (n < (strcmp(a, "--top-k") ? 1 : 0)) return cli_usage_error("%s must be positive", a), -1;
-        if (!strcmp(a, "--ctx")) o->ctx = n;
-        else if (!strcmp(a, "--chunk")) o->chunk = n;
-        else if (!strcmp(a, "--kv-block")) o->kv_block = n;
-        else if (!strcmp(a, "--top-k")) o->top_k = (int)n;
-        else o->n_gen = n;
-    } else if (!strcmp(a, "--rope-base") || !strcmp(a, "--temperature") || !strcmp(a, "--temp") ||
-               !strcmp(a, "--top-p") || !strcmp(a, "--repetition-penalty")) {
+        if (cli_parse_u64(a, v, &o->seed)) return -1;
+    } else if (!strcmp(a, "--rope-base")) {
         VAL();
-        if (cli_parse_f64(a, v, &d)) return -1;
-        if (!strcmp(a, "--rope-base")) {
-            if (d <= 0) return cli_usage_error("--rope-base must be positive"), -1;
-            o->rope_base = d;
-        } else if (!strcmp(a, "--top-p")) o->top_p = (float)d;
-        else if (!strcmp(a, "--repetition-penalty")) o->rep_pen = (float)d;
-        else o->temperature = (float)d;
-    } else if (!strcmp(a, "--seed")) {
+        if (cli_parse_real(a, v, 0, CLI_MAX_ROPE_BASE, 1, &d)) return -1;
+        o->rope_base = d;
+    } else if (!strcmp(a, "--temperature") || !strcmp(a, "--temp")) {
         VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        o->seed = (uint64_t)n;
-    } else if (!strcmp(a, "--kv-budget") || !strcmp(a, "--kv-sinks") || !strcmp(a, "--kv-window") ||
-               !strcmp(a, "--kv-depth")) {
+        if (parse_float(a, v, 0, 100, 0, &o->temperature)) return -1;
+    } else if (!strcmp(a, "--top-p")) {
         VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        if (n < 0) return cli_usage_error("%s must not be negative", a), -1;
-        if (!strcmp(a, "--kv-budget")) o->kv_budget = (uint64_t)n;
-        else if (!strcmp(a, "--kv-sinks")) o->kv_sinks = n;
-        else if (!strcmp(a, "--kv-window")) o->kv_window = n;
-        else o->kv_depth = (int)n;
-    } else if (!strcmp(a, "--tp") || !strcmp(a, "--cp") || !strcmp(a, "--cp-span")) {
+        if (parse_float(a, v, 0, 1, 1, &o->top_p)) return -1;
+    } else if (!strcmp(a, "--repetition-penalty")) {
         VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        if (n < 1 || n > (strcmp(a, "--cp-span") ? 4096 : (int64_t)1 << 40))
-            return cli_usage_error("%s must be a positive count", a), -1;
-        if (!strcmp(a, "--tp")) o->tp = (int)n;
-        else if (!strcmp(a, "--cp")) o->cp = (int)n;
-        else o->cp_span = n;
+        if (parse_float(a, v, 0, 100, 1, &o->rep_pen)) return -1;
+    } else if (!strcmp(a, "--kv-audit")) {
+        VAL();
+        if (cli_parse_real(a, v, 0, 1, 0, &o->kv_audit)) return -1;
     } else if (!strcmp(a, "--kv-dir")) {
         VAL();
         o->kv_dir = v;
@@ -172,16 +246,6 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         else if (!strcmp(v, "window")) o->kv_policy = 1;
         else if (!strcmp(v, "topk")) o->kv_policy = 2;
         else return cli_usage_error("--kv-policy must be exact, window or topk"), -1;
-    } else if (!strcmp(a, "--kv-topk")) {
-        VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        if (n < 1) return cli_usage_error("--kv-topk must be at least 1 block"), -1;
-        o->kv_topk = n;
-    } else if (!strcmp(a, "--kv-audit")) {
-        VAL();
-        if (cli_parse_f64(a, v, &d)) return -1;
-        if (!(d >= 0 && d <= 1)) return cli_usage_error("--kv-audit must be a rate in [0, 1]"), -1;
-        o->kv_audit = d;
     } else if (!strcmp(a, "--ignore-eos")) {
         o->ignore_eos = 1;
     } else if (!strcmp(a, "--no-simd")) {
@@ -190,13 +254,10 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         o->log_level = 2;
     } else if (!strcmp(a, "-q")) {
         o->log_level = 0;
-    } else if (!strcmp(a, "--log-level")) {
-        VAL();
-        if (cli_parse_i64(a, v, &n)) return -1;
-        o->log_level = (int)n;
     } else {
         return 0;
     }
+#undef INT_OPT
 #undef VAL
     mtok_set_log_level(o->log_level);
     mk_force_scalar(o->no_simd);
@@ -220,11 +281,11 @@ int cli_read_file(const char *path, char **data, size_t *len) {
         if (!nb) free(b);
         b = nb;
     }
-    int bad = ferror(f);
+    const int bad = ferror(f), err = errno; /* e.g. EISDIR: fopen opens a directory, fread fails */
     fclose(f);
     if (bad) {
         free(b);
-        return mtok_err(MTOK_EINPUT, "%s: read error", path);
+        return mtok_err(MTOK_EINPUT, "%s: read error (%s)", path, strerror(err));
     }
     b[n] = 0;
     *data = b;
@@ -316,7 +377,7 @@ int main(int argc, char **argv) {
     } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat},   {"tokenize", cmd_tokenize},
                 {"logits", cmd_logits},     {"info", cmd_info},   {"synth", cmd_synth},
                 {"demo", cmd_demo},         {"niah", cmd_niah},   {"eval", cmd_eval},
-                {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}};
+                {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}, {"check", cmd_check}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     return cli_usage_error("unknown command '%s'", argv[1]);

@@ -43,30 +43,68 @@ static int valid_role(const char *r) {
     return r && (!strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant") || !strcmp(r, "observation"));
 }
 
+static const char *json_kind(const json_t *j) {
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: case JSON_REAL: return "a number";
+    case JSON_TRUE: case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+/* The function object of tool entry i, or an error naming what is wrong with the entry. Accepts
+ * {"type":"function","function":{...}} and a bare function object {"name":..}. The name goes
+ * into the template's "## name" line, so it must be one non-empty line; "description" and
+ * "parameters" (a JSON Schema) are optional but must have their types when present. */
+static int tool_function(const json_t *tool, size_t i, json_t **fn_out) {
+    if (!json_is_object(tool))
+        return mtok_err(MTOK_EINPUT, "tools: entry %zu is %s, not an object", i, json_kind(tool));
+    json_t *type = json_object_get(tool, "type"), *fn = json_object_get(tool, "function");
+    if (!type && !fn) {
+        fn = (json_t *)tool; /* a bare function object */
+    } else {
+        if (!json_is_string(type) || strcmp(json_string_value(type), "function"))
+            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"type\" must be \"function\" (the built-in "
+                            "python/simple_browser/cogview tools are not supported)", i);
+        if (!json_is_object(fn))
+            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"function\" must be an object, not %s", i,
+                            fn ? json_kind(fn) : "missing");
+    }
+    json_t *name = json_object_get(fn, "name");
+    if (!name) return mtok_err(MTOK_EINPUT, "tools: entry %zu has no \"name\"", i);
+    const char *nm = json_string_value(name);
+    int bad = !nm || !nm[0];
+    for (const char *c = nm; c && *c && !bad; c++) bad = (unsigned char)*c < 0x20;
+    if (bad) return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"name\" must be a non-empty one-line string", i);
+    json_t *desc = json_object_get(fn, "description"), *params = json_object_get(fn, "parameters");
+    if (desc && !json_is_string(desc))
+        return mtok_err(MTOK_EINPUT, "tools: entry %zu (%s): \"description\" must be a string, not %s", i, nm,
+                        json_kind(desc));
+    if (params && !json_is_object(params))
+        return mtok_err(MTOK_EINPUT, "tools: entry %zu (%s): \"parameters\" must be an object (a JSON Schema), not %s",
+                        i, nm, json_kind(params));
+    *fn_out = fn;
+    return 0;
+}
+
 /* The text of the tools system message (after "<|system|>\n"). */
 static int tools_text(const char *tools_json, sbuf *out) {
     json_error_t je;
     json_t *arr = json_loads(tools_json, 0, &je);
     int rc = 0;
-    if (!arr || !json_is_array(arr)) {
-        json_decref(arr);
-        return mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions (%s at line %d)",
-                        arr ? "not an array" : je.text, je.line);
+    if (!arr)
+        return mtok_err(MTOK_EINPUT, "tools: not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+    if (!json_is_array(arr)) {
+        rc = mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions, got %s", json_kind(arr));
+        goto done;
     }
     if ((rc = sb_str(out, TOOLS_PREAMBLE))) goto done;
     size_t i;
-    json_t *tool;
+    json_t *tool, *fn = NULL;
     json_array_foreach(arr, i, tool) {
-        const char *type = json_string_value(json_object_get(tool, "type"));
-        json_t *fn = json_object_get(tool, "function");
-        /* accept both {"type":"function","function":{...}} and a bare function object */
-        if (!type && json_object_get(tool, "name")) type = "function", fn = tool;
-        if (!type || strcmp(type, "function") || !json_is_object(fn) ||
-            !json_is_string(json_object_get(fn, "name"))) {
-            rc = mtok_err(MTOK_EINPUT, "tools: entry %zu is not a function tool with a name (the built-in "
-                          "python/simple_browser/cogview tools are not supported)", i);
-            goto done;
-        }
+        if ((rc = tool_function(tool, i, &fn))) goto done;
         char *dump = json_dumps(fn, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
         if (!dump) {
             rc = mtok_err(MTOK_ERESOURCE, "tools: out of memory");

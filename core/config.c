@@ -6,6 +6,7 @@
  * rejected here with a message naming the key: unsupported ChatGLM variants, sizes that do not divide,
  * odd rotary dims. The RoPE base of the HF re-exports is corrected here too (glm-spec.md §1.3). */
 #include <ctype.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,9 @@
  * (rows like H*D + 2*G*D stay far below 2^62 with every factor <= 2^24). */
 #define MAX_DIM ((int64_t)1 << 24)
 #define MAX_LAYERS 4096
+/* Context lengths are int64 everywhere, but position x width products must not wrap: 2^40 tokens
+ * is far beyond any GLM context (1M = 2^20) and leaves every such product below 2^63. */
+#define MAX_CTX ((int64_t)1 << 40)
 
 /* Parsing context: the path for messages and the root object. */
 typedef struct {
@@ -58,6 +62,20 @@ static int get_num(const cfgctx *c, const char *key, int required, double *out) 
     return 0;
 }
 
+/* The norm epsilon is used as a float32 (core/forward.c). A value that is positive as a double can
+ * still become 0 or a subnormal there (1e-50) or infinity (1e39), so the check is made on the float. */
+static int get_eps(const cfgctx *c, const char *key, float *out) {
+    double d = 0;
+    int rc = get_num(c, key, 1, &d);
+    if (rc < 0) return rc;
+    float f = (float)d;
+    if (!(f >= FLT_MIN && f <= FLT_MAX))
+        return mtok_err(MTOK_EINPUT, "%s: key '%s' = %g is not a positive normal float32 (it must lie in [%g, %g])",
+                        c->path, key, d, (double)FLT_MIN, (double)FLT_MAX);
+    *out = f;
+    return 0;
+}
+
 /* transformers >= 5 nests rope_theta and partial_rotary_factor in "rope_parameters"; older
  * exports have them at the top level. Top level wins when both exist. */
 static int get_rope_num(const cfgctx *c, const char *key, double *out) {
@@ -92,26 +110,42 @@ static int get_size(const cfgctx *c, const char *key, int64_t max, int64_t *out)
     return 0;
 }
 
+/* One stop id: an integer that names a row of the vocabulary. Checked as a JSON integer (int64)
+ * before it is narrowed to int32, so -5 or 2^40 is refused instead of wrapping into some other id. */
+static int eos_id(const cfgctx *c, const mtok_config *cfg, json_t *e, const char *what, int32_t *out) {
+    if (!json_is_integer(e))
+        return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id'%s is not an integer", c->path, what);
+    json_int_t id = json_integer_value(e);
+    if (id < 0 || id >= cfg->vocab)
+        return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id'%s = %lld is not a token id (vocabulary [0, %lld))",
+                        c->path, what, (long long)id, (long long)cfg->vocab);
+    *out = (int32_t)id; /* vocab <= MAX_DIM < 2^31 */
+    return 0;
+}
+
 /* eos_token_id: an int or a list of ints (GLM-4 lists three stop ids). Absent: none. */
 static int get_eos(const cfgctx *c, mtok_config *cfg) {
     json_t *v = json_object_get(c->root, "eos_token_id");
     cfg->n_eos = 0;
     if (!v || json_is_null(v)) return 0;
-    if (json_is_integer(v)) {
-        cfg->eos_ids[cfg->n_eos++] = (int32_t)json_integer_value(v);
-        return 0;
+    if (!json_is_array(v)) {
+        if (!json_is_integer(v))
+            return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id' must be an integer or a list of integers", c->path);
+        int rc = eos_id(c, cfg, v, "", &cfg->eos_ids[0]);
+        if (!rc) cfg->n_eos = 1;
+        return rc;
     }
-    if (!json_is_array(v))
-        return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id' must be an integer or a list of integers", c->path);
     if (json_array_size(v) > MTOK_MAX_EOS)
         return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id' lists %zu ids; mtok keeps at most %d", c->path,
                         json_array_size(v), MTOK_MAX_EOS);
     size_t i;
     json_t *e;
     json_array_foreach(v, i, e) {
-        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX)
-            return mtok_err(MTOK_EINPUT, "%s: key 'eos_token_id' entry %zu is not a token id", c->path, i);
-        cfg->eos_ids[cfg->n_eos++] = (int32_t)json_integer_value(e);
+        char what[32];
+        snprintf(what, sizeof what, " entry %zu", i);
+        int rc = eos_id(c, cfg, e, what, &cfg->eos_ids[cfg->n_eos]);
+        if (rc) return rc;
+        cfg->n_eos++;
     }
     return 0;
 }
@@ -198,7 +232,7 @@ static int parse_chatglm(const cfgctx *c, mtok_config *cfg) {
         (rc = get_size(c, "kv_channels", MAX_DIM, &cfg->head_dim)) ||
         (rc = get_size(c, "ffn_hidden_size", MAX_DIM, &cfg->ffn)) ||
         (rc = get_size(c, "padded_vocab_size", MAX_DIM, &cfg->vocab)) ||
-        (rc = get_size(c, "seq_length", INT64_MAX, &cfg->max_ctx)))
+        (rc = get_size(c, "seq_length", MAX_CTX, &cfg->max_ctx)))
         return rc;
 
     int mqa;
@@ -209,16 +243,16 @@ static int parse_chatglm(const cfgctx *c, mtok_config *cfg) {
         cfg->n_kv_groups = cfg->n_heads; /* plain multi-head attention */
     }
 
-    double eps;
-    if ((rc = get_num(c, "layernorm_epsilon", 1, &eps)) < 0) return rc;
-    if (!(eps > 0)) return mtok_err(MTOK_EINPUT, "%s: key 'layernorm_epsilon' must be positive (got %g)", c->path, eps);
-    cfg->norm_eps = (float)eps;
+    if ((rc = get_eps(c, "layernorm_epsilon", &cfg->norm_eps))) return rc;
 
     double ratio = 1.0;
     if ((rc = get_num(c, "rope_ratio", 0, &ratio)) < 0) return rc;
     if (!(ratio > 0)) return mtok_err(MTOK_EINPUT, "%s: key 'rope_ratio' must be positive (got %g)", c->path, ratio);
     /* GLM-4 and ChatGLM3-32k/128k multiply the base (glm-spec.md §3.4) */
     cfg->rope_base_config = 10000.0 * ratio;
+    if (!isfinite(cfg->rope_base_config))
+        return mtok_err(MTOK_EINPUT, "%s: key 'rope_ratio' = %g makes the RoPE base 10000 x %g overflow", c->path,
+                        ratio, ratio);
     cfg->rope_base = cfg->rope_base_config;
     cfg->rope_dim = cfg->head_dim / 2; /* RotaryEmbedding(kv_channels // 2): half of every head rotates */
 
@@ -234,7 +268,7 @@ static int parse_hf(const cfgctx *c, mtok_config *cfg) {
         (rc = get_size(c, "num_key_value_heads", MAX_DIM, &cfg->n_kv_groups)) ||
         (rc = get_size(c, "intermediate_size", MAX_DIM, &cfg->ffn)) ||
         (rc = get_size(c, "vocab_size", MAX_DIM, &cfg->vocab)) ||
-        (rc = get_size(c, "max_position_embeddings", INT64_MAX, &cfg->max_ctx)))
+        (rc = get_size(c, "max_position_embeddings", MAX_CTX, &cfg->max_ctx)))
         return rc;
 
     if (json_object_get(c->root, "head_dim")) {
@@ -250,10 +284,7 @@ static int parse_hf(const cfgctx *c, mtok_config *cfg) {
     if (act && strcmp(act, "silu"))
         return mtok_err(MTOK_EINPUT, "%s: hidden_act '%s' is not supported (GLM uses silu)", c->path, act);
 
-    double eps;
-    if ((rc = get_num(c, "rms_norm_eps", 1, &eps)) < 0) return rc;
-    if (!(eps > 0)) return mtok_err(MTOK_EINPUT, "%s: key 'rms_norm_eps' must be positive (got %g)", c->path, eps);
-    cfg->norm_eps = (float)eps;
+    if ((rc = get_eps(c, "rms_norm_eps", &cfg->norm_eps))) return rc;
 
     double prf = 0.5; /* GlmConfig default */
     if ((rc = get_rope_num(c, "partial_rotary_factor", &prf)) < 0) return rc;

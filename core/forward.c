@@ -13,13 +13,15 @@
  * All activations fp32; weights stay in their stored dtype; KV is bf16. Prefill runs in chunks so
  * the scratch memory is O(chunk), and attention uses an online softmax over KV blocks, so the score
  * memory is O(block) per thread whatever the context length. */
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "session.h"
-#include <xxhash.h>
 
 
 
@@ -154,39 +156,37 @@ void mtok_session_kv_stats(const mtok_session *s, mtok_kv_stats *out) {
     attn_kv_stats(s, out);
 }
 
-/* The identity a saved KV file carries: the model fingerprint (config + tensor table) combined with
- * samples of the weight bytes (64 KiB at the start, middle and end of every shard's data), so two
- * checkpoints of the same shape with different weights do not accept each other's caches. */
-static uint64_t kv_fingerprint(const mtok_model *m) {
-    uint64_t h[1 + 3 * 64] = {mtok_model_fingerprint(m)};
-    int n = 1;
-    for (int i = 0; i < m->n_shards && n + 3 <= (int)(sizeof h / sizeof h[0]); i++) {
-        const mtok_shard *sh = &m->shards[i];
-        size_t len = sh->size > sh->data_off ? sh->size - sh->data_off : 0, w = len < 65536 ? len : 65536;
-        const char *d = (const char *)sh->map + sh->data_off;
-        h[n++] = XXH3_64bits(d, w);
-        h[n++] = XXH3_64bits(d + (len - w) / 2, w);
-        h[n++] = XXH3_64bits(d + (len - w), w);
-    }
-    return XXH3_64bits(h, (size_t)n * sizeof h[0]);
-}
-
+/* The identity a saved KV file carries is the model's (core/identity.c): the fingerprint and a hash of
+ * every weight byte, computed on the first save or load. */
 int mtok_session_save_kv(mtok_session *s, const char *path) {
     if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
     if (s->pos <= 0) return mtok_err(MTOK_EUSAGE, "%s: nothing to save, the session holds no tokens", path);
-    return kvs_file_save(s->kv, path, kv_fingerprint(s->m), s->ids.v, s->pos);
+    uint64_t id;
+    int rc = mtok_model_identity(s->m, &id);
+    return rc ? rc : kvs_file_save(s->kv, path, id, s->ids.v, s->pos);
 }
 
 int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *prompt, size_t n_prompt,
                          int64_t *n_loaded) {
     int32_t *ids = NULL;
     int64_t n = 0;
+    uint64_t id;
     if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
+    struct stat st; /* a mistyped path must not wait for the first hashing of the weights */
+    if (stat(path, &st)) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
+    int rc = mtok_model_identity(s->m, &id);
+    if (rc) return rc;
     mtok_session_reset(s);
-    int rc = kvs_file_load(s->kv, path, kv_fingerprint(s->m), prompt, prompt ? (int64_t)n_prompt : -1, &ids,
-                           &n);
-    if (!rc && n > s->ctx) rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)",
-                                        path, (long long)n, (long long)s->ctx);
+    rc = kvs_file_load(s->kv, path, id, prompt, prompt ? (int64_t)n_prompt : -1, &ids, &n);
+    if (!rc && (n < 0 || n > s->ctx))
+        rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)", path, (long long)n,
+                      (long long)s->ctx);
+    /* the checksums only say the file is as written, not that a writer was honest: a token outside
+     * this vocabulary would index past the embedding on the next forward */
+    for (int64_t t = 0; !rc && t < n; t++)
+        if (ids[t] < 0 || ids[t] >= s->c->vocab)
+            rc = mtok_err(MTOK_EINPUT, "%s: damaged: saved token id %d at position %lld is outside the vocabulary "
+                          "[0, %lld)", path, ids[t], (long long)t, (long long)s->c->vocab);
     if (!rc && n > 0) rc = mtok_ids_append(&s->ids, ids, (size_t)n);
     free(ids);
     if (rc) {
@@ -196,6 +196,50 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
     s->pos = s->kv_pos = n;
     if (n_loaded) *n_loaded = n;
     return 0;
+}
+
+/* ---- non-finite values (issue 16) ----
+ * A NaN or Inf in the weights (or an activation that overflows) reaches every later position through
+ * attention, and greedy sampling of NaN logits picked id 0 forever. The pass stops instead with
+ * MTOK_EINPUT, naming the position and where the value appeared: the embedding, the query, key or
+ * value projection, the attention softmax or the MLP block of a layer, the final norm or the output
+ * layer. Each check reads what the step just wrote, while it is in cache: per layer and token the
+ * residual stream twice, q, k and v, and the softmax denominators: 2 hidden + H*D + 2 G*D + H floats
+ * against the hidden x (2 H*D + 2 G*D + 3 ffn) weight elements the layer multiplies, 0.006 % of
+ * the multiply-adds on the 9B shapes and 0.015 % on glm4-1b (the logits scan: 1/hidden of the
+ * output layer's). Integer compares on cached data, so the share of the time is smaller still. */
+
+/* Index of the first NaN or Inf in x[0..n), or -1. The test reads the exponent bits (all ones), so
+ * it holds under any floating-point flags; 1024-float blocks are OR-reduced first, which vectorizes. */
+static int64_t first_nonfinite(const float *x, int64_t n) {
+    enum { BLK = 1024 };
+    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        const int64_t m = n - i0 < BLK ? n - i0 : BLK;
+        uint32_t hit = 0;
+        for (int64_t i = 0; i < m; i++) {
+            uint32_t u;
+            memcpy(&u, x + i0 + i, sizeof u);
+            hit |= (~u & 0x7f800000u) == 0;
+        }
+        if (hit)
+            for (int64_t i = 0; i < m; i++)
+                if (!isfinite(x[i0 + i])) return i0 + i;
+    }
+    return -1;
+}
+
+/* Checks rows [0, n) of x (row length `width`, first row at position pos0); where says what produced
+ * them. 0, or the error naming the first bad position. */
+static int check_finite(const mtok_session *s, const float *x, int64_t n, int64_t width, int64_t pos0,
+                        const char *where, int64_t layer) {
+    int64_t bad = first_nonfinite(x, n * width);
+    if (bad < 0) return 0;
+    const int64_t t = bad / width;
+    char lay[48] = "";
+    if (layer >= 0) snprintf(lay, sizeof lay, " of layer %lld of %lld", (long long)layer, (long long)s->c->n_layers);
+    return mtok_err(MTOK_EINPUT, "%s: %s at position %lld (element %lld) after the %s%s; the weights hold NaN/Inf "
+                    "or the activations overflowed (mtok check -m DIR lists non-finite tensors)", s->m->dir,
+                    isnan(x[bad]) ? "NaN" : "Inf", (long long)(pos0 + t), (long long)(bad % width), where, lay);
 }
 
 /* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ----
@@ -220,6 +264,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
                             ids[t], (long long)(s->pos + t), (long long)c->vocab);
         mk_embed(s->x + t * E, &w->embed, ids[t]);
     }
+    if ((rc = check_finite(s, s->x, n, E, s->pos, "embedding", -1))) return rc;
     /* RoPE angles for this chunk's positions, computed once in double precision */
     for (int64_t t = 0; t < n; t++)
         mk_rope_table(s->cs + t * half, s->sn + t * half, c->rope_dim, c->rope_base, s->pos + t);
@@ -236,6 +281,12 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
                                       {s->k, kd, s->a, E, &L->wk, L->bk.data ? &L->bk : NULL},
                                       {s->v, kd, s->a, E, &L->wv, L->bv.data ? &L->bv : NULL}};
         mk_matmul_multi(qkv, 3, n);
+        /* checked before attention, whose softmax skips NaN scores (kernels/cpu_ref.c accum_ref): a
+         * NaN query would otherwise leave its head's output silently zero */
+        if ((rc = check_finite(s, s->q, n, qd, s->pos, "query projection", l)) ||
+            (rc = check_finite(s, s->k, n, kd, s->pos, "key projection", l)) ||
+            (rc = check_finite(s, s->v, n, kd, s->pos, "value projection", l)))
+            return rc;
         for (int64_t t = 0; t < n; t++) {
             mk_rope(s->q + t * qd, s->H, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
             mk_rope(s->k + t * kd, s->G, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
@@ -246,10 +297,14 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
          * spans, and causally aligned with the chunk's own keys when it owns them */
         if ((rc = attn_layer(s, l, kpos, n))) return rc;
         if ((rc = dist_cp_merge(s, n))) return rc;
+        /* finite queries and keys can still overflow to an infinite score, which makes the softmax
+         * denominator NaN; attn_normalize would turn that row into zeros */
+        if ((rc = check_finite(s, s->ls, n, s->H, s->pos, "attention softmax", l))) return rc;
         attn_normalize(s, n);
         mk_matmul(s->a, E, s->att, qd, n, &L->wo, NULL);
         if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
+        if ((rc = check_finite(s, s->x, n, E, s->pos, "attention block", l))) return rc;
         /* MLP block: SwiGLU, gate rows first */
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->mlp_norm, E, c->norm_eps);
         const mk_matmul_job gu[2] = {{s->gate, F, s->a, E, &L->w_gate, NULL}, {s->up, F, s->a, E, &L->w_up, NULL}};
@@ -258,6 +313,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         mk_matmul(s->a, E, s->gate, F, n, &L->w_down, NULL);
         if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
         for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
+        if ((rc = check_finite(s, s->x, n, E, s->pos, "MLP block", l))) return rc;
     }
 
     /* output: every row for `mtok logits`, else only the last one (generation needs no more). A
@@ -265,6 +321,7 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
     const int split = s->tp_size > 1;
     if (all_logits) {
         for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &w->final_norm, E, c->norm_eps);
+        if ((rc = check_finite(s, s->a, n, E, s->pos, "final norm", -1))) return rc;
         if (split) {
             float *loc = s->gate; /* the scratch holds [chunk][F] (or [V]) and is free now */
             float *tmp = n * V <= s->chunk * F ? loc : NULL;
@@ -277,15 +334,18 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
         } else {
             mk_matmul(all_logits, c->vocab, s->a, E, n, &w->output, NULL);
         }
+        if ((rc = check_finite(s, all_logits, n, c->vocab, s->pos, "output layer (logits)", -1))) return rc;
         if (want_last) memcpy(s->logits, all_logits + (size_t)(n - 1) * c->vocab, (size_t)c->vocab * sizeof(float));
     } else if (want_last) {
         mk_rmsnorm(s->a, s->x + (n - 1) * E, &w->final_norm, E, c->norm_eps);
+        if ((rc = check_finite(s, s->a, 1, E, s->pos + n - 1, "final norm", -1))) return rc;
         if (split) {
             mk_matmul(s->gate, V, s->a, E, 1, &w->output, NULL);
             if ((rc = dist_gather_logits(s, s->gate, 1, s->logits))) return rc;
         } else {
             mk_matmul(s->logits, c->vocab, s->a, E, 1, &w->output, NULL);
         }
+        if ((rc = check_finite(s, s->logits, 1, c->vocab, s->pos + n - 1, "output layer (logits)", -1))) return rc;
     }
     s->pos += n;
     s->kv_pos = kend;

@@ -229,6 +229,15 @@ int mtok_model_load(const char *dir, const mtok_load_params *p, mtok_model **out
         goto fail;
     }
     if ((rc = mtok_ckpt_open(dir, &m->shards, &m->n_shards, &st))) goto fail;
+    /* the shard files as mapped: the KV-file identity (core/identity.c, computed on first use) hashes
+     * them only while they are still these files */
+    if ((m->id_memo = calloc(1, sizeof *m->id_memo))) pthread_mutex_init(&m->id_memo->lock, NULL);
+    if (!m->id_memo ||
+        !(m->id_memo->keys = calloc((size_t)(m->n_shards > 0 ? m->n_shards : 1), sizeof *m->id_memo->keys))) {
+        rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < m->n_shards; i++) mtok_file_key_of(m->shards[i].path, &m->id_memo->keys[i]);
     binder b = {dir, st, &m->cfg, 0};
     if ((rc = bind_all(&b, &m->w)) || (rc = fingerprint(st, &m->cfg, &m->fingerprint))) goto fail;
     m->weight_bytes = mtok_ckpt_bound_bytes(st);
@@ -250,6 +259,11 @@ fail:
 void mtok_model_free(mtok_model *m) {
     if (!m) return;
     mtok_shards_free(m->shards, m->n_shards);
+    if (m->id_memo) {
+        pthread_mutex_destroy(&m->id_memo->lock);
+        free(m->id_memo->keys);
+        free(m->id_memo);
+    }
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->w.layers);

@@ -4,6 +4,8 @@
 #ifndef MTOK_MODEL_H
 #define MTOK_MODEL_H
 
+#include <pthread.h>
+
 #include "mtok.h"
 #include "../kernels/kernels.h"
 
@@ -37,6 +39,22 @@ typedef struct {
     size_t data_off; /* 8 + header length */
 } mtok_shard;
 
+/* What identifies one version of a file: a file rewritten in place changes its ctime even when its
+ * mtime is set back, a replaced file its inode. */
+typedef struct {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+} mtok_file_key;
+
+/* The identity of saved KV files (core/identity.c), computed on first use and kept for the model's
+ * life; keys: each shard as it was when mapped [n_shards]. */
+typedef struct {
+    pthread_mutex_t lock;
+    int done;
+    uint64_t identity;
+    mtok_file_key *keys;
+} mtok_identity_memo;
+
 /* This rank's slice of a tensor-parallel split (core/tp.c); size 1 when the model is whole. Heads
  * [h0, h0+H) of KV groups [g0, g0+G); ffn rows [f0, f0+F); vocabulary rows [v0, v0+V). When the
  * split is wider than the KV groups, several ranks hold the same group (K/V replicated). */
@@ -56,12 +74,20 @@ struct mtok_model {
     int n_shards;
     uint64_t fingerprint;
     uint64_t weight_bytes;
+    mtok_identity_memo *id_memo;
 };
 
 /* core/config.c: parse DIR/config.json into cfg (both namings); rope correction applied there.
  * path is used in messages. */
 int mtok_config_parse(const char *path, const char *json_text, size_t len, const mtok_load_params *p,
                       mtok_config *cfg);
+
+/* core/identity.c: the identity a saved KV file carries: the fingerprint combined with a hash of
+ * every byte of every shard file, remembered per shard in $XDG_CACHE_HOME/mtok (else ~/.cache/mtok)
+ * and computed once per model. Errors: MTOK_EINPUT (a shard cannot be read), MTOK_ERESOURCE. */
+int mtok_model_identity(const mtok_model *m, uint64_t *out);
+/* The key of the file at path now (0, or -errno). */
+int mtok_file_key_of(const char *path, mtok_file_key *k);
 
 /* core/tp.c: replaces the whole-model views in m->w by rank's slices of a size-way split (row
  * slices stay views into the mapping; the column slices of the dense and down projections are

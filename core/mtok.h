@@ -75,7 +75,8 @@ typedef struct {
 int mtok_model_load(const char *dir, const mtok_load_params *p, mtok_model **out);
 void mtok_model_free(mtok_model *m);
 const mtok_config *mtok_model_config(const mtok_model *m);
-/* XXH3-64 of the config + tensor table: identifies a model for saved KV files. */
+/* XXH3-64 of the config + tensor table (mtok info). Saved KV files carry more: this combined with a hash
+ * of every weight byte (core/identity.c). */
 uint64_t mtok_model_fingerprint(const mtok_model *m);
 /* Bytes of all mapped weight tensors. */
 uint64_t mtok_model_weight_bytes(const mtok_model *m);
@@ -271,6 +272,24 @@ typedef struct {
 int mtok_generate(mtok_session *s, const mtok_tokenizer *t, mtok_sampler *smp, const int32_t *prompt, size_t n,
                   const mtok_gen_params *gp, mtok_stream_cb cb, void *user, mtok_ids *generated,
                   mtok_gen_stats *stats);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Checkpoint values (mtok check). mtok_model_load has checked dtypes and shapes; this scans every  */
+/* value of every tensor in every shard, bound by the loader or not, for NaN and Inf.              */
+typedef struct {
+    const char *name, *file; /* valid during the callback only */
+    mtok_dtype dtype;
+    uint64_t n_elems, n_nan, n_inf;
+    int64_t first_bad;       /* element index of the first NaN or Inf */
+    int64_t cols;            /* last dimension of a tensor of 2+ dimensions (0 for 1-D): row = first_bad / cols */
+} mtok_tensor_check;
+typedef struct {
+    uint64_t n_tensors, n_bad, bytes; /* tensors scanned, those holding NaN or Inf, bytes scanned */
+} mtok_check_summary;
+typedef void (*mtok_check_cb)(const mtok_tensor_check *t, void *user);
+/* Scans with `threads` OpenMP threads (0: 2); cb (may be NULL) gets each tensor that holds NaN or
+ * Inf, in name order. Returns 0 with *out filled whatever the values are, or an error. */
+int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *user, mtok_check_summary *out);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Synthetic checkpoints in the real format (mtok synth).                                         */

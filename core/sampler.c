@@ -4,6 +4,7 @@
  * repetition penalty → temperature → top-k → softmax → top-p → draw. Temperature 0 is greedy
  * (after the penalty). Rows at or beyond n_valid (padding rows of the output layer that the
  * tokenizer never produces) are never chosen. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,9 @@ static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * 0x1.
 
 int mtok_sampler_create(const mtok_sampler_params *p, int64_t vocab, mtok_sampler **out) {
     *out = NULL;
-    if (p->temperature < 0 || p->top_k < 0 || p->top_p <= 0 || p->top_p > 1 || p->repetition_penalty <= 0)
+    /* written so that NaN fails every test: it compares false with anything */
+    if (!(p->temperature >= 0 && p->temperature <= FLT_MAX) || p->top_k < 0 || !(p->top_p > 0 && p->top_p <= 1) ||
+        !(p->repetition_penalty > 0 && p->repetition_penalty <= FLT_MAX) || vocab <= 0)
         return mtok_err(MTOK_EUSAGE, "sampler: need temperature >= 0, top-k >= 0, 0 < top-p <= 1, "
                         "repetition penalty > 0 (got %g, %d, %g, %g)", p->temperature, p->top_k, p->top_p,
                         p->repetition_penalty);
@@ -70,7 +73,9 @@ static void apply_penalty(mtok_sampler *s, float *logits, int64_t n_valid, const
         int32_t id = hist[i];
         if (id < 0 || id >= n_valid || s->seen[id]) continue;
         s->seen[id] = 1;
-        logits[id] = logits[id] > 0 ? logits[id] / pen : logits[id] * pen;
+        /* a tiny or huge penalty must not make a logit infinite: inf - inf in the softmax is NaN */
+        const float x = logits[id] > 0 ? logits[id] / pen : logits[id] * pen;
+        logits[id] = x > FLT_MAX ? FLT_MAX : x < -FLT_MAX ? -FLT_MAX : x;
     }
     for (size_t i = 0; i < nh; i++)
         if (hist[i] >= 0 && hist[i] < n_valid) s->seen[hist[i]] = 0;
@@ -93,25 +98,28 @@ int32_t mtok_sample(mtok_sampler *s, float *logits, int64_t n_valid, const int32
             if (logits[i] > logits[best]) best = (int32_t)i;
         return best;
     }
-    const float invt = 1.0f / s->p.temperature;
-    for (int64_t i = 0; i < n_valid; i++) logits[i] *= invt;
+    /* The temperature scales the differences to the largest logit, in double: scaling the float
+     * logits themselves overflowed to inf for a tiny temperature (1e-40 -> x 1e40), and inf - inf
+     * made every weight NaN, so the last candidate was drawn. Dividing by T > 0 keeps the order. */
+    const double invt = 1.0 / (double)s->p.temperature;
 
     /* candidates sorted by logit, descending; top-k keeps a prefix */
     int64_t n = n_valid;
     for (int64_t i = 0; i < n; i++) s->idx[i] = (int32_t)i;
     qsort_r(s->idx, (size_t)n, sizeof *s->idx, by_logit_desc, logits);
     if (s->p.top_k > 0 && s->p.top_k < n) n = s->p.top_k;
+#define WEIGHT(i) exp(((double)logits[s->idx[i]] - mx) * invt)
 
-    /* softmax over the candidates (in place, relative to the max) */
-    const float mx = logits[s->idx[0]];
+    /* softmax over the candidates, relative to the max */
+    const double mx = logits[s->idx[0]];
     double sum = 0;
-    for (int64_t i = 0; i < n; i++) sum += exp((double)logits[s->idx[i]] - mx);
+    for (int64_t i = 0; i < n; i++) sum += WEIGHT(i);
     /* top-p: the smallest prefix whose probability mass reaches p */
     if (s->p.top_p < 1.0f) {
         double cum = 0;
         int64_t keep = n;
         for (int64_t i = 0; i < n; i++) {
-            cum += exp((double)logits[s->idx[i]] - mx) / sum;
+            cum += WEIGHT(i) / sum;
             if (cum >= s->p.top_p) {
                 keep = i + 1;
                 break;
@@ -119,12 +127,13 @@ int32_t mtok_sample(mtok_sampler *s, float *logits, int64_t n_valid, const int32
         }
         n = keep;
         sum = 0;
-        for (int64_t i = 0; i < n; i++) sum += exp((double)logits[s->idx[i]] - mx);
+        for (int64_t i = 0; i < n; i++) sum += WEIGHT(i);
     }
     double r = next_unit(s->rng) * sum, acc = 0;
     for (int64_t i = 0; i < n; i++) {
-        acc += exp((double)logits[s->idx[i]] - mx);
+        acc += WEIGHT(i);
         if (r < acc) return s->idx[i];
     }
+#undef WEIGHT
     return s->idx[n - 1];
 }

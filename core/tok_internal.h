@@ -70,6 +70,8 @@ struct mtok_tokenizer {
 
     pcre2_code *re;
     int jit; /* JIT compiled; otherwise the interpreter runs */
+    char *path, *pattern; /* the file loaded and its pre-tokenizer regex (one printable line, <= 80 bytes
+                           * + "..."), for the messages of a match that fails at encode time */
     size_t max_token_len; /* bound on the bytes one token adds to decoded text (see tokenizer.c) */
 };
 

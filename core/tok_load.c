@@ -40,7 +40,9 @@ static int grow_ids(mtok_tokenizer *t, int64_t need) {
 }
 
 int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, uint8_t flags) {
-    if (id < 0 || id >= INT32_MAX) return mtok_err(MTOK_EINPUT, "token id %lld out of range", (long long)id);
+    /* the callers check ids against the limit with the file in the message; this guards the arrays */
+    if (id < 0 || id >= TOK_MAX_RANKS)
+        return mtok_err(MTOK_EINPUT, "token id %lld is outside [0, %d)", (long long)id, TOK_MAX_RANKS);
     if (n == 0 || n > UINT32_MAX) return mtok_err(MTOK_EINPUT, "token id %lld has length %zu", (long long)id, n);
     int rc = grow_ids(t, id + 1);
     if (rc) return rc;
@@ -64,6 +66,11 @@ int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, ui
  * bytes (GPT-2 lists <|endoftext|> in both places), anything else is a conflict. */
 static int add_added(mtok_tokenizer *t, const char *path, int64_t id, const char *s, size_t n, int special) {
     uint8_t fl = TOK_ADDED | (special ? TOK_SPECIAL : 0);
+    /* checked before the id indexes the flags or sizes the id arrays: a negative id read before
+     * them, and 2e9 allocated gigabytes before the count limit in tok_finish was reached */
+    if (id < 0 || id >= TOK_MAX_RANKS)
+        return mtok_err(MTOK_EINPUT, "%s: added token \"%.*s\" has id %lld, outside [0, %d)", path,
+                        (int)(n > 64 ? 64 : n), s, (long long)id, TOK_MAX_RANKS);
     if (id < t->n_vocab && (t->flags[id] & TOK_PRESENT)) {
         size_t kn;
         const uint8_t *k = tok_bytes(t, (int32_t)id, &kn);
@@ -87,6 +94,17 @@ int tok_compile_pattern(mtok_tokenizer *t, const char *path, const char *pattern
         return mtok_err(MTOK_EINPUT, "%s: pre-tokenizer regex does not compile at offset %zu: %s", path, (size_t)at,
                         (char *)msg);
     }
+    /* kept for the messages of a match that fails later: the path, and the pattern as one printable
+     * line of at most 80 bytes (a hostile file's pattern may hold newlines or be kilobytes long) */
+    size_t pn = strlen(pattern), show = pn > 80 ? 80 : pn;
+    t->path = strdup(path);
+    t->pattern = malloc(show + 4);
+    if (!t->path || !t->pattern) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    for (size_t i = 0; i < show; i++) {
+        unsigned char ch = (unsigned char)pattern[i];
+        t->pattern[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    strcpy(t->pattern + show, pn > show ? "..." : "");
     /* JIT is several times faster; where it is unavailable (no JIT support, W^X policy) the interpreter
      * gives the same matches (tests cover that path through tok_disable_jit). */
     t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
@@ -220,8 +238,9 @@ static int load_config_specials(mtok_tokenizer *t, const char *model_path, int64
             long long id = strtoll(key, &end, 10);
             json_t *content = json_object_get(v, "content");
             json_t *special = json_object_get(v, "special");
-            if (!*key || *end || id < 0 || id >= INT32_MAX) {
-                rc = mtok_err(MTOK_EINPUT, "%s: added_tokens_decoder key \"%s\" is not a token id", cfg, key);
+            if (!*key || *end || id < 0 || id >= TOK_MAX_RANKS) {
+                rc = mtok_err(MTOK_EINPUT, "%s: added_tokens_decoder key \"%.64s\" is not a token id in [0, %d)", cfg,
+                              key, TOK_MAX_RANKS);
                 break;
             }
             if (!json_is_string(content) || json_string_length(content) == 0) {
@@ -399,8 +418,9 @@ static int hf_vocab(mtok_tokenizer *t, const char *path, json_t *vocab, json_t *
     json_object_foreach(vocab, key, v) {
         size_t kn = strlen(key);
         json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
-        if (id < 0 || id >= INT32_MAX)
-            return mtok_err(MTOK_EINPUT, "%s: model.vocab[\"%.64s\"] is not a valid id", path, key);
+        if (id < 0 || id >= TOK_MAX_RANKS)
+            return mtok_err(MTOK_EINPUT, "%s: model.vocab[\"%.64s\"] is not a token id in [0, %d)", path, key,
+                            TOK_MAX_RANKS);
         uint8_t *raw = malloc(kn + 1);
         if (!raw) return mtok_err(MTOK_ERESOURCE, "out of memory");
         long n = byte_level_decode(inv, key, kn, raw);
@@ -481,6 +501,9 @@ static int hf_added(mtok_tokenizer *t, const char *path, json_t *added) {
         json_t *id = json_object_get(a, "id"), *content = json_object_get(a, "content");
         if (!json_is_integer(id) || !json_is_string(content) || json_string_length(content) == 0)
             return mtok_err(MTOK_EINPUT, "%s: added_tokens[%zu] needs an integer id and a content string", path, i);
+        if (json_integer_value(id) < 0 || json_integer_value(id) >= TOK_MAX_RANKS)
+            return mtok_err(MTOK_EINPUT, "%s: added_tokens[%zu] has id %lld, outside [0, %d)", path, i,
+                            (long long)json_integer_value(id), TOK_MAX_RANKS);
         int rc = add_added(t, path, json_integer_value(id), json_string_value(content), json_string_length(content),
                            json_is_true(json_object_get(a, "special")));
         if (rc) return rc;

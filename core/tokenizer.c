@@ -59,6 +59,7 @@ void mtok_tokenizer_free(mtok_tokenizer *t) {
     tok_map_free(&t->added);
     tok_pairmap_free(&t->merges);
     pcre2_code_free(t->re);
+    free(t->path), free(t->pattern);
     free(t);
 }
 
@@ -122,23 +123,38 @@ typedef struct {
     mtok_ids *out;
     tok_scratch *scratch;
     pcre2_match_data *md;
-    pcre2_match_context *mctx;   /* created only when a match needs more than the default limits */
-    pcre2_jit_stack *jit_stack;
+    pcre2_match_context *mctx;   /* the work limits of every match (regex_split) */
+    pcre2_jit_stack *jit_stack;  /* created only when a match needs more than the default 32 KiB */
+    int raised;                  /* the memory limits were raised once already */
 } enc_ctx;
 
-/* A match ran out of JIT stack or interpreter heap (very long pieces): raise the limits once. */
-static int raise_limits(enc_ctx *c) {
-    if (c->mctx) return mtok_err(MTOK_ERESOURCE, "tokenize: regex match exceeds its memory limits");
-    c->mctx = pcre2_match_context_create(NULL);
-    if (!c->mctx) return mtok_err(MTOK_ERESOURCE, "out of memory");
+/* Work limits of one regex match (PCRE2's match and depth limits) over a subject with `left` bytes
+ * from the match start. The pre-tokenizer patterns mtok ships (GLM-4's, GPT-2's) take under one
+ * step per byte even on their worst inputs (a megabyte of spaces then a letter: \s*[\r\n]+
+ * backtracks through every space), so PCRE2's default of 10M plus 16 per byte never binds on them.
+ * A tokenizer.json pattern that backtracks catastrophically, such as (a+)+$, reaches the limit in
+ * well under a second (it ran for 6.7 s under a limit of 2^32, issue 16) and the match fails with
+ * a message naming the file and the pattern. */
+#define RE_BASE_STEPS 10000000u
+#define RE_STEPS_PER_BYTE 16u
+static uint32_t match_steps(size_t left) {
+    uint64_t v = RE_BASE_STEPS + (uint64_t)RE_STEPS_PER_BYTE * left;
+    return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/* A match ran out of JIT stack or interpreter heap (memory, not steps): raise both once, to sizes
+ * that still bound what a hostile pattern can take. */
+static int raise_memory(enc_ctx *c, size_t n) {
+    if (c->raised)
+        return mtok_err(MTOK_EINPUT, "%s: the pre-tokenizer regex \"%s\" needs more than %d MiB of match memory "
+                        "on a %zu-byte run of text", c->t->path, c->t->pattern, c->t->jit ? 256 : 1024, n);
+    c->raised = 1;
     if (c->t->jit) {
         c->jit_stack = pcre2_jit_stack_create(32 * 1024, 256 * 1024 * 1024, NULL);
         if (!c->jit_stack) return mtok_err(MTOK_ERESOURCE, "out of memory for a regex JIT stack");
         pcre2_jit_stack_assign(c->mctx, NULL, c->jit_stack);
     }
     pcre2_set_heap_limit(c->mctx, 1024 * 1024); /* KiB: 1 GiB */
-    pcre2_set_match_limit(c->mctx, UINT32_MAX);
-    pcre2_set_depth_limit(c->mctx, UINT32_MAX);
     return 0;
 }
 
@@ -146,25 +162,34 @@ static int raise_limits(enc_ctx *c) {
 static int regex_split(enc_ctx *c, const uint8_t *s, size_t n) {
     if (!c->md && !(c->md = pcre2_match_data_create_from_pattern(c->t->re, NULL)))
         return mtok_err(MTOK_ERESOURCE, "out of memory for regex match data");
+    if (!c->mctx && !(c->mctx = pcre2_match_context_create(NULL))) return mtok_err(MTOK_ERESOURCE, "out of memory");
     size_t gap = 0, at = 0;
     int rc = 0;
     while (at < n && !rc) {
+        uint32_t steps = match_steps(n - at);
+        pcre2_set_match_limit(c->mctx, steps);
+        pcre2_set_depth_limit(c->mctx, steps);
         int m = pcre2_match(c->t->re, s, n, at, PCRE2_NO_UTF_CHECK | (c->t->jit ? 0 : PCRE2_NO_JIT), c->md, c->mctx);
         if (m == PCRE2_ERROR_NOMATCH) break;
-        if (m == PCRE2_ERROR_JIT_STACKLIMIT || m == PCRE2_ERROR_HEAPLIMIT || m == PCRE2_ERROR_MATCHLIMIT ||
-            m == PCRE2_ERROR_DEPTHLIMIT) {
-            rc = raise_limits(c);
+        if (m == PCRE2_ERROR_MATCHLIMIT || m == PCRE2_ERROR_DEPTHLIMIT)
+            return mtok_err(MTOK_EINPUT, "%s: the pre-tokenizer regex \"%s\" gave up after %u backtracking steps "
+                            "on a %zu-byte run of text (a pattern that backtracks catastrophically cannot be used)",
+                            c->t->path, c->t->pattern, steps, n - at);
+        if (m == PCRE2_ERROR_JIT_STACKLIMIT || m == PCRE2_ERROR_HEAPLIMIT) {
+            rc = raise_memory(c, n - at);
             continue;
         }
         if (m < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(m, msg, sizeof msg);
-            return mtok_err(MTOK_EINTERNAL, "tokenize: regex match failed: %s", (char *)msg);
+            return mtok_err(MTOK_EINTERNAL, "%s: the pre-tokenizer regex \"%s\" failed: %s", c->t->path,
+                            c->t->pattern, (char *)msg);
         }
         const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t ms = ov[0], me = ov[1];
         if (ms < gap || me < ms || me > n)
-            return mtok_err(MTOK_EINPUT, "tokenize: the pre-tokenizer regex reports a match outside its subject");
+            return mtok_err(MTOK_EINPUT, "%s: the pre-tokenizer regex \"%s\" reports a match outside its subject",
+                            c->t->path, c->t->pattern);
         if (me == ms) { /* an empty match splits nothing: step over one character, it joins the gap */
             int k = ms < n ? tok_utf8_char(s + ms, n - ms) : 1;
             at = ms + (size_t)(k > 0 ? k : 1);

@@ -128,6 +128,67 @@ typedef struct {
 /* Runs the model over the data (s, t may be NULL with score_only: then data already holds `pred`). */
 int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params *p, int score_only, FILE *report);
 
+/* ---- the jsonl readers (eval/jsonl.c, eval/records.c) ------------------------------------------
+ * Every jsonl file a user's run reaches (eval --data / --score, eval --resume's predictions, niah's
+ * results.jsonl, qa --questions) is read by one of these. Any bytes give 0 or MTOK_EINPUT with one
+ * line "FILE:LINE: what is wrong" (MTOK_ERESOURCE when memory runs out), never a crash: lines over
+ * MEV_JSONL_MAX_LINE, NUL bytes, a line that is not one JSON object, a field of the wrong type, a
+ * number jansson cannot hold. The *_parse forms read a buffer (the fuzz targets in tests/fuzz);
+ * their `name` only labels messages. Results are freed with the matching *_free (NULL is fine);
+ * on an error *out is NULL. */
+#define MEV_JSONL_MAX_LINE ((size_t)256 << 20) /* a 1M-token LongBench context is ~5 MB */
+
+/* mtok eval's input. MEV_DATA_RECORDS (--data): RULER or LongBench records, each needs an "input"
+ * string and a list of reference strings ("outputs" or "answers"); a record's key (its "task" or
+ * "dataset", and its "index", "_id" or line) must be unique, since --resume matches predictions by
+ * it. MEV_DATA_PREDICTIONS (--score): each record needs a "pred" string and the references. */
+typedef struct mev_eval_data mev_eval_data;
+enum { MEV_DATA_RECORDS = 0, MEV_DATA_PREDICTIONS = 1 };
+int mev_eval_data_read(const char *path, int kind, mev_eval_data **out);
+int mev_eval_data_parse(const char *name, const void *buf, size_t len, int kind, mev_eval_data **out);
+size_t mev_eval_data_count(const mev_eval_data *d);
+void mev_eval_data_free(mev_eval_data *d);
+
+/* --resume's predictions file, matched to data's records by key (data may be NULL: lines are only
+ * checked). A file that does not exist reads as empty. Our own output, so damage is repaired, not
+ * refused: a torn last line (a run killed mid-write) is dropped, an unparsable line elsewhere is
+ * skipped with a warning naming FILE:LINE, a second prediction for a record is dropped with a
+ * warning; those records run again. Refused (MTOK_EINPUT): a prediction for a record data does not
+ * have, or with other references (the predictions belong to another data file), and a file in which
+ * no line is a prediction (not ours: it is never overwritten). */
+typedef struct mev_eval_preds mev_eval_preds;
+int mev_eval_preds_read(const char *path, const mev_eval_data *data, mev_eval_preds **out);
+int mev_eval_preds_parse(const char *name, const void *buf, size_t len, const mev_eval_data *data,
+                         mev_eval_preds **out);
+size_t mev_eval_preds_count(const mev_eval_preds *p); /* predictions kept */
+void mev_eval_preds_free(mev_eval_preds *p);
+
+/* niah's results.jsonl: the finished cells (length, depth, variant and score checked). Lines that
+ * are not a cell are skipped with a warning naming FILE:LINE (a torn last line with a note); a file
+ * that does not exist reads as empty. Reading never changes the file. */
+typedef struct mev_niah_results mev_niah_results;
+int mev_niah_results_read(const char *path, mev_niah_results **out);
+int mev_niah_results_parse(const char *name, const void *buf, size_t len, mev_niah_results **out);
+size_t mev_niah_results_count(const mev_niah_results *r); /* cells kept */
+size_t mev_niah_results_skipped(const mev_niah_results *r); /* lines skipped (torn one included) */
+void mev_niah_results_free(mev_niah_results *r);
+
+/* qa --questions: one JSON object per line with a "question" (or "input", or "prompt") string and
+ * an optional "id" of any JSON type. Strict: a bad line is MTOK_EINPUT naming FILE:LINE, and so is
+ * a file without questions. */
+typedef struct {
+    char *text;    /* the question, NUL-terminated (jansson refuses NUL in strings) */
+    char *id_json; /* the "id" value as compact JSON, or NULL when absent */
+    int64_t line;  /* its line in the file */
+} mev_question;
+typedef struct {
+    mev_question *v;
+    size_t n;
+} mev_questions;
+int mev_questions_read(const char *path, mev_questions *out);
+int mev_questions_parse(const char *name, const void *buf, size_t len, mev_questions *out);
+void mev_questions_free(mev_questions *q);
+
 /* ---- small shared helpers (eval/util.c) --------------------------------------------------------- */
 /* A session plus the ids it holds: feeding a prompt computes only what follows the longest common
  * prefix with them (mtok_session_truncate rolls the rest back), so cells and questions that share a

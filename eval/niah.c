@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "eval.h"
+#include "jsonl.h"
 
 #define MAX_NEEDLES 16
 
@@ -414,36 +414,6 @@ static int cell_key_eq(json_t *o, int64_t len, double depth, const char *variant
            fabs(json_number_value(d) - depth) < 1e-9 && json_is_string(v) && !strcmp(json_string_value(v), variant);
 }
 
-/* Reads the finished cells; a torn last line (killed mid-write) is cut off so appends stay valid. */
-static int load_done(const char *path, json_t **arr_out) {
-    json_t *arr = json_array();
-    *arr_out = arr;
-    FILE *f = fopen(path, "r+");
-    if (!f) return errno == ENOENT ? 0 : mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    long good = 0;
-    ssize_t n;
-    int lineno = 0;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        json_error_t je;
-        json_t *o = line[n - 1] == '\n' ? json_loadb(line, (size_t)n, 0, &je) : NULL;
-        if (!o || !json_is_object(o)) {
-            json_decref(o);
-            mtok_log(1, "niah: %s:%d: dropping an incomplete line (an interrupted run)", path, lineno);
-            break;
-        }
-        json_array_append_new(arr, o);
-        good = ftell(f);
-    }
-    free(line);
-    int rc = 0;
-    if (ftruncate(fileno(f), good) != 0) rc = mtok_err(MTOK_ERESOURCE, "%s: %s", path, strerror(errno));
-    fclose(f);
-    return rc;
-}
-
 static int append_line(int fd, const char *path, json_t *o) {
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     if (!s) return mtok_err(MTOK_ERESOURCE, "out of memory writing %s", path);
@@ -515,7 +485,7 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     R.rn = (mev_runner){.s = s, .t = t, .interrupted = p->interrupted};
 
     char *res_path = path_in(p->out_dir, "results.jsonl");
-    json_t *done = NULL;
+    mev_niah_results *prev = NULL;
     mtok_ids ctx = {0}, q[MAX_NEEDLES] = {{0}}, full = {0};
     char *out = NULL;
     size_t out_len = 0;
@@ -523,13 +493,19 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     if (!res_path) return mtok_err(MTOK_ERESOURCE, "out of memory");
     if ((rc = haystack_init(&R.h, t, p->haystack_file, p->noise))) goto fail;
     if (p->resume) {
-        if ((rc = load_done(res_path, &done))) goto fail;
-    } else {
-        done = json_array();
+        /* every valid cell stays; lines that are not cells are dropped (their cells run again)
+         * through a rewrite that leaves the old file or the new one after a crash, never less */
+        if ((rc = mev_niah_results_read(res_path, &prev))) goto fail;
+        if (!prev->n && prev->skipped > prev->torn) {
+            rc = mtok_err(MTOK_EINPUT, "%s: no line is a niah cell: refusing to overwrite it (use another --out)",
+                          res_path);
+            goto fail;
+        }
+        if (prev->rewrite && (rc = mev_rewrite_lines(res_path, prev->kept, prev->n))) goto fail;
     }
     fd = open(res_path, O_WRONLY | O_CREAT | O_APPEND | (p->resume ? 0 : O_TRUNC), 0644);
     if (fd < 0) {
-        rc = mtok_err(MTOK_ERESOURCE, "%s: %s", res_path, strerror(errno));
+        rc = mtok_err(mev_errno_code(errno), "%s: %s", res_path, strerror(errno));
         goto fail;
     }
 
@@ -565,8 +541,8 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
                 for (size_t k = 0; k < (all ? p->n_depths : 1); k++) {
                     double Dk = all ? p->depths[k] : D;
                     int skip = 0;
-                    for (size_t j = 0; j < json_array_size(done) && !skip; j++)
-                        skip = cell_key_eq(json_array_get(done, j), L, Dk, vname);
+                    for (size_t j = 0; j < mev_niah_results_count(prev) && !skip; j++)
+                        skip = cell_key_eq(prev->kept[j].o, L, Dk, vname);
                     if (skip) {
                         sum->skipped++;
                         n_done++;
@@ -659,7 +635,7 @@ report:
     if (!rc) rc = mev_niah_report(p->out_dir, p->title, stdout);
 fail:
     if (fd >= 0) close(fd);
-    json_decref(done);
+    mev_niah_results_free(prev);
     haystack_free(&R.h);
     mev_runner_free(&R.rn);
     mtok_ids_free(&ctx);
@@ -683,16 +659,15 @@ static int cmp_f64(const void *a, const void *b) {
 int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
     char *res_path = path_in(out_dir, "results.jsonl");
     if (!res_path) return mtok_err(MTOK_ERESOURCE, "out of memory");
-    json_t *arr = NULL;
-    FILE *f = fopen(res_path, "r");
-    if (!f) {
-        int rc = mtok_err(MTOK_EINPUT, "%s: %s", res_path, strerror(errno));
+    mev_niah_results *R = NULL;
+    int rc = mev_niah_results_read(res_path, &R);
+    if (!rc && R->missing) rc = mtok_err(MTOK_EINPUT, "%s: %s", res_path, strerror(ENOENT));
+    if (rc) {
+        mev_niah_results_free(R);
         free(res_path);
         return rc;
     }
-    fclose(f);
-    int rc = load_done(res_path, &arr);
-    size_t n = json_array_size(arr);
+    size_t n = R->n;
     int64_t *lens = malloc((n + 1) * sizeof *lens);
     double *deps = malloc((n + 1) * sizeof *deps), *score = NULL, *cnt = NULL;
     size_t nl = 0, nd = 0;
@@ -701,7 +676,7 @@ int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
         const char *vname = mev_variant_name((mev_variant)v);
         nl = nd = 0;
         for (size_t i = 0; i < n; i++) {
-            json_t *o = json_array_get(arr, i);
+            json_t *o = R->kept[i].o;
             const char *vv = json_string_value(json_object_get(o, "variant"));
             if (!vv || strcmp(vv, vname)) continue;
             int64_t L = json_integer_value(json_object_get(o, "length"));
@@ -711,7 +686,16 @@ int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
             if (k == nl) lens[nl++] = L;
             for (k = 0; k < nd && fabs(deps[k] - D) > 1e-9; k++) {}
             if (k == nd) deps[nd++] = D;
+            /* a heatmap (and this quadratic search) has room for a grid, not for any file: cairo's
+             * images end at 32767 pixels a side, and 64K cells is 100x the largest grid in the docs */
+            if (nl > 512 || nd > 1024 || nl * nd > 65536) {
+                rc = mtok_err(MTOK_EINPUT, "%s:%lld: more than %s in variant %s: too many for a heatmap", res_path,
+                              (long long)R->kept[i].line, nl > 512 ? "512 distinct lengths" : nd > 1024 ?
+                              "1024 distinct depths" : "65536 cells", vname);
+                break;
+            }
         }
+        if (rc) break;
         if (!nl) continue;
         qsort(lens, nl, sizeof *lens, cmp_i64);
         qsort(deps, nd, sizeof *deps, cmp_f64);
@@ -725,14 +709,14 @@ int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
         double total = 0, spilled_max = 0;
         size_t cells = 0;
         for (size_t i = 0; i < n; i++) {
-            json_t *o = json_array_get(arr, i);
+            json_t *o = R->kept[i].o;
             const char *vv = json_string_value(json_object_get(o, "variant"));
             if (!vv || strcmp(vv, vname)) continue;
             int64_t L = json_integer_value(json_object_get(o, "length"));
             double D = json_number_value(json_object_get(o, "depth"));
             size_t a, b;
-            for (a = 0; deps[a] != D && fabs(deps[a] - D) > 1e-9; a++) {}
-            for (b = 0; lens[b] != L; b++) {}
+            for (a = 0; a + 1 < nd && deps[a] != D && fabs(deps[a] - D) > 1e-9; a++) {}
+            for (b = 0; b + 1 < nl && lens[b] != L; b++) {}
             double sc = json_number_value(json_object_get(o, "score"));
             score[a * nl + b] += sc;
             cnt[a * nl + b] += 1;
@@ -763,7 +747,7 @@ int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
         int first = 1;
         for (int w = 0; w < v; w++) {
             for (size_t i = 0; i < n && first; i++) {
-                const char *vv = json_string_value(json_object_get(json_array_get(arr, i), "variant"));
+                const char *vv = json_string_value(json_object_get(R->kept[i].o, "variant"));
                 if (vv && !strcmp(vv, mev_variant_name((mev_variant)w))) first = 0;
             }
         }
@@ -785,7 +769,7 @@ int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
         }
     }
     free(score), free(cnt), free(lens), free(deps);
-    json_decref(arr);
+    mev_niah_results_free(R);
     free(res_path);
     return rc;
 }

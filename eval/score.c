@@ -7,40 +7,50 @@
  *
  * Input lines: RULER (index, input, outputs, length, answer_prefix) or LongBench (context, input,
  * answers, dataset, _id). Output lines: the record (minus a long context/input) plus `pred` and the
- * sample's score; --resume skips indexes already in the output. Records that share a context are
- * run one after another, so the session's prefix reuse prefills the document once. */
+ * sample's score; --resume keeps the predictions already made (eval/records.c matches them to the
+ * data's records) and runs the rest. Records that share a context are run one after another, so
+ * the session's prefix reuse prefills the document once. */
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
-#include "eval.h"
+#include "jsonl.h"
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
-static int contains_ci(const char *hay, const char *needle) {
-    size_t n = strlen(needle);
-    if (!n) return 1;
-    for (const char *h = hay; *h; h++) {
-        size_t i = 0;
-        while (i < n && h[i] && tolower((unsigned char)h[i]) == tolower((unsigned char)needle[i])) i++;
-        if (i == n) return 1;
+/* ASCII lower-case copy (the C locale's tolower, which RULER's .lower() matches on ASCII). */
+static char *lower_dup(const char *s, size_t *n) {
+    *n = strlen(s);
+    char *d = malloc(*n + 1);
+    if (d)
+        for (size_t i = 0; i <= *n; i++) d[i] = (char)tolower((unsigned char)s[i]);
+    return d;
+}
+
+/* Hits of refs in pred, case-insensitive; memmem is linear, so a long prediction scores in time
+ * proportional to its length, not length x reference length. */
+static double count_hits(const char *pred, const char *const *refs, size_t n, int any) {
+    size_t pl, rl;
+    char *p = lower_dup(pred, &pl);
+    double hit = 0;
+    for (size_t i = 0; p && i < n && !(any && hit); i++) {
+        char *r = lower_dup(refs[i], &rl);
+        hit += r && (!rl || memmem(p, pl, r, rl));
+        free(r);
     }
-    return 0;
+    free(p);
+    return hit;
 }
 
 double mev_string_match_all(const char *pred, const char *const *refs, size_t n) {
-    if (!n) return 0;
-    double hit = 0;
-    for (size_t i = 0; i < n; i++) hit += contains_ci(pred, refs[i]);
-    return hit / (double)n;
+    return n ? count_hits(pred, refs, n, 0) / (double)n : 0;
 }
 
 double mev_string_match_part(const char *pred, const char *const *refs, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (contains_ci(pred, refs[i])) return 1;
-    return 0;
+    return count_hits(pred, refs, n, 1) > 0 ? 1 : 0;
 }
 
 /* SQuAD normalisation into tokens: lower-case, punctuation dropped, articles dropped. */
@@ -62,7 +72,8 @@ static int normalize(const char *s, toks *t) {
         t->buf[o++] = (char)(c < 128 ? tolower(c) : c);
     }
     t->buf[o] = 0;
-    for (char *p = strtok(t->buf, " \t\n\r\f\v"); p; p = strtok(NULL, " \t\n\r\f\v"))
+    char *save = NULL;
+    for (char *p = strtok_r(t->buf, " \t\n\r\f\v", &save); p; p = strtok_r(NULL, " \t\n\r\f\v", &save))
         if (strcmp(p, "a") && strcmp(p, "an") && strcmp(p, "the")) t->tok[t->n++] = p;
     return 0;
 }
@@ -70,6 +81,7 @@ static void toks_free(toks *t) {
     free(t->buf);
     free(t->tok);
 }
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 double mev_exact_match(const char *pred, const char *const *refs, size_t n) {
     toks p;
@@ -92,23 +104,22 @@ double mev_token_f1(const char *pred, const char *const *refs, size_t n) {
     toks p;
     double best = 0;
     if (normalize(pred, &p)) return toks_free(&p), 0;
+    /* the multiset intersection by merging sorted tokens: n log n, however long the prediction */
+    qsort(p.tok, p.n, sizeof *p.tok, cmp_str);
     for (size_t r = 0; r < n; r++) {
         toks q;
         if (normalize(refs[r], &q) || !p.n || !q.n) {
             toks_free(&q);
             continue;
         }
-        /* multiset intersection */
-        char *used = calloc(q.n, 1);
+        qsort(q.tok, q.n, sizeof *q.tok, cmp_str);
         size_t common = 0;
-        for (size_t i = 0; used && i < p.n; i++)
-            for (size_t j = 0; j < q.n; j++)
-                if (!used[j] && !strcmp(p.tok[i], q.tok[j])) {
-                    used[j] = 1;
-                    common++;
-                    break;
-                }
-        free(used);
+        for (size_t i = 0, j = 0; i < p.n && j < q.n;) {
+            int c = strcmp(p.tok[i], q.tok[j]);
+            if (!c) common++, i++, j++;
+            else if (c < 0) i++;
+            else j++;
+        }
         if (common) {
             double prec = (double)common / (double)p.n, rec = (double)common / (double)q.n;
             double f1 = 2 * prec * rec / (prec + rec);
@@ -122,7 +133,7 @@ double mev_token_f1(const char *pred, const char *const *refs, size_t n) {
 
 /* ---- the eval loop ---------------------------------------------------------------------------- */
 typedef struct {
-    char name[128];
+    const char *name;
     int ruler;   /* RULER (outputs) or LongBench (answers) */
     char metric[8];
     size_t n, nulls;
@@ -135,52 +146,18 @@ static const char *metric_for(const char *task, int ruler, const char *forced) {
     return !strncmp(task, "qa", 2) ? "part" : "all";
 }
 
-static int refs_of(json_t *rec, int *ruler, const char **refs, size_t cap, size_t *n) {
+/* The references of a record (the reader checked: a list of strings); *refs is malloc'ed. */
+static int refs_of(json_t *rec, int *ruler, const char ***refs, size_t *n) {
     json_t *a = json_object_get(rec, "outputs");
     *ruler = a != NULL;
     if (!a) a = json_object_get(rec, "answers");
-    if (!json_is_array(a)) return -1;
-    *n = 0;
-    for (size_t i = 0; i < json_array_size(a) && *n < cap; i++)
-        if (json_is_string(json_array_get(a, i))) refs[(*n)++] = json_string_value(json_array_get(a, i));
-    return 0;
-}
-
-static char *index_key(json_t *rec, size_t line) {
-    json_t *k = json_object_get(rec, "index");
-    if (!k) k = json_object_get(rec, "_id");
-    if (k) return json_dumps(k, JSON_ENCODE_ANY | JSON_COMPACT);
-    char *s = malloc(32);
-    if (s) snprintf(s, 32, "%zu", line);
-    return s;
-}
-
-static int read_jsonl(const char *path, json_t **out, int missing_ok) {
-    *out = json_array();
-    FILE *f = fopen(path, "r");
-    if (!f) return missing_ok && errno == ENOENT ? 0 : mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    int lineno = 0, rc = 0;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        size_t k = (size_t)n;
-        while (k && isspace((unsigned char)line[k - 1])) k--;
-        if (!k) continue;
-        json_error_t je;
-        json_t *o = json_loadb(line, k, 0, &je);
-        if (!json_is_object(o)) {
-            json_decref(o);
-            if (missing_ok) break; /* our own output: a torn last line from a killed run */
-            rc = mtok_err(MTOK_EINPUT, "%s:%d: not a JSON object: %s", path, lineno, je.text);
-            break;
-        }
-        json_array_append_new(*out, o);
+    *n = json_array_size(a);
+    if (!(*refs = malloc((*n + 1) * sizeof **refs))) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    for (size_t i = 0; i < *n; i++) {
+        const char *v = json_string_value(json_array_get(a, i));
+        (*refs)[i] = v ? v : "";
     }
-    free(line);
-    fclose(f);
-    return rc;
+    return 0;
 }
 
 static int build_prompt(const mev_eval_params *p, const mtok_tokenizer *t, json_t *rec, mtok_ids *ids) {
@@ -215,98 +192,130 @@ static int build_prompt(const mev_eval_params *p, const mtok_tokenizer *t, json_
     return rc;
 }
 
-/* The record's task or dataset field, else the file name without directory and .jsonl (RULER
- * names its files after the task: niah_single_1.jsonl). */
-static void task_of(json_t *rec, const char *data, char *out, size_t cap) {
-    const char *s = json_string_value(json_object_get(rec, "task"));
-    if (!s) s = json_string_value(json_object_get(rec, "dataset"));
-    if (s) {
-        snprintf(out, cap, "%s", s);
-        return;
-    }
-    const char *b = strrchr(data, '/');
-    snprintf(out, cap, "%s", b ? b + 1 : data);
-    size_t n = strlen(out);
-    if (n > 6 && !strcmp(out + n - 6, ".jsonl")) out[n - 6] = 0;
-}
-
 static int cmp_ctx(const void *a, const void *b) {
     const size_t *x = a, *y = b;
     return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
 }
 
+/* The predictions file, opened for appends: kept lines of a resumed run stay (rewritten through a
+ * temporary file and a rename when lines were dropped, so a crash here loses none of them). */
+static int open_out(const mev_eval_params *p, const mev_eval_preds *prev, FILE **out) {
+    struct stat a, b;
+    if (!stat(p->data, &a) && !stat(p->out, &b) && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        return mtok_err(MTOK_EUSAGE, "--out %s is the --data file", p->out);
+    int rc = prev && prev->rewrite ? mev_rewrite_lines(p->out, prev->kept, prev->n) : 0;
+    if (rc) return rc;
+    *out = fopen(p->out, prev && !prev->missing ? "a" : "w");
+    if (!*out) return mtok_err(mev_errno_code(errno), "%s: %s", p->out, strerror(errno));
+    return 0;
+}
+
+/* Adds record rec's prediction to its task's sums. */
+static int score_one(const mev_eval_params *p, json_t *rec, const char *task, const char *pred, task_stat *ts,
+                     size_t *n_ts) {
+    const char **refs;
+    size_t nr, j;
+    int ruler, rc = refs_of(rec, &ruler, &refs, &nr);
+    if (rc) return rc;
+    for (j = 0; j < *n_ts && strcmp(ts[j].name, task); j++) {}
+    if (j == *n_ts) {
+        ts[j].name = task;
+        ts[j].ruler = ruler;
+        snprintf(ts[j].metric, sizeof ts[j].metric, "%s", metric_for(task, ruler, p->metric));
+        (*n_ts)++;
+    }
+    task_stat *st = &ts[j];
+    /* RULER post-processing: strip, control characters as newlines */
+    char *pp = strdup(pred);
+    if (!pp) return free(refs), mtok_err(MTOK_ERESOURCE, "out of memory");
+    for (char *c = pp; *c; c++)
+        if ((unsigned char)*c < 0x20) *c = '\n';
+    st->n++;
+    st->nulls += strspn(pp, " \n") == strlen(pp);
+    st->sum_all += mev_string_match_all(pp, refs, nr);
+    st->sum_part += mev_string_match_part(pp, refs, nr);
+    st->sum_em += mev_exact_match(pp, refs, nr);
+    st->sum_f1 += mev_token_f1(pp, refs, nr);
+    free(pp);
+    free(refs);
+    return 0;
+}
+
+static void print_report(FILE *report, const task_stat *ts, size_t n_ts) {
+    fprintf(report, "%-24s %6s %7s %18s %18s %12s %10s\n", "task", "n", "metric", "string_match_all",
+            "string_match_part", "exact_match", "token_f1");
+    for (size_t j = 0; j < n_ts; j++) {
+        const task_stat *st = &ts[j];
+        double d = st->n ? 100.0 / (double)st->n : 0;
+        fprintf(report, "%-24s %6zu %7s %18.2f %18.2f %12.2f %10.2f\n", st->name, st->n, st->metric,
+                st->sum_all * d, st->sum_part * d, st->sum_em * d, st->sum_f1 * d);
+    }
+    for (size_t j = 0; j < n_ts; j++) {
+        const task_stat *st = &ts[j];
+        double d = st->n ? 100.0 / (double)st->n : 0;
+        double score = !strcmp(st->metric, "all") ? st->sum_all : !strcmp(st->metric, "part") ? st->sum_part
+                       : !strcmp(st->metric, "em")  ? st->sum_em
+                                                    : st->sum_f1;
+        json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:f, s:f, s:f, s:f, s:f}", "task", st->name, "n",
+                              (json_int_t)st->n, "nulls", (json_int_t)st->nulls, "metric", st->metric, "score",
+                              score * d, "string_match_all", st->sum_all * d, "string_match_part",
+                              st->sum_part * d, "exact_match", st->sum_em * d, "token_f1", st->sum_f1 * d);
+        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
+        if (line) fprintf(report, "score %s\n", line);
+        free(line);
+        json_decref(o);
+    }
+}
+
 int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params *p, int score_only, FILE *report) {
-    json_t *data = NULL, *prev = NULL;
+    mev_eval_data *d = NULL;
+    mev_eval_preds *prev = NULL;
     task_stat *ts = NULL;
-    size_t n_ts = 0;
+    size_t n_ts = 0, n_run = 0, n_prev = 0;
     FILE *out = NULL;
     mev_runner rn = {.s = s, .t = t, .interrupted = p->interrupted};
     mtok_ids ids = {0};
     size_t (*order)[2] = NULL;
-    int rc = read_jsonl(p->data, &data, 0);
+    json_t **pred = NULL, *made = json_array();
+    int rc = mev_eval_data_read(p->data, score_only ? MEV_DATA_PREDICTIONS : MEV_DATA_RECORDS, &d);
     if (rc) goto done;
-    size_t n = json_array_size(data);
+    const size_t n = d->n;
     if (!score_only) {
-        if (p->resume && (rc = read_jsonl(p->out, &prev, 1))) goto done;
-        /* rewritten from the lines that parsed, so a line torn by a killed run is dropped */
-        out = fopen(p->out, "w");
-        if (!out) {
-            rc = mtok_err(MTOK_ERESOURCE, "%s: %s", p->out, strerror(errno));
+        if (!p->out) {
+            rc = mtok_err(MTOK_EUSAGE, "eval: no predictions file (--out)");
             goto done;
         }
-        for (size_t k = 0; k < json_array_size(prev) && !rc; k++) {
-            char *line = json_dumps(json_array_get(prev, k), JSON_COMPACT | JSON_PRESERVE_ORDER);
-            if (!line || fprintf(out, "%s\n", line) < 0) rc = mtok_err(MTOK_ERESOURCE, "%s: write failed", p->out);
-            free(line);
-        }
-        if (!rc && fflush(out)) rc = mtok_err(MTOK_ERESOURCE, "%s: write failed", p->out);
-        if (rc) goto done;
+        if (p->resume && (rc = mev_eval_preds_read(p->out, d, &prev))) goto done;
+        if ((rc = open_out(p, prev, &out))) goto done;
     }
     ts = calloc(n + 1, sizeof *ts);
     order = malloc((n + 1) * sizeof *order);
-    if (!ts || !order) {
+    pred = calloc(n + 1, sizeof *pred); /* record i's prediction (borrowed), NULL while it has none */
+    if (!ts || !order || !pred || !made) {
         rc = mtok_err(MTOK_ERESOURCE, "out of memory");
         goto done;
     }
+    for (size_t i = 0; i < n; i++) {
+        json_t *rec = json_array_get(d->recs, i);
+        if (score_only) pred[i] = rec;
+        else if (prev && prev->of[i]) pred[i] = prev->kept[prev->of[i] - 1].o, n_prev++;
+    }
+    if (prev && !prev->missing)
+        mtok_log(1, "eval: %s holds predictions for %zu of the %zu records of %s; running the other %zu", p->out,
+                 n_prev, n, p->data, n - n_prev);
     /* group records by context (stable), so a shared document is prefilled once */
     for (size_t i = 0; i < n; i++) {
-        const char *c = json_string_value(json_object_get(json_array_get(data, i), "context"));
+        const char *c = json_string_value(json_object_get(json_array_get(d->recs, i), "context"));
         size_t h = 0;
         for (const char *q = c; q && *q; q++) h = h * 1315423911u + (unsigned char)*q;
         order[i][0] = c ? h : 0;
         order[i][1] = i;
     }
     qsort(order, n, sizeof *order, cmp_ctx);
-    /* scores of the records a previous run already predicted */
-    json_t *scored = json_array();
-    for (size_t k = 0; k < json_array_size(prev); k++) json_array_append(scored, json_array_get(prev, k));
-    for (size_t k = 0; k < n && !rc; k++) {
+    for (size_t k = 0; k < n && !rc && !score_only; k++) {
         size_t i = order[k][1];
-        json_t *rec = json_array_get(data, i);
-        const char *refs[64];
-        size_t nr;
-        int ruler;
-        if (refs_of(rec, &ruler, refs, 64, &nr)) {
-            rc = mtok_err(MTOK_EINPUT, "%s: record %zu has neither \"outputs\" nor \"answers\" (a list)", p->data, i + 1);
-            break;
-        }
-        if (score_only) {
-            if (!json_is_string(json_object_get(rec, "pred"))) {
-                rc = mtok_err(MTOK_EINPUT, "%s: record %zu has no \"pred\" string to score", p->data, i + 1);
-                break;
-            }
-            json_array_append(scored, rec);
-            continue;
-        }
-        char *key = index_key(rec, i);
-        int skip = 0;
-        for (size_t j = 0; key && j < json_array_size(prev) && !skip; j++) {
-            char *k2 = index_key(json_array_get(prev, j), (size_t)-1);
-            skip = k2 && !strcmp(k2, key);
-            free(k2);
-        }
-        free(key);
-        if (skip) continue;
+        json_t *rec = json_array_get(d->recs, i);
+        if (pred[i]) continue;
         if (p->interrupted && *p->interrupted) break;
         if ((rc = build_prompt(p, t, rec, &ids))) break;
         rc = mev_feed(&rn, ids.v, ids.n);
@@ -314,92 +323,51 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
             rc = 0;
             break;
         }
-        char *pred = NULL;
+        char *text = NULL;
         size_t plen = 0;
-        int64_t max_new = p->max_new > 0 ? p->max_new : ruler ? 128 : 64;
-        if (!rc) rc = mev_greedy(&rn, max_new, &pred, &plen);
+        int64_t max_new = p->max_new > 0 ? p->max_new : json_object_get(rec, "outputs") ? 128 : 64;
+        if (!rc) rc = mev_greedy(&rn, max_new, &text, &plen);
         if (rc) {
-            free(pred);
+            free(text);
             break;
         }
         json_t *o = json_deep_copy(rec);
-        json_object_del(o, "context");
-        const char *in = json_string_value(json_object_get(o, "input"));
-        if (in && strlen(in) > 4096) json_object_del(o, "input");
-        json_object_set_new(o, "pred", json_string(pred ? pred : ""));
-        json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)ids.n));
-        free(pred);
-        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        if (!line || fprintf(out, "%s\n", line) < 0 || fflush(out)) rc = mtok_err(MTOK_ERESOURCE, "%s: write failed", p->out);
-        free(line);
-        json_array_append_new(scored, o);
-    }
-    /* per-task scores over everything predicted (this run and a resumed one) */
-    for (size_t k = 0; k < json_array_size(scored) && !rc; k++) {
-        json_t *rec = json_array_get(scored, k);
-        const char *refs[64];
-        size_t nr;
-        int ruler;
-        if (refs_of(rec, &ruler, refs, 64, &nr)) continue;
-        const char *pred = json_string_value(json_object_get(rec, "pred"));
-        if (!pred) pred = "";
-        char task[128];
-        task_of(rec, p->data, task, sizeof task);
-        size_t j;
-        for (j = 0; j < n_ts && strcmp(ts[j].name, task); j++) {}
-        if (j == n_ts) {
-            snprintf(ts[n_ts].name, sizeof ts[n_ts].name, "%s", task);
-            ts[n_ts].ruler = ruler;
-            snprintf(ts[n_ts].metric, sizeof ts[n_ts].metric, "%s", metric_for(task, ruler, p->metric));
-            n_ts++;
-        }
-        task_stat *st = &ts[j];
-        /* RULER post-processing: strip, control characters as newlines */
-        char *pp = strdup(pred);
-        if (!pp) {
+        if (!o) {
+            free(text);
             rc = mtok_err(MTOK_ERESOURCE, "out of memory");
             break;
         }
-        for (char *c = pp; *c; c++)
-            if ((unsigned char)*c < 0x20) *c = '\n';
-        st->n++;
-        st->nulls += strspn(pp, " \n") == strlen(pp);
-        st->sum_all += mev_string_match_all(pp, refs, nr);
-        st->sum_part += mev_string_match_part(pp, refs, nr);
-        st->sum_em += mev_exact_match(pp, refs, nr);
-        st->sum_f1 += mev_token_f1(pp, refs, nr);
-        free(pp);
+        json_object_del(o, "context");
+        const char *in = json_string_value(json_object_get(o, "input"));
+        if (in && strlen(in) > 4096) json_object_del(o, "input");
+        /* a record without an id is named by its line, so --resume finds it again */
+        if (!json_object_get(o, "index") && !json_object_get(o, "_id") && !json_object_get(o, "data_line"))
+            json_object_set_new(o, "data_line", json_integer((json_int_t)d->line[i]));
+        json_object_set_new(o, "pred", json_string(text ? text : ""));
+        json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)ids.n));
+        free(text);
+        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (!line || fprintf(out, "%s\n", line) < 0 || fflush(out))
+            rc = mtok_err(line ? mev_errno_code(errno) : MTOK_ERESOURCE, "%s: write failed: %s", p->out,
+                          line ? strerror(errno) : "out of memory");
+        free(line);
+        if (json_array_append_new(made, o) && !rc) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+        pred[i] = o;
+        n_run++;
     }
-    json_decref(scored);
-    if (!rc && report) {
-        fprintf(report, "%-24s %6s %7s %18s %18s %12s %10s\n", "task", "n", "metric", "string_match_all",
-                "string_match_part", "exact_match", "token_f1");
-        for (size_t j = 0; j < n_ts; j++) {
-            const task_stat *st = &ts[j];
-            double d = st->n ? 100.0 / (double)st->n : 0;
-            fprintf(report, "%-24s %6zu %7s %18.2f %18.2f %12.2f %10.2f\n", st->name, st->n, st->metric,
-                    st->sum_all * d, st->sum_part * d, st->sum_em * d, st->sum_f1 * d);
-        }
-        for (size_t j = 0; j < n_ts; j++) {
-            const task_stat *st = &ts[j];
-            double d = st->n ? 100.0 / (double)st->n : 0;
-            double score = !strcmp(st->metric, "all") ? st->sum_all : !strcmp(st->metric, "part") ? st->sum_part
-                           : !strcmp(st->metric, "em")  ? st->sum_em
-                                                        : st->sum_f1;
-            json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:f, s:f, s:f, s:f, s:f}", "task", st->name, "n",
-                                  (json_int_t)st->n, "nulls", (json_int_t)st->nulls, "metric", st->metric, "score",
-                                  score * d, "string_match_all", st->sum_all * d, "string_match_part",
-                                  st->sum_part * d, "exact_match", st->sum_em * d, "token_f1", st->sum_f1 * d);
-            char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-            if (line) fprintf(report, "score %s\n", line);
-            free(line);
-            json_decref(o);
-        }
+    if (!score_only) mtok_log(2, "eval: %zu records run, %zu kept from %s", n_run, n_prev, p->out);
+    /* per-task scores over every record predicted (by this run or a resumed one), in data order */
+    for (size_t i = 0; i < n && !rc; i++) {
+        const char *text = pred[i] ? json_string_value(json_object_get(pred[i], "pred")) : NULL;
+        if (pred[i]) rc = score_one(p, json_array_get(d->recs, i), d->task[i], text ? text : "", ts, &n_ts);
     }
+    if (!rc && report) print_report(report, ts, n_ts);
 done:
-    if (out) fclose(out);
-    json_decref(data);
-    json_decref(prev);
+    if (out && fclose(out) && !rc) rc = mtok_err(mev_errno_code(errno), "%s: write failed: %s", p->out, strerror(errno));
+    mev_eval_data_free(d);
+    mev_eval_preds_free(prev);
+    json_decref(made);
+    free(pred);
     free(ts);
     free(order);
     mtok_ids_free(&ids);

@@ -14,11 +14,21 @@
  * meta_sum is the XXH3-64 of bytes [0, data_off) with meta_sum itself zero, so a flipped byte
  * anywhere in the header, ids, checksums or chain is caught before anything is used; block data
  * is checked against sums as it is loaded. Version 1 (no flags, no summaries) is still read: a cache
- * that keeps summaries (topk policy) recomputes them from the loaded rows. Written to PATH.tmp.PID, fsynced, renamed, directory
- * fsynced: a reader sees the old file or the whole new one. */
+ * that keeps summaries (topk policy) recomputes them from the loaded rows.
+ * A header is not trusted because its checksum matches (anyone can recompute one): every count and
+ * offset must be the layout the saver writes (layout()) and agree with the file's real size before
+ * anything sized by it is allocated or read; token ids are checked against the vocabulary by the
+ * caller (core/forward.c), which knows it.
+ * Saving: written to PATH.tmp.PID, every write checked, fsynced, renamed, directory fsynced: a reader
+ * sees the old file or the whole new one, and a failed save removes its temp and leaves PATH as it
+ * was. Temps of saves killed before their rename are removed by the next save to the same PATH when
+ * their process is gone. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +43,9 @@
 #define KVF_MAGIC "MTOKKV\r\n"
 #define KVF_VERSION 2
 #define KVF_HAS_SUMMARIES 1u /* flags: key summaries follow the block data */
+#ifndef KVS_MAX_BLOCK_TOKENS
+#define KVS_MAX_BLOCK_TOKENS 65536 /* the largest --kv-block */
+#endif
 
 typedef struct {
     char magic[8];
@@ -67,7 +80,7 @@ static int write_all(int fd, const void *p, size_t n, uint64_t off) {
     while (n) {
         ssize_t w = pwrite(fd, b, n, (off_t)off);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return w < 0 ? -errno : -EIO;
+        if (w <= 0) return w < 0 ? -errno : -EIO; /* 0: no progress, nothing else to report */
         b += w, n -= (size_t)w, off += (uint64_t)w;
     }
     return 0;
@@ -84,13 +97,66 @@ static int read_all(int fd, void *p, size_t n, uint64_t off) {
     return 0;
 }
 
+/* The layout of a file of n tokens in blocks of B with this geometry: what the saver writes and the
+ * only one the loader accepts. 0, or -1 when a size overflows 64 bits (a hostile header). */
+static int layout(kvf_header *h, uint64_t n, uint64_t B, uint64_t layers, uint64_t row, int with_sum) {
+    const uint64_t nb = (n + B - 1) / B, bb = 4 * B * row, sb = 4 * row; /* K and V, bf16 */
+    uint64_t nsum, per, data, sums;
+    if (__builtin_mul_overflow(layers, nb, &nsum) || __builtin_add_overflow(bb, with_sum ? sb : 0, &per) ||
+        __builtin_mul_overflow(nsum, per, &data) || __builtin_mul_overflow(nsum, 8, &sums) || n > (1ull << 60) ||
+        sums > (1ull << 62) || nb > (1ull << 58))
+        return -1;
+    h->n_blocks = nb;
+    h->block_bytes = bb;
+    h->ids_off = sizeof *h;
+    h->sums_off = (h->ids_off + n * 4 + 7) / 8 * 8;
+    h->chain_off = h->sums_off + sums;
+    h->data_off = (h->chain_off + nb * 16 + 4095) / 4096 * 4096;
+    return __builtin_add_overflow(h->data_off, data, &h->file_bytes) ? -1 : 0;
+}
+
+/* Removes PATH.tmp.PID files left by saves that were killed before their rename, when process PID
+ * no longer exists on this machine (a live one may be a save in progress). */
+static void remove_stale_temps(const char *path) {
+    char dbuf[4200], bbuf[4200];
+    snprintf(dbuf, sizeof dbuf, "%s", path);
+    snprintf(bbuf, sizeof bbuf, "%s", path);
+    const char *base = basename(bbuf);
+    const size_t bl = strlen(base);
+    DIR *d = opendir(dirname(dbuf));
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, base, bl) || strncmp(e->d_name + bl, ".tmp.", 5)) continue;
+        const char *p = e->d_name + bl + 5;
+        if (*p < '1' || *p > '9') continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(p, &end, 10);
+        if (*end || errno || pid > INT_MAX || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        if (!unlinkat(dirfd(d), e->d_name, 0))
+            mtok_log(1, "%s: removed %s, left by an interrupted save (process %ld is gone)", path, e->d_name, pid);
+    }
+    closedir(d);
+}
+
+/* The exit class of a failed write: the disk or a limit (3) unless the path itself is wrong (2). */
+static int write_code(int err) {
+    return err == EACCES || err == EPERM || err == ENOENT || err == ENOTDIR || err == EISDIR || err == EROFS ||
+                   err == ENAMETOOLONG || err == ELOOP || err == EXDEV
+               ? MTOK_EINPUT
+               : MTOK_ERESOURCE;
+}
+
 int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n) {
     const kvs_params *p = kvs_get_params(c);
     const int64_t B = kvs_block_tokens(c), row = p->n_kv_groups * p->head_dim;
-    const int64_t nb = (n + B - 1) / B, nsum = p->n_layers * nb;
-    const size_t bb = 2 * (size_t)B * (size_t)row * sizeof(uint16_t), sb = 2 * (size_t)row * sizeof(uint16_t);
     const int with_sum = kvs_summary(c, 0, 0) != NULL;
     kvf_header h = {0};
+    if (n <= 0 || layout(&h, (uint64_t)n, (uint64_t)B, (uint64_t)p->n_layers, (uint64_t)row, with_sum))
+        return mtok_err(MTOK_EUSAGE, "%s: cannot save %lld tokens of KV", path, (long long)n);
+    const int64_t nb = (int64_t)h.n_blocks, nsum = p->n_layers * nb;
+    const size_t bb = (size_t)h.block_bytes, sb = 2 * (size_t)row * sizeof(uint16_t);
     memcpy(h.magic, KVF_MAGIC, 8);
     h.version = KVF_VERSION;
     h.header_bytes = sizeof h;
@@ -98,31 +164,22 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     h.n_tokens = (uint64_t)n;
     h.block_tokens = (uint32_t)B;
     h.n_layers = (uint32_t)p->n_layers, h.n_kv_groups = (uint32_t)p->n_kv_groups, h.head_dim = (uint32_t)p->head_dim;
-    h.n_blocks = (uint64_t)nb;
-    h.block_bytes = bb;
-    h.ids_off = sizeof h;
-    h.sums_off = (h.ids_off + (uint64_t)n * 4 + 7) / 8 * 8;
-    h.chain_off = h.sums_off + (uint64_t)nsum * 8;
-    h.data_off = (h.chain_off + (uint64_t)nb * 16 + 4095) / 4096 * 4096;
-    h.file_bytes = h.data_off + (uint64_t)nsum * bb;
-    if (with_sum) {
-        h.flags = KVF_HAS_SUMMARIES;
-        h.file_bytes += (uint64_t)nsum * sb;
-    }
+    h.flags = with_sum ? KVF_HAS_SUMMARIES : 0;
 
+    remove_stale_temps(path);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
     uint8_t *meta = calloc(1, h.data_off);
     uint16_t *blk = malloc(bb);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int rc = 0, err = 0;
+    int fd = -1, rc = 0, err = 0;
+    uint64_t err_off = 0;
+    const char *what = NULL; /* the step that failed, for the message */
     if (!meta || !blk) {
         rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory saving the KV cache", path);
         goto done;
     }
-    if (fd < 0) {
-        rc = mtok_err(errno == ENOSPC ? MTOK_ERESOURCE : MTOK_EINPUT, "%s: cannot create %s: %s", path, tmp,
-                      strerror(errno));
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        rc = mtok_err(write_code(errno), "%s: cannot create %s: %s", path, tmp, strerror(errno));
         goto done;
     }
     memcpy(meta + h.ids_off, ids, (size_t)n * 4);
@@ -132,52 +189,71 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         chain_next(chain, ids + b * B, (b + 1) * B <= n ? B : n - b * B);
         memcpy(meta + h.chain_off + b * 16, chain, 16);
     }
-    for (int64_t l = 0; l < p->n_layers && !rc; l++)
-        for (int64_t b = 0; b < nb && !rc; b++) {
-            int64_t rows;
+    /* The key summaries are recomputed from the saved rows, not copied from the cache: a cache
+     * holding more than n tokens has summaries that cover rows the file does not keep. */
+    kvs_sumtab *st = NULL;
+    XXH3_state_t *xs = NULL;
+    if (with_sum && (kvsum_create(1, nb, row, &st) || !(xs = XXH3_createState()))) {
+        rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory saving the KV cache", path);
+        goto done;
+    }
+    if (xs) XXH3_64bits_reset(xs);
+    /* every write is checked: the first failure ends the save (a later success must not hide it) */
+    for (int64_t l = 0; l < p->n_layers && !rc && !err; l++) {
+        for (int64_t b = 0; b < nb && !rc && !err; b++) {
+            int64_t rows, want = n - b * B < B ? n - b * B : B;
             if ((rc = kvs_read_block(c, l, b, blk, &rows))) break;
-            if (rows < B) { /* stale rows past the end are not part of the document */
-                memset(blk + rows * row, 0, (size_t)(B - rows) * row * 2);
-                memset(blk + (B + rows) * row, 0, (size_t)(B - rows) * row * 2);
+            if (rows < want) {
+                rc = mtok_err(MTOK_EUSAGE, "%s: layer %lld holds %lld tokens, fewer than the %lld to save", path,
+                              (long long)l, (long long)(b * B + rows), (long long)n);
+                break;
+            }
+            if (want < B) { /* rows past the end are not part of the document */
+                memset(blk + want * row, 0, (size_t)(B - want) * row * 2);
+                memset(blk + (B + want) * row, 0, (size_t)(B - want) * row * 2);
             }
             uint64_t sum = XXH3_64bits(blk, bb);
             memcpy(sums + (l * nb + b) * 8, &sum, 8);
-            if ((err = write_all(fd, blk, bb, h.data_off + (uint64_t)(l * nb + b) * bb))) break;
+            err_off = h.data_off + (uint64_t)(l * nb + b) * bb;
+            if ((err = write_all(fd, blk, bb, err_off))) what = "writing block data";
+            if (st) kvsum_rebuild(st, 0, b, blk, want);
         }
-    if (!rc && !err && with_sum) { /* the summaries, one layer per write */
-        const uint64_t off0 = h.data_off + (uint64_t)nsum * bb;
-        XXH3_state_t *xs = XXH3_createState();
-        uint8_t *lay = malloc((size_t)nb * sb);
-        if (!xs || !lay) rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory saving the KV cache", path);
-        else XXH3_64bits_reset(xs);
-        for (int64_t l = 0; l < p->n_layers && !rc && !err; l++) {
-            for (int64_t b = 0; b < nb; b++) memcpy(lay + b * sb, kvs_summary(c, l, b), sb);
+        if (st && !rc && !err) { /* this layer's summaries, [block][2][row] after all the block data */
+            const uint8_t *lay = (const uint8_t *)kvsum_at(st, 0, 0);
             XXH3_64bits_update(xs, lay, (size_t)nb * sb);
-            err = write_all(fd, lay, (size_t)nb * sb, off0 + (uint64_t)(l * nb) * sb);
+            err_off = h.data_off + (uint64_t)nsum * bb + (uint64_t)(l * nb) * sb;
+            if ((err = write_all(fd, lay, (size_t)nb * sb, err_off))) what = "writing the key summaries";
         }
-        if (xs && lay) h.ksum_sum = XXH3_64bits_digest(xs);
-        XXH3_freeState(xs);
-        free(lay);
     }
+    if (xs) h.ksum_sum = XXH3_64bits_digest(xs);
+    XXH3_freeState(xs);
+    kvsum_free(st);
     if (rc) goto done;
     memcpy(meta, &h, sizeof h);
     h.meta_sum = XXH3_64bits(meta, h.data_off);
     memcpy(meta, &h, sizeof h);
-    if (!err) err = write_all(fd, meta, h.chain_off + (uint64_t)nb * 16, 0);
-    if (!err && ftruncate(fd, (off_t)h.file_bytes)) err = -errno;
-    if (!err && fsync(fd)) err = -errno;
-    if (!err && close(fd)) err = -errno;
+    if (!err && (err = write_all(fd, meta, h.chain_off + (uint64_t)nb * 16, 0))) what = "writing the header", err_off = 0;
+    if (!err && ftruncate(fd, (off_t)h.file_bytes)) err = -errno, what = "extending the file", err_off = h.file_bytes;
+    if (!err && fsync(fd)) err = -errno, what = "syncing", err_off = UINT64_MAX;
+    int cl = close(fd);
     fd = -1;
-    if (!err && rename(tmp, path)) err = -errno;
+    if (!err && cl) err = -errno, what = "closing", err_off = UINT64_MAX;
     if (err) {
-        rc = mtok_err(-err == ENOSPC ? MTOK_ERESOURCE : MTOK_EINPUT, "%s: writing the KV cache failed: %s", path,
-                      strerror(-err));
+        char at[48] = "";
+        if (err_off != UINT64_MAX) snprintf(at, sizeof at, " at offset %llu", (unsigned long long)err_off);
+        rc = mtok_err(write_code(-err), "%s: saving the KV cache failed %s %s%s: %s; %s is unchanged", path, what, tmp,
+                      at, strerror(-err), path);
+        goto done;
+    }
+    if (rename(tmp, path)) {
+        rc = mtok_err(write_code(errno), "%s: saving the KV cache failed renaming %s over it: %s", path, tmp,
+                      strerror(errno));
         goto done;
     }
     char dirbuf[4200];
     snprintf(dirbuf, sizeof dirbuf, "%s", path);
     int dfd = open(dirname(dirbuf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) fsync(dfd), close(dfd);
+    if (dfd >= 0) fsync(dfd), close(dfd); /* the rename is durable; the data was synced before it */
     mtok_log(1, "saved %lld tokens of KV (%lld layers x %lld blocks of %lld tokens, %.1f MiB) to %s", (long long)n,
              (long long)p->n_layers, (long long)nb, (long long)B, (double)h.file_bytes / (1 << 20), path);
 done:
@@ -219,12 +295,52 @@ static int load_summaries(kvs_cache *c, int fd, const kvf_header *h, int64_t use
     return rc;
 }
 
+/* Checks a header against the file's size and its own counts, before anything sized by it is
+ * allocated or read: every offset and size must be the one the saver writes for its token count,
+ * block size and geometry (the meta checksum cannot vouch for them: anyone can recompute it). */
+static int check_header(const kvf_header *h, uint64_t size, const char *path) {
+    if (h->file_bytes != size)
+        return mtok_err(MTOK_EINPUT, "%s: truncated or damaged: the header says %llu bytes, the file has %llu", path,
+                        (unsigned long long)h->file_bytes, (unsigned long long)size);
+    const struct {
+        const char *name;
+        uint64_t v, lo, hi;
+    } range[] = {{"n_tokens", h->n_tokens, 1, 1ull << 40}, {"block_tokens", h->block_tokens, 1, KVS_MAX_BLOCK_TOKENS},
+                 {"n_layers", h->n_layers, 1, 1u << 16}, {"n_kv_groups", h->n_kv_groups, 1, 1u << 16},
+                 {"head_dim", h->head_dim, 1, 1u << 16}};
+    for (size_t i = 0; i < sizeof range / sizeof range[0]; i++)
+        if (range[i].v < range[i].lo || range[i].v > range[i].hi)
+            return mtok_err(MTOK_EINPUT, "%s: damaged header: %s is %llu, outside [%llu, %llu]", path, range[i].name,
+                            (unsigned long long)range[i].v, (unsigned long long)range[i].lo,
+                            (unsigned long long)range[i].hi);
+    if ((h->flags & ~KVF_HAS_SUMMARIES) || (h->version == 1 && h->flags))
+        return mtok_err(MTOK_EINPUT, "%s: damaged header: unknown flags %#x for version %u", path, h->flags, h->version);
+    kvf_header want = {0};
+    if (layout(&want, h->n_tokens, h->block_tokens, h->n_layers, (uint64_t)h->n_kv_groups * h->head_dim,
+               (h->flags & KVF_HAS_SUMMARIES) != 0))
+        return mtok_err(MTOK_EINPUT, "%s: damaged header: its sizes overflow", path);
+    const struct {
+        const char *name;
+        uint64_t got, want;
+    } field[] = {{"n_blocks", h->n_blocks, want.n_blocks},    {"block_bytes", h->block_bytes, want.block_bytes},
+                 {"ids_off", h->ids_off, want.ids_off},       {"sums_off", h->sums_off, want.sums_off},
+                 {"chain_off", h->chain_off, want.chain_off}, {"data_off", h->data_off, want.data_off},
+                 {"file_bytes", h->file_bytes, want.file_bytes}};
+    for (size_t i = 0; i < sizeof field / sizeof field[0]; i++)
+        if (field[i].got != field[i].want)
+            return mtok_err(MTOK_EINPUT, "%s: damaged header: %s is %llu, expected %llu for %llu tokens in blocks of "
+                            "%u", path, field[i].name, (unsigned long long)field[i].got,
+                            (unsigned long long)field[i].want, (unsigned long long)h->n_tokens, h->block_tokens);
+    return 0;
+}
+
 int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
                   int32_t **ids_out, int64_t *n_loaded) {
     *ids_out = NULL;
     *n_loaded = 0;
     const kvs_params *p = kvs_get_params(c);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
     struct stat st;
     kvf_header h;
@@ -232,7 +348,16 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     uint16_t *blk = NULL;
     int32_t *ids = NULL;
     int rc = 0;
-    if (fstat(fd, &st) || st.st_size < (off_t)sizeof h || read_all(fd, &h, sizeof h, 0)) {
+    if (fstat(fd, &st)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: not a regular file (%s); an mtok KV cache is a file written by --save-kv",
+                      path, S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or socket");
+        goto done;
+    }
+    if (st.st_size < (off_t)sizeof h || read_all(fd, &h, sizeof h, 0)) {
         rc = mtok_err(MTOK_EINPUT, "%s: truncated: %lld bytes, shorter than the %zu-byte header of an mtok KV file",
                       path, (long long)st.st_size, sizeof h);
         goto done;
@@ -241,20 +366,25 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         rc = mtok_err(MTOK_EINPUT, "%s: not an mtok KV cache file (bad magic)", path);
         goto done;
     }
-    if ((h.version != 1 && h.version != KVF_VERSION) || h.header_bytes != sizeof h) {
-        rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads version %d)", path,
+    if (h.header_bytes != sizeof h) {
+        rc = mtok_err(MTOK_EINPUT, "%s: damaged header: header_bytes %u, expected %zu", path, h.header_bytes,
+                      sizeof h);
+        goto done;
+    }
+    if (h.version != 1 && h.version != KVF_VERSION) {
+        rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads versions 1 and %d)", path,
                       h.version, KVF_VERSION);
         goto done;
     }
-    if (h.file_bytes != (uint64_t)st.st_size) {
-        rc = mtok_err(MTOK_EINPUT, "%s: truncated or damaged: the header says %llu bytes, the file has %lld", path,
-                      (unsigned long long)h.file_bytes, (long long)st.st_size);
+    if ((rc = check_header(&h, (uint64_t)st.st_size, path))) goto done;
+    /* the header is consistent with the file's real size, so data_off is bounded by it */
+    if (!(meta = malloc(h.data_off))) {
+        rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory reading the header (%llu bytes)", path,
+                      (unsigned long long)h.data_off);
         goto done;
     }
-    if (h.data_off > h.file_bytes || h.data_off < h.chain_off || h.ids_off != sizeof h || h.sums_off < h.ids_off ||
-        h.chain_off < h.sums_off || h.sums_off - h.ids_off < h.n_tokens * 4 || h.data_off > ((uint64_t)1 << 36) ||
-        !(meta = malloc(h.data_off)) || read_all(fd, meta, h.data_off, 0)) {
-        rc = mtok_err(MTOK_EINPUT, "%s: damaged header (data offset %llu)", path, (unsigned long long)h.data_off);
+    if (read_all(fd, meta, h.data_off, 0)) {
+        rc = mtok_err(MTOK_EINPUT, "%s: read error before offset %llu", path, (unsigned long long)h.data_off);
         goto done;
     }
     uint64_t want = h.meta_sum;
@@ -265,21 +395,20 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         goto done;
     }
     if (h.fingerprint != fingerprint) {
-        rc = mtok_err(MTOK_EINPUT, "%s: saved by a different model (fingerprint %016llx, this model %016llx)", path,
-                      (unsigned long long)h.fingerprint, (unsigned long long)fingerprint);
+        rc = mtok_err(MTOK_EINPUT, "%s: saved by a different model: its config, tensors or weights differ (identity "
+                      "%016llx, this model %016llx)", path, (unsigned long long)h.fingerprint,
+                      (unsigned long long)fingerprint);
         goto done;
     }
     const int has_sum = (h.flags & KVF_HAS_SUMMARIES) != 0;
-    const uint64_t sb = 2ull * h.n_kv_groups * h.head_dim * 2; /* summary bytes per block */
-    if (h.dtype != 0 || h.n_layers != p->n_layers || h.n_kv_groups != p->n_kv_groups || h.head_dim != p->head_dim ||
-        h.block_tokens == 0 || h.n_blocks != (h.n_tokens + h.block_tokens - 1) / h.block_tokens ||
-        h.block_bytes != 2ull * h.block_tokens * h.n_kv_groups * h.head_dim * 2 ||
-        (h.flags & ~KVF_HAS_SUMMARIES) || (h.version == 1 && h.flags) ||
-        h.data_off + h.n_layers * h.n_blocks * (h.block_bytes + (has_sum ? sb : 0)) != h.file_bytes ||
-        h.chain_off - h.sums_off < (uint64_t)h.n_layers * h.n_blocks * 8 || h.data_off - h.chain_off < h.n_blocks * 16) {
+    if (h.dtype != 0 || h.n_layers != p->n_layers || h.n_kv_groups != p->n_kv_groups || h.head_dim != p->head_dim) {
         rc = mtok_err(MTOK_EINPUT, "%s: KV layout (%u layers, %u groups x %u, block %u, dtype %u) does not match "
-                      "this model or is inconsistent", path, h.n_layers, h.n_kv_groups, h.head_dim, h.block_tokens,
-                      h.dtype);
+                      "this model", path, h.n_layers, h.n_kv_groups, h.head_dim, h.block_tokens, h.dtype);
+        goto done;
+    }
+    if (!prompt && h.n_tokens > (uint64_t)p->ctx) {
+        rc = mtok_err(MTOK_EINPUT, "%s: %llu saved tokens exceed the context limit %lld (--ctx)", path,
+                      (unsigned long long)h.n_tokens, (long long)p->ctx);
         goto done;
     }
     const int64_t Bf = h.block_tokens, n_tok = (int64_t)h.n_tokens, nb = (int64_t)h.n_blocks;
