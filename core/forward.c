@@ -129,7 +129,25 @@ int session_truncate_local(mtok_session *s, int64_t n) {
     s->pos = n;
     s->ids.n = (size_t)n;
     s->kv_pos = dist_local_tokens(s, n);
-    return kvs_truncate(s->kv, s->kv_pos);
+    int rc = kvs_truncate(s->kv, s->kv_pos);
+    const int64_t held = kvs_tokens(s->kv);
+    if (rc || held >= s->kv_pos) return rc;
+    /* The window policy dropped blocks that queries after n would attend (kvs_truncate kept less):
+     * recompute the lost positions from their ids, so the session holds n tokens as asked and its
+     * next steps equal a fresh run's. */
+    if (s->world)
+        return mtok_err(MTOK_EUSAGE, "truncate to %lld tokens: the window policy dropped KV blocks the next positions "
+                        "need, and parallel runs cannot recompute them (use --kv-policy exact or topk)", (long long)n);
+    int32_t *lost = malloc((size_t)(n - held) * sizeof *lost);
+    if (!lost) return mtok_err(MTOK_ERESOURCE, "out of memory recomputing %lld positions", (long long)(n - held));
+    memcpy(lost, s->ids.v + held, (size_t)(n - held) * sizeof *lost);
+    s->pos = s->kv_pos = held;
+    s->ids.n = (size_t)held;
+    mtok_log(2, "truncate to %lld tokens: the window policy had dropped blocks after position %lld; recomputing %lld",
+             (long long)n, (long long)held, (long long)(n - held));
+    rc = forward_run(s, lost, n - held, NULL);
+    free(lost);
+    return rc;
 }
 int mtok_session_truncate(mtok_session *s, int64_t n) {
     if (n < 0 || n > s->pos)

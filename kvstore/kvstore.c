@@ -496,8 +496,26 @@ static int make_hot(kvs_cache *c, int64_t layer, int64_t b, int64_t cur_pos) {
 
 void kvs_reset(kvs_cache *c) { kvs_truncate(c, 0); }
 
+/* Where a truncate to n tokens can really leave the window policy. Queries from n on attend the
+ * sinks and the blocks ending after n - window; a block the policy dropped in the longer run may lie
+ * there now, its rows gone. Then keep only what precedes the first dropped block: every query after
+ * that attends what it would have attended in a fresh run (the dropped blocks are one range after
+ * the sinks, so this is also the fixpoint of the rule). */
+static int64_t window_keep(const kvs_cache *c, int64_t n) {
+    if (c->p.policy != KVS_POLICY_WINDOW) return n;
+    int64_t first = INT64_MAX, needed = 0;
+    for (int64_t l = 0; l < c->p.n_layers; l++)
+        for (int64_t b = c->sink_blocks; b * c->B < n && b * c->B < c->n_tok[l]; b++)
+            if (BLK((kvs_cache *)c, l, b)->state == BLK_DROPPED) {
+                if (b < first) first = b;
+                if ((b + 1) * c->B > n - c->p.window) needed = 1;
+            }
+    return needed ? first * c->B : n;
+}
+
 int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
     drop_plan(c);
+    n_tokens = window_keep(c, n_tokens);
     int rc = 0;
     for (int64_t l = 0; l < c->p.n_layers; l++) {
         const int cut = c->n_tok[l] > n_tokens;
@@ -538,9 +556,24 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
                         "the cache (holds %lld of %lld)", (long long)n, (long long)pos, (long long)layer,
                         (long long)c->n_tok[layer], (long long)c->p.ctx);
     const int64_t B = c->B, half = B * c->row;
+    /* a rewrite from inside the layer: the blocks wholly after pos are gone, as after kvs_truncate
+     * (left in place they would hold hot quota that evict never looks at, and stale staged reads) */
+    for (int64_t b = (pos + B - 1) / B; b < c->n_blocks && b * B < c->n_tok[layer]; b++) {
+        kvs_blk *k = BLK(c, layer, b);
+        if (c->tier) unstage(c, layer, b);
+        release_hot(c, layer, k);
+        release_cold(c, k);
+        k->state = BLK_EMPTY;
+        k->dirty = 0;
+    }
     for (int64_t t = 0; t < n; t++) {
         int64_t p = pos + t, b = p / B, r = p % B;
         kvs_blk *blk = BLK(c, layer, b);
+        if (t == 0 && r > 0 && blk->state == BLK_DROPPED) /* its kept rows are gone: never hand out garbage */
+            return mtok_err(MTOK_EINPUT, "kv cache: block %lld of layer %lld was dropped by the window policy, so "
+                            "positions %lld..%lld are lost and the cache cannot continue at position %lld (truncate "
+                            "to %lld or earlier)", (long long)b, (long long)layer, (long long)(b * B),
+                            (long long)(p - 1), (long long)p, (long long)(b * B));
         if (blk->state != BLK_HOT || !blk->dirty) {
             int rc;
             /* the window policy may drop what lies outside sinks + window before this write's
@@ -745,7 +778,10 @@ int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *
         int64_t rows = c->n_tok[layer] - it.b * c->B;
         blks[k].n = rows < c->B ? rows : c->B;
         if (blks[k].n <= 0) { /* truncated since planning */
-            if (blk->state == BLK_COLD) held[--nh]->state = ST_FREE;
+            if (blk->state == BLK_COLD) { /* its read may still be in flight: wait before the slot is reused */
+                c->tier->ops->wait(c->tier, &held[nh - 1]->io);
+                held[--nh]->state = ST_FREE;
+            }
             c->plan_head++;
             continue;
         }

@@ -76,7 +76,10 @@ int kvs_create(const kvs_params *p, kvs_cache **out);
 void kvs_free(kvs_cache *c);
 /* Forgets every position. */
 void kvs_reset(kvs_cache *c);
-/* Truncates the cache to its first n_tokens positions; whole blocks beyond are released. */
+/* Truncates the cache to its first n_tokens positions; whole blocks beyond are released. Under the
+ * window policy it may keep fewer: when a block it dropped lies inside the window of the queries that
+ * would follow, only the positions before the first dropped block stay (kvs_tokens tells how many);
+ * the caller recomputes the rest. */
 int kvs_truncate(kvs_cache *c, int64_t n_tokens);
 /* Stores n rows of K and V (fp32, row stride ld elements) for positions pos..pos+n-1 of a layer,
  * rounding to bf16. Positions must be written in order: pos <= tokens already held by the layer.

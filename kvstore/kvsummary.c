@@ -68,7 +68,14 @@ void kvsum_rebuild(kvs_sumtab *t, int64_t layer, int64_t b, const uint16_t *k, i
 
 /* Compiled for AVX2 and for the baseline, chosen at load time (GCC function multi-versioning); the
  * eight partial sums per head keep the reduction vectorisable without reassociating floats. */
-__attribute__((target_clones("avx2", "default")))
+#if defined(__clang__) && __clang_major__ < 15
+/* clang 14 emits only the clones' names, not the dispatching symbol, so other files cannot link to
+ * kvsum_bound (the fuzz build, tests/fuzz, is compiled with clang): the baseline form there */
+#define KVS_CLONES
+#else
+#define KVS_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+KVS_CLONES
 void kvsum_bound(const kvs_sumtab *t, int64_t layer, int64_t g, int64_t D, int64_t b0, int64_t nb,
                  const float *qlo, const float *qhi, int64_t nh, float *out) {
     const int one = qlo == qhi; /* one query per head: the two-corner form */

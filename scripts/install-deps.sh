@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mtok needs to build and test on a fresh Debian 12 machine.
-# Debian packages for the C build; numpy from PyPI for the test oracles (tests/ref).
+# Debian packages for the C build (and clang for the fuzz targets); numpy from PyPI for the test
+# oracles (tests/ref).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -8,7 +9,10 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config python3 python3-pip
       libpcre2-dev libjansson-dev libxxhash-dev liburing-dev libhwloc-dev
       libcmocka-dev libcairo2-dev libopenmpi-dev openmpi-bin
-      fio)  # fio: the reference for mtok bench kv (docs/PERFORMANCE.md)
+      fio   # fio: the reference for mtok bench kv (docs/PERFORMANCE.md)
+      # the fuzz targets (docs/FUZZING.md): clang with libFuzzer (libclang_rt.fuzzer is in
+      # libclang-rt-dev, which clang only recommends), its OpenMP runtime, llvm-symbolizer for stacks
+      clang libclang-rt-dev libomp-dev llvm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@
   run cleanly with exit 3 and leaves an earlier saved cache intact, no temp files;
 - needle-in-a-haystack cells that truncate and reuse a spilled prefix run clean (no false corruption);
 - a prefill whose KV is >= 4x the budget keeps its peak RSS under baseline + budget + 10%."""
+import json
 import os
 import random
 import shutil
@@ -184,6 +185,18 @@ try:
         check(p.returncode == 0 and "corrupt" not in p.stderr,
               f"niah 8192 x depths 25,50, --kv-budget 1M, {io}, {policy}: exit {p.returncode} "
               f"{p.stderr.strip().splitlines()[-1:] if p.returncode else ''}")
+
+    # window policy: a truncate into the range it dropped recomputes the lost positions, so a reused
+    # prefix gives the same answer as a fresh run (the kept rows of a dropped block were made up before)
+    outs = {}
+    for name, depths in (("reuse", "50,25"), ("fresh", "25")):
+        out = os.path.join(work, f"niah-window-{name}")
+        p = run("niah", "-m", needle, "--lengths", "8192", "--depths", depths, "--out", out, "--kv-budget", "1M",
+                "--kv-dir", kvdir, "--kv-policy", "window", "-q")
+        rows = [json.loads(x) for x in open(os.path.join(out, "results.jsonl"))] if p.returncode == 0 else []
+        outs[name] = [r["output"] for r in rows if r["depth"] == 25.0]
+    check(outs["reuse"] and outs["reuse"] == outs["fresh"],
+          f"window policy, depth 25 after depth 50 (prefix reuse) == fresh: {outs}")
 
     # a --kv-dir that is missing or read-only is the user's input to fix: exit 2 naming it (was exit 3)
     gen_short = ["generate", "-m", model, "-p", "the river", "-n", "2", "--kv-budget", "64K", "--kv-block", "16"]
