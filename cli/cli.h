@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include "mtok.h"
 
-/* Options every command understands (DESIGN.md §3). Subcommand-specific flags are parsed by the
+/* Options every command understands (docs/DESIGN.md §3). Subcommand-specific flags are parsed by the
  * command itself through cli_opt(). */
 typedef struct {
     const char *model;     /* -m DIR */

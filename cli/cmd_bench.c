@@ -252,12 +252,20 @@ typedef struct {
     mk_limits_params lp;
 } bench_opts;
 
-static int bench_model(bench_opts *B) {
-    cli_loaded L = {0};
-    int32_t *ids = NULL;
-    json_t *root = json_object(), *jpre = json_array(), *jdec = json_array(), *jchk = NULL;
-    mk_limits lim0, lim1;
-    int rc, ok = 0;
+/* One model bench run: what its steps share. */
+typedef struct {
+    bench_opts *B;
+    cli_loaded L;
+    const mtok_config *c;
+    work_model W;
+    int32_t *ids;  /* [need] deterministic prompt ids */
+    int64_t need;  /* tokens the run needs: the longest prompt, depth + gen, or check */
+    int threads;   /* B->lp.threads: the team size the figures are divided by */
+} bench_run;
+
+/* The context the run needs; --ctx, when given, must hold it. Sets the thread count of the limits
+ * and of the matmuls. */
+static int bench_plan(bench_opts *B, int64_t *need_out) {
     int64_t need = 0;
     for (int i = 0; i < B->prompts.n; i++) need = B->prompts.v[i] > need ? B->prompts.v[i] : need;
     for (int i = 0; i < B->depths.n; i++) need = B->depths.v[i] + B->gen > need ? B->depths.v[i] + B->gen : need;
@@ -266,44 +274,51 @@ static int bench_model(bench_opts *B) {
         return cli_usage_error("bench: --ctx %lld is below the %lld tokens the run needs", (long long)B->o.ctx,
                                (long long)need);
     if (!B->o.ctx) B->o.ctx = need;
-    /* --threads sizes the session's attention; the matmuls use OpenMP's default team, so set both */
-    if (B->o.threads) omp_set_num_threads(B->o.threads);
     B->lp.threads = B->o.threads ? B->o.threads : omp_get_max_threads();
+    *need_out = need;
+    return 0;
+}
 
-    if ((rc = limits_forked(&B->lp, &lim0))) goto fail;
-    if ((rc = cli_load(&B->o, 0, &L))) goto fail;
-    const mtok_config *c = mtok_model_config(L.model);
-    const work_model W = work_of(L.model);
-    const int64_t V = c->vocab;
-    if (!(ids = malloc((size_t)need * sizeof *ids))) {
-        rc = mtok_err(MTOK_ERESOURCE, "bench: out of memory for %lld prompt ids", (long long)need);
-        goto fail;
-    }
-    make_ids(ids, need, V);
+/* Loads the model, makes the prompt ids, prints the model line and warms up: a prefill and a decode
+ * step fault in every weight page and start the thread pool. */
+static int bench_setup(bench_run *R) {
+    bench_opts *B = R->B;
+    int rc = cli_load(&B->o, 0, &R->L);
+    if (rc) return rc;
+    R->c = mtok_model_config(R->L.model);
+    R->W = work_of(R->L.model);
+    const mtok_config *c = R->c;
+    if (!(R->ids = malloc((size_t)R->need * sizeof *R->ids)))
+        return mtok_err(MTOK_ERESOURCE, "bench: out of memory for %lld prompt ids", (long long)R->need);
+    make_ids(R->ids, R->need, c->vocab);
     if (!B->js) setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines as they come */
     if (!B->js)
         printf("model %s: %lld layers, hidden %lld, %lldx%lld heads, %lld KV groups, ffn %lld, vocab %lld, %s\n",
                B->o.model, (long long)c->n_layers, (long long)c->hidden, (long long)c->n_heads,
-               (long long)c->head_dim, (long long)c->n_kv_groups, (long long)c->ffn, (long long)V,
+               (long long)c->head_dim, (long long)c->n_kv_groups, (long long)c->ffn, (long long)c->vocab,
                mtok_dtype_name(c->dtype));
+    const int64_t warm = R->need < 32 ? R->need : 32; /* a prefill and a decode step, within the context */
+    mtok_session_reset(R->L.sess);
+    if (warm > 1 && (rc = mtok_forward(R->L.sess, R->ids, warm - 1, NULL))) return rc;
+    return mtok_forward(R->L.sess, R->ids, 1, NULL);
+}
 
-    /* warm-up: fault in every weight page and start the thread pool */
-    const int64_t warm = need < 32 ? need : 32; /* a prefill and a decode step, within the context */
-    mtok_session_reset(L.sess);
-    if (warm > 1 && (rc = mtok_forward(L.sess, ids, warm - 1, NULL))) goto fail;
-    if ((rc = mtok_forward(L.sess, ids, 1, NULL))) goto fail;
-
-    /* prefill: best of reps from an empty session; TTFT = prefill + picking the first token */
+/* Prefill: for each --prompt length, the best of --reps runs from an empty session; TTFT = prefill
+ * + picking the first token. One object per length into jpre. */
+static int bench_prefill(bench_run *R, json_t *jpre) {
+    const bench_opts *B = R->B;
+    const int64_t V = R->c->vocab;
     for (int i = 0; i < B->prompts.n; i++) {
         const int64_t n = B->prompts.v[i];
         double best = INFINITY, ttft = INFINITY, cpu = 0, sum = 0;
         for (int r = 0; r < B->reps; r++) {
-            mtok_session_reset(L.sess);
+            mtok_session_reset(R->L.sess);
             const double c0 = cpu_s(), t0 = now_s();
-            if ((rc = mtok_forward(L.sess, ids, n, NULL))) goto fail;
+            int rc = mtok_forward(R->L.sess, R->ids, n, NULL);
+            if (rc) return rc;
             const double t1 = now_s();
             if (t1 - t0 < best) cpu = cpu_s() - c0;
-            volatile int64_t first = argmax(mtok_session_logits(L.sess), V);
+            volatile int64_t first = argmax(mtok_session_logits(R->L.sess), V);
             (void)first;
             best = fmin(best, t1 - t0);
             sum += t1 - t0;
@@ -311,132 +326,216 @@ static int bench_model(bench_opts *B) {
         }
         /* the mean beside the best: on a shared host the two differ by what the neighbours took */
         const double mean = sum / B->reps;
-        const double flop = W.mm_flop * (double)n + W.out_flop + W.attn_flop_key * (double)n * (double)(n + 1) / 2;
+        const double flop =
+            R->W.mm_flop * (double)n + R->W.out_flop + R->W.attn_flop_key * (double)n * (double)(n + 1) / 2;
         json_array_append_new(jpre, json_pack("{s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "tokens",
                                               (json_int_t)n, "seconds", best, "tok_s", (double)n / best, "ttft_s",
                                               ttft, "gflop", flop * 1e-9, "gflops", flop / best * 1e-9, "cpu_s", cpu,
-                                              "cpu_util", cpu / (best * B->lp.threads), "seconds_mean", mean,
+                                              "cpu_util", cpu / (best * R->threads), "seconds_mean", mean,
                                               "gflops_mean", flop / mean * 1e-9));
         if (!B->js)
             printf("prefill %6lld tokens: %8.2f s  %8.1f tok/s  %7.1f GFLOP/s  ttft %.3f s  cpu util %.0f%%\n",
-                   (long long)n, best, (double)n / best, flop / best * 1e-9, ttft, 100 * cpu / (best * B->lp.threads));
+                   (long long)n, best, (double)n / best, flop / best * 1e-9, ttft, 100 * cpu / (best * R->threads));
     }
+    return 0;
+}
 
-    /* decode at each depth (ascending): keep the prefilled prefix, drop the previous depth's
-     * generated tokens, prefill up to the depth, then time gen greedy steps */
+/* The figures of one depth's decode steps (step[] sorted in place) as a json object; prints its line. */
+static json_t *decode_figures(const bench_run *R, int64_t d, double *step, double sum, double cpu, double wall,
+                              double fill_s, const mtok_kv_stats *k0, const mtok_kv_stats *k1) {
+    const bench_opts *B = R->B;
+    qsort(step, (size_t)B->gen, sizeof *step, cmp_double);
+    const double med = step[B->gen / 2], tps = (double)B->gen / sum;
+    /* keys visible to the steps: positions d..d+gen-1 each read p+1 keys; a sparse policy reads
+     * what the session counted (bytes_attended) */
+    const double keys = (double)d + ((double)B->gen + 1) / 2, gen = (double)B->gen;
+    const double att = (double)(k1->bytes_attended - k0->bytes_attended) / gen;
+    const double kvb = B->o.kv_policy ? att : R->W.kv_bytes_key * keys, gbs = (R->W.weight_bytes + kvb) * tps * 1e-9;
+    json_t *jk = json_pack("{s:f, s:f, s:f, s:I}", "kv_bytes_read_per_token",
+                           (double)((k1->bytes_read - k1->audit_bytes_read) - (k0->bytes_read - k0->audit_bytes_read)) / gen,
+                           "kv_bytes_attended_per_token", att, "kv_bytes_exact_per_token",
+                           (double)(k1->bytes_exact - k0->bytes_exact) / gen, "audit_steps",
+                           (json_int_t)(k1->audit_steps - k0->audit_steps));
+    if (k1->audit_rows > k0->audit_rows)
+        json_object_set_new(jk, "audit_mass_mean", json_real((k1->audit_mass_mean * (double)k1->audit_rows -
+                                                               k0->audit_mass_mean * (double)k0->audit_rows) /
+                                                              (double)(k1->audit_rows - k0->audit_rows)));
+    json_t *o = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "depth", (json_int_t)d, "tokens",
+                          (json_int_t)B->gen, "tok_s", tps, "tok_s_median", 1.0 / med, "weight_bytes_per_token",
+                          R->W.weight_bytes, "kv_bytes_per_token", kvb, "gbs", gbs, "fill_s", fill_s, "cpu_util",
+                          cpu / (wall * R->threads));
+    json_object_update(o, jk);
+    json_decref(jk);
+    if (!B->js)
+        printf("decode at %6lld: %7.2f tok/s (median step %.2f)  %6.1f GB/s  (%.0f MB weights + %.0f MB KV per token)"
+               "  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, R->W.weight_bytes * 1e-6, kvb * 1e-6,
+               100 * cpu / (wall * R->threads));
+    return o;
+}
+
+/* Decode at each depth (ascending): keep the prefilled prefix, drop the previous depth's generated
+ * tokens, prefill up to the depth, then time --gen greedy steps. One object per depth into jdec. */
+static int bench_decode(bench_run *R, json_t *jdec) {
+    const bench_opts *B = R->B;
+    mtok_session *s = R->L.sess;
+    const int64_t V = R->c->vocab;
     int64_t filled = 0;
-    mtok_session_reset(L.sess);
+    int rc = 0;
+    mtok_session_reset(s);
     double *step = malloc((size_t)B->gen * sizeof *step);
-    if (!step) {
-        rc = mtok_err(MTOK_ERESOURCE, "bench: out of memory");
-        goto fail;
-    }
+    if (!step) return mtok_err(MTOK_ERESOURCE, "bench: out of memory");
     for (int i = 0; i < B->depths.n; i++) {
         const int64_t d = B->depths.v[i];
-        if ((rc = mtok_session_truncate(L.sess, filled))) break;
+        if ((rc = mtok_session_truncate(s, filled))) break;
         const double tf = now_s();
         for (int64_t p = filled; p < d;) { /* in prompt-sized pieces, as a client would send them */
             const int64_t n = d - p < 4096 ? d - p : 4096;
-            if ((rc = mtok_forward(L.sess, ids + p, n, NULL))) break;
+            if ((rc = mtok_forward(s, R->ids + p, n, NULL))) break;
             p += n;
         }
         if (rc) break;
         const double fill_s = now_s() - tf;
         filled = d;
-        int32_t tok = d > 0 ? (int32_t)argmax(mtok_session_logits(L.sess), V) : ids[0];
+        int32_t tok = d > 0 ? (int32_t)argmax(mtok_session_logits(s), V) : R->ids[0];
         double sum = 0;
         mtok_kv_stats k0, k1;
-        mtok_session_kv_stats(L.sess, &k0);
+        mtok_session_kv_stats(s, &k0);
         const double c0 = cpu_s(), w0 = now_s();
         for (int64_t g = 0; g < B->gen; g++) {
             const double t0 = now_s();
-            if ((rc = mtok_forward(L.sess, &tok, 1, NULL))) break;
-            tok = (int32_t)argmax(mtok_session_logits(L.sess), V);
+            if ((rc = mtok_forward(s, &tok, 1, NULL))) break;
+            tok = (int32_t)argmax(mtok_session_logits(s), V);
             step[g] = now_s() - t0;
             sum += step[g];
         }
         if (rc) break;
         const double cpu = cpu_s() - c0, wall = now_s() - w0;
-        mtok_session_kv_stats(L.sess, &k1);
-        qsort(step, (size_t)B->gen, sizeof *step, cmp_double);
-        const double med = step[B->gen / 2], tps = (double)B->gen / sum;
-        /* keys visible to the steps: positions d..d+gen-1 each read p+1 keys; a sparse policy reads
-         * what the session counted (bytes_attended) */
-        const double keys = (double)d + ((double)B->gen + 1) / 2, gen = (double)B->gen;
-        const double att = (double)(k1.bytes_attended - k0.bytes_attended) / gen;
-        const double kvb = B->o.kv_policy ? att : W.kv_bytes_key * keys, gbs = (W.weight_bytes + kvb) * tps * 1e-9;
-        json_t *jk = json_pack("{s:f, s:f, s:f, s:I}", "kv_bytes_read_per_token",
-                               (double)((k1.bytes_read - k1.audit_bytes_read) - (k0.bytes_read - k0.audit_bytes_read)) / gen,
-                               "kv_bytes_attended_per_token", att, "kv_bytes_exact_per_token",
-                               (double)(k1.bytes_exact - k0.bytes_exact) / gen, "audit_steps",
-                               (json_int_t)(k1.audit_steps - k0.audit_steps));
-        if (k1.audit_rows > k0.audit_rows)
-            json_object_set_new(jk, "audit_mass_mean", json_real((k1.audit_mass_mean * (double)k1.audit_rows -
-                                                                   k0.audit_mass_mean * (double)k0.audit_rows) /
-                                                                  (double)(k1.audit_rows - k0.audit_rows)));
-        json_array_append_new(
-            jdec, json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "depth", (json_int_t)d, "tokens",
-                            (json_int_t)B->gen, "tok_s", tps, "tok_s_median", 1.0 / med, "weight_bytes_per_token",
-                            W.weight_bytes, "kv_bytes_per_token", kvb, "gbs", gbs, "fill_s", fill_s, "cpu_util",
-                            cpu / (wall * B->lp.threads)));
-        json_object_update(json_array_get(jdec, json_array_size(jdec) - 1), jk);
-        json_decref(jk);
-        if (!B->js)
-            printf("decode at %6lld: %7.2f tok/s (median step %.2f)  %6.1f GB/s  (%.0f MB weights + %.0f MB KV per token)"
-                   "  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, W.weight_bytes * 1e-6, kvb * 1e-6,
-                   100 * cpu / (wall * B->lp.threads));
+        mtok_session_kv_stats(s, &k1);
+        json_array_append_new(jdec, decode_figures(R, d, step, sum, cpu, wall, fill_s, &k0, &k1));
     }
     free(step);
-    if (rc) goto fail;
+    return rc;
+}
 
-    /* peak RSS of the model phases, before the check allocates its logits */
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    const double rss = (double)ru.ru_maxrss * 1024.0;
-    const double kv_held = (double)mtok_session_kv_bytes(L.sess);
-    mtok_kv_stats ks; /* the model phases' KV traffic, before the check runs */
-    mtok_session_kv_stats(L.sess, &ks);
+/* The limit is the better of the two runs (before and after the model phases). */
+static mk_limits limits_best(const mk_limits *a, const mk_limits *b) {
+    mk_limits lim = *a;
+    lim.triad_gbs = fmax(a->triad_gbs, b->triad_gbs);
+    lim.read_gbs = fmax(a->read_gbs, b->read_gbs);
+    lim.fma_gflops = fmax(a->fma_gflops, b->fma_gflops);
+    lim.fma_gflops_mean = 0.5 * (a->fma_gflops_mean + b->fma_gflops_mean);
+    lim.verified = a->verified && b->verified;
+    return lim;
+}
 
-    const int64_t nchk = B->check_tokens < need ? B->check_tokens : need;
-    if ((rc = check_logits(L.sess, ids, nchk, B->o.no_simd, &jchk, &ok))) goto fail;
-    if ((rc = limits_forked(&B->lp, &lim1))) goto fail;
-
-    /* the limit is the better of the two runs; fractions follow */
-    mk_limits lim = lim0;
-    lim.triad_gbs = fmax(lim0.triad_gbs, lim1.triad_gbs);
-    lim.read_gbs = fmax(lim0.read_gbs, lim1.read_gbs);
-    lim.fma_gflops = fmax(lim0.fma_gflops, lim1.fma_gflops);
-    lim.fma_gflops_mean = 0.5 * (lim0.fma_gflops_mean + lim1.fma_gflops_mean);
-    lim.verified = lim0.verified && lim1.verified;
+/* Each prefill and decode figure as a fraction of the limit that bounds it. */
+static void add_fractions(json_t *jpre, json_t *jdec, const mk_limits *lim) {
     size_t k;
     json_t *e;
     json_array_foreach(jpre, k, e) {
-        json_object_set_new(e, "frac_fma_peak", json_real(json_real_value(json_object_get(e, "gflops")) / lim.fma_gflops));
+        json_object_set_new(e, "frac_fma_peak", json_real(json_real_value(json_object_get(e, "gflops")) / lim->fma_gflops));
         json_object_set_new(e, "frac_fma_peak_mean",
-                            json_real(json_real_value(json_object_get(e, "gflops_mean")) / lim.fma_gflops));
+                            json_real(json_real_value(json_object_get(e, "gflops_mean")) / lim->fma_gflops));
         /* a diagnostic, not the headline: the prefill's mean against the FMA loop's mean, i.e. against
          * what the host gave a loop with no memory traffic at all; on a quiet host it equals the above */
         json_object_set_new(e, "frac_fma_sustained",
-                            json_real(json_real_value(json_object_get(e, "gflops_mean")) / lim.fma_gflops_mean));
+                            json_real(json_real_value(json_object_get(e, "gflops_mean")) / lim->fma_gflops_mean));
     }
     double short_tps = 0;
     json_array_foreach(jdec, k, e) {
         const double gbs = json_real_value(json_object_get(e, "gbs")), tps = json_real_value(json_object_get(e, "tok_s"));
         if (k == 0) short_tps = tps;
-        json_object_set_new(e, "frac_triad", json_real(gbs / lim.triad_gbs));
-        json_object_set_new(e, "frac_read", json_real(gbs / lim.read_gbs));
+        json_object_set_new(e, "frac_triad", json_real(gbs / lim->triad_gbs));
+        json_object_set_new(e, "frac_read", json_real(gbs / lim->read_gbs));
         json_object_set_new(e, "tok_s_vs_first_depth", json_real(tps / short_tps));
     }
+}
+
+/* The "model" and "kv" objects of the report: the shapes, and the KV policy with its traffic. */
+static json_t *model_json(const bench_run *R) {
+    const mtok_config *c = R->c;
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "dir", R->B->o.model, "layers",
+                     (json_int_t)c->n_layers, "hidden", (json_int_t)c->hidden, "heads", (json_int_t)c->n_heads,
+                     "kv_groups", (json_int_t)c->n_kv_groups, "head_dim", (json_int_t)c->head_dim, "ffn",
+                     (json_int_t)c->ffn, "vocab", (json_int_t)c->vocab, "dtype", mtok_dtype_name(c->dtype),
+                     "weight_bytes", (json_int_t)mtok_model_weight_bytes(R->L.model));
+}
+
+static json_t *kv_json(const cli_common *o, const mtok_kv_stats *ks) {
+    static const char *const pol[] = {"exact", "window", "topk"};
+    json_t *jkv = json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}", "policy",
+                            pol[o->kv_policy >= 0 && o->kv_policy < 3 ? o->kv_policy : 0], "budget",
+                            (json_int_t)o->kv_budget, "topk", (json_int_t)o->kv_topk, "sinks", (json_int_t)o->kv_sinks,
+                            "window", (json_int_t)o->kv_window, "audit", o->kv_audit, "bytes_read",
+                            (json_int_t)(ks->bytes_read - ks->audit_bytes_read), "bytes_attended",
+                            (json_int_t)ks->bytes_attended, "bytes_exact", (json_int_t)ks->bytes_exact,
+                            "summary_bytes", (json_int_t)ks->summary_bytes);
+    json_object_set_new(jkv, "audit_steps", json_integer((json_int_t)ks->audit_steps));
+    if (ks->audit_rows) {
+        json_object_set_new(jkv, "audit_mass_min", json_real(ks->audit_mass_min));
+        json_object_set_new(jkv, "audit_mass_mean", json_real(ks->audit_mass_mean));
+    }
+    return jkv;
+}
+
+/* The text summary after the progress lines: limits, fractions, memory and the check. */
+static void print_summary(json_t *root, const mk_limits *lim, double rss, double kv_held, int ok) {
+    size_t k;
+    json_t *e;
+    printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s (mean %.1f)\n",
+           lim->threads, lim->triad_gbs, lim->read_gbs, lim->fma_gflops, lim->fma_gflops_mean);
+    json_array_foreach(json_object_get(root, "prefill"), k, e)
+        printf("  prefill %6lld: %5.1f%% of FMA peak (mean of the reps %.1f%%; %.1f%% of the FMA loop's mean)\n",
+               (long long)json_integer_value(json_object_get(e, "tokens")),
+               100 * json_real_value(json_object_get(e, "frac_fma_peak")),
+               100 * json_real_value(json_object_get(e, "frac_fma_peak_mean")),
+               100 * json_real_value(json_object_get(e, "frac_fma_sustained")));
+    json_array_foreach(json_object_get(root, "decode"), k, e)
+        printf("  decode at %6lld: %5.1f%% of triad, %5.1f%% of read-only, %5.1f%% of the first depth's tok/s\n",
+               (long long)json_integer_value(json_object_get(e, "depth")),
+               100 * json_real_value(json_object_get(e, "frac_triad")),
+               100 * json_real_value(json_object_get(e, "frac_read")),
+               100 * json_real_value(json_object_get(e, "tok_s_vs_first_depth")));
+    printf("peak RSS %.1f MB, KV held %.1f MB\ncheck vs scalar kernels: %s\n", rss * 1e-6, kv_held * 1e-6,
+           ok ? "ok" : "MISMATCH");
+}
+
+/* mtok bench -m DIR: limits, load and warm-up, prefill, decode at each depth, the memory figures,
+ * the correctness check, limits again; then the report (JSON or text). */
+static int bench_model(bench_opts *B) {
+    bench_run R = {.B = B};
+    json_t *root = json_object(), *jpre = json_array(), *jdec = json_array(), *jchk = NULL;
+    mk_limits lim0, lim1;
+    int rc, ok = 0;
+    if ((rc = bench_plan(B, &R.need))) {
+        json_decref(root), json_decref(jpre), json_decref(jdec);
+        return rc;
+    }
+    R.threads = B->lp.threads;
+
+    if ((rc = limits_forked(&B->lp, &lim0))) goto fail;
+    if ((rc = bench_setup(&R))) goto fail;
+    if ((rc = bench_prefill(&R, jpre))) goto fail;
+    if ((rc = bench_decode(&R, jdec))) goto fail;
+
+    /* peak RSS and the KV traffic of the model phases, before the check allocates its logits */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    const double rss = (double)ru.ru_maxrss * 1024.0;
+    const double kv_held = (double)mtok_session_kv_bytes(R.L.sess);
+    mtok_kv_stats ks;
+    mtok_session_kv_stats(R.L.sess, &ks);
+
+    const int64_t nchk = B->check_tokens < R.need ? B->check_tokens : R.need;
+    if ((rc = check_logits(R.L.sess, R.ids, nchk, B->o.no_simd, &jchk, &ok))) goto fail;
+    if ((rc = limits_forked(&B->lp, &lim1))) goto fail;
+
+    const mk_limits lim = limits_best(&lim0, &lim1);
+    add_fractions(jpre, jdec, &lim);
     json_t *jl = limits_json(&lim);
     json_object_set_new(jl, "before", limits_json(&lim0));
     json_object_set_new(jl, "after", limits_json(&lim1));
-    json_object_set_new(root, "model", json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "dir",
-                                                 B->o.model, "layers", (json_int_t)c->n_layers, "hidden",
-                                                 (json_int_t)c->hidden, "heads", (json_int_t)c->n_heads, "kv_groups",
-                                                 (json_int_t)c->n_kv_groups, "head_dim", (json_int_t)c->head_dim,
-                                                 "ffn", (json_int_t)c->ffn, "vocab", (json_int_t)V, "dtype",
-                                                 mtok_dtype_name(c->dtype), "weight_bytes",
-                                                 (json_int_t)mtok_model_weight_bytes(L.model)));
+    json_object_set_new(root, "model", model_json(&R));
     json_object_set_new(root, "threads", json_integer(lim.threads));
     json_object_set_new(root, "simd", json_boolean(mk_have_avx2()));
     json_object_set_new(root, "limits", jl);
@@ -444,47 +543,14 @@ static int bench_model(bench_opts *B) {
     json_object_set_new(root, "decode", jdec);
     json_object_set_new(root, "peak_rss_bytes", json_integer((json_int_t)rss));
     json_object_set_new(root, "kv_bytes_held", json_integer((json_int_t)kv_held));
-    {
-        static const char *const pol[] = {"exact", "window", "topk"};
-        json_t *jkv = json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}", "policy",
-                                pol[B->o.kv_policy >= 0 && B->o.kv_policy < 3 ? B->o.kv_policy : 0], "budget",
-                                (json_int_t)B->o.kv_budget, "topk", (json_int_t)B->o.kv_topk, "sinks",
-                                (json_int_t)B->o.kv_sinks, "window", (json_int_t)B->o.kv_window, "audit",
-                                B->o.kv_audit, "bytes_read", (json_int_t)(ks.bytes_read - ks.audit_bytes_read),
-                                "bytes_attended", (json_int_t)ks.bytes_attended, "bytes_exact",
-                                (json_int_t)ks.bytes_exact, "summary_bytes", (json_int_t)ks.summary_bytes);
-        json_object_set_new(jkv, "audit_steps", json_integer((json_int_t)ks.audit_steps));
-        if (ks.audit_rows) {
-            json_object_set_new(jkv, "audit_mass_min", json_real(ks.audit_mass_min));
-            json_object_set_new(jkv, "audit_mass_mean", json_real(ks.audit_mass_mean));
-        }
-        json_object_set_new(root, "kv", jkv);
-    }
+    json_object_set_new(root, "kv", kv_json(&B->o, &ks));
     json_object_set_new(root, "check", jchk);
     jpre = jdec = jchk = NULL;
-    if (B->js) {
-        print_json(root);
-    } else {
-        printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s (mean %.1f)\n",
-               lim.threads, lim.triad_gbs, lim.read_gbs, lim.fma_gflops, lim.fma_gflops_mean);
-        json_array_foreach(json_object_get(root, "prefill"), k, e)
-            printf("  prefill %6lld: %5.1f%% of FMA peak (mean of the reps %.1f%%; %.1f%% of the FMA loop's mean)\n",
-                   (long long)json_integer_value(json_object_get(e, "tokens")),
-                   100 * json_real_value(json_object_get(e, "frac_fma_peak")),
-                   100 * json_real_value(json_object_get(e, "frac_fma_peak_mean")),
-                   100 * json_real_value(json_object_get(e, "frac_fma_sustained")));
-        json_array_foreach(json_object_get(root, "decode"), k, e)
-            printf("  decode at %6lld: %5.1f%% of triad, %5.1f%% of read-only, %5.1f%% of the first depth's tok/s\n",
-                   (long long)json_integer_value(json_object_get(e, "depth")),
-                   100 * json_real_value(json_object_get(e, "frac_triad")),
-                   100 * json_real_value(json_object_get(e, "frac_read")),
-                   100 * json_real_value(json_object_get(e, "tok_s_vs_first_depth")));
-        printf("peak RSS %.1f MB, KV held %.1f MB\ncheck vs scalar kernels: %s\n", rss * 1e-6, kv_held * 1e-6,
-               ok ? "ok" : "MISMATCH");
-    }
+    if (B->js) print_json(root);
+    else print_summary(root, &lim, rss, kv_held, ok);
     json_decref(root);
-    free(ids);
-    cli_unload(&L);
+    free(R.ids);
+    cli_unload(&R.L);
     if (!ok || !lim.verified) {
         fprintf(stderr, "mtok: error: bench: %s\n",
                 !ok ? "SIMD logits differ from the scalar kernels (see \"check\")" : "the limit kernels' results were wrong");
@@ -493,8 +559,8 @@ static int bench_model(bench_opts *B) {
     return 0;
 fail:
     json_decref(root), json_decref(jpre), json_decref(jdec), json_decref(jchk);
-    free(ids);
-    cli_unload(&L);
+    free(R.ids);
+    cli_unload(&R.L);
     return cli_fail(rc);
 }
 

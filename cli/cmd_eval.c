@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "../eval/eval.h"
+#include "../synth/mtok_synth.h"
 
 static volatile int g_interrupted;
 static void on_sigint(int sig) {

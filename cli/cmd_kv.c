@@ -171,27 +171,33 @@ int cmd_qa(int argc, char **argv) {
         rc = cli_read_file(file, &buf, &len);
         if (!rc) rc = doc_ids(L.tok, buf, len, &doc);
         if (!rc && doc.n == 0) rc = mtok_err(MTOK_EINPUT, "qa: the document has no tokens");
-        if (!rc) rc = mtok_forward(L.sess, doc.v, (int64_t)doc.n, NULL);
+        if (!rc) rc = mtok_session_feed(L.sess, doc.v, (int64_t)doc.n, NULL, NULL);
         n_doc = (int64_t)doc.n;
     }
     double doc_s = now_s() - t0;
+    mtok_ids prompt = {0}; /* the document, then each question in turn */
+    if (!rc) rc = mtok_ids_append(&prompt, mtok_session_tokens(L.sess), (size_t)n_doc);
     mtok_kv_stats st0 = {0};
     if (!rc) mtok_session_kv_stats(L.sess, &st0);
     for (size_t qi = 0; !rc && qi < qs.n; qi++) {
         const char *q = qs.v[qi].text;
         json_t *id = qs.v[qi].id_json ? json_loads(qs.v[qi].id_json, JSON_DECODE_ANY, NULL) : NULL;
-        mtok_ids ids = {0}, out = {0};
-        mtok_sampler *smp = NULL;
-        mtok_gen_stats gs;
-        rc = mtok_session_truncate(L.sess, n_doc); /* back to the document state */
+        mtok_ids ids = {0};
+        mtok_result res = {0};
+        /* every question is asked of the document alone: back to the document state first, or the
+         * feed would also reuse tokens the previous question shares with this one, and an answer
+         * would depend on the questions before it (the bits of a position depend on its chunk) */
+        rc = mtok_session_truncate(L.sess, n_doc);
         if (!rc) rc = question_ids(L.tok, q, chat, &ids);
         if (!rc && ids.n == 0)
             rc = mtok_err(MTOK_EINPUT, "%s:%lld: the question has no tokens", qfile, (long long)qs.v[qi].line);
-        mtok_sampler_params sp = {.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p,
-                                  .repetition_penalty = o.rep_pen, .seed = o.seed};
-        if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &smp);
-        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = o.ignore_eos};
-        if (!rc) rc = mtok_generate(L.sess, L.tok, smp, ids.v, ids.n, &gp, NULL, NULL, &out, &gs);
+        prompt.n = (size_t)n_doc;
+        if (!rc) rc = mtok_ids_append(&prompt, ids.v, ids.n);
+        mtok_request req = {.max_tokens = o.n_gen, .ignore_eos = o.ignore_eos,
+                            .sampler = {.temperature = o.temperature, .top_k = o.top_k, .top_p = o.top_p,
+                                        .repetition_penalty = o.rep_pen, .seed = o.seed}};
+        if (!rc) rc = mtok_generate(L.sess, L.tok, prompt.v, (int64_t)prompt.n, &req, &res);
+        const mtok_ids out = res.tokens;
         if (!rc) {
             char *ans = mtok_detokenize(L.tok, out.v, out.n, NULL);
             json_t *toks = json_array();
@@ -207,11 +213,11 @@ int cmd_qa(int argc, char **argv) {
             n_q++;
             q_tokens += (int64_t)ids.n;
         }
-        mtok_sampler_free(smp);
         mtok_ids_free(&ids);
-        mtok_ids_free(&out);
+        mtok_result_free(&res);
         json_decref(id);
     }
+    mtok_ids_free(&prompt);
     if (!rc) {
         mtok_kv_stats st;
         mtok_session_kv_stats(L.sess, &st);
@@ -254,7 +260,7 @@ int cmd_bench_kv(int argc, char **argv) {
         } else
             return cli_usage_error("bench kv: unknown option '%s'", argv[i]);
     }
-    int64_t B = o.kv_block > 0 ? o.kv_block : 128, row_bytes = 4 * 128 * 2 * 2;
+    int64_t B = o.kv_block > 0 ? o.kv_block : KVS_DEFAULT_BLOCK_TOKENS, row_bytes = 4 * 128 * 2 * 2;
     const char *geom = "GLM-4-9B-Chat-1M (4 KV groups x 128)";
     mtok_model *m = NULL;
     if (o.model) {

@@ -15,17 +15,20 @@ static int stream_stdout(int32_t id, const char *text, size_t len, void *user) {
     return 0;
 }
 
-static int make_sampler(const cli_common *o, const mtok_model *m, mtok_sampler **s) {
-    mtok_sampler_params sp = {.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p,
-                              .repetition_penalty = o->rep_pen, .seed = o->seed};
-    return mtok_sampler_create(&sp, mtok_model_config(m)->vocab, s);
+static mtok_sampler_params sampler_params(const cli_common *o) {
+    return (mtok_sampler_params){.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p,
+                                 .repetition_penalty = o->rep_pen, .seed = o->seed};
 }
 
-static void print_stats(const mtok_gen_stats *st) {
-    mtok_log(1, "prompt %lld tokens in %.2f s (%.1f tok/s); generated %lld tokens in %.2f s (%.2f tok/s)%s",
-             (long long)st->n_prompt, st->prefill_s, st->prefill_s > 0 ? (double)st->n_prompt / st->prefill_s : 0,
-             (long long)st->n_gen, st->decode_s, st->decode_s > 0 ? (double)st->n_gen / st->decode_s : 0,
-             st->stop_id >= 0 ? "" : " (length)");
+/* "prompt N tokens" counts the tokens computed (tests/test_chat_cli.py and test_kv_file.py read it);
+ * the cached prefix follows */
+static void print_stats(const mtok_result *r) {
+    const mtok_usage *u = &r->usage;
+    mtok_log(1, "prompt %lld tokens in %.2f s (%.1f tok/s), %lld more cached; generated %lld tokens in %.2f s "
+             "(%.2f tok/s); finish: %s", (long long)u->computed_tokens, u->prefill_s,
+             u->prefill_s > 0 ? (double)u->computed_tokens / u->prefill_s : 0, (long long)u->cached_tokens,
+             (long long)u->generated_tokens, u->decode_s,
+             u->decode_s > 0 ? (double)u->generated_tokens / u->decode_s : 0, mtok_finish_name(r->finish));
 }
 
 /* Reads a --tools file and checks it with the chat template's own rules before the model loads, so
@@ -88,11 +91,9 @@ int cmd_generate(int argc, char **argv) {
     if ((system || tools_file) && !chat) return cli_usage_error("--system and --tools need --chat");
 
     cli_loaded L;
-    mtok_sampler *smp = NULL;
-    mtok_ids ids = {0};
+    mtok_ids ids = {0}, full = {0};
     char *buf = NULL, *tools = NULL;
     size_t len = 0;
-    mtok_gen_stats st;
     memset(&L, 0, sizeof L);
     int rc = tools_file ? read_tools(tools_file, &tools) : 0;
     if (!rc) rc = cli_load(&o, 1, &L);
@@ -110,18 +111,23 @@ int cmd_generate(int argc, char **argv) {
         if (!no_prefix && g >= 0 && s >= 0) rc = mtok_ids_push(&ids, g), rc = rc ? rc : mtok_ids_push(&ids, s);
         if (!rc) rc = mtok_tokenize(L.tok, text, file ? len : strlen(text), 0, &ids);
     }
-    if (!rc) rc = make_sampler(&o, L.model, &smp);
     size_t skip = 0; /* prompt tokens already in the session (from --load-kv) */
     if (!rc && load_kv) rc = cli_load_kv_prompt(L.sess, L.tok, load_kv, &ids, &skip);
+    /* what the session is to hold: the loaded tokens (a prefix of the prompt, or a document the
+     * prompt continues) and the rest of the prompt; the feed then computes only that rest */
+    if (!rc && mtok_session_pos(L.sess) > 0)
+        rc = mtok_ids_append(&full, mtok_session_tokens(L.sess), (size_t)mtok_session_pos(L.sess));
+    if (!rc) rc = mtok_ids_append(&full, ids.v + skip, ids.n - skip);
     if (!rc) {
-        mtok_gen_params gp = {.max_new = o.n_gen, .ignore_eos = o.ignore_eos};
-        mtok_ids out = {0};
-        rc = mtok_generate(L.sess, L.tok, smp, ids.v + skip, ids.n - skip, &gp, stream_stdout, NULL, &out, &st);
+        mtok_request req = {.max_tokens = o.n_gen, .ignore_eos = o.ignore_eos, .sampler = sampler_params(&o),
+                            .on_token = stream_stdout};
+        mtok_result res;
+        rc = mtok_generate(L.sess, L.tok, full.v, (int64_t)full.n, &req, &res);
         if (!rc) cli_log_kv_stats(L.sess);
         if (!rc) {
             putchar('\n');
-            print_stats(&st);
-            char *reply = mtok_detokenize(L.tok, out.v, out.n, NULL);
+            print_stats(&res);
+            char *reply = mtok_detokenize(L.tok, res.tokens.v, res.tokens.n, NULL);
             mtok_reply r;
             if (chat && reply && mtok_reply_parse(reply, &r) == 0) {
                 if (r.is_tool_call) printf("tool call: %s %s\n", r.name, r.arguments);
@@ -129,10 +135,10 @@ int cmd_generate(int argc, char **argv) {
             }
             free(reply);
         }
-        mtok_ids_free(&out);
+        mtok_result_free(&res);
     }
-    mtok_sampler_free(smp);
     mtok_ids_free(&ids);
+    mtok_ids_free(&full);
     free(buf);
     free(tools);
     cli_unload(&L);
@@ -176,29 +182,21 @@ static char *read_line(const char *prompt) {
     return line;
 }
 
-/* One assistant turn: encode the conversation, reuse the cached prefix, generate, record the reply. */
-static int chat_turn(cli_loaded *L, mtok_sampler *smp, const cli_common *o, msg_list *h, mtok_ids *fed,
-                     int *tool_call) {
-    mtok_ids ids = {0}, out = {0};
+/* One assistant turn: encode the whole conversation and generate; the feed reuses the longest
+ * prefix the session holds (the earlier turns), so only the new messages are computed. */
+static int chat_turn(cli_loaded *L, mtok_sampler *smp, const cli_common *o, msg_list *h, int *tool_call) {
+    mtok_ids ids = {0};
+    mtok_result res = {0};
     int rc = mtok_chat_encode(L->tok, h->m, h->n, 1, &ids);
-    size_t common = 0;
-    while (!rc && common < fed->n && common < ids.n && fed->v[common] == ids.v[common]) common++;
-    if (!rc && common == ids.n) common--; /* at least one token must run to produce logits */
-    if (!rc) rc = mtok_session_truncate(L->sess, (int64_t)common);
-    fed->n = common;
-    mtok_gen_stats st;
-    mtok_gen_params gp = {.max_new = o->n_gen, .ignore_eos = o->ignore_eos};
-    if (!rc) rc = mtok_generate(L->sess, L->tok, smp, ids.v + common, ids.n - common, &gp, stream_stdout, NULL,
-                                &out, &st);
+    /* one sampler for the whole conversation: its random stream continues from turn to turn */
+    mtok_request req = {.max_tokens = o->n_gen, .ignore_eos = o->ignore_eos, .sampler_state = smp,
+                        .on_token = stream_stdout};
+    if (!rc) rc = mtok_generate(L->sess, L->tok, ids.v, (int64_t)ids.n, &req, &res);
     if (!rc) {
         putchar('\n');
-        print_stats(&st);
-        /* what the session now holds: the prompt plus every generated token that was fed back */
-        rc = mtok_ids_append(fed, ids.v + common, ids.n - common);
-        if (!rc) rc = mtok_ids_append(fed, out.v, out.n);
-        if (!rc && (int64_t)fed->n > mtok_session_pos(L->sess)) fed->n = (size_t)mtok_session_pos(L->sess);
+        print_stats(&res);
     }
-    char *reply = rc ? NULL : mtok_detokenize(L->tok, out.v, out.n, NULL);
+    char *reply = rc ? NULL : mtok_detokenize(L->tok, res.tokens.v, res.tokens.n, NULL);
     mtok_reply r = {0};
     if (reply && !(rc = mtok_reply_parse(reply, &r))) {
         *tool_call = r.is_tool_call;
@@ -212,7 +210,7 @@ static int chat_turn(cli_loaded *L, mtok_sampler *smp, const cli_common *o, msg_
     }
     free(reply);
     mtok_ids_free(&ids);
-    mtok_ids_free(&out);
+    mtok_result_free(&res);
     return rc;
 }
 
@@ -236,12 +234,12 @@ int cmd_chat(int argc, char **argv) {
     cli_loaded L;
     mtok_sampler *smp = NULL;
     msg_list h = {0};
-    mtok_ids fed = {0};
     char *tools = NULL;
     memset(&L, 0, sizeof L);
     int rc = tools_file ? read_tools(tools_file, &tools) : 0;
     if (!rc) rc = cli_load(&o, 1, &L);
-    if (!rc) rc = make_sampler(&o, L.model, &smp);
+    mtok_sampler_params sp = sampler_params(&o);
+    if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &smp);
     if (!rc && (system || tools)) rc = msg_add(&h, "system", NULL, system, tools);
     if (!rc && isatty(0)) fputs("mtok chat: type a message; /reset clears the history, /exit or EOF quits\n", stdout);
     while (!rc) {
@@ -261,18 +259,17 @@ int cmd_chat(int argc, char **argv) {
         rc = msg_add(&h, "user", NULL, line, NULL);
         free(line);
         int tool_call = 0;
-        if (!rc) rc = chat_turn(&L, smp, &o, &h, &fed, &tool_call);
+        if (!rc) rc = chat_turn(&L, smp, &o, &h, &tool_call);
         /* a tool call is answered with an observation, then the model continues */
         while (!rc && tool_call) {
             char *obs = read_line("observation> ");
             if (!obs) break;
             rc = msg_add(&h, "observation", NULL, obs, NULL);
             free(obs);
-            if (!rc) rc = chat_turn(&L, smp, &o, &h, &fed, &tool_call);
+            if (!rc) rc = chat_turn(&L, smp, &o, &h, &tool_call);
         }
     }
     msg_free(&h);
-    mtok_ids_free(&fed);
     free(tools);
     mtok_sampler_free(smp);
     cli_unload(&L);

@@ -11,6 +11,7 @@
 #include "../kernels/kernels.h"
 #include "../kvstore/kvstore.h"
 #include "../parallel/parallel.h"
+#include "../synth/mtok_synth.h"
 
 /* ---- mtok tokenize -m DIR (--text T | --text-file F) [--special] ---- */
 int cmd_tokenize(int argc, char **argv) {
@@ -265,7 +266,7 @@ int cmd_synth(int argc, char **argv) {
             else if (!strcmp(v, "hf")) p.naming = MTOK_NAMING_HF;
             else return cli_usage_error("--naming must be chatglm or hf");
         } else if (!strcmp(a, "--shards")) {
-            /* the safetensors writer's limit (core/st_write.c: 5-digit shard names) */
+            /* the safetensors writer's limit (synth/st_write.c: 5-digit shard names) */
             if (cli_parse_int(a, v, 1, 99999, &n)) return 1;
             p.shards = (int)n;
         } else if (!strcmp(a, "--seed")) {

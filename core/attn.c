@@ -9,9 +9,12 @@
  * groups' chosen blocks in block order (their cold reads all go out at once, up to the staging
  * ring) and streams them, computing each segment while the reads of the following ones are in
  * flight. Streaming in block order keeps the arithmetic that of exact attention restricted to the
- * chosen blocks, so a selection covering every block equals exact bit for bit, hot or spilled. */
+ * chosen blocks, so a selection covering every block equals exact bit for bit, hot or spilled.
+ *
+ * The arithmetic is the backend's (core/backend.h: attn_begin, attn_blocks, attn_end): this file
+ * decides which blocks, the backend computes over them wherever they live. The topk scores and the
+ * audit read the queries and partials on the host (MTOK_MEM_HOST views). */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,34 +35,11 @@ struct attn_state {
     int64_t *heap;    /* [topk] block ids */
     uint8_t *sel;     /* [G][n_blocks]: block attended by group g */
     int64_t *ids;     /* [n_blocks]: the union, ascending */
-    float *am, *al, *aacc; /* audit: exact state [chunk][H], [chunk][H], [chunk][H*D] */
-    /* split-K (attend): the online-softmax state of key parts 1..split_max-1 for one tile of queries,
-     * [part][ATT_TILE * H] (m, l) and [part][ATT_TILE * H * D] (acc) */
-    int64_t split_max;
-    float *sk_m, *sk_l, *sk_acc;
+    mtok_partials exact; /* audit: exact attention's partials [chunk*H] */
     /* accounting (mtok_kv_stats) */
     uint64_t bytes_attended, bytes_exact, audit_steps, audit_rows, audit_bytes_read;
     double audit_min, audit_sum;
 };
-
-/* Query tokens per attention task. A multiple of 3: with an even number of heads per KV group (8 in
- * glm4-1b, 16 in GLM-4-9B) a task's rows fill whole 6-row tiles of the prefill kernel, where 16
- * tokens left a 2- or 4-row tile that costs nearly a full one (glm4-1b prefill 4096 +2.6%). */
-#define ATT_TILE 24
-#define SPLIT_MAX 16  /* most key parts per (group, tile) task in split-K attention */
-
-/* Split-K needs a state per extra key part: when there are more threads than KV groups, a decode
- * step (one tile of queries) gives each thread a part of every group's keys. */
-static int split_create(mtok_session *s, attn_state *A) {
-    int64_t S = s->threads / s->G;
-    A->split_max = S > SPLIT_MAX ? SPLIT_MAX : S;
-    if (A->split_max < 2) return A->split_max = 1, 0;
-    const size_t rows = (size_t)(A->split_max - 1) * ATT_TILE * (size_t)s->H;
-    A->sk_m = malloc(rows * sizeof *A->sk_m);
-    A->sk_l = malloc(rows * sizeof *A->sk_l);
-    A->sk_acc = malloc(rows * (size_t)s->D * sizeof *A->sk_acc);
-    return A->sk_m && A->sk_l && A->sk_acc ? 0 : -1;
-}
 
 int attn_create(mtok_session *s, const mtok_session_params *p) {
     attn_state *A = s->attn = calloc(1, sizeof *s->attn);
@@ -70,7 +50,6 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
     A->n_blocks = (kp->ctx + A->B - 1) / A->B;
     A->sink_blocks = (kp->sinks + A->B - 1) / A->B;
     A->audit_min = 1.0;
-    if (split_create(s, A)) return mtok_err(MTOK_ERESOURCE, "out of memory for the split-K attention state");
     if (A->policy != KVS_POLICY_TOPK) return 0;
     if (p->kv_topk < 0 || p->kv_window < 0 || !(p->kv_audit >= 0 && p->kv_audit <= 1))
         return mtok_err(MTOK_EUSAGE, "topk policy: --kv-topk %lld, --kv-window %lld and --kv-audit %g must be a "
@@ -86,23 +65,17 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
     A->heap = malloc((size_t)A->topk * sizeof *A->heap);
     A->sel = malloc((size_t)s->G * nb);
     A->ids = malloc(nb * sizeof *A->ids);
-    int ok = A->qlo && A->qhi && A->score && A->heap && A->sel && A->ids;
-    if (ok && A->audit > 0) {
-        A->am = malloc(C * (size_t)s->H * sizeof *A->am);
-        A->al = malloc(C * (size_t)s->H * sizeof *A->al);
-        A->aacc = malloc(C * hd * sizeof *A->aacc);
-        ok = A->am && A->al && A->aacc;
-    }
-    return ok ? 0 : mtok_err(MTOK_ERESOURCE, "out of memory for the topk selection buffers (%lld blocks)",
-                             (long long)A->n_blocks);
+    if (!(A->qlo && A->qhi && A->score && A->heap && A->sel && A->ids))
+        return mtok_err(MTOK_ERESOURCE, "out of memory for the topk selection buffers (%lld blocks)",
+                        (long long)A->n_blocks);
+    return A->audit > 0 ? s->be->partials_create(s->bs, (int64_t)C * s->H, &A->exact) : 0;
 }
 
 void attn_free(mtok_session *s) {
     attn_state *A = s->attn;
     if (!A) return;
     free(A->qlo), free(A->qhi), free(A->score), free(A->heap), free(A->sel), free(A->ids);
-    free(A->am), free(A->al), free(A->aacc);
-    free(A->sk_m), free(A->sk_l), free(A->sk_acc);
+    if (A->exact.o) s->be->partials_free(s->bs, &A->exact);
     free(A);
     s->attn = NULL;
 }
@@ -112,92 +85,31 @@ int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0) {
     return s->attn->policy == KVS_POLICY_TOPK ? 0 : kvs_plan(s->kv, layer, kv_end, q_pos0);
 }
 
-/* ---- attention: o[t][h] = softmax_s≤pos_t(q·k_s/sqrt(D)) · v_s, query head h reads group h/(H/G) ----
- * The KV store hands out the planned blocks of the layer in order, a segment of resident blocks at a
- * time (cold ones staged from disk); each (t, h) keeps its online-softmax state (m, l, acc) across
+/* ---- attention over the planned blocks of a layer ----
+ * The KV store hands out the planned blocks in order, a segment of resident blocks at a time (cold
+ * ones staged from disk); the backend keeps each (token, head) row's online-softmax partials across
  * segments, so the arithmetic is the same block-by-block sequence whether a block was hot or read
- * back. sel (topk; NULL: every planned block) says which blocks each group attends; *attended
- * (if given) counts the K and V bytes the kernels read. */
+ * back. sel (topk; NULL: every planned block) says which blocks each group attends; *attended (if
+ * given) counts the K and V bytes the kernels read. */
 #define SEG_BLOCKS 64
-static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const uint8_t *sel, float *ms, float *ls,
-                  float *att, uint64_t *attended) {
+static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const uint8_t *sel, mtok_partials *p,
+                  uint64_t *attended) {
     attn_state *A = s->attn;
-    const int64_t H = s->H, D = s->D, G = s->G, per_group = H / G;
-    const int64_t row = G * D;
-    const float scale = (float)(1.0 / sqrt((double)D));
-    const int64_t n_tiles = (n + ATT_TILE - 1) / ATT_TILE, B = A->B;
-    /* split-K: with a single tile of queries (decode) there are only G tasks; when the team is
-     * larger, each task's keys are cut into S parts by block index, each part with its own
-     * online-softmax state, merged in part order at the end (mk_attn_merge). The parts are fixed by
-     * position, not by how the store segments its stream, so spilled and in-RAM runs stay bit-identical;
-     * the sums then depend on the thread count (as in every split-K engine). */
-    const int64_t kblocks = (pos + n + B - 1) / B;
-    int64_t S = 1;
-    if (n_tiles == 1 && A->split_max > 1) {
-        S = s->threads / G;
-        S = S > A->split_max ? A->split_max : S;
-        S = S > kblocks / 2 ? kblocks / 2 : S; /* at least two blocks a part */
-        S = S < 1 ? 1 : S;
-    }
-    const int64_t part_blocks = (kblocks + S - 1) / S, part_rows = ATT_TILE * H;
-    for (int64_t i = 0; i < n * H; i++) ms[i] = -INFINITY, ls[i] = 0.0f;
-    memset(att, 0, (size_t)(n * H * D) * sizeof *att);
-    for (int64_t i = 0; i < (S - 1) * part_rows; i++) A->sk_m[i] = -INFINITY, A->sk_l[i] = 0.0f;
-    if (S > 1) memset(A->sk_acc, 0, (size_t)((S - 1) * part_rows * D) * sizeof *A->sk_acc);
+    const mtok_backend_ops *be = s->be;
+    const int64_t D = s->D, G = s->G, B = A->B;
+    const mtok_attn_job job = {.layer = layer, .q_pos = pos, .n = n, .block_tokens = B, .sel = sel,
+                               .sel_stride = A->n_blocks};
+    int rc = be->attn_begin(s->bs, &job, p);
     kvs_block seg[SEG_BLOCKS];
-    for (;;) {
+    while (!rc) {
         int nseg = 0;
-        int rc = kvs_stream_next(s->kv, layer, seg, SEG_BLOCKS, &nseg);
-        if (rc) return rc;
-        if (!nseg) break;
+        if ((rc = kvs_stream_next(s->kv, layer, seg, SEG_BLOCKS, &nseg)) || !nseg) break;
         for (int j = 0; j < nseg && attended; j++) /* bf16 K and V rows, per group attending */
             for (int64_t g = 0; g < G; g++)
                 if (!sel || sel[g * A->n_blocks + seg[j].pos0 / B]) *attended += (uint64_t)(seg[j].n * D * 4);
-        /* small segments (decode against a few blocks) run on this thread: waking the team for them
-         * costs more than the work, and idle spinning threads slow the I/O that feeds the next one */
-        const int64_t work = n * H * (seg[nseg - 1].pos0 + seg[nseg - 1].n - seg[0].pos0) * D;
-        /* one task per (KV group, tile of ATT_TILE query tokens, key part): the task's per_group x
-         * tile query rows meet each block once through mk_attn_block, so a block is widened once per
-         * group and tile instead of once per head and token, and Q·Kᵀ, P·V run as register-blocked tiles */
-#pragma omp parallel for collapse(3) schedule(dynamic, 1) num_threads(s->threads) if (work > (1 << 18))
-        for (int64_t g = 0; g < G; g++) {
-            for (int64_t tt = 0; tt < n_tiles; tt++) {
-                for (int64_t part = 0; part < S; part++) {
-                    const int64_t t0 = tt * ATT_TILE, nt = n - t0 < ATT_TILE ? n - t0 : ATT_TILE;
-                    const int64_t r0 = t0 * H + g * per_group; /* the task's first (token, head) row */
-                    /* part 0 accumulates into the caller's state, the others into their own */
-                    float *pm = part ? A->sk_m + (part - 1) * part_rows : ms;
-                    float *pl = part ? A->sk_l + (part - 1) * part_rows : ls;
-                    float *pacc = part ? A->sk_acc + (part - 1) * part_rows * D : att;
-#define ATTENDS(blk) ((blk).pos0 / B / part_blocks == part && (!sel || sel[g * A->n_blocks + (blk).pos0 / B]))
-                    for (int j = 0; j < nseg; j++) {
-                        const kvs_block *blk = &seg[j];
-                        /* where group g's K and V start (kvstore.h: token-major, or grouped) */
-                        const int64_t go = blk->k_panels ? B * D : D;
-                        if (blk->pos0 > pos + t0 + nt - 1) break; /* past the tile's last position */
-                        if (!ATTENDS(*blk)) continue; /* another part's, or not chosen for g */
-                        int jn = j + 1; /* the next block this task reads, prefetched during this one */
-                        while (jn < nseg && !ATTENDS(seg[jn])) jn++;
-                        const int has_next = jn < nseg && seg[jn].pos0 <= pos + t0 + nt - 1;
-                        const mk_attn_params ap = {
-                            .q = s->q + (size_t)r0 * D, .q_ts = H * D, .acc = pacc + (size_t)r0 * D, .acc_ts = H * D,
-                            .m = pm + r0, .l = pl + r0, .ml_ts = H, .n_tok = nt, .n_head = per_group, .D = D,
-                            .k = blk->k + g * go, .v = blk->v + g * go, .kv_stride = blk->k_panels ? D : row,
-                            .n = blk->n, .q_pos0 = pos + t0, .k_pos0 = blk->pos0, .causal = 1, .scale = scale,
-                            .k_panels = blk->k_panels, .k_next = has_next ? seg[jn].k + g * go : NULL};
-                        mk_attn_block(&ap);
-                    }
-#undef ATTENDS
-                }
-            }
-        }
+        rc = be->attn_blocks(s->bs, &job, p, seg, nseg);
     }
-    for (int64_t part = 1; part < S; part++) /* in part order: the result does not depend on timing */
-        for (int64_t i = 0; i < n * H; i++) {
-            const int64_t k = (part - 1) * part_rows + i;
-            mk_attn_merge(att + i * D, &ms[i], &ls[i], A->sk_acc + k * D, A->sk_m[k], A->sk_l[k], D);
-        }
-    return 0;
+    return rc ? rc : be->attn_end(s->bs, &job, p);
 }
 
 /* ---- topk selection ---- */
@@ -230,10 +142,10 @@ static void select_best(attn_state *A, const float *sc, int64_t m0, int64_t nm, 
 }
 
 /* The query box of group g's heads over the chunk: per head and channel, min and max over tokens. */
-static void query_box(mtok_session *s, int64_t g, int64_t n, float *lo, float *hi) {
+static void query_box(mtok_session *s, const float *q, int64_t g, int64_t n, float *lo, float *hi) {
     const int64_t H = s->H, D = s->D, per = H / s->G;
     for (int64_t h = 0; h < per; h++) {
-        const float *q0 = s->q + (g * per + h) * D;
+        const float *q0 = q + (g * per + h) * D;
         float *l = lo + h * D, *u = hi + h * D;
         memcpy(l, q0, (size_t)D * sizeof *l);
         memcpy(u, q0, (size_t)D * sizeof *u);
@@ -257,6 +169,7 @@ static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, 
     int64_t m1 = pos - A->window > 0 ? (pos - A->window) / B : 0;
     m1 = m1 < m0 ? m0 : m1 > nb ? nb : m1;
     const int64_t nm = m1 - m0;
+    const float *q = s->be->tensor(s->bs, MTOK_T_Q).data; /* host on the CPU backend */
     for (int64_t g = 0; g < G; g++) {
         uint8_t *sg = A->sel + g * nbm;
         memset(sg, 0, (size_t)nb);
@@ -266,9 +179,9 @@ static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, 
             memset(sg + m0, 1, (size_t)nm);
             continue;
         }
-        const float *qlo = s->q + g * per * D, *qhi = qlo; /* one token: its own queries */
+        const float *qlo = q + g * per * D, *qhi = qlo; /* one token: its own queries */
         if (n > 1) {
-            query_box(s, g, n, A->qlo, A->qhi);
+            query_box(s, q, g, n, A->qlo, A->qhi);
             qlo = A->qlo, qhi = A->qhi;
         }
         /* the bound costs O(candidates x heads x D): split it over the team when that is large */
@@ -296,12 +209,13 @@ static int audit_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     kvs_stats st0, st1;
     kvs_get_stats(s->kv, &st0);
     int rc = kvs_plan(s->kv, layer, pos + n, pos);
-    if (!rc) rc = attend(s, layer, pos, n, NULL, A->am, A->al, A->aacc, NULL);
+    if (!rc) rc = attend(s, layer, pos, n, NULL, &A->exact, NULL);
     kvs_get_stats(s->kv, &st1);
     A->audit_bytes_read += st1.bytes_read - st0.bytes_read;
     if (rc) return rc;
+    const mtok_partials *sel = s->part, *ex = &A->exact;
     for (int64_t i = 0; i < n * s->H; i++) {
-        double share = A->al[i] > 0 ? (double)s->ls[i] * exp((double)s->ms[i] - (double)A->am[i]) / A->al[i] : 1.0;
+        double share = ex->d[i] > 0 ? (double)sel->d[i] * exp((double)sel->m[i] - (double)ex->m[i]) / ex->d[i] : 1.0;
         share = share > 1.0 ? 1.0 : share; /* rounding */
         A->audit_min = share < A->audit_min ? share : A->audit_min;
         A->audit_sum += share;
@@ -327,21 +241,13 @@ int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
         A->audit_steps += (uint64_t)A->audit_now;
     }
     A->bytes_exact += (uint64_t)((pos + n) * s->G * s->D * 4);
-    if (A->policy != KVS_POLICY_TOPK) return attend(s, layer, pos, n, NULL, s->ms, s->ls, s->att, &A->bytes_attended);
+    if (A->policy != KVS_POLICY_TOPK) return attend(s, layer, pos, n, NULL, s->part, &A->bytes_attended);
     int64_t n_ids = 0;
     topk_select(s, layer, pos, n, &n_ids);
     int rc = kvs_plan_blocks(s->kv, layer, A->ids, n_ids);
-    if (!rc) rc = attend(s, layer, pos, n, A->sel, s->ms, s->ls, s->att, &A->bytes_attended);
+    if (!rc) rc = attend(s, layer, pos, n, A->sel, s->part, &A->bytes_attended);
     if (!rc && A->audit_now) rc = audit_layer(s, layer, pos, n);
     return rc;
-}
-
-void attn_normalize(mtok_session *s, int64_t n) {
-    const int64_t H = s->H, D = s->D;
-    for (int64_t i = 0; i < n * H; i++) {
-        const float inv = s->ls[i] > 0 ? 1.0f / s->ls[i] : 0.0f;
-        for (int64_t d = 0; d < D; d++) s->att[i * D + d] *= inv;
-    }
 }
 
 /* The attention accounting of mtok_kv_stats (called by mtok_session_kv_stats). */

@@ -1,4 +1,4 @@
-/* chat.c — the GLM-4 chat template (glm-spec.md §5) and tool-call parsing.
+/* chat.c — the GLM-4 chat template (docs/GLM.md §5) and tool-call parsing.
  *
  * Conversation = [gMASK]<sop> + Σ messages + <|assistant|>. A message is
  * <|role|> + encode(metadata + "\n") + encode(content): the role tokens are inserted as ids and the

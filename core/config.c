@@ -1,10 +1,10 @@
 /* config.c — config.json (either naming) -> mtok_config.
  *
- * Two spellings describe the same architecture (glm-spec.md §1): the original THUDM "chatglm" config
+ * Two spellings describe the same architecture (docs/GLM.md §1): the original THUDM "chatglm" config
  * and the Hugging Face "glm" re-export. Both are read into one mtok_config; the naming field tells the
  * loader which tensor names to expect. Everything that could make the forward pass silently wrong is
  * rejected here with a message naming the key: unsupported ChatGLM variants, sizes that do not divide,
- * odd rotary dims. The RoPE base of the HF re-exports is corrected here too (glm-spec.md §1.3). */
+ * odd rotary dims. The RoPE base of the HF re-exports is corrected here too (docs/GLM.md §1.3). */
 #include <ctype.h>
 #include <float.h>
 #include <math.h>
@@ -248,7 +248,7 @@ static int parse_chatglm(const cfgctx *c, mtok_config *cfg) {
     double ratio = 1.0;
     if ((rc = get_num(c, "rope_ratio", 0, &ratio)) < 0) return rc;
     if (!(ratio > 0)) return mtok_err(MTOK_EINPUT, "%s: key 'rope_ratio' must be positive (got %g)", c->path, ratio);
-    /* GLM-4 and ChatGLM3-32k/128k multiply the base (glm-spec.md §3.4) */
+    /* GLM-4 and ChatGLM3-32k/128k multiply the base (docs/GLM.md §3.4) */
     cfg->rope_base_config = 10000.0 * ratio;
     if (!isfinite(cfg->rope_base_config))
         return mtok_err(MTOK_EINPUT, "%s: key 'rope_ratio' = %g makes the RoPE base 10000 x %g overflow", c->path,
@@ -302,7 +302,7 @@ static int parse_hf(const cfgctx *c, mtok_config *cfg) {
     return 0;
 }
 
-/* ---- RoPE base correction (glm-spec.md §1.3) ---- */
+/* ---- RoPE base correction (docs/GLM.md §1.3) ---- */
 
 static int contains_ci(const char *hay, const char *needle) {
     size_t n = strlen(needle);

@@ -1,4 +1,5 @@
-/* forward.c — the GLM-4 decoder forward pass on the CPU (glm-spec.md §3), read top to bottom.
+/* forward.c — the GLM-4 decoder forward pass, read top to bottom (the same model in numpy:
+ * tests/ref/glm_ref.py).
  *
  * Per chunk of up to `chunk` tokens at positions pos..pos+n-1:
  *   x = embed(ids)                                                   [n][hidden]
@@ -12,23 +13,19 @@
  *   logits = rmsnorm_final(x)·Woutᵀ                                  [n][vocab] (or last row only)
  * All activations fp32; weights stay in their stored dtype; KV is bf16. Prefill runs in chunks so
  * the scratch memory is O(chunk), and attention uses an online softmax over KV blocks, so the score
- * memory is O(block) per thread whatever the context length. */
+ * memory is O(block) per thread whatever the context length.
+ *
+ * Every step is one operation of the compute backend (core/backend.h, docs/BACKEND.md), which owns
+ * the activations and the loops over them, checks what each op produces for NaN/Inf and reports it
+ * to the session's hook. This file holds the order of the steps, the KV-store and parallel calls
+ * between them, and the session's life cycle. */
 #include <errno.h>
-#include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "session.h"
-
-
-
-static void *xalloc(size_t n) {
-    if (n > (SIZE_MAX - 63) / sizeof(float)) return NULL; /* the byte count would wrap */
-    return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
-}
 
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out) {
     *out = NULL;
@@ -45,38 +42,33 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
     s->c = c;
     s->ctx = p && p->ctx > 0 ? p->ctx : c->max_ctx;
     s->chunk = p && p->prefill_chunk > 0 ? p->prefill_chunk : MTOK_DEFAULT_CHUNK;
-    s->threads = p && p->threads > 0 ? p->threads : omp_get_num_procs();
+    /* passed down to the backend's parallel regions; OpenMP's process-wide default is left alone */
+    s->threads = mtok_backend_cpu_threads(p ? p->threads : 0);
     /* this rank's heads and groups (all of them unless the model was loaded as a tensor-parallel slice) */
     s->H = m->tp.H, s->G = m->tp.G, s->D = c->head_dim;
-    /* the kernels' parallel regions take OpenMP's default team size; an explicit thread count must
-     * reach them too, not only attention (this sets the calling thread's default, as the CLI wants) */
-    if (p && p->threads > 0) omp_set_num_threads(p->threads);
     int rc = dist_setup(s, p);
     if (rc) {
         mtok_session_free(s);
         return rc;
     }
-    int64_t block = p && p->kv_block > 0 ? p->kv_block : 128;
-    int64_t qd = s->H * s->D, kd = s->G * s->D, C = s->chunk;
-    s->x = xalloc(C * c->hidden);
-    s->a = xalloc(C * (c->hidden > qd ? c->hidden : qd));
-    s->q = xalloc(C * qd);
-    s->k = xalloc(C * kd);
-    s->v = xalloc(C * kd);
-    s->att = xalloc(C * qd);
-    /* gate also takes a tensor-parallel rank's slice of the last row's logits */
-    s->gate = xalloc(C * m->tp.F > m->tp.V ? C * m->tp.F : m->tp.V);
-    s->up = xalloc(C * m->tp.F);
-    s->cs = xalloc(C * (c->rope_dim / 2 + 1));
-    s->sn = xalloc(C * (c->rope_dim / 2 + 1));
-    s->logits = xalloc(c->vocab);
-    s->ms = xalloc(C * s->H);
-    s->ls = xalloc(C * s->H);
-    if (!s->x || !s->a || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->cs || !s->sn ||
-        !s->logits || !s->ms || !s->ls) {
+    int64_t block = p && p->kv_block > 0 ? p->kv_block : KVS_DEFAULT_BLOCK_TOKENS;
+    s->be = mtok_backend_cpu();
+    if (s->be->version != MTOK_BACKEND_VERSION) {
         mtok_session_free(s);
-        return mtok_err(MTOK_ERESOURCE, "out of memory for prefill scratch (chunk %lld tokens)", (long long)C);
+        return mtok_err(MTOK_EINTERNAL, "backend %s has version %d, this build needs %d", s->be->name,
+                        s->be->version, MTOK_BACKEND_VERSION);
     }
+    rc = s->be->weights_load(m, &s->bw);
+    const mtok_backend_params bp = {.m = m, .w = s->bw, .chunk = s->chunk, .H = s->H, .G = s->G, .D = s->D,
+                                    .F = m->tp.F, .V = m->tp.V, .threads = s->threads, .hook = &s->hook};
+    if (!rc) rc = s->be->create(&bp, &s->bs);
+    s->logits = rc ? NULL : malloc((size_t)c->vocab * sizeof *s->logits);
+    if (!rc && !s->logits) rc = mtok_err(MTOK_ERESOURCE, "out of memory for %lld logits", (long long)c->vocab);
+    if (rc) {
+        mtok_session_free(s);
+        return rc;
+    }
+    s->part = s->be->partials(s->bs);
     /* a context-parallel rank stores only its spans of positions, densely */
     kvs_params kp = {.n_layers = c->n_layers, .n_kv_groups = s->G, .head_dim = c->head_dim,
                      .ctx = dist_local_tokens(s, s->ctx), .block_tokens = block};
@@ -108,9 +100,11 @@ void mtok_session_free(mtok_session *s) {
     kvs_free(s->kv);
     dist_free(s);
     mtok_ids_free(&s->ids);
-    free(s->ms), free(s->ls);
-    free(s->x), free(s->a), free(s->q), free(s->k), free(s->v), free(s->att);
-    free(s->gate), free(s->up), free(s->cs), free(s->sn), free(s->logits);
+    if (s->be) {
+        s->be->destroy(s->bs);
+        if (s->bw) s->be->weights_free(s->bw);
+    }
+    free(s->logits);
     free(s);
 }
 
@@ -221,43 +215,20 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
  * attention, and greedy sampling of NaN logits picked id 0 forever. The pass stops instead with
  * MTOK_EINPUT, naming the position and where the value appeared: the embedding, the query, key or
  * value projection, the attention softmax or the MLP block of a layer, the final norm or the output
- * layer. Each check reads what the step just wrote, while it is in cache: per layer and token the
- * residual stream twice, q, k and v, and the softmax denominators: 2 hidden + H*D + 2 G*D + H floats
- * against the hidden x (2 H*D + 2 G*D + 3 ffn) weight elements the layer multiplies, 0.006 % of
- * the multiply-adds on the 9B shapes and 0.015 % on glm4-1b (the logits scan: 1/hidden of the
- * output layer's). Integer compares on cached data, so the share of the time is smaller still. */
+ * layer. The backend's ops check what they produce (core/backend_cpu.c says what that costs). */
 
-/* Index of the first NaN or Inf in x[0..n), or -1. The test reads the exponent bits (all ones), so
- * it holds under any floating-point flags; 1024-float blocks are OR-reduced first, which vectorizes. */
-static int64_t first_nonfinite(const float *x, int64_t n) {
-    enum { BLK = 1024 };
-    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
-        const int64_t m = n - i0 < BLK ? n - i0 : BLK;
-        uint32_t hit = 0;
-        for (int64_t i = 0; i < m; i++) {
-            uint32_t u;
-            memcpy(&u, x + i0 + i, sizeof u);
-            hit |= (~u & 0x7f800000u) == 0;
-        }
-        if (hit)
-            for (int64_t i = 0; i < m; i++)
-                if (!isfinite(x[i0 + i])) return i0 + i;
-    }
-    return -1;
+/* 0, or the error naming the first token id outside the vocabulary (ids at positions pos..). */
+static int ids_in_vocab(const mtok_session *s, const int32_t *ids, int64_t n, int64_t pos) {
+    for (int64_t t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= s->c->vocab)
+            return mtok_err(MTOK_EINPUT, "token id %d at position %lld is outside the vocabulary [0, %lld)", ids[t],
+                            (long long)(pos + t), (long long)s->c->vocab);
+    return 0;
 }
 
-/* Checks rows [0, n) of x (row length `width`, first row at position pos0); where says what produced
- * them. 0, or the error naming the first bad position. */
-static int check_finite(const mtok_session *s, const float *x, int64_t n, int64_t width, int64_t pos0,
-                        const char *where, int64_t layer) {
-    int64_t bad = first_nonfinite(x, n * width);
-    if (bad < 0) return 0;
-    const int64_t t = bad / width;
-    char lay[48] = "";
-    if (layer >= 0) snprintf(lay, sizeof lay, " of layer %lld of %lld", (long long)layer, (long long)s->c->n_layers);
-    return mtok_err(MTOK_EINPUT, "%s: %s at position %lld (element %lld) after the %s%s; the weights hold NaN/Inf "
-                    "or the activations overflowed (mtok check -m DIR lists non-finite tensors)", s->m->dir,
-                    isnan(x[bad]) ? "NaN" : "Inf", (long long)(pos0 + t), (long long)(bad % width), where, lay);
+/* Tensor parallel: the output layer's vocabulary slices of n rows into whole rows (mtok_gather). */
+static int gather_logits(void *ctx, const float *local, int64_t n, float *out) {
+    return dist_gather_logits(ctx, local, n, out);
 }
 
 /* ---- one chunk of n ≤ chunk tokens through every layer; logits into out (ld vocab) if non-NULL ----
@@ -267,103 +238,49 @@ static int check_finite(const mtok_session *s, const float *x, int64_t n, int64_
  * whole chunk, the rank owning the chunk's span stores its K/V, and each rank's attention over its
  * own positions is merged by the log-sum-exp rule. A chunk never crosses a span boundary. */
 static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits, int want_last) {
-    const mtok_config *c = s->c;
-    const mtok_weights *w = &s->m->w;
-    const int64_t E = c->hidden, qd = s->H * s->D, kd = s->G * s->D;
-    const int64_t F = s->m->tp.F, V = s->m->tp.V, half = c->rope_dim / 2;
+    const mtok_backend_ops *be = s->be;
+    mtok_backend_state *st = s->bs;
+    const int64_t vocab = s->c->vocab;
     const int owner = dist_owns(s, s->pos);
     const int64_t kpos = s->kv_pos, kend = kpos + (owner ? n : 0); /* this rank's KV-store positions */
+    const mtok_chunk c = {.ids = ids, .n = n, .pos = s->pos, .kv = s->kv, .kv_pos = kpos, .append = owner};
+    const size_t rows = (size_t)(n * s->c->hidden);
+    float *a = be->tensor(st, MTOK_T_A).data; /* the projections' outputs the tensor-parallel sums complete */
+    const mtok_gather gather = {gather_logits, s}, *split = s->lay.tp > 1 ? &gather : NULL;
     int rc;
 
-    /* embedding */
-    for (int64_t t = 0; t < n; t++) {
-        if (ids[t] < 0 || ids[t] >= c->vocab)
-            return mtok_err(MTOK_EINPUT, "token id %d at position %lld is outside the vocabulary [0, %lld)",
-                            ids[t], (long long)(s->pos + t), (long long)c->vocab);
-        mk_embed(s->x + t * E, &w->embed, ids[t]);
-    }
-    if ((rc = check_finite(s, s->x, n, E, s->pos, "embedding", -1))) return rc;
-    /* RoPE angles for this chunk's positions, computed once in double precision */
-    for (int64_t t = 0; t < n; t++)
-        mk_rope_table(s->cs + t * half, s->sn + t * half, c->rope_dim, c->rope_base, s->pos + t);
-
+    if ((rc = ids_in_vocab(s, ids, n, s->pos))) return rc;
+    if ((rc = be->embed(st, &c))) return rc;                                  /* x = embed(ids) */
+    if ((rc = be->rope_table(st, &c))) return rc;                             /* RoPE angles of the chunk */
     /* the KV blocks attention will read, layer 0 first; each layer queues the next one's before its
      * own attention runs, so the next layer's cold blocks are in flight while this one computes */
     if ((rc = attn_plan(s, 0, kend, kpos))) return rc;
-    for (int64_t l = 0; l < c->n_layers; l++) {
-        const mtok_layer *L = &w->layers[l];
+    for (int64_t l = 0; l < s->c->n_layers; l++) {
         /* attention block */
-        for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->attn_norm, E, c->norm_eps);
-        /* Q, K and V read the same rows: one parallel region for the three (bitwise as three calls) */
-        const mk_matmul_job qkv[3] = {{s->q, qd, s->a, E, &L->wq, L->bq.data ? &L->bq : NULL},
-                                      {s->k, kd, s->a, E, &L->wk, L->bk.data ? &L->bk : NULL},
-                                      {s->v, kd, s->a, E, &L->wv, L->bv.data ? &L->bv : NULL}};
-        mk_matmul_multi(qkv, 3, n);
-        /* checked before attention, whose softmax skips NaN scores (kernels/cpu_ref.c accum_ref): a
-         * NaN query would otherwise leave its head's output silently zero */
-        if ((rc = check_finite(s, s->q, n, qd, s->pos, "query projection", l)) ||
-            (rc = check_finite(s, s->k, n, kd, s->pos, "key projection", l)) ||
-            (rc = check_finite(s, s->v, n, kd, s->pos, "value projection", l)))
-            return rc;
-        for (int64_t t = 0; t < n; t++) {
-            mk_rope(s->q + t * qd, s->H, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
-            mk_rope(s->k + t * kd, s->G, c->head_dim, c->rope_dim, s->cs + t * half, s->sn + t * half);
-        }
-        if (owner && (rc = kvs_write(s->kv, l, kpos, n, s->k, s->v, kd))) return rc;
-        if (l + 1 < c->n_layers && (rc = attn_plan(s, l + 1, kend, kpos))) return rc;
+        if ((rc = be->norm(st, &c, l, MTOK_NORM_ATTN))) return rc;            /* a = rmsnorm(x) */
+        if ((rc = be->qkv(st, &c, l))) return rc;                             /* q, k, v; RoPE; KV append */
+        if (l + 1 < s->c->n_layers && (rc = attn_plan(s, l + 1, kend, kpos))) return rc;
         /* queries sit at kpos.. in this rank's positions: after every key it holds from earlier
          * spans, and causally aligned with the chunk's own keys when it owns them */
-        if ((rc = attn_layer(s, l, kpos, n))) return rc;
-        if ((rc = dist_cp_merge(s, n))) return rc;
-        /* finite queries and keys can still overflow to an infinite score, which makes the softmax
-         * denominator NaN; attn_normalize would turn that row into zeros */
-        if ((rc = check_finite(s, s->ls, n, s->H, s->pos, "attention softmax", l))) return rc;
-        attn_normalize(s, n);
-        mk_matmul(s->a, E, s->att, qd, n, &L->wo, NULL);
-        if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
-        for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
-        if ((rc = check_finite(s, s->x, n, E, s->pos, "attention block", l))) return rc;
-        /* MLP block: SwiGLU, gate rows first */
-        for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &L->mlp_norm, E, c->norm_eps);
-        const mk_matmul_job gu[2] = {{s->gate, F, s->a, E, &L->w_gate, NULL}, {s->up, F, s->a, E, &L->w_up, NULL}};
-        mk_matmul_multi(gu, 2, n);
-        mk_swiglu(s->gate, s->gate, s->up, n * F);
-        mk_matmul(s->a, E, s->gate, F, n, &L->w_down, NULL);
-        if ((rc = dist_tp_sum(s, s->a, (size_t)(n * E)))) return rc;
-        for (int64_t i = 0; i < n * E; i++) s->x[i] += s->a[i];
-        if ((rc = check_finite(s, s->x, n, E, s->pos, "MLP block", l))) return rc;
+        if ((rc = attn_layer(s, l, kpos, n))) return rc;                      /* partials (o, m, d) */
+        if ((rc = dist_cp_merge(s, n))) return rc;                            /* context parallel */
+        if ((rc = be->attn_out(st, &c, l, s->part))) return rc;               /* a = (o/d)·Woᵀ */
+        if ((rc = dist_tp_sum(s, a, rows))) return rc;                        /* tensor parallel */
+        if ((rc = be->residual(st, &c, l, MTOK_BLOCK_ATTN))) return rc;       /* x += a */
+        /* MLP block */
+        if ((rc = be->norm(st, &c, l, MTOK_NORM_MLP))) return rc;             /* a = rmsnorm(x) */
+        if ((rc = be->mlp(st, &c, l))) return rc;                             /* a = swiglu(a)·Wdᵀ */
+        if ((rc = dist_tp_sum(s, a, rows))) return rc;                        /* tensor parallel */
+        if ((rc = be->residual(st, &c, l, MTOK_BLOCK_MLP))) return rc;        /* x += a */
     }
 
-    /* output: every row for `mtok logits`, else only the last one (generation needs no more). A
-     * tensor-parallel rank computes its vocabulary rows into the scratch and gathers the rest. */
-    const int split = s->tp_size > 1;
+    /* output: every row for `mtok logits`, else only the last one (generation needs no more); a
+     * tensor-parallel rank computes its vocabulary rows and gathers the rest */
     if (all_logits) {
-        for (int64_t t = 0; t < n; t++) mk_rmsnorm(s->a + t * E, s->x + t * E, &w->final_norm, E, c->norm_eps);
-        if ((rc = check_finite(s, s->a, n, E, s->pos, "final norm", -1))) return rc;
-        if (split) {
-            float *loc = s->gate; /* the scratch holds [chunk][F] (or [V]) and is free now */
-            float *tmp = n * V <= s->chunk * F ? loc : NULL;
-            if (!tmp && !(tmp = malloc((size_t)(n * V) * sizeof *tmp)))
-                return mtok_err(MTOK_ERESOURCE, "out of memory for %lld x %lld logits", (long long)n, (long long)V);
-            mk_matmul(tmp, V, s->a, E, n, &w->output, NULL);
-            rc = dist_gather_logits(s, tmp, n, all_logits);
-            if (tmp != loc) free(tmp);
-            if (rc) return rc;
-        } else {
-            mk_matmul(all_logits, c->vocab, s->a, E, n, &w->output, NULL);
-        }
-        if ((rc = check_finite(s, all_logits, n, c->vocab, s->pos, "output layer (logits)", -1))) return rc;
-        if (want_last) memcpy(s->logits, all_logits + (size_t)(n - 1) * c->vocab, (size_t)c->vocab * sizeof(float));
-    } else if (want_last) {
-        mk_rmsnorm(s->a, s->x + (n - 1) * E, &w->final_norm, E, c->norm_eps);
-        if ((rc = check_finite(s, s->a, 1, E, s->pos + n - 1, "final norm", -1))) return rc;
-        if (split) {
-            mk_matmul(s->gate, V, s->a, E, 1, &w->output, NULL);
-            if ((rc = dist_gather_logits(s, s->gate, 1, s->logits))) return rc;
-        } else {
-            mk_matmul(s->logits, c->vocab, s->a, E, 1, &w->output, NULL);
-        }
-        if ((rc = check_finite(s, s->logits, 1, c->vocab, s->pos + n - 1, "output layer (logits)", -1))) return rc;
+        if ((rc = be->logits(st, &c, 0, n, all_logits, split))) return rc;
+        if (want_last) memcpy(s->logits, all_logits + (size_t)(n - 1) * vocab, (size_t)vocab * sizeof(float));
+    } else if (want_last && (rc = be->logits(st, &c, n - 1, 1, s->logits, split))) {
+        return rc;
     }
     s->pos += n;
     s->kv_pos = kend;
@@ -397,11 +314,9 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
     if (s->pos + n > s->ctx)
         return mtok_err(MTOK_EINPUT, "%lld tokens at position %lld exceed the context limit of %lld tokens (--ctx)",
                         (long long)n, (long long)s->pos, (long long)s->ctx);
-    for (int64_t t = 0; t < n; t++) /* checked before the other ranks are told, so a bad id loses nothing */
-        if (ids[t] < 0 || ids[t] >= s->c->vocab)
-            return mtok_err(MTOK_EINPUT, "token id %d at position %lld is outside the vocabulary [0, %lld)", ids[t],
-                            (long long)(s->pos + t), (long long)s->c->vocab);
-    int rc = dist_announce(s, DIST_FORWARD, n, ids, all_logits != NULL);
+    /* checked before the other ranks are told, so a bad id loses nothing */
+    int rc = ids_in_vocab(s, ids, n, s->pos);
+    if (!rc) rc = dist_announce(s, DIST_FORWARD, n, ids, all_logits != NULL);
     if (!rc) rc = forward_run(s, ids, n, all_logits);
     /* in a parallel run the other ranks are part-way through the same call: they cannot be rolled
      * back in step, so an error there ends the job with the message */
@@ -410,3 +325,5 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
 }
 
 const mtok_config *mtok_session_config(const mtok_session *s) { return s->c; }
+
+void mtok_session_set_hook(mtok_session *s, mtok_tensor_hook fn, void *user) { s->hook = (mtok_hook){fn, user}; }

@@ -1,5 +1,5 @@
 /* loader.c — a checkpoint directory -> mtok_model: config.json, mmapped safetensors, tensors bound
- * by name to the roles of mtok_weights with shapes derived from the config (glm-spec.md §2.3–§2.4).
+ * by name to the roles of mtok_weights with shapes derived from the config (docs/GLM.md §2.3–§2.4).
  *
  * Both namings end in the same mtok_weights: the chatglm fused tensors (query_key_value,
  * dense_h_to_4h) are bound as row views, so nothing is copied or converted. */
@@ -118,7 +118,7 @@ static int bind_layer_chatglm(binder *b, int64_t i, mtok_layer *l) {
         (rc = bind_w(b, NAME("mlp.dense_h_to_4h.weight"), 2 * F, E, &mlp)) ||
         (rc = bind_w(b, NAME("mlp.dense_4h_to_h.weight"), E, F, &l->w_down)))
         return rc;
-    /* fused row order [Q heads | K groups | V groups] and [gate | up] (glm-spec.md §2.3) */
+    /* fused row order [Q heads | K groups | V groups] and [gate | up] (docs/GLM.md §2.3) */
     l->wq = mk_rows(qkv, 0, qd);
     l->wk = mk_rows(qkv, qd, kd);
     l->wv = mk_rows(qkv, qd + kd, kd);
@@ -182,7 +182,7 @@ static int bind_all(binder *b, mtok_weights *w) {
                      &w->final_norm)) ||
         (rc = bind_w(b, hf ? "lm_head.weight" : "transformer.output_layer.weight", c->vocab, c->hidden, &w->output)))
         return rc;
-    /* the stored inv_freq buffer uses base 10000 whatever rope_ratio says (glm-spec.md §2.3): never read */
+    /* the stored inv_freq buffer uses base 10000 whatever rope_ratio says (docs/GLM.md §2.3): never read */
     mtok_ckpt_log_unused(b->st, hf ? NULL : "transformer.rotary_pos_emb.inv_freq");
     return 0;
 }

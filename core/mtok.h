@@ -10,31 +10,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../base/mtok_base.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define MTOK_VERSION "0.1.0"
 
-/* Error codes; the CLI maps them to exit codes 1 (usage), 2 (bad input), 3 (resource). */
-enum {
-    MTOK_OK = 0,
-    MTOK_EUSAGE = -1,    /* bad arguments */
-    MTOK_EINPUT = -2,    /* bad model, data or file contents */
-    MTOK_ERESOURCE = -3, /* memory, disk, device */
-    MTOK_EINTERNAL = -4,
-};
-const char *mtok_errmsg(void);
-/* Records a message (printf-style) and returns code, so callers write `return mtok_err(MTOK_EINPUT, ...)`. */
-int mtok_err(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Logging: messages at or below the level go to stderr. 0 = errors only, 1 = info, 2 = debug. */
-void mtok_set_log_level(int level);
-void mtok_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-typedef enum { MTOK_BF16 = 0, MTOK_F16 = 1, MTOK_F32 = 2 } mtok_dtype;
-size_t mtok_dtype_size(mtok_dtype t);
-const char *mtok_dtype_name(mtok_dtype t);
+/* Errors (MTOK_E*, mtok_err, mtok_errmsg), logging, dtypes and size helpers: base/mtok_base.h. */
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Model description, filled from config.json in either naming (see core/config.c).               */
@@ -128,7 +112,7 @@ size_t mtok_tokenizer_max_token_len(const mtok_tokenizer *t);
 char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n, size_t *out_len);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* GLM-4 chat template (glm-spec.md §5) and tool calls.                                            */
+/* GLM-4 chat template (docs/GLM.md §5) and tool calls.                                            */
 typedef struct {
     const char *role;       /* "system" | "user" | "assistant" | "observation" */
     const char *metadata;   /* assistant: tool name of a call; may be NULL */
@@ -168,7 +152,7 @@ typedef struct {
     int64_t ctx;           /* context limit in tokens (0: the model's max_ctx) */
     int threads;           /* OpenMP threads (0: all cores) */
     int64_t prefill_chunk; /* tokens per prefill chunk (0: MTOK_DEFAULT_CHUNK) */
-    int64_t kv_block;      /* tokens per KV block (0: 128) */
+    int64_t kv_block;      /* tokens per KV block (0: KVS_DEFAULT_BLOCK_TOKENS, 128, kvstore/kvstore.h) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* hot-tier bytes incl. the staging ring (0: unlimited, nothing spills) */
     const char *kv_dir;    /* cold-tier directory (NULL: $TMPDIR, else /var/tmp) */
@@ -204,6 +188,8 @@ void mtok_session_reset(mtok_session *s);
 int mtok_session_truncate(mtok_session *s, int64_t n);
 int64_t mtok_session_pos(const mtok_session *s);
 int64_t mtok_session_ctx(const mtok_session *s);
+/* Tokens per prefill chunk (the prefill_chunk parameter or MTOK_DEFAULT_CHUNK). */
+int64_t mtok_session_chunk(const mtok_session *s);
 const mtok_config *mtok_session_config(const mtok_session *s);
 /* Runs ids through the model at positions pos..pos+n-1. If all_logits is non-NULL it receives
  * [n][vocab] fp32 logits of every position; the last position's logits are always available
@@ -256,22 +242,89 @@ void mtok_sampler_free(mtok_sampler *s);
 int32_t mtok_sample(mtok_sampler *s, float *logits, int64_t n_valid, const int32_t *history, size_t n_history);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Generation loop: prefill the prompt, then sample and stream until a stop id or max_new.         */
-typedef int (*mtok_stream_cb)(int32_t id, const char *text, size_t len, void *user); /* nonzero: stop */
+/* Requests: feed a prompt with prefix reuse, then generate (core/feed.c, core/generate.c).        */
+/* The contract in full, with a server's use of it: docs/SESSION_API.md.                           */
+
+/* Returned (positive: not an error, no message) by mtok_session_feed when the request's cancel flag
+ * or progress callback stopped it. */
+#define MTOK_CANCELLED 1
+
+/* Streaming: called once per generated token with the text it releases (possibly empty: text that
+ * may begin a stop string is held back, and the decoder never splits a UTF-8 character), then once
+ * with id -1 for the held-back rest. Nonzero cancels the request after this token. */
+typedef int (*mtok_stream_cb)(int32_t id, const char *text, size_t len, void *user);
+/* Prefill progress: called after each chunk; done of total tokens computed so far by this feed.
+ * Nonzero cancels the request before the next chunk (after the last chunk the prompt is fed whatever
+ * it returns; set the cancel flag to also stop the decode). */
+typedef int (*mtok_progress_cb)(int64_t done, int64_t total, void *user);
+
+/* Everything zero is a valid request: greedy, no tokens generated (only the prompt is fed), the
+ * config's eos ids stop, nothing streamed. */
 typedef struct {
-    int64_t max_new;    /* tokens to generate at most */
-    int ignore_eos;     /* do not stop on stop ids */
-    const int32_t *stop_ids; /* NULL: the config's eos ids */
-    int n_stop;
-} mtok_gen_params;
+    int64_t max_tokens;            /* tokens to generate at most; < 0: until a stop or the context limit */
+    const int32_t *stop_ids;       /* ids that stop generation besides the config's eos ids */
+    int n_stop_ids;
+    int ignore_eos;                /* 1: the config's eos ids do not stop generation */
+    const char *const *stop_strings; /* non-empty strings that stop generation when the text contains
+                                      * them; the text returned and streamed ends before the match */
+    int n_stop_strings;
+    mtok_sampler_params sampler;   /* temperature 0: greedy; top_p and repetition_penalty 0 mean off */
+    mtok_sampler *sampler_state;   /* optional: use this sampler instead (its random stream continues
+                                    * from request to request, as in mtok chat); sampler is then unused */
+    /* Cancellation: when *cancel is nonzero (another thread or a signal handler may set it), the
+     * request stops at the next boundary: between prefill chunks or before a decode step. */
+    volatile int *cancel;
+    mtok_stream_cb on_token;
+    mtok_progress_cb on_prefill;
+    void *user;                    /* passed to the callbacks */
+} mtok_request;
+
+typedef enum {
+    MTOK_FINISH_NONE = 0,  /* the request has not run */
+    MTOK_FINISH_STOP,      /* a stop id or stop string (result.stop_id / result.stop_string say which) */
+    MTOK_FINISH_LENGTH,    /* max_tokens generated or the context limit reached */
+    MTOK_FINISH_CANCELLED, /* the cancel flag or a callback stopped it */
+    MTOK_FINISH_ERROR,     /* mtok_generate returned an error (mtok_errmsg()) */
+} mtok_finish;
+const char *mtok_finish_name(mtok_finish f); /* "stop", "length", "cancelled", "error", "none" */
+
 typedef struct {
-    int64_t n_prompt, n_gen;
+    int64_t prompt_tokens;    /* ids given */
+    int64_t cached_tokens;    /* of them, reused from what the session held */
+    int64_t computed_tokens;  /* of them, run through the model (cached + computed < prompt when cancelled) */
+    int64_t generated_tokens; /* tokens sampled, the stop id not counted */
     double prefill_s, decode_s;
-    int32_t stop_id; /* -1 when stopped by length */
-} mtok_gen_stats;
-int mtok_generate(mtok_session *s, const mtok_tokenizer *t, mtok_sampler *smp, const int32_t *prompt, size_t n,
-                  const mtok_gen_params *gp, mtok_stream_cb cb, void *user, mtok_ids *generated,
-                  mtok_gen_stats *stats);
+} mtok_usage;
+
+typedef struct {
+    mtok_finish finish;
+    int32_t stop_id;          /* the stop id that ended generation, else -1 */
+    int stop_string;          /* index into the request's stop_strings that matched, else -1 */
+    mtok_usage usage;
+    mtok_ids tokens;          /* generated ids (the one that completed a stop string included) */
+    char *text;               /* their text as streamed, NUL-terminated (NULL when nothing was generated) */
+    size_t text_len;          /* bytes of text (decoded text may itself contain NUL bytes) */
+} mtok_result;
+void mtok_result_free(mtok_result *r);
+
+/* Makes the session hold exactly ids[0..n): keeps the longest common prefix of what it holds and ids,
+ * truncates the rest and prefills the new part in chunks of mtok_session_chunk() tokens, so the
+ * logits of position n-1 are current (when the session already holds all of ids, position n-1 is
+ * computed again). req (may be NULL) supplies cancel, on_prefill and user. Returns 0,
+ * MTOK_CANCELLED (the session then holds ids[0..k) for the chunks finished before the cancel, every
+ * one of them exactly as an uncancelled feed computes it, so feeding ids again continues where it
+ * stopped), or an error (the session then holds what it held before the failing chunk). usage (may
+ * be NULL) receives prompt, cached and computed tokens and prefill_s; the rest is zeroed. */
+int mtok_session_feed(mtok_session *s, const int32_t *ids, int64_t n, const mtok_request *req, mtok_usage *usage);
+
+/* Feeds prompt[0..n) as mtok_session_feed does, then samples, streams and feeds back one token at a
+ * time until a stop id, a stop string, max_tokens, the context limit or a cancel. res receives the
+ * outcome (mtok_result_free it, whatever the return). Afterwards the session holds the prompt and
+ * the generated tokens fed back: after a stop id (never fed itself) all of res->tokens, otherwise all
+ * but the last (mtok_session_pos tells). Returns 0 for every finish but MTOK_FINISH_ERROR, else the
+ * error. */
+int mtok_generate(mtok_session *s, const mtok_tokenizer *t, const int32_t *prompt, int64_t n,
+                  const mtok_request *req, mtok_result *res);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* Checkpoint values (mtok check). mtok_model_load has checked dtypes and shapes; this scans every  */
@@ -290,20 +343,6 @@ typedef void (*mtok_check_cb)(const mtok_tensor_check *t, void *user);
 /* Scans with `threads` OpenMP threads (0: 2); cb (may be NULL) gets each tensor that holds NaN or
  * Inf, in name order. Returns 0 with *out filled whatever the values are, or an error. */
 int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *user, mtok_check_summary *out);
-
-/* ---------------------------------------------------------------------------------------------- */
-/* Synthetic checkpoints in the real format (mtok synth).                                         */
-typedef struct {
-    const char *preset;   /* glm4-tiny | glm4-1m-mini | glm4-1b | glm4-9b-chat | glm4-9b-chat-1m */
-    const char *out_dir;
-    mtok_naming naming;
-    int shards;           /* 1: model.safetensors; >1: model-0000i-of-0000n + index */
-    uint64_t seed;
-    mtok_dtype dtype;
-} mtok_synth_params;
-int mtok_synth(const mtok_synth_params *p);
-/* Lists the preset names, one per line, into a static string. */
-const char *mtok_synth_presets(void);
 
 #ifdef __cplusplus
 }

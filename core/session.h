@@ -3,8 +3,10 @@
 #ifndef MTOK_SESSION_H
 #define MTOK_SESSION_H
 
+#include "backend.h"
 #include "model.h"
 #include "../kvstore/kvstore.h"
+#include "../parallel/layout.h"
 
 typedef struct attn_state attn_state; /* core/attn.c: policy state (selection buffers, counters) */
 
@@ -12,7 +14,7 @@ struct mtok_session {
     const mtok_model *m;
     const mtok_config *c;
     int64_t ctx, chunk, pos;
-    int threads;
+    int threads;           /* the compute threads, passed to the backend (never set process-wide) */
     /* this rank's share of the attention heads (all of them on one rank; tensor parallel: the
      * heads of this rank's KV groups). Attention reads only these. */
     int64_t H, G, D;       /* query heads, KV groups, head_dim */
@@ -20,16 +22,16 @@ struct mtok_session {
     attn_state *attn;
     mtok_ids ids;          /* the token ids at positions 0..pos-1 (saved with the KV) */
     int64_t computed;      /* tokens run through the model since creation */
-    float *ms, *ls;        /* [chunk][H] online-softmax max and denominator */
-    /* scratch, each [chunk][width] */
-    float *x, *a, *q, *k, *v, *att, *gate, *up;
-    float *cs, *sn; /* [chunk][rope_dim/2] */
-    float *logits;  /* [vocab] of the last position */
+    /* the compute backend (core/backend.h): its weights, its state with the activations of a chunk */
+    const mtok_backend_ops *be;
+    mtok_backend_weights *bw;
+    mtok_backend_state *bs;
+    mtok_hook hook;        /* mtok_session_set_hook */
+    mtok_partials *part;   /* the backend's attention partials of the current layer */
+    float *logits;  /* [vocab] of the last position (host: what mtok_session_logits returns) */
     /* parallel runs (core/dist.c); all NULL / 0 / 1 on one rank */
     struct mp_comm *world, *tp, *cp;
-    int leader;            /* 1 on world rank 0 or without a world */
-    int tp_size, cp_rank, cp_size;
-    int64_t cp_span;       /* context parallel: positions [k*span, (k+1)*span) live on rank k % cp_size */
+    mp_layout lay;         /* this rank's place in the job (parallel/layout.h); rank 0 of 1 alone */
     int64_t kv_pos;        /* positions held by this rank's KV store (== pos on one rank) */
     float *gbuf;           /* all-gather scratch */
     size_t gbuf_cap;       /* floats */
@@ -46,7 +48,7 @@ int dist_owns(const mtok_session *s, int64_t pos);
 int64_t dist_span_end(const mtok_session *s, int64_t pos);
 /* Tensor parallel: sums buf [n] over the tensor-parallel ranks (nothing on one rank). */
 int dist_tp_sum(mtok_session *s, float *buf, size_t n);
-/* Context parallel: merges the online-softmax states s->ms, s->ls, s->att of n query rows over the
+/* Context parallel: merges the attention partials s->part of n query rows over the
  * context-parallel ranks by the log-sum-exp rule (nothing on one rank). */
 int dist_cp_merge(mtok_session *s, int64_t n);
 /* Tensor parallel: local [n][V_local] logits -> out [n][vocab] (every rank receives all). */
@@ -56,7 +58,7 @@ enum { DIST_FORWARD = 1, DIST_RESET, DIST_TRUNCATE, DIST_EXIT };
 int dist_announce(mtok_session *s, int op, int64_t arg, const int32_t *ids, int want_all);
 /* Ends the whole job after an error that left the ranks out of step (never returns under MPI). */
 void dist_fail(mtok_session *s, int rc);
-/* Implemented in core/forward.c, used by the serving loop. */
+/* Implemented in core/forward.c, used by the followers' loop (core/follow.c). */
 int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
 void session_reset_local(mtok_session *s);
 int session_truncate_local(mtok_session *s, int64_t n);
@@ -65,15 +67,14 @@ int session_truncate_local(mtok_session *s, int64_t n);
  * Positions here are the session's KV-store positions (the same as sequence positions on one
  * rank). attn_create/attn_free manage s->attn from the session parameters. attn_plan announces
  * that attention over `layer` will run for queries from q_pos0 with keys up to kv_end (the store
- * may start reading cold blocks). attn_layer computes, for the n query rows in s->q ([n][H*D],
- * post-RoPE), the online-softmax state over the layer's KV: s->ms, s->ls ([n][H]) and the
- * unnormalised s->att ([n][H*D]); attn_normalize divides att by l. Between the two a caller may
- * merge states from other ranks (context parallel, log-sum-exp rule). */
+ * may start reading cold blocks). attn_layer computes, for the n query rows of the backend's
+ * queries (MTOK_T_Q, post-RoPE), the online-softmax partials over the layer's KV blocks into
+ * s->part (the backend's attn_begin / attn_blocks / attn_end); the backend's attn_out normalises
+ * them. Between the two a caller may merge partials from other ranks (context parallel). */
 int attn_create(mtok_session *s, const mtok_session_params *p);
 void attn_free(mtok_session *s);
 int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0);
 int attn_layer(mtok_session *s, int64_t layer, int64_t q_pos0, int64_t n);
-void attn_normalize(mtok_session *s, int64_t n);
 /* Adds the policy's accounting (bytes attended vs exact, audit results) to out. */
 void attn_kv_stats(const mtok_session *s, mtok_kv_stats *out);
 

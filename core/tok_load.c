@@ -8,12 +8,12 @@
 
 #include "tok_internal.h"
 
-/* GLM-4's pre-tokenizer (glm-spec.md §4.1) and GPT-2's (a bare ByteLevel pre-tokenizer with use_regex). */
+/* GLM-4's pre-tokenizer (docs/GLM.md §4.1) and GPT-2's (a bare ByteLevel pre-tokenizer with use_regex). */
 static const char *GLM4_PATTERN = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}|"
                                   " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const char *GPT2_PATTERN = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-/* Special tokens of GLM-4, numbered after the ranks in this order (glm-spec.md §4.1). */
+/* Special tokens of GLM-4, numbered after the ranks in this order (docs/GLM.md §4.1). */
 static const char *GLM4_SPECIALS[] = {
     "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
     "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",

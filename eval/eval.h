@@ -18,7 +18,7 @@ extern "C" {
 /* ---- the needle model (eval/needle.c; docs/NEEDLE.md) -------------------------------------------
  * Special tokens declared after the 14 GLM-4 ones: <|fact:K:V|> (K-major), then <|ask:K|>, then
  * <|val:V|>. The weights are a function of (tensor kind, layer, row, column, a unit-normal draw), so
- * core/synth.c streams them like every other preset. */
+ * synth/synth.c streams them like every other preset. */
 #define MEV_NEEDLE_KEYS 16
 #define MEV_NEEDLE_VALUES 64
 #define MEV_NEEDLE_N_EXTRA (MEV_NEEDLE_KEYS * MEV_NEEDLE_VALUES + MEV_NEEDLE_KEYS + MEV_NEEDLE_VALUES)
@@ -190,18 +190,18 @@ int mev_questions_parse(const char *name, const void *buf, size_t len, mev_quest
 void mev_questions_free(mev_questions *q);
 
 /* ---- small shared helpers (eval/util.c) --------------------------------------------------------- */
-/* A session plus the ids it holds: feeding a prompt computes only what follows the longest common
- * prefix with them (mtok_session_truncate rolls the rest back), so cells and questions that share a
- * document share its prefill. */
+/* A session and its counters: feeding a prompt computes only what follows the longest common prefix
+ * with what the session holds (mtok_session_feed), so cells and questions that share a document
+ * share its prefill. */
 typedef struct {
     mtok_session *s;
     const mtok_tokenizer *t;
-    mtok_ids held;
-    volatile int *interrupted;
+    volatile int *interrupted; /* the feed's cancel flag: checked between prefill chunks */
     int64_t prefilled, cached; /* counters, reset by the caller */
     double prefill_s;
 } mev_runner;
-/* Returns 0, 1 when interrupted (the session then holds a prefix of ids), or an error code. */
+/* Returns 0, 1 when interrupted (the session then holds a prefix of ids, whole chunks of it), or an
+ * error code. */
 int mev_feed(mev_runner *r, const int32_t *ids, size_t n);
 /* Greedy decoding of at most max_new tokens after the held prompt (stops at an end-of-sequence
  * id); the decoded text is appended to *text (malloc'ed, NUL-terminated, may start NULL). */

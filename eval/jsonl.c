@@ -17,6 +17,19 @@
 
 #include "jsonl.h"
 
+/* The NIAH variants by name: here, below niah.c, because the results reader checks them too. */
+static const char *const variant_names[MEV_N_VARIANTS] = {"single", "multikey", "multivalue", "multiquery"};
+const char *mev_variant_name(mev_variant v) { return v < MEV_N_VARIANTS ? variant_names[v] : "?"; }
+int mev_variant_parse(const char *s, mev_variant *out) {
+    for (int v = 0; v < MEV_N_VARIANTS; v++)
+        if (!strcmp(s, variant_names[v])) return *out = (mev_variant)v, 0;
+    if (!strcmp(s, "multi-key")) return *out = MEV_MULTIKEY, 0;
+    if (!strcmp(s, "multi-value")) return *out = MEV_MULTIVALUE, 0;
+    if (!strcmp(s, "multi-query")) return *out = MEV_MULTIQUERY, 0;
+    return mtok_err(MTOK_EUSAGE, "unknown variant '%s' (single, multikey, multivalue, multiquery)", s);
+}
+
+
 /* ---- lines ------------------------------------------------------------------------------------ */
 int mev_lines_open(mev_lines *L, const char *path, int *missing) {
     memset(L, 0, sizeof *L);

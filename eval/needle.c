@@ -1,4 +1,4 @@
-/* needle.c — the planted needle model (DESIGN.md §5, docs/NEEDLE.md).
+/* needle.c — the planted needle model (docs/DESIGN.md §5, docs/NEEDLE.md).
  *
  * A GLM-4-architecture checkpoint whose last layer holds one retrieval head:
  *

@@ -3,7 +3,7 @@
  * One cell = (variant, length, depth). Its prompt is built from whole haystack sentences (a text
  * repeated to length, or RULER's noise lines), the needle(s) spliced in at the sentence boundary at
  * or before the depth (measured in haystack tokens), and the question; the length is the exact
- * token count of the prompt the model reads, chat template included (RULER, eval-harnesses.md §2.5):
+ * token count of the prompt the model reads, chat template included (RULER, docs/EVAL.md §1.2):
  * the haystack is the longest run of sentences that keeps the prompt within the grid length.
  *
  * Needles: fact tokens (<|fact:K:V|>, asked with <|ask:K|>, answered <|val:V|>) for the planted
@@ -25,19 +25,9 @@
 #include <unistd.h>
 
 #include "jsonl.h"
+#include "niah_int.h"
 
 #define MAX_NEEDLES 16
-
-static const char *const variant_names[MEV_N_VARIANTS] = {"single", "multikey", "multivalue", "multiquery"};
-const char *mev_variant_name(mev_variant v) { return v < MEV_N_VARIANTS ? variant_names[v] : "?"; }
-int mev_variant_parse(const char *s, mev_variant *out) {
-    for (int v = 0; v < MEV_N_VARIANTS; v++)
-        if (!strcmp(s, variant_names[v])) return *out = (mev_variant)v, 0;
-    if (!strcmp(s, "multi-key")) return *out = MEV_MULTIKEY, 0;
-    if (!strcmp(s, "multi-value")) return *out = MEV_MULTIVALUE, 0;
-    if (!strcmp(s, "multi-query")) return *out = MEV_MULTIQUERY, 0;
-    return mtok_err(MTOK_EUSAGE, "unknown variant '%s' (single, multikey, multivalue, multiquery)", s);
-}
 
 /* ---- growable text -------------------------------------------------------------------------- */
 typedef struct {
@@ -261,7 +251,17 @@ typedef struct {
     mev_needle_ids nid;
     int facts;                 /* fact-token needles */
     int32_t gmask, sop, user, assistant;
-    mev_runner rn;             /* the session and the ids it holds */
+    mev_runner rn;             /* the session and its counters */
+    /* the grid walk (mev_niah_run and its steps) */
+    char *res_path;            /* out_dir/results.jsonl, appended through fd */
+    int fd;
+    mev_niah_results *prev;    /* --resume: the cells already in results.jsonl */
+    mtok_ids ctx, q[MAX_NEEDLES], full; /* the unit's prompt (build), question i's is ctx + q[i] */
+    char *out;                 /* the line's answers */
+    size_t out_len;
+    size_t n_done;             /* progress: cells done or skipped, */
+    double w_total, w_done, t0; /* work done of the total (length^2 per cell), since t0 */
+    double score_sum;
 } run;
 
 /* Builds the prompt of a cell with S haystack sentences: ctx = everything up to the questions,
@@ -320,7 +320,7 @@ static int build(run *R, plan *P, int64_t S, mtok_ids *ctx, mtok_ids *q) {
             if (!rc) rc = mtok_ids_push(&q[i], R->nid.ask0 + P->nd[P->q[i]].key);
         }
     } else {
-        /* RULER's niah template (eval-harnesses.md §2.4) in the model's chat template; the whole
+        /* RULER's niah template (docs/EVAL.md §1.1) in the model's chat template; the whole
          * prompt of each question goes to q[i] (ctx stays empty; the session's prefix reuse still
          * prefills the shared document once) */
         rc = sb_str(&text, "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
@@ -401,13 +401,6 @@ static int fit(run *R, plan *P, mtok_ids *ctx, mtok_ids *q, int64_t *S_out) {
 }
 
 /* ---- results.jsonl ---------------------------------------------------------------------------- */
-static char *path_in(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 static int cell_key_eq(json_t *o, int64_t len, double depth, const char *variant) {
     json_t *l = json_object_get(o, "length"), *d = json_object_get(o, "depth"), *v = json_object_get(o, "variant");
     return json_is_integer(l) && json_integer_value(l) == len && json_is_number(d) &&
@@ -459,8 +452,9 @@ static void progress(const mev_niah_params *p, size_t done, size_t total, double
     fflush(stderr);
 }
 
-int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params *p, mev_niah_summary *sum) {
-    memset(sum, 0, sizeof *sum);
+/* Refuses a grid that cannot run: no lengths, depths or output directory, a depth outside 0..100,
+ * --all-depths with more depths than a prompt holds needles or with another variant. */
+static int niah_check(const mev_niah_params *p) {
     if (!p->n_lengths || !p->n_depths || !p->out_dir)
         return mtok_err(MTOK_EUSAGE, "niah: lengths, depths and an output directory are required");
     for (size_t i = 0; i < p->n_depths; i++)
@@ -471,305 +465,223 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     for (size_t i = 0; p->all_depths && i < p->n_variants; i++)
         if (p->variants[i] != MEV_SINGLE)
             return mtok_err(MTOK_EUSAGE, "niah: --all-depths runs the single variant only");
-    run R = {.s = s, .t = t, .p = p};
+    return 0;
+}
+
+/* The output directory, the needle mode (fact tokens or text), the chat special tokens, the runner. */
+static int run_init(run *R, mtok_session *s, const mtok_tokenizer *t, const mev_niah_params *p) {
+    *R = (run){.s = s, .t = t, .p = p, .fd = -1};
     int rc = mev_mkdir_p(p->out_dir);
     if (rc) return rc;
-    mev_needle_ids_find(t, &R.nid);
-    R.facts = p->needle_mode < 0 ? R.nid.is_needle : p->needle_mode;
-    if (R.facts && !R.nid.is_needle)
+    mev_needle_ids_find(t, &R->nid);
+    R->facts = p->needle_mode < 0 ? R->nid.is_needle : p->needle_mode;
+    if (R->facts && !R->nid.is_needle)
         return mtok_err(MTOK_EUSAGE, "niah: --needle facts needs the needle model (mtok synth --preset needle)");
-    R.gmask = mtok_token_special(t, "[gMASK]"), R.sop = mtok_token_special(t, "<sop>");
-    R.user = mtok_token_special(t, "<|user|>"), R.assistant = mtok_token_special(t, "<|assistant|>");
-    if (R.gmask < 0 || R.sop < 0 || R.user < 0 || R.assistant < 0)
+    R->gmask = mtok_token_special(t, "[gMASK]"), R->sop = mtok_token_special(t, "<sop>");
+    R->user = mtok_token_special(t, "<|user|>"), R->assistant = mtok_token_special(t, "<|assistant|>");
+    if (R->gmask < 0 || R->sop < 0 || R->user < 0 || R->assistant < 0)
         return mtok_err(MTOK_EINPUT, "niah: the tokenizer lacks the GLM-4 chat special tokens");
-    R.rn = (mev_runner){.s = s, .t = t, .interrupted = p->interrupted};
+    R->rn = (mev_runner){.s = s, .t = t, .interrupted = p->interrupted};
+    return 0;
+}
 
-    char *res_path = path_in(p->out_dir, "results.jsonl");
-    mev_niah_results *prev = NULL;
-    mtok_ids ctx = {0}, q[MAX_NEEDLES] = {{0}}, full = {0};
-    char *out = NULL;
-    size_t out_len = 0;
-    int fd = -1;
-    if (!res_path) return mtok_err(MTOK_ERESOURCE, "out of memory");
-    if ((rc = haystack_init(&R.h, t, p->haystack_file, p->noise))) goto fail;
+static void run_free(run *R) {
+    if (R->fd >= 0) close(R->fd);
+    mev_niah_results_free(R->prev);
+    haystack_free(&R->h);
+    mev_runner_free(&R->rn);
+    mtok_ids_free(&R->ctx);
+    mtok_ids_free(&R->full);
+    for (int i = 0; i < MAX_NEEDLES; i++) mtok_ids_free(&R->q[i]);
+    free(R->out);
+    free(R->res_path);
+}
+
+/* Opens results.jsonl for appending: emptied for a new run; with --resume every valid cell stays
+ * (R->prev) and lines that are not cells are dropped (their cells run again) through a rewrite that
+ * leaves the old file or the new one after a crash, never less. */
+static int results_open(run *R) {
+    const mev_niah_params *p = R->p;
+    int rc;
     if (p->resume) {
-        /* every valid cell stays; lines that are not cells are dropped (their cells run again)
-         * through a rewrite that leaves the old file or the new one after a crash, never less */
-        if ((rc = mev_niah_results_read(res_path, &prev))) goto fail;
-        if (!prev->n && prev->skipped > prev->torn) {
-            rc = mtok_err(MTOK_EINPUT, "%s: no line is a niah cell: refusing to overwrite it (use another --out)",
-                          res_path);
-            goto fail;
-        }
-        if (prev->rewrite && (rc = mev_rewrite_lines(res_path, prev->kept, prev->n))) goto fail;
+        if ((rc = mev_niah_results_read(R->res_path, &R->prev))) return rc;
+        if (!R->prev->n && R->prev->skipped > R->prev->torn)
+            return mtok_err(MTOK_EINPUT, "%s: no line is a niah cell: refusing to overwrite it (use another --out)",
+                            R->res_path);
+        if (R->prev->rewrite && (rc = mev_rewrite_lines(R->res_path, R->prev->kept, R->prev->n))) return rc;
     }
-    fd = open(res_path, O_WRONLY | O_CREAT | O_APPEND | (p->resume ? 0 : O_TRUNC), 0644);
-    if (fd < 0) {
-        rc = mtok_err(mev_errno_code(errno), "%s: %s", res_path, strerror(errno));
-        goto fail;
-    }
+    R->fd = open(R->res_path, O_WRONLY | O_CREAT | O_APPEND | (p->resume ? 0 : O_TRUNC), 0644);
+    if (R->fd < 0) return mtok_err(mev_errno_code(errno), "%s: %s", R->res_path, strerror(errno));
+    return 0;
+}
 
-    /* the cell order: variants, lengths ascending, depths deep to shallow (shared prefixes) */
-    mev_variant vdef = MEV_SINGLE;
-    const mev_variant *vars = p->n_variants ? p->variants : &vdef;
-    size_t n_vars = p->n_variants ? p->n_variants : 1;
+/* The depth indexes from deep to shallow (stable for equal depths), so that consecutive cells share
+ * the haystack before their needles. NULL: out of memory. */
+static size_t *depth_order(const mev_niah_params *p) {
     size_t *dord = malloc(p->n_depths * sizeof *dord);
-    if (!dord) {
-        rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-        goto fail;
-    }
+    if (!dord) return NULL;
     for (size_t i = 0; i < p->n_depths; i++) dord[i] = i;
     for (size_t a = 1; a < p->n_depths; a++)
         for (size_t b = a; b > 0 && p->depths[dord[b]] > p->depths[dord[b - 1]]; b--) {
             size_t tmp = dord[b];
             dord[b] = dord[b - 1], dord[b - 1] = tmp;
         }
-    double w_total = 0, w_done = 0, t0 = mev_now(), score_sum = 0;
-    sum->cells = n_vars * p->n_lengths * p->n_depths;
-    for (size_t vi = 0; vi < n_vars; vi++)
-        for (size_t li = 0; li < p->n_lengths; li++) w_total += (double)p->n_depths * (double)p->lengths[li] * (double)p->lengths[li];
-    size_t n_done = 0;
+    return dord;
+}
+
+/* The depths of a unit still to run (their indexes into todo; all-depths: indexes of p->depths):
+ * a cell already in results.jsonl (--resume) counts as done and leaves the progress total. */
+static int unit_todo(run *R, int64_t L, double D, const char *vname, int *todo, mev_niah_summary *sum) {
+    const mev_niah_params *p = R->p;
     const int all = p->all_depths;
-    for (size_t vi = 0; vi < n_vars && !rc; vi++) {
-        for (size_t li = 0; li < p->n_lengths && !rc; li++) {
-            /* a unit is one prompt document: one cell, or (all-depths) one length with every depth */
-            for (size_t dj = 0; dj < (all ? 1 : p->n_depths) && !rc; dj++) {
-                const int64_t L = p->lengths[li];
-                const double D = all ? -1 : p->depths[dord[dj]], wcell = (double)L * (double)L;
-                const char *vname = mev_variant_name(vars[vi]);
-                int todo[MAX_NEEDLES], n_todo = 0; /* all-depths: the depth indexes still to run */
-                for (size_t k = 0; k < (all ? p->n_depths : 1); k++) {
-                    double Dk = all ? p->depths[k] : D;
-                    int skip = 0;
-                    for (size_t j = 0; j < mev_niah_results_count(prev) && !skip; j++)
-                        skip = cell_key_eq(prev->kept[j].o, L, Dk, vname);
-                    if (skip) {
-                        sum->skipped++;
-                        n_done++;
-                        w_total -= all ? wcell / (double)p->n_depths : wcell;
-                    } else {
-                        todo[n_todo++] = (int)k;
-                    }
-                }
-                if (!n_todo) continue;
-                if (p->interrupted && *p->interrupted) goto interrupted;
-                plan P;
-                make_plan(&P, vars[vi], L, D, p->n_extra, p->seed, R.facts, all ? p->depths : NULL,
-                          (int)p->n_depths);
-                int64_t S;
-                if ((rc = fit(&R, &P, &ctx, q, &S))) break;
-                /* normal: every question of the cell feeds one line; all-depths: one line per question */
-                for (int li2 = 0; li2 < (all ? n_todo : 1) && !rc; li2++) {
-                    const int q0 = all ? todo[li2] : 0, q1 = all ? q0 + 1 : P.n_q;
-                    const double Dl = all ? p->depths[q0] : D;
-                    R.rn.prefilled = R.rn.cached = 0;
-                    R.rn.prefill_s = 0;
-                    free(out);
-                    out = NULL, out_len = 0;
-                    double c0 = mev_now();
-                    int64_t tokens = 0;
-                    mtok_kv_stats k0, k1;
-                    mtok_session_kv_stats(s, &k0);
-                    for (int qi = q0; qi < q1 && !rc; qi++) {
-                        full.n = 0;
-                        if ((ctx.n && (rc = mtok_ids_append(&full, ctx.v, ctx.n))) ||
-                            (q[qi].n && (rc = mtok_ids_append(&full, q[qi].v, q[qi].n))))
-                            break;
-                        if ((int64_t)full.n > tokens) tokens = (int64_t)full.n;
-                        rc = mev_feed(&R.rn, full.v, full.n);
-                        if (rc == 1) goto interrupted;
-                        if (rc) break;
-                        int64_t max_new = p->max_new > 0 ? p->max_new
-                                          : R.facts ? (P.variant == MEV_MULTIVALUE ? P.n_expected : 1)
-                                          : 16 * (P.variant == MEV_MULTIVALUE || P.variant == MEV_MULTIQUERY ? P.n_expected : 1);
-                        rc = mev_greedy(&R.rn, max_new, &out, &out_len);
-                    }
-                    if (rc) break;
-                    const char *refs[MAX_NEEDLES];
-                    int n_refs = 0;
-                    for (int k = all ? q0 : 0; k < (all ? q0 + 1 : P.n_expected); k++) refs[n_refs++] = P.expected[k];
-                    double score = mev_string_match_all(out ? out : "", refs, (size_t)n_refs);
-                    double secs = mev_now() - c0;
-                    json_t *exp = json_array();
-                    for (int k = 0; k < n_refs; k++) json_array_append_new(exp, json_string(refs[k]));
-                    json_t *o = json_pack(
-                        "{s:I, s:I, s:f, s:s, s:s, s:s, s:o, s:s, s:f, s:f, s:I, s:I, s:f, s:I, s:I}", "length",
-                        (json_int_t)L, "tokens", (json_int_t)tokens, "depth", Dl, "variant", vname, "needle",
-                        R.facts ? "facts" : "text", "layout", all ? "all-depths" : "cell", "expected", exp, "output",
-                        out ? out : "", "score", score, "seconds", secs, "prefill_tokens", (json_int_t)R.rn.prefilled,
-                        "cached_tokens", (json_int_t)R.rn.cached, "prefill_tok_s",
-                        R.rn.prefill_s > 0 ? (double)R.rn.prefilled / R.rn.prefill_s : 0.0, "peak_rss",
-                        (json_int_t)mev_peak_rss_bytes(), "bytes_spilled",
-                        (json_int_t)(p->spilled_bytes ? p->spilled_bytes(s, p->spilled_user) : 0));
-                    if (!o) {
-                        rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-                        break;
-                    }
-                    mtok_session_kv_stats(s, &k1);
-                    kv_fields(o, &k0, &k1);
-                    rc = append_line(fd, res_path, o);
-                    json_decref(o);
-                    score_sum += score;
-                    sum->done++;
-                    n_done++;
-                    w_done += all ? wcell / (double)n_todo : wcell;
-                    mtok_log(2, "niah: %s length %lld (%lld tokens) depth %g: score %.2f, %.1f s, output \"%s\"",
-                             vname, (long long)L, (long long)tokens, Dl, score, secs, out ? out : "");
-                    progress(p, n_done, sum->cells, w_done, w_total, t0);
-                }
-            }
+    const double wcell = (double)L * (double)L;
+    int n_todo = 0;
+    for (size_t k = 0; k < (all ? p->n_depths : 1); k++) {
+        double Dk = all ? p->depths[k] : D;
+        int skip = 0;
+        for (size_t j = 0; j < mev_niah_results_count(R->prev) && !skip; j++)
+            skip = cell_key_eq(R->prev->kept[j].o, L, Dk, vname);
+        if (skip) {
+            sum->skipped++;
+            R->n_done++;
+            R->w_total -= all ? wcell / (double)p->n_depths : wcell;
+        } else {
+            todo[n_todo++] = (int)k;
         }
     }
-    goto report;
-interrupted:
-    sum->interrupted = 1;
-    rc = 0;
-    if (p->progress < 0 ? isatty(2) : p->progress) fputc('\n', stderr);
-    mtok_log(1, "niah: interrupted; %s holds the %zu finished cells (--resume continues)", res_path,
-             sum->done + sum->skipped);
-report:
-    free(dord);
-    sum->mean_score = sum->done ? score_sum / (double)sum->done : 0;
-    sum->seconds = mev_now() - t0;
-    if (fd >= 0) close(fd), fd = -1;
-    if (!rc) rc = mev_niah_report(p->out_dir, p->title, stdout);
-fail:
-    if (fd >= 0) close(fd);
-    mev_niah_results_free(prev);
-    haystack_free(&R.h);
-    mev_runner_free(&R.rn);
-    mtok_ids_free(&ctx);
-    mtok_ids_free(&full);
-    for (int i = 0; i < MAX_NEEDLES; i++) mtok_ids_free(&q[i]);
-    free(out);
-    free(res_path);
+    return n_todo;
+}
+
+/* One line of results.jsonl: questions q0..q1-1 of the unit's prompt fed (prefix reuse) and
+ * answered greedily, the answers scored against their needles, the line written (fsynced) and
+ * counted in the progress. 1: interrupted during a feed. */
+static int run_line(run *R, const plan *P, int q0, int q1, double Dl, double wline, mev_niah_summary *sum) {
+    const mev_niah_params *p = R->p;
+    const int all = p->all_depths;
+    const int64_t L = P->length;
+    const char *vname = mev_variant_name(P->variant);
+    int rc = 0;
+    R->rn.prefilled = R->rn.cached = 0;
+    R->rn.prefill_s = 0;
+    free(R->out);
+    R->out = NULL, R->out_len = 0;
+    double c0 = mev_now();
+    int64_t tokens = 0;
+    mtok_kv_stats k0, k1;
+    mtok_session_kv_stats(R->s, &k0);
+    for (int qi = q0; qi < q1 && !rc; qi++) {
+        R->full.n = 0;
+        if ((R->ctx.n && (rc = mtok_ids_append(&R->full, R->ctx.v, R->ctx.n))) ||
+            (R->q[qi].n && (rc = mtok_ids_append(&R->full, R->q[qi].v, R->q[qi].n))))
+            break;
+        if ((int64_t)R->full.n > tokens) tokens = (int64_t)R->full.n;
+        rc = mev_feed(&R->rn, R->full.v, R->full.n);
+        if (rc) return rc; /* 1: interrupted */
+        int64_t max_new = p->max_new > 0 ? p->max_new
+                          : R->facts ? (P->variant == MEV_MULTIVALUE ? P->n_expected : 1)
+                          : 16 * (P->variant == MEV_MULTIVALUE || P->variant == MEV_MULTIQUERY ? P->n_expected : 1);
+        rc = mev_greedy(&R->rn, max_new, &R->out, &R->out_len);
+    }
+    if (rc) return rc;
+    const char *refs[MAX_NEEDLES];
+    int n_refs = 0;
+    for (int k = all ? q0 : 0; k < (all ? q0 + 1 : P->n_expected); k++) refs[n_refs++] = P->expected[k];
+    const char *out = R->out ? R->out : "";
+    double score = mev_string_match_all(out, refs, (size_t)n_refs);
+    double secs = mev_now() - c0;
+    json_t *exp = json_array();
+    for (int k = 0; k < n_refs; k++) json_array_append_new(exp, json_string(refs[k]));
+    json_t *o = json_pack(
+        "{s:I, s:I, s:f, s:s, s:s, s:s, s:o, s:s, s:f, s:f, s:I, s:I, s:f, s:I, s:I}", "length", (json_int_t)L,
+        "tokens", (json_int_t)tokens, "depth", Dl, "variant", vname, "needle", R->facts ? "facts" : "text", "layout",
+        all ? "all-depths" : "cell", "expected", exp, "output", out, "score", score, "seconds", secs,
+        "prefill_tokens", (json_int_t)R->rn.prefilled, "cached_tokens", (json_int_t)R->rn.cached, "prefill_tok_s",
+        R->rn.prefill_s > 0 ? (double)R->rn.prefilled / R->rn.prefill_s : 0.0, "peak_rss",
+        (json_int_t)mev_peak_rss_bytes(), "bytes_spilled",
+        (json_int_t)(p->spilled_bytes ? p->spilled_bytes(R->s, p->spilled_user) : 0));
+    if (!o) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    mtok_session_kv_stats(R->s, &k1);
+    kv_fields(o, &k0, &k1);
+    rc = append_line(R->fd, R->res_path, o);
+    json_decref(o);
+    R->score_sum += score;
+    sum->done++;
+    R->n_done++;
+    R->w_done += wline;
+    mtok_log(2, "niah: %s length %lld (%lld tokens) depth %g: score %.2f, %.1f s, output \"%s\"", vname, (long long)L,
+             (long long)tokens, Dl, score, secs, out);
+    progress(p, R->n_done, sum->cells, R->w_done, R->w_total, R->t0);
     return rc;
 }
 
-/* ---- report: table + heatmaps from results.jsonl ---------------------------------------------- */
-static int cmp_i64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-static int cmp_f64(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+/* One prompt document: a cell (variant, length, depth D), or (--all-depths) one length with a needle
+ * at every grid depth, of which those in todo are asked, one line each. 1: interrupted. */
+static int run_unit(run *R, mev_variant v, int64_t L, double D, const int *todo, int n_todo, mev_niah_summary *sum) {
+    const mev_niah_params *p = R->p;
+    const int all = p->all_depths;
+    if (p->interrupted && *p->interrupted) return 1;
+    plan P;
+    make_plan(&P, v, L, D, p->n_extra, p->seed, R->facts, all ? p->depths : NULL, (int)p->n_depths);
+    int64_t S;
+    int rc = fit(R, &P, &R->ctx, R->q, &S);
+    const double wcell = (double)L * (double)L;
+    /* normal: every question of the cell feeds one line; all-depths: one line per question */
+    for (int i = 0; i < (all ? n_todo : 1) && !rc; i++) {
+        const int q0 = all ? todo[i] : 0, q1 = all ? q0 + 1 : P.n_q;
+        rc = run_line(R, &P, q0, q1, all ? p->depths[q0] : D, all ? wcell / (double)n_todo : wcell, sum);
+    }
+    return rc;
 }
 
-int mev_niah_report(const char *out_dir, const char *title, FILE *table) {
-    char *res_path = path_in(out_dir, "results.jsonl");
-    if (!res_path) return mtok_err(MTOK_ERESOURCE, "out of memory");
-    mev_niah_results *R = NULL;
-    int rc = mev_niah_results_read(res_path, &R);
-    if (!rc && R->missing) rc = mtok_err(MTOK_EINPUT, "%s: %s", res_path, strerror(ENOENT));
-    if (rc) {
-        mev_niah_results_free(R);
-        free(res_path);
-        return rc;
+int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params *p, mev_niah_summary *sum) {
+    memset(sum, 0, sizeof *sum);
+    int rc = niah_check(p);
+    if (rc) return rc;
+    run R;
+    if ((rc = run_init(&R, s, t, p))) return rc;
+    if (!(R.res_path = mev_niah_path(p->out_dir, "results.jsonl"))) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    size_t *dord = NULL;
+    if ((rc = haystack_init(&R.h, t, p->haystack_file, p->noise))) goto fail;
+    if ((rc = results_open(&R))) goto fail;
+
+    /* the cell order: variants, lengths ascending, depths deep to shallow (shared prefixes); the
+     * progress counts work as length^2 per cell */
+    mev_variant vdef = MEV_SINGLE;
+    const mev_variant *vars = p->n_variants ? p->variants : &vdef;
+    const size_t n_vars = p->n_variants ? p->n_variants : 1;
+    if (!(dord = depth_order(p))) {
+        rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+        goto fail;
     }
-    size_t n = R->n;
-    int64_t *lens = malloc((n + 1) * sizeof *lens);
-    double *deps = malloc((n + 1) * sizeof *deps), *score = NULL, *cnt = NULL;
-    size_t nl = 0, nd = 0;
-    if (!lens || !deps) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-    for (int v = 0; v < MEV_N_VARIANTS && !rc; v++) {
-        const char *vname = mev_variant_name((mev_variant)v);
-        nl = nd = 0;
-        for (size_t i = 0; i < n; i++) {
-            json_t *o = R->kept[i].o;
-            const char *vv = json_string_value(json_object_get(o, "variant"));
-            if (!vv || strcmp(vv, vname)) continue;
-            int64_t L = json_integer_value(json_object_get(o, "length"));
-            double D = json_number_value(json_object_get(o, "depth"));
-            size_t k;
-            for (k = 0; k < nl && lens[k] != L; k++) {}
-            if (k == nl) lens[nl++] = L;
-            for (k = 0; k < nd && fabs(deps[k] - D) > 1e-9; k++) {}
-            if (k == nd) deps[nd++] = D;
-            /* a heatmap (and this quadratic search) has room for a grid, not for any file: cairo's
-             * images end at 32767 pixels a side, and 64K cells is 100x the largest grid in the docs */
-            if (nl > 512 || nd > 1024 || nl * nd > 65536) {
-                rc = mtok_err(MTOK_EINPUT, "%s:%lld: more than %s in variant %s: too many for a heatmap", res_path,
-                              (long long)R->kept[i].line, nl > 512 ? "512 distinct lengths" : nd > 1024 ?
-                              "1024 distinct depths" : "65536 cells", vname);
-                break;
+    R.t0 = mev_now();
+    sum->cells = n_vars * p->n_lengths * p->n_depths;
+    for (size_t vi = 0; vi < n_vars; vi++)
+        for (size_t li = 0; li < p->n_lengths; li++)
+            R.w_total += (double)p->n_depths * (double)p->lengths[li] * (double)p->lengths[li];
+    const int all = p->all_depths;
+    for (size_t vi = 0; vi < n_vars && !rc; vi++)
+        for (size_t li = 0; li < p->n_lengths && !rc; li++)
+            /* a unit is one prompt document: one cell, or (all-depths) one length with every depth */
+            for (size_t dj = 0; dj < (all ? 1 : p->n_depths) && !rc; dj++) {
+                const int64_t L = p->lengths[li];
+                const double D = all ? -1 : p->depths[dord[dj]];
+                int todo[MAX_NEEDLES];
+                const int n_todo = unit_todo(&R, L, D, mev_variant_name(vars[vi]), todo, sum);
+                if (n_todo) rc = run_unit(&R, vars[vi], L, D, todo, n_todo, sum);
             }
-        }
-        if (rc) break;
-        if (!nl) continue;
-        qsort(lens, nl, sizeof *lens, cmp_i64);
-        qsort(deps, nd, sizeof *deps, cmp_f64);
-        free(score), free(cnt);
-        score = calloc(nl * nd, sizeof *score);
-        cnt = calloc(nl * nd, sizeof *cnt);
-        if (!score || !cnt) {
-            rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-            break;
-        }
-        double total = 0, spilled_max = 0;
-        size_t cells = 0;
-        for (size_t i = 0; i < n; i++) {
-            json_t *o = R->kept[i].o;
-            const char *vv = json_string_value(json_object_get(o, "variant"));
-            if (!vv || strcmp(vv, vname)) continue;
-            int64_t L = json_integer_value(json_object_get(o, "length"));
-            double D = json_number_value(json_object_get(o, "depth"));
-            size_t a, b;
-            for (a = 0; a + 1 < nd && deps[a] != D && fabs(deps[a] - D) > 1e-9; a++) {}
-            for (b = 0; b + 1 < nl && lens[b] != L; b++) {}
-            double sc = json_number_value(json_object_get(o, "score"));
-            score[a * nl + b] += sc;
-            cnt[a * nl + b] += 1;
-            total += sc;
-            cells++;
-            double sp = (double)json_integer_value(json_object_get(o, "bytes_spilled"));
-            if (sp > spilled_max) spilled_max = sp;
-        }
-        for (size_t i = 0; i < nl * nd; i++) score[i] = cnt[i] > 0 ? score[i] / cnt[i] : NAN;
-        if (table) {
-            fprintf(table, "niah %s: mean score %.3f over %zu cells (rows: depth %%, columns: length in tokens)\n",
-                    vname, cells ? total / (double)cells : 0.0, cells);
-            fprintf(table, "%8s", "depth");
-            for (size_t b = 0; b < nl; b++) fprintf(table, " %8lld", (long long)lens[b]);
-            fputc('\n', table);
-            for (size_t a = 0; a < nd; a++) {
-                fprintf(table, "%7g%%", deps[a]);
-                for (size_t b = 0; b < nl; b++) {
-                    double sc = score[a * nl + b];
-                    if (isnan(sc)) fprintf(table, " %8s", "-");
-                    else fprintf(table, " %8.2f", sc);
-                }
-                fputc('\n', table);
-            }
-        }
-        char name[64], ttl[256], sub[256];
-        /* heatmap.png shows the first variant present; every variant also gets its own file */
-        int first = 1;
-        for (int w = 0; w < v; w++) {
-            for (size_t i = 0; i < n && first; i++) {
-                const char *vv = json_string_value(json_object_get(R->kept[i].o, "variant"));
-                if (vv && !strcmp(vv, mev_variant_name((mev_variant)w))) first = 0;
-            }
-        }
-        snprintf(ttl, sizeof ttl, "%s", title ? title : "Needle in a haystack: fact retrieval across context lengths");
-        snprintf(sub, sizeof sub, "variant %s - mean score %.3f over %zu cells%s", vname,
-                 cells ? total / (double)cells : 0.0, cells, spilled_max > 0 ? " - KV spilled to disk" : "");
-        mev_heatmap hm = {lens, nl, deps, nd, score, ttl, sub};
-        snprintf(name, sizeof name, "heatmap-%s.png", vname);
-        char *hp = path_in(out_dir, first ? "heatmap.png" : name);
-        if (!hp) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-        if (!rc) rc = mev_heatmap_png(&hm, hp);
-        if (!rc && table) fprintf(table, "heatmap: %s\n", hp);
-        free(hp);
-        if (!rc && first) {
-            hp = path_in(out_dir, name);
-            if (!hp) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-            if (!rc) rc = mev_heatmap_png(&hm, hp);
-            free(hp);
-        }
+    if (rc == 1) { /* interrupted: what is done stays, and the report covers it */
+        sum->interrupted = 1;
+        rc = 0;
+        if (p->progress < 0 ? isatty(2) : p->progress) fputc('\n', stderr);
+        mtok_log(1, "niah: interrupted; %s holds the %zu finished cells (--resume continues)", R.res_path,
+                 sum->done + sum->skipped);
     }
-    free(score), free(cnt), free(lens), free(deps);
-    mev_niah_results_free(R);
-    free(res_path);
+    sum->mean_score = sum->done ? R.score_sum / (double)sum->done : 0;
+    sum->seconds = mev_now() - R.t0;
+    if (R.fd >= 0) close(R.fd), R.fd = -1;
+    if (!rc) rc = mev_niah_report(p->out_dir, p->title, stdout);
+fail:
+    free(dord);
+    run_free(&R);
     return rc;
 }

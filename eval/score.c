@@ -1,6 +1,6 @@
 /* score.c — long-context benchmark scoring and the mtok eval loop.
  *
- * Metrics (eval-harnesses.md §2.7, §3.1): RULER's string_match_all (fraction of the references found
+ * Metrics (docs/EVAL.md §1.4, §2): RULER's string_match_all (fraction of the references found
  * in the prediction, case-insensitive substring) and string_match_part (1 if any is found), and the
  * SQuAD-style exact match and token F1 (lower-case, punctuation and articles removed, max over the
  * references) that LongBench's QA tasks use. Task scores are means x 100, like RULER's summary.

@@ -44,26 +44,13 @@ int mev_mkdir_p(const char *dir) {
 }
 
 int mev_feed(mev_runner *r, const int32_t *ids, size_t n) {
-    if (!n) return mtok_err(MTOK_EUSAGE, "empty prompt");
-    size_t lcp = 0;
-    while (lcp < n && lcp < r->held.n && r->held.v[lcp] == ids[lcp]) lcp++;
-    if (lcp == n) lcp = n - 1; /* the last position's logits are needed again */
-    int rc = mtok_session_truncate(r->s, (int64_t)lcp);
-    if (rc) return rc;
-    r->held.n = lcp;
-    r->cached += (int64_t)lcp;
-    double t0 = mev_now();
-    const size_t step = 4096; /* the interrupt flag is checked between steps */
-    for (size_t i = lcp; i < n; i += step) {
-        if (r->interrupted && *r->interrupted) return 1;
-        size_t k = n - i < step ? n - i : step;
-        if ((rc = mtok_forward(r->s, ids + i, (int64_t)k, NULL))) return rc;
-        if ((rc = mtok_ids_append(&r->held, ids + i, k))) return rc;
-        r->prefilled += (int64_t)k;
-        r->prefill_s += mev_now() - t0;
-        t0 = mev_now();
-    }
-    return 0;
+    const mtok_request req = {.cancel = r->interrupted};
+    mtok_usage u;
+    int rc = mtok_session_feed(r->s, ids, (int64_t)n, &req, &u);
+    r->cached += u.cached_tokens;
+    r->prefilled += u.computed_tokens;
+    r->prefill_s += u.prefill_s;
+    return rc == MTOK_CANCELLED ? 1 : rc;
 }
 
 int mev_greedy(mev_runner *r, int64_t max_new, char **text, size_t *len) {
@@ -81,8 +68,7 @@ int mev_greedy(mev_runner *r, int64_t max_new, char **text, size_t *len) {
         if (eos) break;
         if ((rc = mtok_ids_push(&gen, best))) break;
         if (i + 1 == max_new || mtok_session_pos(r->s) >= mtok_session_ctx(r->s)) break;
-        if ((rc = mtok_forward(r->s, &best, 1, NULL))) break;
-        rc = mtok_ids_push(&r->held, best);
+        rc = mtok_forward(r->s, &best, 1, NULL);
     }
     size_t dl = 0;
     char *d = NULL;
@@ -105,4 +91,5 @@ int mev_greedy(mev_runner *r, int64_t max_new, char **text, size_t *len) {
     return rc;
 }
 
-void mev_runner_free(mev_runner *r) { mtok_ids_free(&r->held); }
+/* the session owns the ids it holds now (mtok_session_tokens): nothing is left to free here */
+void mev_runner_free(mev_runner *r) { (void)r; }

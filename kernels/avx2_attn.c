@@ -1,14 +1,43 @@
 /* avx2_attn.c — attention kernels, AVX2 + FMA: the one-row online-softmax step (mk_attn_accum) and
- * the grouped block kernel (mk_attn_block) in two forms, chosen by the number of query rows. Compiled
- * with -mavx2 -mfma -mf16c -O3 and reached only through cpu_dispatch.c after a CPU check.
- * (The one-row and widened-block code moved here from cpu_avx2.c.) */
+ * the grouped block kernel (mk_attn_block). Compiled with -mavx2 -mfma -mf16c -O3 and reached only
+ * through cpu_dispatch.c after a CPU check.
+ *
+ * ---- The forms of mk_attn_block, and which one runs ----
+ * One call is rows = n_tok x n_head query rows of one KV group against the n keys of one KV block
+ * (kernels/kernels.h, mk_attn_params). K comes in one of two layouts: token-major rows (k_panels 0)
+ * or the KV store's 16-key panels (k_panels 1, MK_KPANEL_AT). attn_choose() is the one place that
+ * picks a form; the table is its contract:
+ *
+ *   form                 runs when                                      why this form there
+ *   -------------------  ---------------------------------------------  ------------------------------------------
+ *   ATTN_ROWWISE         D > AB_DMAX or D % 8, or no scratch; K rows    any head size: one row at a time through
+ *                                                                       mk_attn_accum_avx2 (no tiles, no scratch)
+ *   ATTN_REFERENCE       the same, K panels                             mk_attn_accum reads rows only; the scalar
+ *                                                                       reference reads either layout
+ *   ATTN_DIRECT_ROWS     rows < AD_CUT (24), D % 16 == 0; K rows        decode (one token's heads): widening K/V
+ *                                                                       would cost as much as the products it feeds,
+ *                                                                       so bf16 is read straight from the block
+ *   ATTN_DIRECT_PANELS   rows < AD_CUT (24), D % 16 == 0; K panels      decode on the store's layout: one load is
+ *                                                                       dim d of 16 keys, no horizontal sums
+ *   ATTN_TILED           every other shape (prefill: 24 tokens x heads)  many rows share one widening of K and V per
+ *                                                                       64-key sub-block; 6x16 register tiles
+ *
+ * The forms sum in different orders, so a shape that changes form may change the last bits of the
+ * result; each form is deterministic for its shape (tests/test_kernels.c checks every form against
+ * the scalar reference). docs/PERFORMANCE.md, "Why the kernels look like this", has the measurements
+ * behind the cut-offs and the prefetch schemes.
+ *
+ * Names: attn_<form> runs a form (attn_rowwise, attn_direct_rows, attn_direct_panels, attn_tiled);
+ * attn_scores / attn_values are the one-row step; ab_ helpers belong to the tiled form ("attention
+ * block"), ad_ to the direct forms, ap_ to the panel-layout scores; eo_split / eo_join / bf16_eo
+ * keep the even/odd element order the direct forms compute in. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "avx2_inline.h"
 
-/* ---- attention ---- */
+/* ---- the one-row online-softmax step (mk_attn_accum; ATTN_ROWWISE runs it per row) ---- */
 
 #define ATT_SUB 64 /* keys per sub-block: the scores live in a 256-byte stack array */
 
@@ -123,9 +152,10 @@ void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, in
     }
 }
 
-/* ---- grouped attention over one KV block (mk_attn_block) ----
+/* ---- ATTN_TILED: grouped attention over one KV block, widened tiles (prefill) ----
  * Per sub-block of AB_KEYS keys: K is widened once into kt (transposed, in 16-key panels [D][16]) and
- * V into vb (in 16-column panels [AB_KEYS][16]), so that both products read them in address order; then, for tiles of up to 6 query rows, S = Q·Kᵀ runs as a 6x16 register tile (as
+ * V into vb (in 16-column panels [AB_KEYS][16]), so that both products read them in address order;
+ * then, for tiles of up to 6 query rows, S = Q·Kᵀ runs as a 6x16 register tile (as
  * the prefill GEMM's micro-kernel), the online-softmax update works on S in place, and O += P·V runs
  * as a second 6x16 tile over D. All rows of the call share the widened block, so K/V cost one read
  * per group instead of one per head. */
@@ -256,7 +286,7 @@ static void ab_tile(int mr, float *s, const float *const *qr, float *const *accr
     }
 }
 
-/* ---- the direct form of mk_attn_block, for few query rows (decode) ----
+/* ---- ATTN_DIRECT_ROWS: few query rows (decode), K in token-major rows ----
  * With a handful of rows (one token's heads of one KV group) the widening and transposing of the
  * tiled form costs about as much as the products it feeds. Here K and V are read as bf16 straight
  * from the block: a 16-element slice of a bf16 row is one 256-bit load whose even elements become
@@ -386,8 +416,8 @@ INLINE void ad_update(const mk_attn_params *p, int64_t j0, int64_t nb, int64_t n
         }
 }
 
-/* The direct form over keys [0, n) of the block (rows <= AD_ROWS, D a multiple of 16). */
-static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, float *accp, float *s) {
+/* ATTN_DIRECT_ROWS over keys [0, n) of the block (rows <= AD_ROWS, D a multiple of 16). */
+static void attn_direct_rows(const mk_attn_params *p, int64_t n, float *qp, float *accp, float *s) {
     const int64_t D = p->D, rows = p->n_tok * p->n_head;
     const int64_t rows4 = (rows + 3) & ~(int64_t)3; /* q rows padded with zeros to whole tiles */
     for (int64_t r = 0; r < rows; r++) {
@@ -404,7 +434,7 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
          * the keys of the next sub-block (or of the caller's next block) and the values of this one,
          * two rows per key pair. Every row tile meets a key pair while its lines are in L1, and the
          * values go 16 dims of every tile at a time: K and V leave L1 once per sub-block rather than
-         * once per tile (measured 3-17% faster than tile after tile, docs/PERFORMANCE.md). */
+         * once per tile (docs/PERFORMANCE.md, "Why the kernels look like this"). */
         const uint16_t *kn = j0 + AB_KEYS < n ? k + AB_KEYS * p->kv_stride : p->k_next;
         for (int64_t i = 0; i < nb; i += 2) {
             for (int64_t r = i; r < i + 2; r++) /* rows i, i+1: lpr lines of 64 bytes (32 bf16) each */
@@ -425,11 +455,11 @@ static void attn_block_direct(const mk_attn_params *p, int64_t n, float *qp, flo
     }
 }
 
-/* ---- the direct form on a panel-layout K (k_panels: the KV store's own layout) ----
+/* ---- ATTN_DIRECT_PANELS: few query rows (decode), K in the KV store's 16-key panels ----
  * One 256-bit load holds dim d of 16 keys; its even keys widen by a shift, its odd keys by a mask,
  * and every row's broadcast q[d] meets both: the scores of 4 rows x 16 keys build up lane-wise in 8
- * registers with no horizontal sum (the row-layout form above spends ~15 % of its time reducing).
- * Measured against it in a scratch driver, 8 heads x 1K-16K keys: 1.12-1.35x. */
+ * registers with no horizontal sum, which the row-layout form spends much of its time on
+ * (docs/PERFORMANCE.md, "Why the kernels look like this"). */
 
 /* s[r*AB_KEYS + j] = scale * q_r · k_j for 4 rows r (q rows D apart), the 16 keys of panel kp, in key
  * order. While it runs it prefetches D/2 cache lines: of pk (contiguous: the next keys) and/or of pv
@@ -463,9 +493,9 @@ INLINE void ap_scores(float *s, const float *q, int64_t D, const uint16_t *kp, f
     }
 }
 
-/* The direct form over keys [0, n) of a panel-layout block (rows <= AD_ROWS, D a multiple of 16);
+/* ATTN_DIRECT_PANELS over keys [0, n) of a panel-layout block (rows <= AD_ROWS, D a multiple of 16);
  * the softmax and P·V steps are the row-layout form's. */
-static void attn_block_panels(const mk_attn_params *p, int64_t n, float *qn, float *accp, float *s) {
+static void attn_direct_panels(const mk_attn_params *p, int64_t n, float *qn, float *accp, float *s) {
     const int64_t D = p->D, rows = p->n_tok * p->n_head;
     const int64_t rows4 = (rows + 3) & ~(int64_t)3; /* q rows padded with zeros to whole tiles */
     for (int64_t r = 0; r < rows; r++) {
@@ -494,38 +524,10 @@ static void attn_block_panels(const mk_attn_params *p, int64_t n, float *qn, flo
     }
 }
 
-void mk_attn_block_avx2(const mk_attn_params *p) {
+/* ATTN_TILED over keys [0, n) of the block: per 64-key sub-block, K and V widened once into kt and
+ * vb, then every 6-row tile of the call runs ab_tile on them. */
+static void attn_tiled(const mk_attn_params *p, int64_t n, float *kt, float *vb, float *s) {
     const int64_t D = p->D, rows = p->n_tok * p->n_head;
-    if (!tl_attn) tl_attn = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
-    if (D > AB_DMAX || D % 8 || !tl_attn) { /* unusual shapes: one row at a time */
-        if (p->k_panels) { /* mk_attn_accum reads K rows; the reference reads either layout */
-            mk_attn_block_ref(p);
-            return;
-        }
-        for (int64_t t = 0; t < p->n_tok; t++) {
-            int64_t nv = p->n;
-            if (p->causal) {
-                const int64_t lim = p->q_pos0 + t - p->k_pos0 + 1;
-                nv = lim < 0 ? 0 : lim < nv ? lim : nv;
-            }
-            for (int64_t h = 0; h < p->n_head; h++)
-                mk_attn_accum_avx2(p->q + t * p->q_ts + h * D, p->k, p->v, nv, p->kv_stride, D, p->scale,
-                                   p->acc + t * p->acc_ts + h * D, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
-        }
-        return;
-    }
-    float *kt = tl_attn, *vb = kt + AB_KEYS * AB_DMAX, *s = vb + AB_KEYS * AB_DMAX;
-    /* keys past the last token's position are never visible: do not even widen them */
-    int64_t n = p->n;
-    if (p->causal) {
-        const int64_t lim = p->q_pos0 + p->n_tok - 1 - p->k_pos0 + 1;
-        n = lim < 0 ? 0 : lim < n ? lim : n;
-    }
-    if (rows < AD_CUT && D % 16 == 0) { /* the scratch: qp in kt's place, accp in vb's, s after qp */
-        if (p->k_panels) attn_block_panels(p, n, kt, vb, kt + AD_ROWS * AB_DMAX);
-        else attn_block_direct(p, n, kt, vb, kt + AD_ROWS * AB_DMAX);
-        return;
-    }
     for (int64_t j0 = 0; j0 < n; j0 += AB_KEYS) {
         const int64_t nb = n - j0 < AB_KEYS ? n - j0 : AB_KEYS, nbp = (nb + 15) & ~(int64_t)15;
         const uint16_t *k = p->k + j0 * (p->k_panels ? D : p->kv_stride), *v = p->v + j0 * p->kv_stride;
@@ -533,10 +535,8 @@ void mk_attn_block_avx2(const mk_attn_params *p) {
         else ab_widen_k(kt, k, p->kv_stride, nb, nbp, D);
         ab_widen_v(vb, v, p->kv_stride, nb, D);
         /* the next sub-block's K and V rows (L3 or DRAM) are prefetched a few lines per tile, so its
-         * widening does not wait on every 8-row gather. (The q and acc rows are not: core/attn.c
-         * calls with 24 tokens' heads, whose q and acc stay in L2 across blocks. Prefetching the next
-         * tile's rows made calls of 4096 rows 24-30% faster but the engine's calls of the time, 16
-         * tokens x 8 heads = 128 rows, ~3% slower.) */
+         * widening does not wait on every 8-row gather. The q and acc rows are not: the engine's
+         * prefill calls (24 tokens' heads) keep them in L2 across blocks (docs/PERFORMANCE.md). */
         const int64_t nn = n - j0 - nb < AB_KEYS ? n - j0 - nb : AB_KEYS, lpr = (D * 2 + 63) / 64;
         const int64_t ntile = (rows + AB_MR - 1) / AB_MR, per_tile = (2 * nn * lpr + ntile - 1) / ntile;
         int64_t pf = 0;
@@ -567,5 +567,61 @@ void mk_attn_block_avx2(const mk_attn_params *p) {
             }
             ab_tile(mr, s, qr, accr, mr_, lr, nv, kt, vb, nb, nbp, D, p->scale);
         }
+    }
+}
+
+/* ATTN_ROWWISE: each query row on its own through the one-row step (any D, no scratch). */
+static void attn_rowwise(const mk_attn_params *p) {
+    const int64_t D = p->D;
+    for (int64_t t = 0; t < p->n_tok; t++) {
+        int64_t nv = p->n;
+        if (p->causal) {
+            const int64_t lim = p->q_pos0 + t - p->k_pos0 + 1;
+            nv = lim < 0 ? 0 : lim < nv ? lim : nv;
+        }
+        for (int64_t h = 0; h < p->n_head; h++)
+            mk_attn_accum_avx2(p->q + t * p->q_ts + h * D, p->k, p->v, nv, p->kv_stride, D, p->scale,
+                               p->acc + t * p->acc_ts + h * D, p->m + t * p->ml_ts + h, p->l + t * p->ml_ts + h);
+    }
+}
+
+/* ---- the choice (the table at the top of this file) ---- */
+typedef enum { ATTN_ROWWISE, ATTN_REFERENCE, ATTN_DIRECT_ROWS, ATTN_DIRECT_PANELS, ATTN_TILED } attn_form;
+
+static attn_form attn_choose(const mk_attn_params *p, int have_scratch) {
+    const int64_t rows = p->n_tok * p->n_head;
+    if (p->D > AB_DMAX || p->D % 8 || !have_scratch) return p->k_panels ? ATTN_REFERENCE : ATTN_ROWWISE;
+    if (rows < AD_CUT && p->D % 16 == 0) return p->k_panels ? ATTN_DIRECT_PANELS : ATTN_DIRECT_ROWS;
+    return ATTN_TILED;
+}
+
+/* Keys of the block that any query row of the call can see: those past the last token's position
+ * are never visible, so the block forms do not even widen or read them. */
+static int64_t attn_visible_keys(const mk_attn_params *p) {
+    int64_t n = p->n;
+    if (p->causal) {
+        const int64_t lim = p->q_pos0 + p->n_tok - 1 - p->k_pos0 + 1;
+        n = lim < 0 ? 0 : lim < n ? lim : n;
+    }
+    return n;
+}
+
+void mk_attn_block_avx2(const mk_attn_params *p) {
+    if (!tl_attn) tl_attn = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
+    /* the scratch (NULL only for the first two forms): kt, then vb at AB_KEYS * AB_DMAX, then s for
+     * the tiled form; the direct forms put q in kt's place, acc in vb's and s after q */
+    float *const kt = tl_attn;
+    switch (attn_choose(p, tl_attn != NULL)) {
+    case ATTN_REFERENCE: mk_attn_block_ref(p); break;
+    case ATTN_ROWWISE: attn_rowwise(p); break;
+    case ATTN_DIRECT_ROWS:
+        attn_direct_rows(p, attn_visible_keys(p), kt, kt + AB_KEYS * AB_DMAX, kt + AD_ROWS * AB_DMAX);
+        break;
+    case ATTN_DIRECT_PANELS:
+        attn_direct_panels(p, attn_visible_keys(p), kt, kt + AB_KEYS * AB_DMAX, kt + AD_ROWS * AB_DMAX);
+        break;
+    case ATTN_TILED:
+        attn_tiled(p, attn_visible_keys(p), kt, kt + AB_KEYS * AB_DMAX, kt + 2 * AB_KEYS * AB_DMAX);
+        break;
     }
 }

@@ -1,32 +1,10 @@
 /* avx2_gemm.c — the prefill GEMM y[t][o] = sum_k x[t][k] W[o][k] (+ b[o]) for many tokens, AVX2+FMA.
  * Compiled with -mavx2 -mfma -mf16c -O3 (CMakeLists.txt: the kernels/avx2_*.c glob) and reached only
- * through cpu_dispatch.c after a CPU check. (Moved here unchanged from cpu_avx2.c.)
+ * through cpu_dispatch.c after a CPU check.
  *
- * Measured alternatives that did not beat this design (glm4-1b shapes, 256-token chunks; 2 threads
- * in `mtok bench` prefill 512 on a quiet machine, or GFLOP per CPU-second when loaded), so that the
- * next attempt starts from them: packing x as well ([k][6] panels; the micro-kernel then runs at
- * ~90% of peak on its own) with the W slice or the x slice as the L1-resident operand; 4, 8 or 16
- * panels per W block; a 2048-deep k super-block so that each W row is packed start to end (packing
- * W fell from ~9% to ~4% of the time, but the packed x moved to L3 and lost that under load); 4 MiB
- * row super-blocks to stay within the TLB's reach; software prefetch of W for the next block or
- * further along the rows. The micro-kernel loop itself runs at ~85% of the core's FMA peak in the
- * forward pass, packing W ~8%. Session 3 (512-token chunks): packing W is now <1% of the samples;
- * the micro-kernel alone reaches ~100% of a core's peak on L1-resident operands; unrolling its k loop,
- * a 4x24 tile, and token super-blocks of 48/96/192 (one W panel kept in L1 while x streams from L2)
- * made no measurable difference; copying each 6-row x slice per panel block cost more than it saved.
- * What did help: x rows a multiple of 4 KiB apart alias in one L1 set, so the driver
- * (avx2_gemv.c) hands this code a copy of x with padded rows. Session 4, with an in-process A/B
- * harness that alternates the two builds call by call in ABBA order (plain AB order makes the
- * second of two identical builds 4-12% faster): BLIS's loop order with x packed once per product
- * ([k][6] groups, a W panel in L1, x streamed from L2), KC 128 with 16 panels, KC 512 with 4, and
- * handing out panel runs that shrink towards the end all measured within +-3% of this code.
- * OpenBLAS 0.3.21's sgemm on the same shapes with W already in fp32 was level with it.
- * Session 6: with every loop 64-byte aligned (CMakeLists.txt; that alone was +9% on prefill) the
- * cost that remained was reloading and storing the 6x16 tile of y once per KC slice of k. KC 2048
- * with 2 panels per packing block (256 KiB, half of L2) loads and stores each y tile once for
- * K <= 2048 and 4 times for the down projection's 6848: ABBA harness 1.07-1.19x over KC 256 x 8
- * panels on glm4-1b shapes, glm4-1b prefill 512 161 -> 180 tok/s (ABBA bench runs). KC 1024 x 8
- * panels measured level with it; KC 384-768 in between. Results are bit-identical for any KC: the
+ * The design below (packed fp32 W panels, a 6x16 register tile, 2048-deep k slices) is the best of
+ * many measured alternatives; docs/PERFORMANCE.md, "Why the kernels look like this", lists them so
+ * that the next attempt starts from them. Results are bit-identical for any k-slice depth: the
  * micro-kernel continues the tile's sum in the same k order. */
 #include <stdlib.h>
 

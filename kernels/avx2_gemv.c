@@ -1,5 +1,5 @@
 /* avx2_gemv.c — matrix products for few tokens (the decode GEMV, n_tok < GM_MIN_TOK) straight from the
- * stored weights, and the threaded drivers mk_matmul_avx2 / mk_matmul_multi_avx2 that pick it or the
+ * stored weights, and the threaded driver mk_matmul_multi_avx2 that picks it or the
  * packed GEMM of avx2_gemm.c. Compiled with -mavx2 -mfma -mf16c -O3 (the kernels/avx2_*.c glob).
  *
  * Streaming W at memory speed. A decode step reads every weight once, so the GEMV is bound by how
@@ -166,8 +166,8 @@ static void matmul_share(const mk_matmul_job *j, int64_t n_tok, int nth, int ith
 
 /* The GEMM's 6-token micro-kernel reads six x rows in step. When the row stride is a multiple of
  * 4 KiB (hidden 2048 or 4096 in fp32) their current lines all map to one L1 set and keep evicting
- * each other; a copy of x with rows one cache line further apart costs ~1% of the product and
- * saves ~4-7% (glm4-1b gate/up, 512 tokens). The copy belongs to the calling thread. */
+ * each other; a copy of x with rows one cache line further apart costs less than it saves
+ * (docs/PERFORMANCE.md, "Why the kernels look like this"). The copy belongs to the calling thread. */
 static _Thread_local float *tl_xpad;
 static _Thread_local size_t tl_xpad_cap;
 
@@ -195,7 +195,7 @@ static float *padded_x(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int
     return tl_xpad;
 }
 
-void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
+void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads) {
     if (n_tok <= 0 || n_jobs <= 0) return;
     double work = 0;
     for (int i = 0; i < n_jobs; i++) work += (double)jobs[i].W->rows * (double)jobs[i].W->cols * (double)n_tok;
@@ -205,7 +205,7 @@ void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) 
     for (int i = 0; xp && i < n_jobs; i++) padded[i] = jobs[i], padded[i].x = xp, padded[i].ldx = ldp;
     const mk_matmul_job *use = xp ? padded : jobs;
     /* the products are independent: no barrier between them, one join at the end */
-#pragma omp parallel if (work > MM_PAR_MIN)
+#pragma omp parallel if (work > MM_PAR_MIN) num_threads(threads)
     {
         const int nth = omp_get_num_threads(), ith = omp_get_thread_num();
         if (xp) { /* each thread copies its rows; the barrier at the loop's end publishes them */
@@ -215,10 +215,4 @@ void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) 
         }
         for (int i = 0; i < n_jobs; i++) matmul_share(&use[i], n_tok, nth, ith);
     }
-}
-
-void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                    const mk_tensor *b) {
-    const mk_matmul_job j = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .W = W, .b = b};
-    mk_matmul_multi_avx2(&j, 1, n_tok);
 }

@@ -5,6 +5,8 @@
 #include <cpuid.h>
 #endif
 
+#include <omp.h>
+
 #include "cpu_internal.h"
 
 static int g_force_scalar;
@@ -36,21 +38,32 @@ int mk_have_avx2(void) { return !g_force_scalar && cpu_ok(); }
 /* Meant to be set once at start-up (CLI flag) or between test phases, not while kernels run. */
 void mk_force_scalar(int on) { g_force_scalar = on != 0; }
 
-void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-               const mk_tensor *b) {
-    if (mk_have_avx2())
-        mk_matmul_avx2(y, ldy, x, ldx, n_tok, W, b);
-    else
-        mk_matmul_portable(y, ldy, x, ldx, n_tok, W, b);
-}
+/* The team size a kernel's parallel region gets: the caller's, else OpenMP's default (what
+ * omp_get_max_threads says for this thread: OMP_NUM_THREADS, or every core). */
+static int team(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-void mk_matmul_multi(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
+void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads) {
     if (mk_have_avx2()) {
-        mk_matmul_multi_avx2(jobs, n_jobs, n_tok);
+        mk_matmul_multi_avx2(jobs, n_jobs, n_tok, team(threads));
         return;
     }
     for (int i = 0; i < n_jobs; i++)
-        mk_matmul_portable(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b);
+        mk_matmul_portable(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b, team(threads));
+}
+
+void mk_matmul_threads(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                       const mk_tensor *b, int threads) {
+    const mk_matmul_job j = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .W = W, .b = b};
+    mk_matmul_multi_threads(&j, 1, n_tok, threads);
+}
+
+void mk_matmul(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+               const mk_tensor *b) {
+    mk_matmul_threads(y, ldy, x, ldx, n_tok, W, b, 0);
+}
+
+void mk_matmul_multi(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
+    mk_matmul_multi_threads(jobs, n_jobs, n_tok, 0);
 }
 
 void mk_rmsnorm(float *y, const float *x, const mk_tensor *w, int64_t n, float eps) {

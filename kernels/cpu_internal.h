@@ -12,9 +12,8 @@
 
 /* ---- AVX2 + FMA + F16C (kernels/cpu_avx2.c, kernels/avx2_*.c) ---- */
 /* avx2_gemv.c: the threaded drivers and the few-token row kernel (rows [r0, r1) of y, one thread) */
-void mk_matmul_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                    const mk_tensor *b);
-void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
+/* threads: the team size of their parallel region (kernels.h: mk_matmul_threads) */
+void mk_matmul_multi_avx2(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
 void mk_gemv_rows_avx2(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
                        const mk_tensor *b, int64_t r0, int64_t r1);
 /* avx2_gemm.c: the packed GEMM over tokens [t0, t1) x 16-output panels [p0, p1), one thread, with
@@ -37,7 +36,7 @@ void mk_attn_block_avx2(const mk_attn_params *p);
 
 /* ---- portable fallbacks (kernels/cpu_ops.c) ---- */
 void mk_matmul_portable(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                        const mk_tensor *b);
+                        const mk_tensor *b, int threads);
 void mk_row_to_f32_portable(float *dst, const void *src, mtok_dtype dt, int64_t n);
 void mk_rope_portable(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_dim, const float *cs,
                       const float *sn);

@@ -77,11 +77,11 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
 }
 
 void mk_matmul_portable(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                        const mk_tensor *b) {
+                        const mk_tensor *b, int threads) {
     const int64_t N = W->rows, K = W->cols;
     const size_t esz = mtok_dtype_size(W->dtype);
     if (n_tok <= 0 || N <= 0) return;
-#pragma omp parallel if (N * K * n_tok > (1 << 16))
+#pragma omp parallel if (N * K * n_tok > (1 << 16)) num_threads(threads)
     {
         int64_t r0, r1;
         mk_split_rows(N, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);

@@ -2,13 +2,16 @@
  *
  * Every kernel has a scalar reference (suffix _ref) that the tests compare against. The public
  * entry points dispatch at run time: AVX2+FMA code (kernels/cpu_avx2.c and kernels/avx2_*.c, built
- * with -mavx2 -mfma -mf16c) when the CPU has it, the scalar code otherwise. Threading is OpenMP inside the kernels. */
+ * with -mavx2 -mfma -mf16c) when the CPU has it, the scalar code otherwise. Threading is OpenMP
+ * inside the matrix products, with the team size the caller passes (the engine passes its session's
+ * thread count, core/backend_cpu.c; 0 takes OpenMP's default); nothing here sets a process-wide
+ * thread setting. The other kernels run on the calling thread. */
 #ifndef MTOK_KERNELS_H
 #define MTOK_KERNELS_H
 
 #include <stdint.h>
 #include <string.h>
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 
 /* A 1-D or 2-D tensor in its stored dtype. 2-D is row-major [rows][cols] (PyTorch [out, in]). */
 typedef struct {
@@ -72,6 +75,12 @@ typedef struct {
     const mk_tensor *b; /* NULL: no bias */
 } mk_matmul_job;
 void mk_matmul_multi(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
+/* As mk_matmul and mk_matmul_multi with a parallel team of `threads` (0: OpenMP's default team, what
+ * mk_matmul and mk_matmul_multi use). Each output element is computed by one thread with the same
+ * arithmetic whichever thread it is (kernels/avx2_gemv.c). */
+void mk_matmul_threads(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                       const mk_tensor *b, int threads);
+void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
 void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
 
 /* ---- elementwise / row ops ---- */

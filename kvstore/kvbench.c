@@ -10,7 +10,7 @@
 #include <xxhash.h>
 
 #include "kvtier.h"
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 
 static double now_s(void) {
     struct timespec ts;

@@ -1,4 +1,4 @@
-/* kvfile.c — saved document caches (mtok prefill --save-kv, --load-kv), DESIGN.md §4.
+/* kvfile.c — saved document caches (mtok prefill --save-kv, --load-kv), docs/DESIGN.md §4.
  *
  * File layout, little-endian:
  *   [0, 128)            header (kvf_header below)
@@ -38,7 +38,7 @@
 
 #include "kvstore.h"
 #include "kvsummary.h"
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 
 #define KVF_MAGIC "MTOKKV\r\n"
 #define KVF_VERSION 2

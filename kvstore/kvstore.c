@@ -1,68 +1,51 @@
-/* kvstore.c — the tiered, paged KV cache.
+/* kvstore.c — the tiered, paged KV cache: the policies over the tier chain.
  *
- * Design note (in the manner of SQLite's pager.c).
+ * Implementation notes (in the manner of SQLite's pager.c). The block states, their transitions and
+ * the invariants are the contract in kvstore.h; the tiers are method tables (kvtier.h): the hot tier
+ * (kvhot.c) hands out slots, the cold tier (kvtier.c) moves them to and from the file. This file
+ * decides which block lives where.
  *
- * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K then V, bf16,
- * data_bytes = 2*B*groups*head_dim*2; token-major or, when B is a multiple of 16, per group with K in
- * the decode kernel's 16-key panels (kvlayout.h; kvs_read_block hands out rows either way). In
- * memory and on disk a block occupies one slot of slot_bytes = data_bytes rounded up to 4 KiB, so
- * every cold-tier transfer is O_DIRECT-aligned.
- *
- * States of a block and the function performing each transition:
- *     EMPTY ──make_hot──> HOT ──evict (write, checksum)──> [spilling] ──> COLD
- *     COLD ──kvs_plan/pump (read into a staging slot)──> [loading] ──stream_next (verify)──> read view
- *     COLD ──make_hot (kvs_write into a spilled block after a truncate)──> HOT (dirty)
- *     HOT/COLD ──kvs_truncate / kvs_reset──> EMPTY;  HOT/COLD outside sinks+window (window policy)
- *     ──evict / kvs_plan──> DROPPED (never read again).
- * A cold block is never promoted back to hot for reading: attention reads it through the staging
- * ring each time (exact policy: every block is read back, so results equal the unspilled run).
- *
- * Invariants.
- *  - n_tok[layer] positions of a layer are valid; blocks beyond hold stale data never read.
- *  - A COLD block's slot holds data whose XXH3-64 is blk.sum; the checksum is computed from the hot
- *    copy before the write is submitted and verified after every read (mismatch: MTOK_ERESOURCE with
- *    layer, block, file and offset). A block is durable for this process once its write completed;
- *    only then does its hot slot return to the free list. A HOT block may keep its cold slot as a
- *    clean copy (dirty = 0): evicting it again costs no write.
- *  - Hot tier: budget bytes = hot slots + R staging slots, one arena; each layer owns an equal quota
- *    of hot slots. A layer over quota evicts its own oldest hot blocks after the sinks (the recent
- *    window and the sinks stay hot; the middle, needed by attention only after them, goes cold).
- *  - Cold slots are reserved with fallocate in growth steps before any write lands in them, so a
- *    full disk shows up as a failed reservation (clean stop, MTOK_ERESOURCE) rather than a torn write.
- *  - Evictions happen only inside kvs_write; reads of planned blocks are in flight concurrently but
- *    touch other slots. make_hot of a COLD block first waits for every read in flight, and
- *    kvs_truncate/kvs_reset drop the plan after waiting, so no slot is rewritten under a read.
- *  - Short reads/writes and EIO are retried once, then reported with the file and offset.
- *  - Key summaries (topk policy, kvsummary.c): the summary of every block holding rows covers exactly
- *    its rows [0, n_tok - b*B): write_rows widens it per row (restarting from the kept rows when a
- *    write starts inside a block below n_tok), kvs_truncate recomputes a cut block (reading it back
- *    if cold), and a loader may hold maintenance off while it installs saved summaries. They live
- *    outside the budget and are never spilled.
+ *  - Block table: per (layer, b) the state, the hot slot and its memory space, the cold slot, the
+ *    XXH3-64 of the cold copy and whether the hot copy changed since (dirty). Slots hold K and V
+ *    token-major or, when B is a multiple of 16, per group with K in the decode kernel's 16-key
+ *    panels (kvlayout.h; kvs_read_block hands out rows either way).
+ *  - Sizing (kvs_create): budget / slot_bytes slots; the staging ring takes a quarter, 16..64 slots,
+ *    plus one bounce slot for kvs_read_block; the rest are hot slots, an equal quota per layer. The
+ *    hot tier maps them as one region, which the cold tier registers for fixed-buffer I/O.
+ *  - Cold slots are reserved with fallocate in growth steps (1 MiB, then doubling, 64 MiB at most)
+ *    before any write lands in them (alloc_cold); freed slots are reused first.
+ *  - Eviction (evict) writes up to 16 of the layer's oldest hot blocks past the sinks as one batch,
+ *    at most half the quota at once; a block dropped by the window policy is released, not written.
+ *  - Reads in flight target staging slots only. make_hot of a COLD block first waits for every read
+ *    in flight and forgets staged copies of that block (unstage); kvs_truncate/kvs_reset drop the
+ *    plan after waiting; so no slot is rewritten under a read and no stale read-ahead is handed out.
+ *  - Key summaries (topk policy, kvsummary.c): write_rows widens a block's summary per row
+ *    (restarting from the kept rows when a write starts inside a block below n_tok), kvs_truncate
+ *    recomputes a cut block (reading it back if cold), and a loader may hold maintenance off while it
+ *    installs saved summaries.
  *  - kvs_plan queues a range of blocks, kvs_plan_blocks an explicit ascending list (the topk policy's
  *    chosen blocks); both feed the same ordered plan and staging ring. */
 #include <errno.h>
 #include <stdio.h>
-#include <hwloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <xxhash.h>
 
 #include "kvstore.h"
 #include "kvtier.h"
 #include "kvsummary.h"
 #include "kvlayout.h"
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 #include "../kernels/kernels.h"
 
 enum { BLK_EMPTY = 0, BLK_HOT, BLK_COLD, BLK_DROPPED };
 enum { ST_FREE = 0, ST_INFLIGHT, ST_HELD };
 
 typedef struct {
-    uint16_t *hot;
-    int64_t cold; /* cold slot or -1 */
-    uint64_t sum; /* XXH3-64 of the cold copy */
-    uint8_t state, dirty;
+    uint16_t *hot; /* the hot tier's slot (an address in memory space mem) or NULL */
+    int64_t cold;  /* cold slot or -1 */
+    uint64_t sum;  /* XXH3-64 of the cold copy */
+    uint8_t state, dirty, mem;
 } kvs_blk;
 
 typedef struct {
@@ -82,17 +65,10 @@ struct kvs_cache {
     size_t data_bytes, slot_bytes;
     kvs_blk *blk;   /* [n_layers][n_blocks] */
     int64_t *n_tok; /* [n_layers] */
-    /* hot tier */
+    /* the tier chain: hot (slots in one memory space) above cold (the file; NULL without a budget) */
+    kvs_hot *hot;
     int64_t quota; /* hot blocks per layer (INT64_MAX: unlimited) */
     int64_t *n_hot;
-    char *arena;
-    size_t arena_bytes;
-    uint16_t **free_hot; /* room for every hot slot there is, so returning one never fails */
-    int64_t n_free_hot, cap_free_hot;
-    char **chunks; /* unlimited mode: the hot slots' memory, chunk_bytes each (grow_hot) */
-    int64_t n_chunks;
-    size_t chunk_bytes;
-    /* cold tier */
     kvs_tier *tier;
     int64_t *free_cold, n_free_cold, cap_free_cold, next_cold;
     uint64_t reserved;
@@ -101,7 +77,7 @@ struct kvs_cache {
     int64_t plan_n, plan_cap, plan_head, plan_sub;
     kvs_stage *ring;
     int R;
-    uint16_t *bounce; /* one aligned slot for kvs_read_block */
+    uint16_t *bounce; /* one staging slot for kvs_read_block */
     int kp;           /* grouped layout: K in 16-key panels, V per group (B % 16 == 0, kvlayout.h) */
     uint16_t *krow;   /* 2 rows of scratch: the K or V row being written, a K row read back */
     kvs_sumtab *sum;  /* block key summaries (topk policy), else NULL */
@@ -110,32 +86,13 @@ struct kvs_cache {
 };
 
 static kvs_blk *BLK(kvs_cache *c, int64_t l, int64_t b) { return &c->blk[l * c->n_blocks + b]; }
-#define KVS_HUGE ((size_t)2 << 20)  /* a transparent huge page */
-#define KVS_CHUNK ((size_t)8 << 20) /* unlimited mode maps hot slots this many bytes at a time (grow_hot) */
+/* The host address of a hot block's slot: where kvs_write puts rows, checksums and cold I/O read
+ * them (the slot itself in host memory; a device tier maps it, kvtier.h). */
+static uint16_t *HOT(kvs_cache *c, const kvs_blk *k) { return c->hot->ops->map(c->hot, k->hot); }
 static uint64_t cold_off(const kvs_cache *c, int64_t slot) { return (uint64_t)slot * c->slot_bytes; }
 static uint64_t sum_of(const kvs_cache *c, const void *data) { return XXH3_64bits(data, c->data_bytes); }
 
 /* ---- setup ---- */
-/* Binds the hot arena to the NUMA node(s) nearest the CPUs this thread may run on (hwloc), so blocks
- * land in local memory on first touch. Best effort: where the kernel or the topology cannot tell,
- * pages go wherever the default policy puts them, and the log says so. */
-static void bind_arena_local(void *arena, size_t bytes) {
-    hwloc_topology_t topo;
-    if (hwloc_topology_init(&topo)) return;
-    hwloc_bitmap_t cpus = hwloc_bitmap_alloc();
-    if (hwloc_topology_load(topo) == 0 && cpus && hwloc_get_cpubind(topo, cpus, HWLOC_CPUBIND_THREAD) == 0) {
-        int nodes = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_NUMANODE);
-        if (hwloc_set_area_membind(topo, arena, bytes, cpus, HWLOC_MEMBIND_BIND, 0) == 0)
-            mtok_log(2, "kv cache: hot arena bound to the NUMA node(s) of this thread's CPUs (%d node%s)", nodes,
-                     nodes == 1 ? "" : "s");
-        else
-            mtok_log(2, "kv cache: NUMA binding of the hot arena unavailable (%s); default placement",
-                     strerror(errno));
-    }
-    hwloc_bitmap_free(cpus);
-    hwloc_topology_destroy(topo);
-}
-
 int kvs_create(const kvs_params *p, kvs_cache **out) {
     *out = NULL;
     if (p->n_layers <= 0 || p->n_kv_groups <= 0 || p->head_dim <= 0 || p->ctx <= 0 || p->block_tokens <= 0)
@@ -168,9 +125,6 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->n_blocks = (p->ctx + c->B - 1) / c->B;
     c->data_bytes = 2 * (size_t)c->B * (size_t)c->row * sizeof(uint16_t);
     c->slot_bytes = (c->data_bytes + KVS_ALIGN - 1) / KVS_ALIGN * KVS_ALIGN;
-    /* unlimited mode's slot chunks (grow_hot): ~8 MiB of slots, rounded up to whole huge pages */
-    c->chunk_bytes = ((c->slot_bytes < KVS_CHUNK ? KVS_CHUNK / c->slot_bytes : 1) * c->slot_bytes + KVS_HUGE - 1) /
-                     KVS_HUGE * KVS_HUGE;
     c->sink_blocks = (p->sinks + c->B - 1) / c->B;
     if (c->sink_blocks > c->n_blocks) c->sink_blocks = c->n_blocks; /* sinks past the context: every block */
     c->blk = calloc((size_t)(p->n_layers * c->n_blocks), sizeof *c->blk);
@@ -183,6 +137,7 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
     c->quota = INT64_MAX;
     c->st.io = "none";
     c->st.io_note = "no --kv-budget: every block stays in RAM";
+    kvs_hot_params hp = {.mem = MTOK_MEM_HOST, .slot_bytes = c->slot_bytes, .slots = 0, .n_stage = 1};
     if (p->budget) {
         const size_t slot_bytes = c->slot_bytes;
         int64_t slots = (int64_t)(p->budget / c->slot_bytes);
@@ -202,25 +157,15 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
         c->R = (int)R;
         c->quota = (slots - R) / p->n_layers;
         if (c->quota < min_q) c->quota = min_q;
-        int64_t hot_slots = c->quota * p->n_layers;
-        c->arena_bytes = (size_t)(hot_slots + R + 1) * c->slot_bytes;
-        /* pages are touched only as blocks are written; MAP_NORESERVE keeps RSS = what is used */
-        c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                        -1, 0);
-        if (c->arena == MAP_FAILED) {
-            c->arena = NULL;
-            goto oom;
-        }
-        bind_arena_local(c->arena, c->arena_bytes);
-        madvise(c->arena, c->arena_bytes, MADV_HUGEPAGE); /* see grow_hot; a hint, refused where THP is off */
-        c->cap_free_hot = hot_slots;
-        c->free_hot = malloc((size_t)hot_slots * sizeof *c->free_hot);
-        c->ring = calloc((size_t)R, sizeof *c->ring);
-        if (!c->free_hot || !c->ring) goto oom;
-        for (int64_t i = hot_slots - 1; i >= 0; i--) c->free_hot[c->n_free_hot++] = (uint16_t *)(c->arena + i * c->slot_bytes);
-        for (int i = 0; i < c->R; i++) c->ring[i].buf = (uint16_t *)(c->arena + (hot_slots + i) * c->slot_bytes);
-        c->bounce = (uint16_t *)(c->arena + (hot_slots + R) * c->slot_bytes);
-        kvs_tier_params tp = {p->dir, p->io, p->depth, c->arena, c->arena_bytes, p->fault};
+        hp.slots = c->quota * p->n_layers;
+        hp.n_stage = c->R + 1; /* the ring, then the bounce slot */
+    }
+    if ((rc = kvs_hot_open(&hp, &c->hot))) goto fail;
+    if (c->R && !(c->ring = calloc((size_t)c->R, sizeof *c->ring))) goto oom;
+    for (int i = 0; i < c->R; i++) c->ring[i].buf = c->hot->ops->stage(c->hot, i);
+    c->bounce = c->hot->ops->stage(c->hot, c->R);
+    if (p->budget) {
+        kvs_tier_params tp = {p->dir, p->io, p->depth, c->hot->region, c->hot->region_bytes, p->fault};
         if ((rc = kvs_tier_open(&tp, &c->tier))) goto fail;
         c->st.io = c->tier->ops == NULL ? "?" : (strstr(c->tier->note, "io_uring") == c->tier->note ? "io_uring"
                                                                                                       : "threads");
@@ -228,14 +173,11 @@ int kvs_create(const kvs_params *p, kvs_cache **out) {
         mtok_log(1, "kv: hot tier %.1f MiB (%lld blocks/layer of %zu bytes, %d staging), cold tier %s via %s",
                  (double)p->budget / (1 << 20), (long long)c->quota, c->slot_bytes, c->R, c->tier->path,
                  c->tier->note);
-    } else {
-        c->bounce = aligned_alloc(KVS_ALIGN, c->slot_bytes);
-        if (!c->bounce) goto oom;
     }
     *out = c;
     return 0;
 oom:
-    mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the block tables and the hot arena");
+    mtok_err(MTOK_ERESOURCE, "kv cache: out of memory for the block tables");
 fail:
     kvs_free(c);
     return rc;
@@ -244,48 +186,17 @@ fail:
 void kvs_free(kvs_cache *c) {
     if (!c) return;
     if (c->tier) c->tier->ops->close(c->tier); /* waits for requests in flight */
-    if (c->arena) {
-        munmap(c->arena, c->arena_bytes);
-    } else {
-        for (int64_t i = 0; i < c->n_chunks; i++) munmap(c->chunks[i], c->chunk_bytes);
-        free(c->chunks), free(c->bounce);
-    }
-    free(c->free_hot), free(c->free_cold), free(c->plan), free(c->ring);
+    if (c->hot) c->hot->ops->close(c->hot); /* after the tier below: no I/O is left into its slots */
+    free(c->free_cold), free(c->plan), free(c->ring);
     free(c->blk), free(c->n_tok), free(c->n_hot), free(c->krow);
     kvsum_free(c->sum);
     free(c);
 }
 
 /* ---- slots ---- */
-/* Unlimited mode: hot slots are carved from chunks of whole 2 MiB pages advised for transparent huge
- * pages. Decode attention reads every block of a layer for each token; with 4 KiB pages a 128 KiB
- * block costs 32 TLB misses and as many restarts of the hardware prefetchers, which stop at page
- * edges. (Measured: glm4-1b decode at 16K +4-5%, a scratch attention driver over 16K keys 8-21%,
- * docs/PERFORMANCE.md.) Chunks are mapped as the context grows and unmapped by kvs_free. */
-static int grow_hot(kvs_cache *c) {
-    const int64_t per = (int64_t)(c->chunk_bytes / c->slot_bytes);
-    char **nc = realloc(c->chunks, (size_t)(c->n_chunks + 1) * sizeof *nc);
-    if (!nc) return -1;
-    c->chunks = nc;
-    uint16_t **nf = realloc(c->free_hot, (size_t)(c->cap_free_hot + per) * sizeof *nf);
-    if (!nf) return -1;
-    c->free_hot = nf, c->cap_free_hot += per;
-    /* map one huge page more and trim, so the chunk starts on a 2 MiB boundary */
-    char *m = mmap(NULL, c->chunk_bytes + KVS_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return -1;
-    const size_t head = (KVS_HUGE - (uintptr_t)m % KVS_HUGE) % KVS_HUGE;
-    if (head) munmap(m, head);
-    munmap(m + head + c->chunk_bytes, KVS_HUGE - head); /* head < KVS_HUGE: never empty */
-    m += head;
-    madvise(m, c->chunk_bytes, MADV_HUGEPAGE); /* a hint: refused where THP is off, and that is fine */
-    c->chunks[c->n_chunks++] = m;
-    for (int64_t i = per - 1; i >= 0; i--) c->free_hot[c->n_free_hot++] = (uint16_t *)(m + i * c->slot_bytes);
-    return 0;
-}
-
 static void release_hot(kvs_cache *c, int64_t layer, kvs_blk *k) {
     if (!k->hot) return;
-    c->free_hot[c->n_free_hot++] = k->hot;
+    c->hot->ops->release(c->hot, k->hot);
     k->hot = NULL;
     c->n_hot[layer]--;
 }
@@ -416,8 +327,8 @@ static int evict(kvs_cache *c, int64_t layer, int64_t keep_b, int64_t cur_pos) {
             int rc = alloc_cold(c, &k->cold);
             if (rc) return rc;
         }
-        k->sum = sum_of(c, k->hot);
-        ios[ns] = (kvs_io){.op = KVS_OP_WRITE, .buf = k->hot, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+        k->sum = sum_of(c, HOT(c, k));
+        ios[ns] = (kvs_io){.op = KVS_OP_WRITE, .buf = HOT(c, k), .len = c->slot_bytes, .off = cold_off(c, k->cold)};
         sub[ns] = &ios[ns];
         ns++;
     }
@@ -429,7 +340,7 @@ static int evict(kvs_cache *c, int64_t layer, int64_t keep_b, int64_t cur_pos) {
         int err = 0;
         for (int i = 0, j = 0; i < nv; i++) {
             kvs_blk *k = BLK(c, layer, victims[i]);
-            if (j < ns && sub[j]->buf == k->hot) {
+            if (j < ns && sub[j]->buf == HOT(c, k)) {
                 if (!err && (err = io_finish(c, sub[j], layer, victims[i]))) {
                     for (int q = j + 1; q < ns; q++) c->tier->ops->wait(c->tier, sub[q]);
                 }
@@ -463,23 +374,22 @@ static int make_hot(kvs_cache *c, int64_t layer, int64_t b, int64_t cur_pos) {
         int rc = evict(c, layer, b, cur_pos);
         if (rc) return rc;
     }
-    uint16_t *mem = NULL;
-    if (!c->n_free_hot && !c->arena) grow_hot(c);
-    if (c->n_free_hot) mem = c->free_hot[--c->n_free_hot];
+    uint16_t *mem = c->hot->ops->alloc(c->hot);
     if (!mem)
         return mtok_err(MTOK_ERESOURCE, "kv cache: out of memory allocating block %lld of layer %lld", (long long)b,
                         (long long)layer);
     if (k->state == BLK_COLD) { /* rewriting a spilled block (after a truncate): load it first */
         drain_reads(c);
         unstage(c, layer, b);
-        kvs_io io = {.op = KVS_OP_READ, .buf = mem, .len = c->slot_bytes, .off = cold_off(c, k->cold)};
+        kvs_io io = {.op = KVS_OP_READ, .buf = c->hot->ops->map(c->hot, mem), .len = c->slot_bytes,
+                     .off = cold_off(c, k->cold)};
         kvs_io *p = &io;
         int rc = c->tier->ops->submit(c->tier, &p, 1);
         if (!rc) rc = io_finish(c, &io, layer, b);
         else rc = mtok_err(MTOK_ERESOURCE, "kv cold tier: read submit failed: %s", strerror(-rc));
-        if (!rc) rc = verify(c, mem, layer, b);
+        if (!rc) rc = verify(c, io.buf, layer, b);
         if (rc) {
-            c->free_hot[c->n_free_hot++] = mem;
+            c->hot->ops->release(c->hot, mem);
             return rc;
         }
         c->st.spill_reads++;
@@ -488,6 +398,7 @@ static int make_hot(kvs_cache *c, int64_t layer, int64_t b, int64_t cur_pos) {
         release_cold(c, k);
     }
     k->hot = mem;
+    k->mem = (uint8_t)c->hot->mem;
     k->state = BLK_HOT;
     k->dirty = 1;
     c->n_hot[layer]++;
@@ -518,8 +429,7 @@ int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
     n_tokens = window_keep(c, n_tokens);
     int rc = 0;
     for (int64_t l = 0; l < c->p.n_layers; l++) {
-        const int cut = c->n_tok[l] > n_tokens;
-        if (cut) c->n_tok[l] = n_tokens;
+        if (c->n_tok[l] > n_tokens) c->n_tok[l] = n_tokens;
         for (int64_t b = (c->n_tok[l] + c->B - 1) / c->B; b < c->n_blocks; b++) {
             kvs_blk *k = BLK(c, l, b);
             if (k->state == BLK_EMPTY) {
@@ -531,8 +441,10 @@ int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
             k->state = BLK_EMPTY;
             k->dirty = 0;
         }
-        /* the kept rows of a cut block: its key summary must not remember the dropped ones */
-        if (cut && n_tokens % c->B && !rc) rc = kvs_summary_rebuild(c, l, n_tokens / c->B);
+        /* the kept rows of a cut block: its key summary must not remember the dropped ones. Also when
+         * this call cut nothing: a write that failed part way (a cold read in make_hot) lowered n_tok
+         * below rows its summary still covers, and this truncate is the caller's recovery */
+        if (c->sum && !rc && c->n_tok[l] % c->B) rc = kvs_summary_rebuild(c, l, c->n_tok[l] / c->B);
     }
     return rc;
 }
@@ -588,12 +500,13 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
         fn(c->krow, k + (size_t)t * row_bytes, c->row);
         if (c->sum && !c->sum_hold) {
             /* a rewrite from inside a block drops the rows after it: restart from the kept ones */
-            if (t == 0 && r > 0 && p < c->n_tok[layer]) sum_rebuild_hot(c, layer, b, blk->hot, r);
+            if (t == 0 && r > 0 && p < c->n_tok[layer]) sum_rebuild_hot(c, layer, b, HOT(c, blk), r);
             kvsum_row(c->sum, layer, b, r, c->krow);
         }
-        kvl_put_k(blk->hot, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
+        uint16_t *dst = HOT(c, blk);
+        kvl_put_k(dst, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
         fn(c->krow, v + (size_t)t * row_bytes, c->row);
-        kvl_put_v(blk->hot + half, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
+        kvl_put_v(dst + half, c->kp, B, c->p.n_kv_groups, c->p.head_dim, r, c->krow);
     }
     c->n_tok[layer] = pos + n;
     return 0;
@@ -629,7 +542,7 @@ int kvs_read_block(kvs_cache *c, int64_t layer, int64_t b, uint16_t *dst, int64_
     int64_t rows = c->n_tok[layer] - b * c->B;
     *n = rows < c->B ? rows : c->B;
     if (k->state == BLK_HOT) {
-        block_rows(c, dst, k->hot);
+        block_rows(c, dst, HOT(c, k));
         return 0;
     }
     if (k->state != BLK_COLD)
@@ -760,13 +673,15 @@ int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *
             s->state = ST_HELD;
             held[nh] = s;
             held_b[nh++] = it.b;
-            blks[k] = (kvs_block){s->buf, s->buf + c->B * c->row, it.b * c->B, 0, c->kp};
+            blks[k] = (kvs_block){.k = s->buf, .v = s->buf + c->B * c->row, .pos0 = it.b * c->B, .k_panels = c->kp,
+                                  .mem = c->hot->mem}; /* staging slots are the hot tier's */
         } else if (blk->state == BLK_HOT) {
             if (s) { /* staged earlier, hot again since: the staged copy is stale */
                 c->tier->ops->wait(c->tier, &s->io);
                 s->state = ST_FREE;
             }
-            blks[k] = (kvs_block){blk->hot, blk->hot + c->B * c->row, it.b * c->B, 0, c->kp};
+            blks[k] = (kvs_block){.k = blk->hot, .v = blk->hot + c->B * c->row, .pos0 = it.b * c->B,
+                                  .k_panels = c->kp, .mem = (mtok_mem)blk->mem};
         } else {
             if (s) { /* dropped or released since planning: its staged read is of no use */
                 c->tier->ops->wait(c->tier, &s->io);
@@ -804,6 +719,10 @@ int kvs_stream_next(kvs_cache *c, int64_t layer, kvs_block *blks, int max, int *
 /* ---- queries ---- */
 int64_t kvs_block_tokens(const kvs_cache *c) { return c->B; }
 const kvs_params *kvs_get_params(const kvs_cache *c) { return &c->p; }
+
+int64_t kvs_layer_tokens(const kvs_cache *c, int64_t layer) {
+    return layer >= 0 && layer < c->p.n_layers ? c->n_tok[layer] : 0;
+}
 
 int64_t kvs_tokens(const kvs_cache *c) {
     int64_t m = c->n_tok[0];
@@ -849,7 +768,7 @@ int kvs_summary_rebuild(kvs_cache *c, int64_t layer, int64_t b) {
     if (!c->sum || rows <= 0) return 0;
     kvs_blk *k = BLK(c, layer, b);
     if (k->state == BLK_HOT) {
-        sum_rebuild_hot(c, layer, b, k->hot, rows < c->B ? rows : c->B);
+        sum_rebuild_hot(c, layer, b, HOT(c, k), rows < c->B ? rows : c->B);
         return 0;
     }
     if (k->state != BLK_COLD) return 0;

@@ -1,20 +1,67 @@
-/* kvstore.h — the tiered KV cache the decoder uses (prefix kvs_). Design note: top of kvstore.c;
- * user-facing description: docs/KVSTORE.md.
+/* kvstore.h — the tiered KV cache the decoder uses (prefix kvs_): the contract. Implementation
+ * notes: top of kvstore.c; the tiers' method tables: kvtier.h; user-facing description:
+ * docs/KVSTORE.md.
  *
  * The cache is paged: a block holds `block_tokens` consecutive positions of one layer, K and V for
- * every KV group, stored bf16 token-major ([n][groups*head_dim], the layout the QKV projection
- * produces). Blocks live in a hot tier (host RAM, under a byte budget) or a cold tier (a
- * preallocated O_DIRECT file driven through io_uring or a pread/pwrite thread pool). Attention
- * streams the blocks of a layer in order through kvs_plan() + kvs_stream_next(): hot blocks are
- * read in place, cold blocks arrive through a staging ring that is filled ahead of use (including
- * the next layer's blocks while this layer computes) and checked against their XXH3 checksum. */
+ * every KV group, bf16 (layout: kvs_block below and kvlayout.h). Blocks live in a chain of tiers,
+ * fastest first: a hot tier (block slots in one memory space under a byte budget; host RAM today,
+ * mtok_mem) above a cold tier (a preallocated O_DIRECT file driven through io_uring or a
+ * pread/pwrite thread pool). Attention streams the blocks of a layer in order through kvs_plan() +
+ * kvs_stream_next(): hot blocks are read in place, cold blocks arrive through a staging ring in the
+ * hot tier's memory that is filled ahead of use (including the next layer's blocks while this layer
+ * computes) and checked against their XXH3 checksum. Every block handed out says which memory space
+ * its pointers are in.
+ *
+ * Blocks. A block is (layer, b): positions [b*B, (b+1)*B) of one layer, K then V,
+ * data_bytes = 2*B*groups*head_dim*2. In every tier it occupies one slot of slot_bytes = data_bytes
+ * rounded up to 4 KiB, so every cold-tier transfer is O_DIRECT-aligned.
+ *
+ * States of a block and the function of kvstore.c performing each transition:
+ *     EMPTY ──make_hot──> HOT ──evict (write, checksum)──> [spilling] ──> COLD
+ *     COLD ──kvs_plan/pump (read into a staging slot)──> [loading] ──stream_next (verify)──> read view
+ *     COLD ──make_hot (kvs_write into a spilled block after a truncate)──> HOT (dirty)
+ *     HOT/COLD ──kvs_truncate / kvs_reset──> EMPTY;  HOT/COLD outside sinks+window (window policy)
+ *     ──evict / kvs_plan──> DROPPED (never read again).
+ * A cold block is never promoted back to hot for reading: attention reads it through the staging
+ * ring each time (exact policy: every block is read back, so results equal the unspilled run).
+ *
+ * Invariants.
+ *  - kvs_tokens positions of every layer are valid (a layer may hold more while a forward pass is
+ *    between layers); rows of a block beyond them are stale and never handed out.
+ *  - A HOT block occupies one slot of the hot tier, tagged with the tier's memory space. A COLD
+ *    block's slot in the file holds data whose XXH3-64 was computed from the hot copy before the
+ *    write was submitted; it is verified after every read (mismatch: MTOK_ERESOURCE naming layer,
+ *    block, file and offset). A block is durable for this process once its write completed; only
+ *    then does its hot slot return to the hot tier. A HOT block may keep its cold slot as a clean
+ *    copy: evicting it again costs no write.
+ *  - Budget: hot slots + staging slots fit the budget (a budget too small for the 16-slot staging
+ *    ring is exceeded by the ring); each layer owns an equal quota of hot slots, at least sinks + 2
+ *    blocks. A layer over quota evicts its own oldest hot blocks after the sinks (the recent window
+ *    and the sinks stay hot; the middle, needed by attention only after them, goes cold).
+ *  - Space in the cold tier is reserved before any write lands in it, so a full disk shows up as a
+ *    failed reservation (clean stop, MTOK_ERESOURCE) rather than a torn write.
+ *  - Evictions happen only inside kvs_write*; no slot is rewritten while a read into or from it is in
+ *    flight, and no staged copy older than its block is ever handed out.
+ *  - Short reads/writes and EIO are retried once, then reported with the file and offset.
+ *  - Blocks come out of kvs_stream_next in plan order, each resident (hot slot or staging slot)
+ *    until the next call; the arithmetic over them does not depend on which tier they came from.
+ *  - Key summaries (topk policy): the summary of every block holding rows covers exactly its valid
+ *    rows, whatever tier the block is in; they live outside the budget and are never spilled.
+ */
 #ifndef MTOK_KVSTORE_H
 #define MTOK_KVSTORE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include "../base/mtok_base.h"
 
 typedef struct kvs_cache kvs_cache;
+
+/* Tokens per block when the caller names none (--kv-block, mtok_session_params.kv_block = 0). */
+#define KVS_DEFAULT_BLOCK_TOKENS 128
+
+/* A tier's slots, and so a block's pointers, are in one memory space: mtok_mem (base/mtok_base.h);
+ * only MTOK_MEM_HOST tiers exist yet. */
 
 typedef enum { KVS_IO_AUTO = 0, KVS_IO_URING = 1, KVS_IO_THREADS = 2 } kvs_io_kind;
 typedef enum { KVS_POLICY_EXACT = 0, KVS_POLICY_WINDOW = 1, KVS_POLICY_TOPK = 2 } kvs_policy;
@@ -58,6 +105,7 @@ typedef struct {
     int64_t pos0;      /* position of row 0 */
     int64_t n;         /* rows valid in this block */
     int k_panels;      /* the cache's layout: grouped when block_tokens is a multiple of 16 */
+    mtok_mem mem;       /* the space k and v point into (MTOK_MEM_HOST from the host tier and staging) */
 } kvs_block;
 
 typedef struct {
@@ -121,8 +169,9 @@ void kvs_summary_bound(const kvs_cache *c, int64_t layer, int64_t g, int64_t b0,
 
 int64_t kvs_block_tokens(const kvs_cache *c);
 const kvs_params *kvs_get_params(const kvs_cache *c);
-/* Tokens held (the minimum over layers). */
+/* Tokens held (the minimum over layers), and by one layer (0 outside [0, n_layers)). */
 int64_t kvs_tokens(const kvs_cache *c);
+int64_t kvs_layer_tokens(const kvs_cache *c, int64_t layer);
 /* Bytes of KV data held (hot + cold). */
 uint64_t kvs_bytes(const kvs_cache *c);
 void kvs_get_stats(const kvs_cache *c, kvs_stats *st);
@@ -146,7 +195,7 @@ typedef struct {
 } kvs_bench_result;
 int kvs_bench(const kvs_bench_params *p, kvs_bench_result *r);
 
-/* ---- saved document caches (kvstore/kvfile.c; format in docs/KVSTORE.md and DESIGN.md §4) ----
+/* ---- saved document caches (kvstore/kvfile.c; format in docs/KVSTORE.md and docs/DESIGN.md §4) ----
  * Save: the first n positions of every layer with their token ids, atomically (temp, fsync, rename).
  * Load: validates the whole header against the model fingerprint and the cache geometry
  * (MTOK_EINPUT with a message on any mismatch, truncation or checksum failure), then, if prompt is

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "kvsummary.h"
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 
 struct kvs_sumtab {
     int64_t n_layers, n_blocks, row;

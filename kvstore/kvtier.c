@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "kvtier.h"
-#include "../core/mtok.h"
+#include "../base/mtok_base.h"
 
 /* ---- shared: the file ---- */
 static int open_file(const char *dir, char *path, size_t cap, int *direct) {

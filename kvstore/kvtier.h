@@ -1,7 +1,15 @@
-/* kvtier.h — the cold tier as a table of function pointers (in the manner of SQLite's VFS and
- * Redis's rio): one file, asynchronous block reads and writes at 4 KiB-aligned offsets, space
- * reservation. Implementations (kvtier.c): io_uring (liburing, registered buffers and file, batched
- * submissions), a pread/pwrite worker pool, and a fault-injecting wrapper used by tests. */
+/* kvtier.h — the tiers of the KV store as tables of function pointers (in the manner of SQLite's
+ * VFS and Redis's rio), private to kvstore/. The store is a chain of tiers, fastest first:
+ *
+ *     hot tier (kvs_hot_ops: block slots in one memory space, under a budget)
+ *       └─> cold tier (kvs_tier_ops: one file, asynchronous block I/O at 4 KiB-aligned offsets)
+ *
+ * Today the chain is host RAM (kvhot.c) above a file (kvtier.c: io_uring, a pread/pwrite worker pool,
+ * and a fault-injecting wrapper used by tests). kvstore.c holds the policies (which block lives where,
+ * eviction, the read plan) and reaches memory and storage only through these tables; every block
+ * records the memory space of the slot it occupies (mtok_mem, kvstore.h), and so does every kvs_block
+ * attention receives. A device (HBM) tier is another kvs_hot_ops with mem = MTOK_MEM_DEVICE placed
+ * above the host tier: docs/KVSTORE.md, "Tier chain". */
 #ifndef MTOK_KVTIER_H
 #define MTOK_KVTIER_H
 
@@ -11,7 +19,53 @@
 #include "kvstore.h"
 
 #define KVS_TIER_VERSION 1
+#define KVS_HOT_VERSION 1
 #define KVS_ALIGN 4096
+
+/* ---- hot tier: fixed-size block slots in one memory space ---- */
+typedef struct kvs_hot kvs_hot;
+typedef struct {
+    int version; /* KVS_HOT_VERSION */
+    const char *name;
+    /* A free slot, as its address in the tier's memory space, or NULL: every slot the budget allows
+     * is taken (or memory ran out growing an unlimited tier). */
+    void *(*alloc)(kvs_hot *h);
+    /* Gives back a slot alloc handed out; never fails. */
+    void (*release)(kvs_hot *h, void *slot);
+    /* Staging slot i (0 <= i < n_stage): fixed for the tier's life, where reads from the tier below
+     * land before attention reads them in place. */
+    void *(*stage)(kvs_hot *h, int i);
+    /* An address through which the host reads and writes the slot's bytes (rows written by
+     * kvs_write, checksums, kvs_read_block): the slot itself for host memory. */
+    void *(*map)(kvs_hot *h, void *slot);
+    /* Frees the tier's memory (no slot may be in use by I/O). */
+    void (*close)(kvs_hot *h);
+} kvs_hot_ops;
+
+struct kvs_hot {
+    const kvs_hot_ops *ops;
+    mtok_mem mem;        /* the space slot and staging addresses point into */
+    size_t slot_bytes;  /* a multiple of KVS_ALIGN */
+    int64_t cap;        /* slots alloc may hand out at once (INT64_MAX: unlimited) */
+    int64_t used;       /* slots handed out now */
+    uint64_t mapped;    /* bytes of memory the tier holds (slots mapped so far + staging) */
+    void *region;       /* one mapping of every slot and staging slot, for the tier below to register
+                         * (fixed-buffer I/O); NULL where slots are not one mapping */
+    size_t region_bytes;
+    char note[160];     /* how it was set up */
+};
+
+typedef struct {
+    mtok_mem mem;        /* MTOK_MEM_HOST (the only space implemented) */
+    size_t slot_bytes;  /* a multiple of KVS_ALIGN */
+    int64_t slots;      /* slots the budget allows (0: unlimited, mapped as the context grows) */
+    int n_stage;        /* staging slots */
+} kvs_hot_params;
+
+/* Creates the hot tier of p->mem (kvhot.c). */
+int kvs_hot_open(const kvs_hot_params *p, kvs_hot **out);
+
+/* ---- cold tier: one file ---- */
 
 enum { KVS_OP_READ = 0, KVS_OP_WRITE = 1 };
 

@@ -6,106 +6,16 @@
  * is marked broken; later calls on it fail at once, because its peers may still be inside the
  * failed operation and a new collective would pair with the wrong one. */
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "mtok.h"
+#include "../base/mtok_base.h"
 #include "comm_int.h"
 
-/* Process-wide, like MPI itself: there is one world per process, and the timeout is a property of
- * the run (MTOK_COMM_TIMEOUT), not of one communicator. */
-static double g_timeout = 60.0;
+/* Process-wide, like MPI itself: there is one world per process (the timeout, a property of the
+ * run, is in comm_util.c, where the backends read it). */
 static int g_world_made;
-
-void mp_set_timeout(double seconds) { g_timeout = seconds > 0 ? seconds : 0; }
-double mp_get_timeout(void) { return g_timeout; }
-
-double mp__now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-void mp__poll_start(mp__poll *p) {
-    p->t0 = mp__now();
-    p->polls = 0;
-    p->sleep_ns = 0;
-}
-
-void mp__poll_pause(mp__poll *p) {
-    if (mp__now() - p->t0 < 1e-3) {
-        /* the common case, peers microseconds away: poll on, and every 8th time let a peer that
-         * shares this core run (on a core of its own sched_yield returns at once) */
-        if ((++p->polls & 7) == 0) sched_yield();
-        return;
-    }
-    p->sleep_ns = p->sleep_ns <= 0 ? 20000 : (p->sleep_ns * 2 > 1000000 ? 1000000 : p->sleep_ns * 2);
-    struct timespec ts = {0, p->sleep_ns};
-    while (nanosleep(&ts, &ts) && errno == EINTR) {}
-}
-
-size_t mp__dtype_size(mp_dtype t) {
-    switch (t) {
-    case MP_F32: return 4;
-    case MP_I32: return 4;
-    case MP_I64: return 8;
-    case MP_BYTE: return 1;
-    }
-    return 0;
-}
-
-static const char *dtype_plural(mp_dtype t, size_t count) {
-    const int one = count == 1;
-    switch (t) {
-    case MP_F32: return one ? "float" : "floats";
-    case MP_I32: return one ? "int32" : "int32s";
-    case MP_I64: return one ? "int64" : "int64s";
-    case MP_BYTE: return one ? "byte" : "bytes";
-    }
-    return "elements";
-}
-
-const char *mp__op_name(int op) {
-    switch (op) {
-    case MP_OP_ALLREDUCE: return "all-reduce";
-    case MP_OP_ALLGATHER: return "all-gather";
-    case MP_OP_BCAST: return "broadcast";
-    case MP_OP_BARRIER: return "barrier";
-    case MP_OP_SEND: return "send";
-    case MP_OP_RECV: return "receive";
-    }
-    return "operation";
-}
-
-int mp__timeout_err(const mp_comm *c, int op, size_t count, mp_dtype t, int peer, double waited) {
-    if (peer >= 0)
-        return mtok_err(MTOK_ERESOURCE,
-                        "rank %d: %s of %zu %s %s rank %d timed out after %.1f s on a %d-rank %s communicator "
-                        "(rank %d died or stalled?)",
-                        c->rank, mp__op_name(op), count, dtype_plural(t, count), op == MP_OP_SEND ? "to" : "from", peer,
-                        waited, c->size, mp_backend_name(c->backend), peer);
-    if (op == MP_OP_BARRIER)
-        return mtok_err(MTOK_ERESOURCE,
-                        "rank %d: barrier timed out after %.1f s waiting for the other ranks of a %d-rank %s "
-                        "communicator (a rank died or stalled?)",
-                        c->rank, waited, c->size, mp_backend_name(c->backend));
-    return mtok_err(MTOK_ERESOURCE,
-                    "rank %d: %s of %zu %s timed out after %.1f s waiting for the other ranks of a %d-rank %s "
-                    "communicator (a rank died or stalled?)",
-                    c->rank, mp__op_name(op), count, dtype_plural(t, count), waited, c->size,
-                    mp_backend_name(c->backend));
-}
-
-void mp__adopt(mp_comm *world, mp_comm *c) {
-    c->world = world;
-    c->prev = NULL;
-    c->next = world->derived;
-    if (world->derived) world->derived->prev = c;
-    world->derived = c;
-}
 
 /* ---- world ---- */
 
@@ -221,15 +131,6 @@ int mp_size(const mp_comm *c) { return c ? c->size : 1; }
 int mp_local_rank(const mp_comm *c) { return c ? c->local_rank : 0; }
 int mp_local_size(const mp_comm *c) { return c ? c->local_size : 1; }
 mp_backend mp_backend_of(const mp_comm *c) { return c ? c->backend : MP_BACKEND_SINGLE; }
-
-const char *mp_backend_name(mp_backend b) {
-    switch (b) {
-    case MP_BACKEND_SINGLE: return "single";
-    case MP_BACKEND_MPI: return "mpi";
-    case MP_BACKEND_NCCL: return "nccl";
-    }
-    return "unknown";
-}
 
 int mp_split(mp_comm *c, int color, int key, mp_comm **out) {
     *out = NULL;
@@ -381,7 +282,23 @@ int mp_nccl_create(mp_comm *host, int device, mp_comm **out) {
     n->size = host->size;
     n->local_rank = host->local_rank;
     n->local_size = host->local_size;
-    rc = mp__nccl_create(host, device, n);
+    /* the backend prepares this rank, the ranks agree here that every one of them has its GPU
+     * before anyone waits in ncclCommInitRank, rank 0's id is broadcast, then all join */
+    char id[MP__NCCL_ID_BYTES] = {0};
+    rc = mp__nccl_prepare(host, device, n, id);
+    char why[512];
+    snprintf(why, sizeof why, "%s", rc ? mtok_errmsg() : "");
+    int32_t failed = rc != 0;
+    int arc = mp_allreduce_sum(host, &failed, 1, MP_I32);
+    if (arc) rc = arc;
+    else if (failed && !rc)
+        rc = mtok_err(MTOK_ERESOURCE, "rank %d: NCCL setup failed on %d of %d ranks (see their messages)", host->rank,
+                      (int)failed, host->size);
+    else if (rc)
+        mtok_err(rc, "%s", why); /* keep this rank's own reason as the message */
+    if (!rc) rc = mp_bcast(host, id, sizeof id, MP_BYTE, 0);
+    if (!rc) rc = mp__nccl_join(host, n, id);
+    else mp__nccl_discard(n);
     if (rc) {
         free(n);
         return rc;

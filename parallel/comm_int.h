@@ -1,7 +1,8 @@
 /* comm_int.h — what the files of parallel/ share behind parallel.h (not for other modules).
  *
  * comm.c owns the mp_comm struct, the world, the single-rank backend and the dispatch of every
- * public call to a backend; comm_mpi.c is the MPI backend, comm_nccl.c the NCCL one. A backend
+ * public call to a backend; comm_mpi.c is the MPI backend, comm_nccl.c the NCCL one; comm_util.c
+ * holds the helpers below (mp__*) that all three use, so the backends never call comm.c. A backend
  * function is reached only for communicators of its kind, so a build without MPI or NCCL links
  * backends that say so if ever called (the create functions report what is missing). */
 #ifndef MTOK_PARALLEL_COMM_INT_H
@@ -69,7 +70,16 @@ int mp__mpi_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int 
 size_t mp__mpi_set_chunk(size_t elems);
 
 /* ---- NCCL backend (comm_nccl.c) ---- */
-int mp__nccl_create(mp_comm *host, int device, mp_comm *out);
+/* A NCCL communicator is made in two steps around the agreement and the broadcast of the
+ * ncclUniqueId that mp_nccl_create (comm.c) runs over the host communicator, so this backend never
+ * calls comm.c's collectives back. prepare: this rank alone selects its GPU, makes a stream and
+ * scratch, and on host rank 0 writes a new ncclUniqueId into id[MP__NCCL_ID_BYTES]. join: every
+ * rank joins with rank 0's id (discarding what prepare made if that fails). discard: frees what
+ * prepare made when the ranks do not all get to join. */
+#define MP__NCCL_ID_BYTES 128 /* NCCL_UNIQUE_ID_BYTES */
+int mp__nccl_prepare(mp_comm *host, int device, mp_comm *out, void *id);
+int mp__nccl_join(mp_comm *host, mp_comm *out, const void *id);
+void mp__nccl_discard(mp_comm *out);
 void mp__nccl_free(mp_comm *c);
 int mp__nccl_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t);
 int mp__nccl_allgather(mp_comm *c, const void *send, size_t count, void *recv, const size_t *counts, mp_dtype t);

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mtok.h"
+#include "../base/mtok_base.h"
 #include "comm_int.h"
 
 #ifdef MTOK_HAVE_MPI

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mtok.h"
+#include "../base/mtok_base.h"
 #include "comm_int.h"
 
 #ifdef MTOK_HAVE_NCCL
@@ -132,40 +132,38 @@ static void release(mp_nccl *m) {
     free(m);
 }
 
-int mp__nccl_create(mp_comm *host, int device, mp_comm *out) {
+_Static_assert(sizeof(ncclUniqueId) == MP__NCCL_ID_BYTES, "ncclUniqueId travels as MP__NCCL_ID_BYTES bytes");
+
+int mp__nccl_prepare(mp_comm *host, int device, mp_comm *out, void *id) {
     out->nccl = calloc(1, sizeof *out->nccl);
     if (!out->nccl) return mtok_err(MTOK_ERESOURCE, "rank %d: out of memory for a NCCL communicator", host->rank);
-    ncclUniqueId id;
-    memset(&id, 0, sizeof id);
     int rc = local_setup(host, device, out);
     if (!rc && host->rank == 0) {
-        ncclResult_t r = ncclGetUniqueId(&id);
+        ncclUniqueId u;
+        memset(&u, 0, sizeof u);
+        ncclResult_t r = ncclGetUniqueId(&u);
         if (r != ncclSuccess) rc = nccl_fail(out, r, "ncclGetUniqueId");
-    }
-    /* Agree before anyone waits in ncclCommInitRank: how many ranks could not set up. */
-    char why[512];
-    snprintf(why, sizeof why, "%s", rc ? mtok_errmsg() : "");
-    int32_t failed = rc != 0;
-    int arc = mp_allreduce_sum(host, &failed, 1, MP_I32);
-    if (arc) rc = arc;
-    else if (failed && !rc)
-        rc = mtok_err(MTOK_ERESOURCE, "rank %d: NCCL setup failed on %d of %d ranks (see their messages)", host->rank,
-                      (int)failed, host->size);
-    else if (rc)
-        mtok_err(rc, "%s", why); /* keep this rank's own reason as the message */
-    if (!rc) rc = mp_bcast(host, &id, sizeof id, MP_BYTE, 0);
-    if (!rc) {
-        ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-        cfg.blocking = 0;
-        ncclResult_t r = ncclCommInitRankConfig(&out->nccl->comm, host->size, id, host->rank, &cfg);
-        if (r != ncclSuccess && r != ncclInProgress) rc = nccl_fail(out, r, "ncclCommInitRank");
-        else rc = settle(out, r, MP_OP_BARRIER, 0, MP_BYTE, -1, "ncclCommInitRank");
-    }
-    if (rc) {
-        release(out->nccl);
-        out->nccl = NULL;
+        else memcpy(id, &u, sizeof u);
     }
     return rc;
+}
+
+int mp__nccl_join(mp_comm *host, mp_comm *out, const void *id) {
+    ncclUniqueId u;
+    memcpy(&u, id, sizeof u);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclResult_t r = ncclCommInitRankConfig(&out->nccl->comm, host->size, u, host->rank, &cfg);
+    int rc;
+    if (r != ncclSuccess && r != ncclInProgress) rc = nccl_fail(out, r, "ncclCommInitRank");
+    else rc = settle(out, r, MP_OP_BARRIER, 0, MP_BYTE, -1, "ncclCommInitRank");
+    if (rc) mp__nccl_discard(out);
+    return rc;
+}
+
+void mp__nccl_discard(mp_comm *out) {
+    if (out->nccl) release(out->nccl);
+    out->nccl = NULL;
 }
 
 void mp__nccl_free(mp_comm *c) {
@@ -253,9 +251,11 @@ int mp__nccl_recv(mp_comm *c, void *buf, size_t count, mp_dtype t, int peer, int
 static int absent(void) { return mtok_err(MTOK_EINTERNAL, "NCCL backend called in a build without NCCL"); }
 
 int mp_have_nccl(void) { return 0; }
-int mp__nccl_create(mp_comm *host, int device, mp_comm *out) {
+int mp__nccl_prepare(mp_comm *host, int device, mp_comm *out, void *id) {
     return mtok_err(MTOK_EUSAGE, "this mtok was built without NCCL");
 }
+int mp__nccl_join(mp_comm *host, mp_comm *out, const void *id) { return absent(); }
+void mp__nccl_discard(mp_comm *out) {}
 void mp__nccl_free(mp_comm *c) {}
 int mp__nccl_allreduce(mp_comm *c, void *buf, size_t count, mp_dtype t) { return absent(); }
 int mp__nccl_allgather(mp_comm *c, const void *send, size_t count, void *recv, const size_t *counts, mp_dtype t) {

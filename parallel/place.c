@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mtok.h"
+#include "../base/mtok_base.h"
 #include "comm_int.h"
 
 #define MP_MAX_LOCAL 1024 /* local ranks considered when partitioning a node */

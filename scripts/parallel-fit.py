@@ -5,7 +5,7 @@ they fit on 80 GB / 141 GB GPUs: the tables of docs/PARALLEL.md ("What fits wher
 The split is core/tp.c's: attention by KV group (tp > groups: each rank holds one group's K/V
 projection, replicated, and a share of its query heads), gate/up and dense/down 1/tp, output layer
 1/tp by vocabulary rows, embedding and norms on every rank. KV: max(groups/tp, 1) groups per rank,
-positions split evenly over cp ranks. Shapes from /work/shared/docs/glm-spec.md §1, bf16 everywhere.
+positions split evenly over cp ranks. Shapes from docs/GLM.md §1, bf16 everywhere.
 Run: python3 scripts/parallel-fit.py (prints Markdown)."""
 
 GIB = 1024**3

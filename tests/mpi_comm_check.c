@@ -18,6 +18,7 @@
 
 #include "check.h"
 #include "mtok.h"
+#include "parallel/layout.h"
 #include "parallel/comm_int.h"
 
 static int R, N;
@@ -133,7 +134,11 @@ static void check_split(mp_comm *w) {
     check_allgather(odd);
     check_bcast_p2p(odd);
     if (N % 2 == 0) {
-        CHECK(!mp_split(w, R / 2, R % 2, &tp) && !mp_split(w, R % 2, R / 2, &cp), "tp/cp split: %s", mtok_errmsg());
+        mp_layout lay; /* the CLI's layout (parallel/layout.h): tp 2 x cp N/2 */
+        CHECK(!mp_layout_init(&lay, 2, N / 2, R, N, 0) && !mp_layout_split(&lay, w, &tp, &cp), "tp/cp split: %s",
+              mtok_errmsg());
+        CHECK(lay.tp_rank == R % 2 && lay.cp_rank == R / 2, "layout of rank %d: tp %d cp %d", R, lay.tp_rank,
+              lay.cp_rank);
         CHECK(mp_size(tp) == 2 && mp_rank(tp) == R % 2 && mp_size(cp) == N / 2 && mp_rank(cp) == R / 2, "tp/cp ranks");
         float v = (float)R;
         CHECK(mp_allreduce_sum(tp, &v, 1, MP_F32) == 0 && v == (float)(2 * (R / 2) * 2 + 1), "tp sum %g", v);

@@ -26,7 +26,7 @@ static int same(const mtok_ids *a, const mtok_ids *b) {
 }
 
 static void test_template(const mtok_tokenizer *t) {
-    /* [system S, user U1, assistant A1, user U2] + generation prompt (glm-spec §5.1) */
+    /* [system S, user U1, assistant A1, user U2] + generation prompt (docs/GLM.md §5.1) */
     mtok_message msgs[] = {{"system", NULL, "Be brief.", NULL},
                            {"user", NULL, "Hello there", NULL},
                            {"assistant", NULL, "Hi! How can I help?", NULL},

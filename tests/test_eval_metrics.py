@@ -2,7 +2,7 @@
 """`mtok eval --score PREDS.jsonl` (no model): RULER's string_match_all / string_match_part and
 SQuAD-style exact match / token F1 on hand-made predictions with case, punctuation, articles,
 repeated tokens, several references and empty predictions, against this script's own
-implementation of the published definitions (eval-harnesses.md §2.7, §3.1)."""
+implementation of the published definitions (docs/EVAL.md §1.4, §2)."""
 import json
 import os
 import re

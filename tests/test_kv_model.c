@@ -253,8 +253,11 @@ static int truncate_to(seq_t *s, int64_t t) {
     model *m = &s->m;
     int rc = kvs_truncate(s->c, t);
     model_truncate(m, t);
-    const int64_t k = kvs_tokens(s->c), want = min_tok(m);
-    if (!rc && m->p.policy == KVS_POLICY_WINDOW && k < want && k % m->B == 0) {
+    /* the lowest layer end the store kept below the model's: the truncate point it chose */
+    int64_t k = INT64_MAX;
+    for (int64_t l = 0; l < m->L; l++)
+        if (kvs_layer_tokens(s->c, l) < m->n[l] && kvs_layer_tokens(s->c, l) < k) k = kvs_layer_tokens(s->c, l);
+    if (!rc && m->p.policy == KVS_POLICY_WINDOW && k < t && k % m->B == 0) {
         int64_t dropped = 0;
         for (int64_t l = 0; l < m->L; l++) dropped |= m->md[l * m->ctx + k / m->B];
         if (dropped) {
@@ -818,6 +821,11 @@ int main(int argc, char **argv) {
         const int scale = KVM_SANITIZED ? 2 : 1; /* sanitized runs are I/O-bound too: about 1.5x slower */
         run_finding1(KVS_IO_URING);
         run_finding1(KVS_IO_THREADS);
+        /* sequences the random part once failed, kept as regressions: a write that failed on a cold
+         * read left its block's key summary covering rows the recovery truncate no longer held; a
+         * window-policy truncate kept less in a layer the minimum over layers did not show */
+        static const uint64_t regressions[] = {100742388245170ull, 41972228806501ull};
+        for (size_t i = 0; i < sizeof regressions / sizeof regressions[0]; i++) run_seq(regressions[i]);
         /* fixed part: the same sequences every run */
         const int64_t n_fixed = 800 / scale;
         for (int64_t i = 0; i < n_fixed; i++) run_seq(0x6b766d6f64656cull + (uint64_t)i);

@@ -3,7 +3,8 @@
  * and every failure path through the fault-injecting tier: corrupt block (checksum message with
  * layer, block, file, offset), transient and persistent EIO and short reads (retried once), ENOSPC
  * on reservation (clean error, cache still usable for what it holds), io_uring unavailable (thread
- * pool fallback, reported), and the window policy dropping blocks outside sinks + window. */
+ * pool fallback, reported), the window policy dropping blocks outside sinks + window, and the host
+ * hot tier's method table (budget, staging slots, memory space) on its own. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include "core/mtok.h"
 #include "kernels/kernels.h"
 #include "kvstore/kvstore.h"
+#include "kvstore/kvtier.h"
 
 static int fails;
 #define CHECK(c, ...)                                                                  \
@@ -74,6 +76,7 @@ static int check_stream(kvs_cache *c, int64_t n_tok, int64_t q_pos0, int64_t *ro
                     int64_t p = seg[i].pos0 + r;
                     /* K and V in rows, or (blocks of 16k) per group, K in the kernel's 16-key panels */
                     CHECK(seg[i].k_panels == (kvs_block_tokens(c) % 16 == 0), "K layout flag");
+                    CHECK(seg[i].mem == MTOK_MEM_HOST, "memory space %d of a block from the host tier", seg[i].mem);
                     for (int64_t j = 0; j < ROW; j++)
                         if (seg[i].k[seg[i].k_panels ? j / D * kvs_block_tokens(c) * D + MK_KPANEL_AT(r, j % D, D)
                                                      : r * ROW + j] != mk_f32_to_bf16(val(l, p, j, 0)) ||
@@ -247,6 +250,48 @@ static void test_params(void) {
           mtok_errmsg());
 }
 
+/* The host hot tier through kvs_hot_ops: a budget of n slots hands out exactly n distinct slots,
+ * takes them back, keeps its staging slots apart and inside the registered region; unlimited mode
+ * grows past one chunk. */
+static void test_hot_tier(void) {
+    const size_t slot = 3 * 4096;
+    kvs_hot *h = NULL;
+    CHECK(kvs_hot_open(&(kvs_hot_params){.mem = MTOK_MEM_DEVICE, .slot_bytes = slot, .slots = 4}, &h) ==
+              MTOK_EINTERNAL && !h, "a device tier is not implemented yet");
+    CHECK(!kvs_hot_open(&(kvs_hot_params){.mem = MTOK_MEM_HOST, .slot_bytes = slot, .slots = 5, .n_stage = 3}, &h),
+          "open: %s", mtok_errmsg());
+    if (!h) return;
+    CHECK(h->ops->version == KVS_HOT_VERSION && h->mem == MTOK_MEM_HOST && h->cap == 5 && h->region &&
+          h->region_bytes == 8 * slot, "budgeted host tier: version %d cap %lld region %zu", h->ops->version,
+          (long long)h->cap, h->region_bytes);
+    char *s[6] = {0}, *lo = h->region, *hi = lo + h->region_bytes;
+    for (int i = 0; i < 5; i++) {
+        s[i] = h->ops->alloc(h);
+        CHECK(s[i] && s[i] >= lo && s[i] + slot <= hi && (size_t)(s[i] - lo) % slot == 0, "slot %d", i);
+        CHECK(h->ops->map(h, s[i]) == s[i], "host slots are their own host address");
+        for (int j = 0; j < i; j++) CHECK(s[i] != s[j], "slots %d and %d are one", i, j);
+        memset(s[i], i, slot); /* writable */
+    }
+    CHECK(h->used == 5 && !h->ops->alloc(h), "the budget of 5 slots is not enforced (used %lld)", (long long)h->used);
+    for (int i = 0; i < 3; i++) {
+        char *st = h->ops->stage(h, i);
+        CHECK(st >= lo + 5 * slot && st + slot <= hi, "staging slot %d is outside the slots' range", i);
+    }
+    h->ops->release(h, s[2]);
+    CHECK(h->used == 4 && h->ops->alloc(h) == s[2], "a released slot comes back");
+    h->ops->close(h);
+
+    h = NULL;
+    CHECK(!kvs_hot_open(&(kvs_hot_params){.mem = MTOK_MEM_HOST, .slot_bytes = slot, .n_stage = 1}, &h), "open: %s",
+          mtok_errmsg());
+    if (!h) return;
+    CHECK(h->cap == INT64_MAX && !h->region && h->ops->stage(h, 0), "unlimited host tier");
+    int64_t n = 0;
+    for (; n < 2000 && h->ops->alloc(h); n++) {}
+    CHECK(n == 2000 && h->used == 2000 && h->mapped >= 2000 * slot, "unlimited tier grew to %lld slots", (long long)n);
+    h->ops->close(h);
+}
+
 int main(int argc, char **argv) {
     (void)argc, (void)argv;
     snprintf(dir, sizeof dir, "/tmp/mtok-kvtest-%d", (int)getpid());
@@ -275,6 +320,7 @@ int main(int argc, char **argv) {
     test_backends();
     test_window();
     test_params();
+    test_hot_tier();
 
     snprintf(cmd, sizeof cmd, "rmdir %s", dir); /* the cold files are unlinked at open: the dir is empty */
     CHECK(system(cmd) == 0, "cold-tier files left behind in %s", dir);

@@ -540,7 +540,7 @@ static void test_config(void) {
     mtok_config c;
     json_t *j;
 
-    /* the HF rope_theta correction (glm-spec.md §1.3) and the override */
+    /* the HF rope_theta correction (docs/GLM.md §1.3) and the override */
     j = base_config(1);
     json_object_set_new(j, "rope_theta", json_real(10000));
     json_object_set_new(j, "max_position_embeddings", json_integer(1048576));

@@ -5,7 +5,7 @@
 
 For every fixture in tests/data/models/ (see docs/REFERENCE.md) it runs
     mtok logits -m DIR --tokens <520 ids of tokens.txt> --out OUT.npy
-(float32 [n_tokens, vocab], DESIGN.md §3), computes tests/ref/glm_ref.py's logits with the fixture's
+(float32 [n_tokens, vocab], docs/DESIGN.md §3), computes tests/ref/glm_ref.py's logits with the fixture's
 TRUE RoPE base (g4-hf-wrongtheta says 10000 in config.json; mtok must correct it to 1e8) and requires
 per position: cosine >= 0.9999, and the same argmax wherever the reference's top two logits are more than
 2e-2 * max|logit| apart. A second, short run (37 tokens) must match the reference's first 37 rows.

@@ -7,7 +7,7 @@ question <|ask:K|> and the answer prefix <|ask:K|>) goes through glm_ref.forward
 layer 1. At the answer position, head 0's attention scores q.k/sqrt(128) must give:
   - the needle a margin over every other position of at least ln(1e6) + 6 (enough for a softmax over
     a million haystack tokens whose scores spread like these), and at most 100 ("tens, not hundreds",
-    DESIGN.md §5, so a scale bug still shows);
+    docs/DESIGN.md §5, so a scale bug still shows);
   - the distractor facts no advantage over the haystack;
 and the logits must put <|val:V|> first by a clear margin. mtok's own logits (mtok logits) must
 agree on the argmax. The figures are printed for docs/NEEDLE.md.

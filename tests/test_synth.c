@@ -1,7 +1,7 @@
 /* test_synth.c — mtok synth writes checkpoints in the real on-disk format.
  *
  * The checks read the output with their own minimal parsers (safetensors header via jansson, the
- * index, a base64 decoder for tokenizer.model) against tables written here from glm-spec.md, not
+ * index, a base64 decoder for tokenizer.model) against tables written here from docs/GLM.md, not
  * from synth.c's tables. argv[1] = source dir, argv[2] = build dir (unused: output goes to a mkdtemp
  * directory under /tmp that is removed at the end). Exit 0 = pass, 1 = fail. */
 #ifndef _GNU_SOURCE
@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/mtok.h"
+#include "synth/mtok_synth.h"
 
 #include "check.h"
 
@@ -86,7 +87,7 @@ static int exists(const char *dir, const char *name) {
     return access(path, F_OK) == 0;
 }
 
-/* ---- expected tensor tables (glm-spec.md §2.3, §2.4) for glm4-tiny ------------------------------ */
+/* ---- expected tensor tables (docs/GLM.md §2.3, §2.4) for glm4-tiny ------------------------------ */
 enum { E = 256, H = 4, D = 64, G = 2, F = 704, V = 1024, L = 2, QW = H * D, KW = G * D };
 
 typedef struct {
@@ -599,7 +600,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < g1.n; i++) same_rows(&g1, g1.t[i].name, 0, g1.t[i].shape[0], &g3, g1.t[i].name);
     for (size_t i = 0; i < h1.n; i++) same_rows(&h1, h1.t[i].name, 0, h1.t[i].shape[0], &h3, h1.t[i].name);
 
-    /* the same logical weight has the same bytes in both namings (glm-spec.md §2.4 mapping) */
+    /* the same logical weight has the same bytes in both namings (docs/GLM.md §2.4 mapping) */
     same_rows(&g1, "transformer.embedding.word_embeddings.weight", 0, V, &h1, "model.embed_tokens.weight");
     same_rows(&g1, "transformer.output_layer.weight", 0, V, &h1, "lm_head.weight");
     same_rows(&g1, "transformer.encoder.final_layernorm.weight", 0, E, &h1, "model.norm.weight");
@@ -635,7 +636,7 @@ int main(int argc, char **argv) {
         CHECK(fabs(bf16(inv->data + 2 * i) - want) <= want * 0.01, "inv_freq[%d]", i);
     }
 
-    /* scales of DESIGN.md §7 */
+    /* scales of docs/DESIGN.md §7 */
     stats(&h1, "model.layers.0.self_attn.q_proj.weight", 0, 2.0 / 16, 0.05);
     stats(&h1, "model.layers.1.self_attn.k_proj.weight", 0, 2.0 / 16, 0.05);
     stats(&h1, "model.layers.0.self_attn.v_proj.weight", 0, 1.0 / 16, 0.05);

@@ -9,7 +9,7 @@ Needs torch + transformers (NOT needed in CI); run it once whenever glm_ref.py o
 What it does (all in float32 on CPU, eager attention, no KV cache):
   1. random tiny GlmConfig models, saved by HF's own save_pretrained (F32 single file, BF16 sharded,
      F16) and read back by glm_ref -- once with HF's default init (std 0.02: near-uniform attention)
-     and once re-initialised per DESIGN.md §7 (sharp attention, where RoPE/bias bugs show);
+     and once re-initialised per docs/DESIGN.md §7 (sharp attention, where RoPE/bias bugs show);
   2. the committed fixtures g2-hf-sharded and g4-hf-wrongtheta loaded with from_pretrained (the latter
      with rope_theta corrected to 1e8), weights upcast to float32;
   3. logits of the 520 tokens of tests/data/models/tokens.txt: per-position cosine, max abs diff,
@@ -65,7 +65,7 @@ def summarize(tag, hf, ref):
 
 
 def sharpen(model, seed):
-    """Re-initialise per DESIGN.md §7 so attention is sharp and position-dependent."""
+    """Re-initialise per docs/DESIGN.md §7 so attention is sharp and position-dependent."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     E = cfg.hidden_size

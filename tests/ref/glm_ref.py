@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent numpy reference of the GLM-4 / ChatGLM3 forward pass (glm-spec §3).
+"""Independent numpy reference of the GLM-4 / ChatGLM3 forward pass (docs/GLM.md §3).
 
 Written from the published semantics, not from mtok's code:
 
@@ -65,7 +65,7 @@ class GlmConfig:
     @staticmethod
     def from_dict(cfg):
         if "num_layers" in cfg or "multi_query_group_num" in cfg or cfg.get("model_type") == "chatglm":
-            # Original THUDM format (glm-spec §1.1).
+            # Original THUDM format (docs/GLM.md §1.1).
             heads = cfg["num_attention_heads"]
             head_dim = cfg.get("kv_channels", cfg["hidden_size"] // heads)
             groups = cfg["multi_query_group_num"] if cfg.get("multi_query_attention", True) else heads
@@ -83,7 +83,7 @@ class GlmConfig:
                 rope_base=10000.0 * float(cfg.get("rope_ratio", 1)),
                 rope_dim=head_dim // 2,
                 max_pos=cfg.get("seq_length"))
-        # Hugging Face GlmConfig (glm-spec §1.3); defaults are GlmConfig's.
+        # Hugging Face GlmConfig (docs/GLM.md §1.3); defaults are GlmConfig's.
         heads = cfg.get("num_attention_heads", 32)
         hidden = cfg.get("hidden_size", 4096)
         head_dim = cfg.get("head_dim") or hidden // heads

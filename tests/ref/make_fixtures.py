@@ -3,10 +3,10 @@
 
 This is the "independent tool" of docs/REFERENCE.md: it shares no code with mtok (its own
 safetensors writer, tests/ref/safetensors_np.py) and writes exactly what a user downloads --
-config.json in the real key set (glm-spec §1.1 original ChatGLM, §1.3 Hugging Face Glm), BF16
+config.json in the real key set (docs/GLM.md §1.1 original ChatGLM, §1.3 Hugging Face Glm), BF16
 safetensors, single file or sharded with model.safetensors.index.json.
 
-Weights follow DESIGN.md §7 ("make bugs visible"): q/k projection rows std 2/sqrt(hidden), QKV bias
+Weights follow docs/DESIGN.md §7 ("make bugs visible"): q/k projection rows std 2/sqrt(hidden), QKV bias
 std 0.5, other matrices std 1/sqrt(fan_in), embedding std 1, norm gains 1 + 0.1*N(0,1). Attention is
 then sharp and position-dependent, so a wrong RoPE base / pairing, a missing bias or a wrong GQA
 mapping moves the logits far past the test tolerance.

@@ -1,6 +1,6 @@
 """Pure-numpy safetensors reader and writer (no torch, no `safetensors` package).
 
-Format (the public safetensors spec, glm-spec §2.2):
+Format (the public safetensors spec, docs/GLM.md §2.2):
     8 bytes   little-endian u64 N = length of the JSON header
     N bytes   JSON object: name -> {"dtype": "BF16"|"F16"|"F32"|..., "shape": [...],
                                     "data_offsets": [begin, end)}  (relative to the data area)

@@ -1,5 +1,5 @@
 /* synth.c — mtok synth: synthetic GLM-4-architecture checkpoints in the exact on-disk format of the
- * real ones (glm-spec.md §1, §2, §4.1): config.json in the original "chatglm" or the "-hf" naming,
+ * real ones (docs/GLM.md §1, §2, §4.1): config.json in the original "chatglm" or the "-hf" naming,
  * safetensors (one file or HF-style shards + index), a tiktoken tokenizer.model with the 14 GLM-4
  * special tokens, tokenizer_config.json and generation_config.json.
  *
@@ -8,7 +8,7 @@
  * order with a few MB of memory (a 9B checkpoint streams to disk), and the same logical weight has the
  * same bytes in both namings (the q rows of chatglm's fused query_key_value == hf's q_proj).
  *
- * Scales follow DESIGN.md §7: sharp attention (q/k std 2/sqrt(hidden), q/k bias std 0.5) so that a
+ * Scales follow docs/DESIGN.md §7: sharp attention (q/k std 2/sqrt(hidden), q/k bias std 0.5) so that a
  * RoPE, bias or scale bug changes the logits visibly, everything else std 1/sqrt(fan_in). */
 #include <errno.h>
 #include <jansson.h>
@@ -383,7 +383,7 @@ static json_t *chatglm_config(const preset *pr, const mtok_synth_params *p, int6
 }
 
 static json_t *hf_config(const preset *pr, const mtok_synth_params *p, int64_t n_ranks) {
-    /* rope_theta carries the correct base (the official -hf exports say 10000, glm-spec.md §1.3) */
+    /* rope_theta carries the correct base (the official -hf exports say 10000, docs/GLM.md §1.3) */
     return json_pack("{s:[s], s:b, s:f, s:o, s:I, s:s, s:I, s:f, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:f,"
                      " s:f, s:f, s:b, s:s, s:s, s:b, s:I}",
                      "architectures", "GlmForCausalLM", "attention_bias", 1, "attention_dropout", 0.0,
@@ -429,7 +429,7 @@ static json_t *tokenizer_config(const preset *pr, int64_t n_ranks, int n_needle)
 }
 
 static json_t *generation_config(int64_t n_ranks) {
-    /* the values of glm-4-9b's generation_config.json (glm-spec.md §1.2) */
+    /* the values of glm-4-9b's generation_config.json (docs/GLM.md §1.2) */
     return json_pack("{s:o, s:I, s:b, s:f, s:I, s:f, s:s}", "eos_token_id", eos_array(n_ranks), "pad_token_id",
                      (json_int_t)n_ranks, "do_sample", 1, "temperature", 0.8, "max_length", (json_int_t)8192,
                      "top_p", 0.8, "transformers_version", "4.44.0");

@@ -1,5 +1,5 @@
 /* synth_tok.c — the tokenizer of synthetic checkpoints: byte-level BPE trained on a small embedded
- * English text and written as a GLM-4 tiktoken rank file (glm-spec.md §4.1).
+ * English text and written as a GLM-4 tiktoken rank file (docs/GLM.md §4.1).
  *
  * Ranks 0..255 are the single bytes (in byte order), every later rank is the concatenation of two
  * earlier tokens, learned greedily by pair frequency. Training runs on pre-split pieces (an

@@ -1,13 +1,13 @@
-/* synth_int.h — private interfaces of mtok synth, shared by core/synth.c (presets, weights, configs),
- * core/st_write.c (crash-safe output files, streaming safetensors writer) and core/synth_tok.c
- * (the byte-level BPE trainer behind tokenizer.model). Nothing here is public API. */
+/* synth_int.h — private interfaces of mtok synth, shared by synth/synth.c (presets, weights, configs),
+ * synth/st_write.c (crash-safe output files, streaming safetensors writer) and synth/synth_tok.c
+ * (the byte-level BPE trainer behind tokenizer.model). The public part is synth/mtok_synth.h. */
 #ifndef MTOK_SYNTH_INT_H
 #define MTOK_SYNTH_INT_H
 
 #include <stdint.h>
 #include <stddef.h>
 
-#include "mtok.h"
+#include "mtok_synth.h"
 
 /* ---- output files (st_write.c) ------------------------------------------------------------------
  * Every file of a checkpoint is written to DIR/.NAME.tmp-PID and only renamed to DIR/NAME by
