@@ -174,7 +174,7 @@ int mtok_session_save_kv(mtok_session *s, const char *path) {
     if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
     if (s->pos <= 0) return mtok_err(MTOK_EUSAGE, "%s: nothing to save, the session holds no tokens", path);
     uint64_t id;
-    int rc = mtok_model_identity(s->m, &id);
+    int rc = mtok_model_identity(s->m, s->threads, &id);
     return rc ? rc : kvs_file_save(s->kv, path, id, s->ids.v, s->pos);
 }
 
@@ -186,7 +186,7 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
     if (s->world) return mtok_err(MTOK_EUSAGE, "%s: saved KV files are not supported in parallel runs (--tp/--cp)", path);
     struct stat st; /* a mistyped path must not wait for the first hashing of the weights */
     if (stat(path, &st)) return mtok_err(MTOK_EINPUT, "%s: %s", path, strerror(errno));
-    int rc = mtok_model_identity(s->m, &id);
+    int rc = mtok_model_identity(s->m, s->threads, &id);
     if (rc) return rc;
     mtok_session_reset(s);
     rc = kvs_file_load(s->kv, path, id, prompt, prompt ? (int64_t)n_prompt : -1, &ids, &n);

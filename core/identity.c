@@ -91,12 +91,12 @@ static int hash_segment(int fd, const uint8_t *map, uint64_t size, uint64_t i, u
 }
 
 /* The whole-file hash of one shard: XXH3-128 of (size, segment hashes in order). */
-static int hash_shard(const char *path, int fd, const uint8_t *map, uint64_t size, uint8_t out[16]) {
+static int hash_shard(const char *path, int fd, const uint8_t *map, uint64_t size, int threads, uint8_t out[16]) {
     const int64_t nseg = (int64_t)((size + SEG_BYTES - 1) / SEG_BYTES);
     XXH128_hash_t *seg = calloc((size_t)(nseg > 0 ? nseg : 1), sizeof *seg);
     if (!seg) return mtok_err(MTOK_ERESOURCE, "out of memory hashing %s", path);
     int err = 0;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads())
     {
         uint8_t *buf = fd >= 0 ? malloc(READ_BYTES) : NULL;
         int my = fd >= 0 && !buf ? -ENOMEM : 0;
@@ -297,12 +297,12 @@ static void shard_lookup(const mtok_shard *sh, const mtok_file_key *loaded, char
 }
 
 /* Hashes a shard the cache did not know, from its file (or its mapping), and remembers the result. */
-static int shard_hash(const mtok_shard *sh, const char *dir, shard_job *j) {
+static int shard_hash(const mtok_shard *sh, const char *dir, int threads, shard_job *j) {
     double t0 = now_s();
 #ifdef POSIX_FADV_SEQUENTIAL
     if (j->fd >= 0) posix_fadvise(j->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
-    int rc = hash_shard(sh->path, j->fd, j->fd >= 0 ? NULL : sh->map, sh->size, j->h);
+    int rc = hash_shard(sh->path, j->fd, j->fd >= 0 ? NULL : sh->map, sh->size, threads, j->h);
     double dt = now_s() - t0;
     if (rc) return rc;
     mtok_log(2, "model identity: hashed %s (%.2f GB) in %.2f s (%.2f GB/s)", sh->path, (double)sh->size / 1e9, dt,
@@ -311,7 +311,7 @@ static int shard_hash(const mtok_shard *sh, const char *dir, shard_job *j) {
     return 0;
 }
 
-int mtok_model_identity(const mtok_model *m, uint64_t *out) {
+int mtok_model_identity(const mtok_model *m, int threads, uint64_t *out) {
     mtok_identity_memo *memo = m->id_memo;
     if (!memo) return mtok_err(MTOK_EINTERNAL, "model identity: the model was not made by mtok_model_load");
     pthread_mutex_lock(&memo->lock);
@@ -334,7 +334,7 @@ int mtok_model_identity(const mtok_model *m, uint64_t *out) {
         mtok_log(1, "hashing %.1f GB of weights for the model identity of saved KV files (once per checkpoint, "
                  "remembered in %s)", (double)hashed / 1e9, dir ? dir : "no cache folder: it cannot be created");
     for (int i = 0; i < n && !rc; i++)
-        if (!j[i].hit) rc = shard_hash(&m->shards[i], dir, &j[i]);
+        if (!j[i].hit) rc = shard_hash(&m->shards[i], dir, threads, &j[i]);
     if (!rc) {
         const uint64_t head[2] = {0x6d746f6b69643032ull /* "mtokid02": this layout */, m->fingerprint};
         XXH3_state_t *st = XXH3_createState();

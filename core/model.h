@@ -84,8 +84,9 @@ int mtok_config_parse(const char *path, const char *json_text, size_t len, const
 
 /* core/identity.c: the identity a saved KV file carries: the fingerprint combined with a hash of
  * every byte of every shard file, remembered per shard in $XDG_CACHE_HOME/mtok (else ~/.cache/mtok)
- * and computed once per model. Errors: MTOK_EINPUT (a shard cannot be read), MTOK_ERESOURCE. */
-int mtok_model_identity(const mtok_model *m, uint64_t *out);
+ * and computed once per model with `threads` OpenMP threads (0: OpenMP's default). Errors: MTOK_EINPUT
+ * (a shard cannot be read), MTOK_ERESOURCE. */
+int mtok_model_identity(const mtok_model *m, int threads, uint64_t *out);
 /* The key of the file at path now (0, or -errno). */
 int mtok_file_key_of(const char *path, mtok_file_key *k);
 
