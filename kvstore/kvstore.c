@@ -424,6 +424,16 @@ static int64_t window_keep(const kvs_cache *c, int64_t n) {
     return needed ? first * c->B : n;
 }
 
+/* HOT/COLD -> EMPTY: block b of a layer gives back its slots (kvs_truncate, and a rewrite from inside
+ * a layer in write_rows). A staged read of it must already be waited for (drop_plan or unstage). */
+static void release_block(kvs_cache *c, int64_t layer, int64_t b) {
+    kvs_blk *k = BLK(c, layer, b);
+    release_hot(c, layer, k);
+    release_cold(c, k);
+    k->state = BLK_EMPTY;
+    k->dirty = 0;
+}
+
 int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
     drop_plan(c);
     n_tokens = window_keep(c, n_tokens);
@@ -436,10 +446,7 @@ int kvs_truncate(kvs_cache *c, int64_t n_tokens) {
                 if (b * c->B > n_tokens + c->B) break;
                 continue;
             }
-            release_hot(c, l, k);
-            release_cold(c, k);
-            k->state = BLK_EMPTY;
-            k->dirty = 0;
+            release_block(c, l, b);
         }
         /* the kept rows of a cut block: its key summary must not remember the dropped ones. Also when
          * this call cut nothing: a write that failed part way (a cold read in make_hot) lowered n_tok
@@ -471,12 +478,8 @@ static int write_rows(kvs_cache *c, int64_t layer, int64_t pos, int64_t n, const
     /* a rewrite from inside the layer: the blocks wholly after pos are gone, as after kvs_truncate
      * (left in place they would hold hot quota that evict never looks at, and stale staged reads) */
     for (int64_t b = (pos + B - 1) / B; b < c->n_blocks && b * B < c->n_tok[layer]; b++) {
-        kvs_blk *k = BLK(c, layer, b);
         if (c->tier) unstage(c, layer, b);
-        release_hot(c, layer, k);
-        release_cold(c, k);
-        k->state = BLK_EMPTY;
-        k->dirty = 0;
+        release_block(c, layer, b);
     }
     for (int64_t t = 0; t < n; t++) {
         int64_t p = pos + t, b = p / B, r = p % B;
