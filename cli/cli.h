@@ -17,6 +17,7 @@ typedef struct {
     int ignore_eos;        /* --ignore-eos */
     int log_level;         /* -v / -q / --log-level N */
     int no_simd;           /* --no-simd: scalar kernels */
+    const char *device;    /* --device cpu|cuda|cuda:N (NULL: cpu) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */
     const char *kv_dir;    /* --kv-dir DIR: cold tier location */

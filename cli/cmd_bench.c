@@ -1,9 +1,10 @@
 /* cmd_bench.c — mtok bench: speed and memory figures, each against this machine's limits measured
  * in the same run (the machine is shared, so only same-run ratios mean anything).
  *
- *   mtok bench -m DIR [--prompt N[,N..]] [--gen N] [--depths D1,D2..] [--reps N] [--check-tokens N] [--json]
+ *   mtok bench (-m DIR | --preset NAME [--synth-dir DIR] [--naming chatglm|hf] [--keep-synth]) [--prompt N[,N..]] [--gen N] [--depths D1,D2..] [--reps N] [--check-tokens N] [--json]
  *   mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json]
  *   mtok bench kv ...            (cold-tier benchmark, cli/cmd_kv.c)
+ *   mtok bench --device cuda ... (the CUDA backend against the GPU's limits, cli/cmd_bench_cuda.c)
  *
  * The limits (kernels/cpu_limits.c) run in a forked child before and after the model phases, so their
  * arrays never count in the model's peak RSS; the better of the two runs is the limit. Every run also
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "cli.h"
 #include "../kernels/kernels.h"
 
@@ -568,7 +570,12 @@ fail:
 int cmd_bench(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "kv")) return cmd_bench_kv(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "limits")) return bench_limits(argc - 1, argv + 1);
+    /* --device cuda[:N]: the GPU's own bench (its limits, phases and defaults differ); in a build
+     * without CUDA its option parsing refuses the device with the reason */
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--device") && !strncmp(argv[i + 1], "cuda", 4)) return cmd_bench_cuda(argc, argv);
     bench_opts B = {.gen = 32, .check_tokens = 32, .reps = 1};
+    bench_synth_opts so = {0};
     cli_common_defaults(&B.o);
     B.o.log_level = 0;
     mtok_set_log_level(0);
@@ -576,6 +583,7 @@ int cmd_bench(int argc, char **argv) {
     parse_list("--depths", "0,4096,16384,32768", &B.depths, 0);
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&B.o, argc, argv, &i);
+        if (!r) r = bench_synth_opt(&so, argc, argv, &i);
         if (r < 0) return 1;
         if (r) continue;
         const char *a = argv[i], *v;
@@ -602,12 +610,28 @@ int cmd_bench(int argc, char **argv) {
         } else
             return cli_usage_error("bench: unknown option '%s'", a);
     }
-    if (!B.o.model) return cli_usage_error("bench needs -m DIR (or: bench limits, bench kv)");
+    if (!B.o.model == !so.preset)
+        return cli_usage_error("bench needs one of -m DIR and --preset NAME (or: bench limits, bench kv)");
+    if ((so.dir || so.keep) && !so.preset) return cli_usage_error("--synth-dir and --keep-synth go with --preset");
     /* ascending depths: each one extends the previous prefix */
     for (int i = 1; i < B.depths.n; i++)
         for (int j = i; j > 0 && B.depths.v[j] < B.depths.v[j - 1]; j--) {
             const int64_t t = B.depths.v[j];
             B.depths.v[j] = B.depths.v[j - 1], B.depths.v[j - 1] = t;
         }
-    return bench_model(&B);
+    char dir[4096];
+    double secs;
+    if (so.preset) {
+        const int rc = bench_synth(&so, dir, sizeof dir, &secs);
+        if (rc) {
+            bench_synth_remove();
+            return cli_fail(rc);
+        }
+        fprintf(stderr, "mtok: bench: synthesized %s into %s in %.1f s%s\n", so.preset, dir, secs,
+                so.keep ? " (kept)" : " (removed at the end)");
+        B.o.model = dir;
+    }
+    const int rc = bench_model(&B);
+    bench_synth_remove();
+    return rc;
 }

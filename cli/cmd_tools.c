@@ -203,7 +203,9 @@ int cmd_info(int argc, char **argv) {
     printf("mtok %s\n", MTOK_VERSION);
     printf("backends: cpu (%s kernels, %d OpenMP threads)\n", mk_have_avx2() ? "avx2+fma" : "scalar",
            o.threads ? o.threads : omp_get_max_threads());
-    printf("not built: cuda\n");
+    char cuda[512];
+    mtok_cuda_describe(cuda, sizeof cuda);
+    printf("cuda: %s\n", cuda);
     if (par) fputs(par, stdout);
     free(par);
     printf("io_uring: %s\n", io_uring_status());

@@ -218,6 +218,11 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         o->ignore_eos = 1;
     } else if (!strcmp(a, "--no-simd")) {
         o->no_simd = 1;
+    } else if (!strcmp(a, "--device")) {
+        VAL();
+        int dev;
+        if (mtok_device_parse(v, &dev)) return cli_usage_error("%s", mtok_errmsg()), -1;
+        o->device = v;
     } else if (!strcmp(a, "-v")) {
         o->log_level = 2;
     } else if (!strcmp(a, "-q")) {
@@ -302,7 +307,8 @@ int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
                                   .kv_io = o->kv_io, .kv_policy = o->kv_policy, .kv_sinks = o->kv_sinks,
                                   .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_fault = o->kv_fault,
                                   .kv_topk = o->kv_topk, .kv_audit = o->kv_audit, .world = L->world,
-                                  .tp_comm = L->tp_comm, .cp_comm = L->cp_comm, .cp_span = o->cp_span};
+                                  .tp_comm = L->tp_comm, .cp_comm = L->cp_comm, .cp_span = o->cp_span,
+                                  .device = o->device};
         rc = mtok_session_create(L->model, &sp, &L->sess);
     }
     if (rc && L->world && mp_size(L->world) > 1) {

@@ -36,9 +36,13 @@ struct attn_state {
     uint8_t *sel;     /* [G][n_blocks]: block attended by group g */
     int64_t *ids;     /* [n_blocks]: the union, ascending */
     mtok_partials exact; /* audit: exact attention's partials [chunk*H] */
+    /* a device backend's queries and partials, read to the host for the selection and the audit */
+    float *qhost;     /* [chunk][H*D] */
+    float *mdhost;    /* [4][chunk*H]: m, d of the selected and of the exact partials */
     /* accounting (mtok_kv_stats) */
     uint64_t bytes_attended, bytes_exact, audit_steps, audit_rows, audit_bytes_read;
     double audit_min, audit_sum;
+    uint8_t *held;    /* [n_layers]: the backend holds the layer's KV up to the queries (kv_holds): no stream */
 };
 
 int attn_create(mtok_session *s, const mtok_session_params *p) {
@@ -50,6 +54,7 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
     A->n_blocks = (kp->ctx + A->B - 1) / A->B;
     A->sink_blocks = (kp->sinks + A->B - 1) / A->B;
     A->audit_min = 1.0;
+    if (!(A->held = calloc((size_t)s->c->n_layers, 1))) return mtok_err(MTOK_ERESOURCE, "out of memory creating attention state");
     if (A->policy != KVS_POLICY_TOPK) return 0;
     if (p->kv_topk < 0 || p->kv_window < 0 || !(p->kv_audit >= 0 && p->kv_audit <= 1))
         return mtok_err(MTOK_EUSAGE, "topk policy: --kv-topk %lld, --kv-window %lld and --kv-audit %g must be a "
@@ -65,7 +70,12 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
     A->heap = malloc((size_t)A->topk * sizeof *A->heap);
     A->sel = malloc((size_t)s->G * nb);
     A->ids = malloc(nb * sizeof *A->ids);
-    if (!(A->qlo && A->qhi && A->score && A->heap && A->sel && A->ids))
+    if (s->be->tensor(s->bs, MTOK_T_Q).mem != MTOK_MEM_HOST) {
+        A->qhost = malloc(C * hd * sizeof *A->qhost);
+        A->mdhost = malloc(4 * C * (size_t)s->H * sizeof *A->mdhost);
+    }
+    if (!(A->qlo && A->qhi && A->score && A->heap && A->sel && A->ids) ||
+        (s->be->tensor(s->bs, MTOK_T_Q).mem != MTOK_MEM_HOST && !(A->qhost && A->mdhost)))
         return mtok_err(MTOK_ERESOURCE, "out of memory for the topk selection buffers (%lld blocks)",
                         (long long)A->n_blocks);
     return A->audit > 0 ? s->be->partials_create(s->bs, (int64_t)C * s->H, &A->exact) : 0;
@@ -75,14 +85,18 @@ void attn_free(mtok_session *s) {
     attn_state *A = s->attn;
     if (!A) return;
     free(A->qlo), free(A->qhi), free(A->score), free(A->heap), free(A->sel), free(A->ids);
+    free(A->qhost), free(A->mdhost), free(A->held);
     if (A->exact.o) s->be->partials_free(s->bs, &A->exact);
     free(A);
     s->attn = NULL;
 }
 
 int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0) {
-    /* topk plans in attn_layer, once the layer's queries are known */
-    return s->attn->policy == KVS_POLICY_TOPK ? 0 : kvs_plan(s->kv, layer, kv_end, q_pos0);
+    /* topk plans in attn_layer, once the layer's queries are known; a backend holding the layer's
+     * keys before the queries (the chunk's own it appends itself) needs nothing from the store */
+    if (s->attn->policy == KVS_POLICY_TOPK) return 0;
+    if ((s->attn->held[layer] = (uint8_t)s->be->kv_holds(s->bs, layer, q_pos0))) return 0;
+    return kvs_plan(s->kv, layer, kv_end, q_pos0);
 }
 
 /* ---- attention over the planned blocks of a layer ----
@@ -100,6 +114,10 @@ static int attend(mtok_session *s, int64_t layer, int64_t pos, int64_t n, const 
     const mtok_attn_job job = {.layer = layer, .q_pos = pos, .n = n, .block_tokens = B, .sel = sel,
                                .sel_stride = A->n_blocks};
     int rc = be->attn_begin(s->bs, &job, p);
+    if (!sel && A->held[layer]) { /* the backend's own copy (attn_plan): nothing to stream */
+        if (attended) *attended += (uint64_t)((pos + n) * G * D * 4);
+        return rc ? rc : be->attn_end(s->bs, &job, p);
+    }
     kvs_block seg[SEG_BLOCKS];
     while (!rc) {
         int nseg = 0;
@@ -160,7 +178,7 @@ static void query_box(mtok_session *s, const float *q, int64_t g, int64_t n, flo
 
 /* Chooses, per group, the blocks layer `layer` attends for queries pos..pos+n-1 (into A->sel) and
  * returns their union in block order (A->ids, *n_ids). */
-static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, int64_t *n_ids) {
+static int topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, int64_t *n_ids) {
     attn_state *A = s->attn;
     const int64_t G = s->G, D = s->D, per = s->H / G, B = A->B, nbm = A->n_blocks;
     const int64_t nb = (pos + n + B - 1) / B;
@@ -169,7 +187,13 @@ static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, 
     int64_t m1 = pos - A->window > 0 ? (pos - A->window) / B : 0;
     m1 = m1 < m0 ? m0 : m1 > nb ? nb : m1;
     const int64_t nm = m1 - m0;
-    const float *q = s->be->tensor(s->bs, MTOK_T_Q).data; /* host on the CPU backend */
+    const mtok_tview qv = s->be->tensor(s->bs, MTOK_T_Q);
+    const float *q = qv.data; /* host on the CPU backend; a device backend's are read over */
+    if (qv.mem != MTOK_MEM_HOST) {
+        int rc = s->be->read(s->bs, A->qhost, qv.data, (size_t)(n * s->H * D) * sizeof *A->qhost);
+        if (rc) return rc;
+        q = A->qhost;
+    }
     for (int64_t g = 0; g < G; g++) {
         uint8_t *sg = A->sel + g * nbm;
         memset(sg, 0, (size_t)nb);
@@ -200,6 +224,7 @@ static void topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, 
         if (any) A->ids[k++] = b;
     }
     *n_ids = k;
+    return 0;
 }
 
 /* Audit: exact attention over every block for the same queries; per (query, head) the share of the
@@ -213,9 +238,18 @@ static int audit_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     kvs_get_stats(s->kv, &st1);
     A->audit_bytes_read += st1.bytes_read - st0.bytes_read;
     if (rc) return rc;
-    const mtok_partials *sel = s->part, *ex = &A->exact;
-    for (int64_t i = 0; i < n * s->H; i++) {
-        double share = ex->d[i] > 0 ? (double)sel->d[i] * exp((double)sel->m[i] - (double)ex->m[i]) / ex->d[i] : 1.0;
+    const int64_t rows = n * s->H;
+    const float *sm = s->part->m, *sd = s->part->d, *em = A->exact.m, *ed = A->exact.d;
+    if (s->part->mem != MTOK_MEM_HOST) { /* a device backend's partials: their m and d to the host */
+        float *h = A->mdhost;
+        const size_t bytes = (size_t)rows * sizeof *h;
+        if ((rc = s->be->read(s->bs, h, sm, bytes)) || (rc = s->be->read(s->bs, h + rows, sd, bytes)) ||
+            (rc = s->be->read(s->bs, h + 2 * rows, em, bytes)) || (rc = s->be->read(s->bs, h + 3 * rows, ed, bytes)))
+            return rc;
+        sm = h, sd = h + rows, em = h + 2 * rows, ed = h + 3 * rows;
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        double share = ed[i] > 0 ? (double)sd[i] * exp((double)sm[i] - (double)em[i]) / ed[i] : 1.0;
         share = share > 1.0 ? 1.0 : share; /* rounding */
         A->audit_min = share < A->audit_min ? share : A->audit_min;
         A->audit_sum += share;
@@ -243,8 +277,8 @@ int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     A->bytes_exact += (uint64_t)((pos + n) * s->G * s->D * 4);
     if (A->policy != KVS_POLICY_TOPK) return attend(s, layer, pos, n, NULL, s->part, &A->bytes_attended);
     int64_t n_ids = 0;
-    topk_select(s, layer, pos, n, &n_ids);
-    int rc = kvs_plan_blocks(s->kv, layer, A->ids, n_ids);
+    int rc = topk_select(s, layer, pos, n, &n_ids);
+    if (!rc) rc = kvs_plan_blocks(s->kv, layer, A->ids, n_ids);
     if (!rc) rc = attend(s, layer, pos, n, A->sel, s->part, &A->bytes_attended);
     if (!rc && A->audit_now) rc = audit_layer(s, layer, pos, n);
     return rc;

@@ -27,7 +27,7 @@
 #include "model.h"
 #include "../kvstore/kvstore.h"
 
-#define MTOK_BACKEND_VERSION 1
+#define MTOK_BACKEND_VERSION 2
 
 /* Tensors say where their bytes are with mtok_mem (base/mtok_base.h). */
 
@@ -65,8 +65,8 @@ typedef struct {
  * "mlp_act" (silu(gate)·up), "mlp_proj", "mlp_res"; then "final_norm" and "logits". Tensor-parallel
  * ranks report their slices (q, k, v, attn, mlp_act) and their partial sums (attn_proj, mlp_proj,
  * before the all-reduce). data stays valid only during the call. A backend with device memory
- * synchronises before calling and reports MTOK_MEM_DEVICE pointers. Without a hook an op pays one
- * pointer test. */
+ * runs its ops one by one while a hook is set (no deferred work, no graphs) and reports a host copy
+ * (MTOK_MEM_HOST). Without a hook an op pays one pointer test. */
 typedef struct {
     const char *name;
     int64_t layer; /* -1 outside the layers */
@@ -129,6 +129,12 @@ typedef struct {
     int64_t F, V;    /* this rank's ffn rows and vocabulary rows (tensor parallel slices) */
     int threads;     /* CPU threads the ops may use (> 0): the team size of every parallel region */
     const mtok_hook *hook; /* the session's hook (read at every op; may be changed between ops) */
+    int device;      /* the device's index for a device backend (cuda:N); 0 otherwise */
+    int64_t kv_ctx, kv_block; /* this rank's KV positions and the KV store's block size B (a device
+                               * backend keeps its own copy of the cache in blocks of B) */
+    int kv_exact;    /* 1: every attention streams all blocks up to its queries (the exact policy on one
+                      * rank), so a device backend may attend its own copy without a block list and
+                      * replay a captured decode step */
 } mtok_backend_params;
 
 typedef struct mtok_backend_weights mtok_backend_weights;
@@ -141,8 +147,10 @@ typedef struct {
     /* ---- weight residency ----
      * Makes the model's (this rank's slice of) weights usable by the ops: the CPU backend uses the
      * mapped safetensors in place; a device backend uploads them (and may share one upload between
-     * the sessions of a model by counting references). */
-    int (*weights_load)(const mtok_model *m, mtok_backend_weights **out);
+     * the sessions of a model by counting references). p->w is NULL here; the rest of p is what
+     * create will get, so a device backend can check that weights, activations, KV and workspace
+     * fit before it allocates anything (and refuse, saying what to lower). */
+    int (*weights_load)(const mtok_backend_params *p, mtok_backend_weights **out);
     void (*weights_free)(mtok_backend_weights *w);
 
     /* ---- per-session state: the scratch tensors, partials and anything the ops keep ---- */
@@ -187,6 +195,28 @@ typedef struct {
      * = a·Woutᵀ, through g when the output layer is split over ranks. Checks a and out. */
     int (*logits)(mtok_backend_state *st, const mtok_chunk *c, int64_t r0, int64_t rows, float *out,
                   const mtok_gather *g);
+    /* Closes the chunk, after its last op: a backend that defers work (a device backend queues its
+     * ops, replays a decode step as a CUDA graph, checks for NaN/Inf on the device and writes the
+     * chunk's K and V rows into the KV store once the step is done) completes it here, so `out` of
+     * logits, the KV store and any error are final when this returns. */
+    int (*chunk_end)(mtok_backend_state *st, const mtok_chunk *c);
+
+    /* ---- outside the pass ---- */
+    /* Copies bytes from the backend's memory (a tensor view, partials) to host dst; returns once done.
+     * Core's host-side policy code (topk's query boxes, the audit) reads device tensors through it. */
+    int (*read)(mtok_backend_state *st, void *dst, const void *src, size_t bytes);
+    /* The session's KV store changed behind the ops from KV position kv_pos on (truncate, reset,
+     * a loaded file, a failed chunk rolled back): a backend that keeps its own copy of KV blocks
+     * forgets those positions and takes them from the store's blocks again when they are streamed. */
+    void (*kv_forget)(mtok_backend_state *st, int64_t kv_pos);
+    /* 1 when the backend holds KV positions [0, kv_pos) of the layer itself and attends them without
+     * the store's blocks (a device backend's complete copy under kv_exact): core/attn.c then streams
+     * nothing for that attention (no host work, no cold-tier reads) and calls attn_begin, attn_end. */
+    int (*kv_holds)(const mtok_backend_state *st, int64_t layer, int64_t kv_pos);
+    /* Per-stage timing (mtok_session_profile, mtok_session_stage_times in mtok.h): MTOK_EUSAGE from a
+     * backend that does not time its ops. */
+    int (*profile)(mtok_backend_state *st, int on);
+    int (*stage_times)(const mtok_backend_state *st, mtok_stage_times *out);
 } mtok_backend_ops;
 
 enum { MTOK_NORM_ATTN = 0, MTOK_NORM_MLP = 1 };
@@ -194,6 +224,8 @@ enum { MTOK_BLOCK_ATTN = 0, MTOK_BLOCK_MLP = 1 };
 
 /* The CPU backend (core/backend_cpu.c). */
 const mtok_backend_ops *mtok_backend_cpu(void);
+/* The CUDA backend (core/backend_cuda.c; NULL in a build without CUDA). */
+const mtok_backend_ops *mtok_backend_cuda(void);
 /* The CPU thread count of a session: requested when > 0, else the cores this process may run on. */
 int mtok_backend_cpu_threads(int requested);
 

@@ -90,10 +90,10 @@ static void emit(const mtok_backend_state *st, const char *name, int64_t layer, 
 
 /* ---- weights and state ---- */
 
-static int cpu_weights_load(const mtok_model *m, mtok_backend_weights **out) {
+static int cpu_weights_load(const mtok_backend_params *p, mtok_backend_weights **out) {
     mtok_backend_weights *w = malloc(sizeof *w);
     if (!w) return mtok_err(MTOK_ERESOURCE, "out of memory for the weight table");
-    w->w = &m->w; /* the mapping itself: nothing to copy */
+    w->w = &p->m->w; /* the mapping itself: nothing to copy */
     *out = w;
     return 0;
 }
@@ -399,6 +399,22 @@ static int cpu_logits(mtok_backend_state *st, const mtok_chunk *c, int64_t r0, i
     return check(st, out, rows, vocab, pos0, "output layer (logits)", -1);
 }
 
+/* Every op completes before it returns, in host memory: nothing is deferred, nothing is cached. */
+static int cpu_chunk_end(mtok_backend_state *st, const mtok_chunk *c) { return 0; }
+
+static int cpu_read(mtok_backend_state *st, void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+    return 0;
+}
+
+static void cpu_kv_forget(mtok_backend_state *st, int64_t kv_pos) {}
+static int cpu_kv_holds(const mtok_backend_state *st, int64_t layer, int64_t kv_pos) { return 0; }
+
+static int cpu_profile(mtok_backend_state *st, int on) {
+    return mtok_err(MTOK_EUSAGE, "per-stage times are measured on the CUDA backend only (--device cuda)");
+}
+static int cpu_stage_times(const mtok_backend_state *st, mtok_stage_times *out) { return cpu_profile(NULL, 0); }
+
 static const mtok_backend_ops cpu_ops = {
     .version = MTOK_BACKEND_VERSION,
     .name = "cpu",
@@ -422,6 +438,12 @@ static const mtok_backend_ops cpu_ops = {
     .mlp = cpu_mlp,
     .residual = cpu_residual,
     .logits = cpu_logits,
+    .chunk_end = cpu_chunk_end,
+    .read = cpu_read,
+    .kv_forget = cpu_kv_forget,
+    .kv_holds = cpu_kv_holds,
+    .profile = cpu_profile,
+    .stage_times = cpu_stage_times,
 };
 
 const mtok_backend_ops *mtok_backend_cpu(void) { return &cpu_ops; }

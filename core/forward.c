@@ -52,15 +52,27 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
         return rc;
     }
     int64_t block = p && p->kv_block > 0 ? p->kv_block : KVS_DEFAULT_BLOCK_TOKENS;
-    s->be = mtok_backend_cpu();
+    int device = -1;
+    rc = mtok_device_parse(p ? p->device : NULL, &device);
+    if (!rc && device >= 0 && s->world)
+        rc = mtok_err(MTOK_EUSAGE, "--device cuda runs one rank for now: tensor and context parallel runs (--tp, "
+                      "--cp) use the CPU backend (docs/GPU.md)");
+    if (rc) {
+        mtok_session_free(s);
+        return rc;
+    }
+    s->be = device >= 0 ? mtok_backend_cuda() : mtok_backend_cpu();
     if (s->be->version != MTOK_BACKEND_VERSION) {
         mtok_session_free(s);
         return mtok_err(MTOK_EINTERNAL, "backend %s has version %d, this build needs %d", s->be->name,
                         s->be->version, MTOK_BACKEND_VERSION);
     }
-    rc = s->be->weights_load(m, &s->bw);
-    const mtok_backend_params bp = {.m = m, .w = s->bw, .chunk = s->chunk, .H = s->H, .G = s->G, .D = s->D,
-                                    .F = m->tp.F, .V = m->tp.V, .threads = s->threads, .hook = &s->hook};
+    mtok_backend_params bp = {.m = m, .chunk = s->chunk, .H = s->H, .G = s->G, .D = s->D, .F = m->tp.F,
+                              .V = m->tp.V, .threads = s->threads, .hook = &s->hook, .device = device > 0 ? device : 0,
+                              .kv_ctx = dist_local_tokens(s, s->ctx), .kv_block = block,
+                              .kv_exact = !s->world && (!p || p->kv_policy == KVS_POLICY_EXACT)};
+    rc = s->be->weights_load(&bp, &s->bw);
+    bp.w = s->bw;
     if (!rc) rc = s->be->create(&bp, &s->bs);
     s->logits = rc ? NULL : malloc((size_t)c->vocab * sizeof *s->logits);
     if (!rc && !s->logits) rc = mtok_err(MTOK_ERESOURCE, "out of memory for %lld logits", (long long)c->vocab);
@@ -113,6 +125,7 @@ void session_reset_local(mtok_session *s) {
     s->kv_pos = 0;
     s->ids.n = 0;
     kvs_reset(s->kv);
+    s->be->kv_forget(s->bs, 0);
 }
 void mtok_session_reset(mtok_session *s) {
     int rc = dist_announce(s, DIST_RESET, 0, NULL, 0);
@@ -125,6 +138,7 @@ int session_truncate_local(mtok_session *s, int64_t n) {
     s->kv_pos = dist_local_tokens(s, n);
     int rc = kvs_truncate(s->kv, s->kv_pos);
     const int64_t held = kvs_tokens(s->kv);
+    s->be->kv_forget(s->bs, held < s->kv_pos ? held : s->kv_pos);
     if (rc || held >= s->kv_pos) return rc;
     /* The window policy dropped blocks that queries after n would attend (kvs_truncate kept less):
      * recompute the lost positions from their ids, so the session holds n tokens as asked and its
@@ -201,6 +215,7 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
                           "[0, %lld)", path, ids[t], (long long)t, (long long)s->c->vocab);
     if (!rc && n > 0) rc = mtok_ids_append(&s->ids, ids, (size_t)n);
     free(ids);
+    s->be->kv_forget(s->bs, 0); /* the store's blocks are the file's now */
     if (rc) {
         mtok_session_reset(s);
         return rc;
@@ -278,10 +293,12 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
      * tensor-parallel rank computes its vocabulary rows and gathers the rest */
     if (all_logits) {
         if ((rc = be->logits(st, &c, 0, n, all_logits, split))) return rc;
-        if (want_last) memcpy(s->logits, all_logits + (size_t)(n - 1) * vocab, (size_t)vocab * sizeof(float));
     } else if (want_last && (rc = be->logits(st, &c, n - 1, 1, s->logits, split))) {
         return rc;
     }
+    if ((rc = be->chunk_end(st, &c))) return rc; /* logits, KV store and checks final from here on */
+    if (all_logits && want_last)
+        memcpy(s->logits, all_logits + (size_t)(n - 1) * vocab, (size_t)vocab * sizeof(float));
     s->pos += n;
     s->kv_pos = kend;
     s->computed += n;
@@ -302,6 +319,7 @@ int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logit
             s->ids.n = (size_t)start;
             s->kv_pos = dist_local_tokens(s, start);
             kvs_truncate(s->kv, s->kv_pos);
+            s->be->kv_forget(s->bs, s->kv_pos);
             return rc;
         }
         i += nc;
@@ -327,3 +345,6 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
 const mtok_config *mtok_session_config(const mtok_session *s) { return s->c; }
 
 void mtok_session_set_hook(mtok_session *s, mtok_tensor_hook fn, void *user) { s->hook = (mtok_hook){fn, user}; }
+
+int mtok_session_profile(mtok_session *s, int on) { return s->be->profile(s->bs, on); }
+int mtok_session_stage_times(const mtok_session *s, mtok_stage_times *out) { return s->be->stage_times(s->bs, out); }

@@ -172,7 +172,26 @@ typedef struct {
     struct mp_comm *cp_comm; /* context parallel: ranks holding the other spans of positions */
     int64_t cp_span;         /* context parallel: tokens per span, assigned round-robin (0: 4096) */
     const char *kv_fault;  /* test-only fault injection "KIND[:NTH[:COUNT]]" (docs/KVSTORE.md); NULL normally */
+    const char *device;    /* compute device: "cpu" (NULL: the CPU), "cuda" (device 0) or "cuda:N" (docs/GPU.md) */
 } mtok_session_params;
+
+/* Parses a device name ("cpu", "cuda", "cuda:N") into *index: -1 for the CPU, N >= 0 for CUDA device N.
+ * MTOK_EUSAGE with a message for anything else, or for cuda in a build without the CUDA backend. */
+int mtok_device_parse(const char *name, int *index);
+/* One line on the CUDA backend of this build: "built (sm_80, sm_90a), N devices: NAME, ..." or why
+ * there is none ("not built", "built (...); no devices: no NVIDIA driver"); returns the device count. */
+int mtok_cuda_describe(char *buf, size_t cap);
+
+/* Per-stage device time of a session's forward steps (the CUDA backend; `mtok bench --device cuda`).
+ * mtok_session_profile(s, 1) makes every later op run on its own between timing events (no graphs:
+ * the figures are those of the eager step); (s, 0) stops. mtok_session_stage_times adds up the
+ * times since profiling began. MTOK_EUSAGE on a backend that does not time its ops (the CPU). */
+typedef struct {
+    double embed_ms, norm_ms, qkv_ms, attn_ms, attn_out_ms, mlp_ms, residual_ms, logits_ms; /* summed */
+    int64_t chunks; /* forward chunks timed */
+} mtok_stage_times;
+int mtok_session_profile(mtok_session *s, int on);
+int mtok_session_stage_times(const mtok_session *s, mtok_stage_times *out);
 
 int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_session **out);
 /* Frees the session; on the leading rank of a parallel run this also releases the serving ranks. */

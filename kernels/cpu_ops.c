@@ -18,20 +18,10 @@ void mk_rope_table(float *cs, float *sn, int64_t rope_dim, double base, int64_t 
     }
 }
 
+/* mm_merge_row (kernels/mtok_math.h) is the merge the CUDA kernels use per element: an empty side
+ * (m = -inf) is skipped or taken as it is, otherwise both are scaled by exp(m_i - max) <= 1. */
 void mk_attn_merge(float *acc, float *m, float *l, const float *acc2, float m2, float l2, int64_t D) {
-    if (m2 == -INFINITY) return; /* the other side is empty */
-    if (*m == -INFINITY) {       /* this side is empty: take the other one as it is */
-        for (int64_t d = 0; d < D; d++) acc[d] = acc2[d];
-        *m = m2;
-        *l = l2;
-        return;
-    }
-    /* both finite: the factors are exp(<= 0), so nothing overflows */
-    const float mn = *m > m2 ? *m : m2;
-    const float a1 = expf(*m - mn), a2 = expf(m2 - mn);
-    for (int64_t d = 0; d < D; d++) acc[d] = acc[d] * a1 + acc2[d] * a2;
-    *l = *l * a1 + l2 * a2;
-    *m = mn;
+    mm_merge_row(acc, m, l, acc2, m2, l2, D);
 }
 
 /* ---- portable fallbacks ---- */
@@ -108,18 +98,13 @@ void mk_rope_portable(float *x, int64_t n_heads, int64_t head_dim, int64_t rope_
     for (int64_t h = 0; h < n_heads; h++) {
         float *v = x + h * head_dim;
         for (int64_t i = 0; i < rope_dim / 2; i++) {
-            const float a = v[2 * i], c = v[2 * i + 1];
-            v[2 * i] = a * cs[i] - c * sn[i];
-            v[2 * i + 1] = a * sn[i] + c * cs[i];
+            mm_rope_pair(&v[2 * i], &v[2 * i + 1], cs[i], sn[i]);
         }
     }
 }
 
 void mk_swiglu_portable(float *out, const float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        const float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    for (int64_t i = 0; i < n; i++) out[i] = mm_silu(gate[i]) * up[i];
 }
 
 void mk_f32_to_bf16_row_portable(uint16_t *dst, const float *src, int64_t n) {

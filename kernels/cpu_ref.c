@@ -88,7 +88,7 @@ void mk_rmsnorm_ref(float *y, const float *x, const mk_tensor *w, int64_t n, flo
     double ss = 0.0;
     for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
     /* the same scale the fast paths use, so they differ only by the order of the sum */
-    const float r = n > 0 ? (float)(1.0 / sqrt(ss / (double)n + (double)eps)) : 0.0f;
+    const float r = mm_rms_scale(ss, n, eps);
     for (int64_t i = 0; i < n; i++) y[i] = mk_get(w, i) * (x[i] * r);
 }
 

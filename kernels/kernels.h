@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 #include "../base/mtok_base.h"
+#include "mtok_math.h"
 
 /* A 1-D or 2-D tensor in its stored dtype. 2-D is row-major [rows][cols] (PyTorch [out, in]). */
 typedef struct {
@@ -29,20 +30,10 @@ static inline mk_tensor mk_rows(mk_tensor t, int64_t r0, int64_t n) {
     return v;
 }
 
-/* ---- scalar conversions (round-to-nearest-even for f32 -> bf16, NaN kept quiet) ---- */
-static inline float mk_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint16_t mk_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+/* ---- scalar conversions (round-to-nearest-even for f32 -> bf16, NaN kept quiet) ----
+ * The bf16 rules live in kernels/mtok_math.h, shared with the CUDA kernels. */
+static inline float mk_bf16_to_f32(uint16_t h) { return mm_bf16_to_f32(h); }
+static inline uint16_t mk_f32_to_bf16(float f) { return mm_f32_to_bf16(f); }
 float mk_f16_to_f32(uint16_t h);
 uint16_t mk_f32_to_f16(float f);
 /* Element i of a tensor (any dtype) as fp32. */

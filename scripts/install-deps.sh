@@ -25,3 +25,13 @@ fi
 if ! python3 -c 'import numpy' 2>/dev/null; then
   python3 -m pip install --quiet numpy || python3 -m pip install --quiet --break-system-packages numpy
 fi
+# The CUDA backend needs the CUDA toolkit (nvcc, cudart, cuBLASLt; 12.0 or later), which the build
+# machines have preinstalled in /usr/local/cuda: nothing to install here. Where it is absent, the
+# default MTOK_CUDA=AUTO builds mtok without the backend (docs/GPU.md); say which case this is.
+nvcc_bin="$(command -v nvcc 2>/dev/null || true)"
+if [ -z "$nvcc_bin" ] && [ -x /usr/local/cuda/bin/nvcc ]; then nvcc_bin=/usr/local/cuda/bin/nvcc; fi
+if [ -n "$nvcc_bin" ]; then
+  echo "install-deps: CUDA toolkit: $nvcc_bin ($("$nvcc_bin" --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'version unknown'))"
+else
+  echo "install-deps: no CUDA toolkit (nvcc): mtok builds without the CUDA backend"
+fi

@@ -169,6 +169,32 @@ try:
     if rc != 1:
         failures.append("usage exit code")
         print("FAIL usage: rc", rc, err)
+
+    # --device: a malformed name is a usage error (exit 1) naming the accepted forms
+    out_npy = os.path.join(tmp, "x.npy")
+    for dev, want in (("gpu", "expected cpu, cuda or cuda:N"), ("cuda:x", "device index"), ("cuda:-1", "device index"),
+                      ("cuda:", "device index"), ("cudax", "expected cpu, cuda or cuda:N")):
+        rc, _, err = run("logits", "-m", base, "--tokens", "1", "--out", out_npy, "--device", dev)
+        ok = rc == 1 and want in err
+        print(f"{'ok  ' if ok else 'FAIL'} --device {dev}: rc={rc} {err.strip().splitlines()[-1] if err.strip() else ''}")
+        if not ok:
+            failures.append(f"--device {dev}")
+    # --device cuda where it cannot run: a build without the backend says so (usage, exit 1); a build
+    # with it on a machine without a GPU names the missing driver or device (exit 3, MTOK_ERESOURCE)
+    rc, info, _ = run("info")
+    cuda_line = next((l for l in info.splitlines() if l.startswith("cuda: ")), "")
+    if "not built" in cuda_line:
+        rc, _, err = run("logits", "-m", base, "--tokens", "1", "--out", out_npy, "--device", "cuda")
+        ok = rc == 1 and "built without the CUDA backend" in err
+    elif "no devices" in cuda_line:
+        rc, _, err = run("logits", "-m", base, "--tokens", "1", "--out", out_npy, "--device", "cuda")
+        ok = rc == 3 and ("driver" in err or "device" in err) and not os.path.exists(out_npy)
+    else:
+        rc, err, ok = 0, "(a GPU is present: nothing to refuse)", True
+    print(f"{'ok  ' if ok else 'FAIL'} --device cuda without a usable GPU ({cuda_line}): rc={rc} "
+          f"{err.strip().splitlines()[-1] if err.strip() else ''}")
+    if not ok:
+        failures.append("--device cuda without a GPU")
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

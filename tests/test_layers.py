@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """The layers only point down (README.md, "Layout"). Bottom up:
 
-    base/ < kernels/, parallel/ < kvstore/ < core/  (these five are libmtok)
+    base/ < kernels/, parallel/ < kvstore/, cuda/ < core/  (these six are libmtok; cuda/ is the
+          CUDA backend's kernels, mtok_cuda, in a build with CUDA)
           < eval/ (mtok_eval, the only user of cairo) < synth/ (mtok_synth) < cli/
 
 Fails when
 - a file includes a header of a higher or a sibling module (kernels/ and parallel/ are siblings),
   e.g. kvstore/ including core/mtok.h instead of base/mtok_base.h, or core/ an eval/ header;
 - an object file of the build calls (has an undefined symbol defined by) a file of a higher or
-  sibling module, read with nm from the objects CMake built;
+  sibling module, read with nm from the objects CMake built (the real build's objects; those of the
+  CPU-executed variant, mtok_shim*, only for sources the real build did not compile);
 - two or more files call each other in a circle (a strongly connected component of the
   file-to-file call graph), apart from the listed KNOWN_CYCLES, which must still exist (so the
   list only shrinks);
@@ -21,8 +23,9 @@ import sys
 
 from harness import args
 
-RANK = {"base": 0, "kernels": 1, "parallel": 1, "kvstore": 2, "core": 3, "eval": 4, "synth": 5, "cli": 6}
-LIBMTOK = ("base", "kernels", "parallel", "kvstore", "core")
+RANK = {"base": 0, "kernels": 1, "parallel": 1, "kvstore": 2, "cuda": 2, "core": 3, "eval": 4, "synth": 5, "cli": 6}
+LIBMTOK = ("base", "kernels", "parallel", "kvstore", "cuda", "core")
+SOURCES = ("*.c", "*.h", "*.cu", "*.cuh")
 # Circles known when this test was written, each with the change that removes it: a circle inside
 # one module that contains all the files of an entry is tolerated. An entry that no longer matches a
 # circle fails the test too: delete it.
@@ -46,8 +49,11 @@ def may_use(a_mod, b_mod):
 
 # ---- includes ----
 INCLUDE_DIRS = [os.path.join(src, "core"), os.path.join(src, "parallel"), src]  # libmtok's PUBLIC dirs
+# The shim build of cuda/ (tests/cuda_shim) adds its own directory and injects ck_shim.h with
+# -include: a module must never name a header of tests/ itself (library code does not depend on tests)
+INCLUDE_DIRS.append(os.path.join(src, "tests", "cuda_shim"))
 for mod in RANK:
-    for f in sorted(glob.glob(os.path.join(src, mod, "*.[ch]"))):
+    for f in sorted(g for pat in SOURCES for g in glob.glob(os.path.join(src, mod, pat))):
         for n, line in enumerate(open(f, encoding="utf-8", errors="replace"), 1):
             m = re.match(r'\s*#\s*include\s+"([^"]+)"', line)
             if not m:
@@ -56,22 +62,34 @@ for mod in RANK:
             hit = next((os.path.normpath(c) for c in cands if os.path.exists(c)), None)
             if hit is None:
                 continue  # a header of another build (nccl.h, ...)
+            if os.path.relpath(hit, src).split(os.sep)[0] == "tests":
+                bad.append(f"{os.path.relpath(f, src)}:{n}: includes {os.path.relpath(hit, src)} (library code "
+                           "includes a test header; the shim's header comes in by -include)")
+                continue
             to = module(hit)
             if to and not may_use(mod, to):
                 bad.append(f"{os.path.relpath(f, src)}:{n}: includes {os.path.relpath(hit, src)} ({to}/ is not below {mod}/)")
 
 # ---- calls, from the objects of the build ----
-objs = {}
-for o in glob.glob(os.path.join(build, "CMakeFiles", "*.dir", "**", "*.o"), recursive=True):
-    target, rel = o.split(os.sep + "CMakeFiles" + os.sep, 1)[1].split(".dir" + os.sep, 1)
+objs, shim_objs = {}, {}
+for o in glob.glob(os.path.join(build, "**", "CMakeFiles", "*.dir", "**", "*.o"), recursive=True):
+    # <build>/<dir>/CMakeFiles/<target>.dir/<path of the source relative to <dir>, ".." written "__">.o
+    subdir, rest = os.path.relpath(o, build).split("CMakeFiles" + os.sep, 1)
+    target, rel = rest.split(".dir" + os.sep, 1)
     if not target.startswith("mtok") or target.startswith("mtok_fuzz"):
         continue
-    rel = rel[:-2]  # foo.c.o -> foo.c
+    parts = [".." if p == "__" else p for p in rel[:-2].split(os.sep)]  # foo.c.o -> foo.c
+    rel = os.path.normpath(os.path.join(subdir, *parts))
+    if rel.startswith(".."):
+        continue  # a source generated in the build tree
+    into = shim_objs if target.startswith(("mtok_shim", "mtok_cuda_shim")) else objs
     if module(os.path.join(src, rel)) and os.path.exists(os.path.join(src, rel)):  # not a moved file's stale object
         # a source that moved to another library leaves its old object behind in an incremental
         # build: the newest object of a source is the one the build uses
-        if rel not in objs or os.path.getmtime(o) > os.path.getmtime(objs[rel]):
-            objs[rel] = o
+        if rel not in into or os.path.getmtime(o) > os.path.getmtime(into[rel]):
+            into[rel] = o
+for rel, o in shim_objs.items():
+    objs.setdefault(rel, o)
 if not any(r.startswith("core/") for r in objs):
     print(f"no objects of libmtok under {build}/CMakeFiles: build first")
     sys.exit(1)

@@ -1,0 +1,169 @@
+/* mtok_math.h — the small pieces of arithmetic that the CPU kernels (the C11 files of kernels/) and
+ * the CUDA kernels (the .cu files of cuda/, built by nvcc or run on the CPU through tests/cuda_shim)
+ * must compute the same way (prefix mm_). Each helper is written once here, so a rounding rule, an
+ * empty-state rule or a RoPE sign cannot drift between the backends.
+ *
+ * Compiled three ways: plain C (MM_HD adds nothing), nvcc (MM_HD = __host__ __device__, so the same
+ * function is callable from a kernel and from host code), and host C++ under MTOK_CUDA_SHIM (plain
+ * host functions, like C).
+ *
+ * Bit-exactness. On the host every helper is exactly the arithmetic the CPU path had before it
+ * moved here (the CPU results did not change by one bit). nvcc may contract a*b + c into one FMA and
+ * its expf differs from glibc's by an ulp or two, so device results of the float helpers agree
+ * with the CPU within rounding, not bit for bit; the integer helpers (bf16 conversion, block rows)
+ * agree exactly everywhere.
+ *
+ * Conventions: softmax state is natural-log (m = largest scaled score, d or l = sum exp(s - m),
+ * o or acc = sum exp(s - m) v); m = -INFINITY with d = 0 is the empty state. */
+#ifndef MTOK_MM_MATH_H
+#define MTOK_MM_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__CUDACC__)
+/* nvcc rejects a second inline specifier next to __forceinline__; always_inline keeps the intent */
+#define MM_HD __host__ __device__ __attribute__((always_inline))
+#else
+#define MM_HD
+#endif
+
+/* ---- bf16 <-> fp32 ---- */
+
+MM_HD static inline uint32_t mm_f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+
+MM_HD static inline float mm_bits_f32(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
+/* bf16 is the top half of an fp32: widening is exact */
+MM_HD static inline float mm_bf16_to_f32(uint16_t h) { return mm_bits_f32((uint32_t)h << 16); }
+
+/* Round to nearest, ties to even; overflow rounds to inf; NaN keeps its top payload bits and gets
+ * the quiet bit (adding the rounding bias to a NaN could carry it into inf). */
+MM_HD static inline uint16_t mm_f32_to_bf16(float f) {
+    uint32_t u = mm_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* The two bf16 of a 32-bit word as read from memory (little-endian: element 0 in the low half), and
+ * the word that stores two: for 16-byte loads that carry 8 bf16 in 4 words. */
+MM_HD static inline float mm_bf16_lo(uint32_t w) { return mm_bits_f32(w << 16); }
+MM_HD static inline float mm_bf16_hi(uint32_t w) { return mm_bits_f32(w & 0xffff0000u); }
+MM_HD static inline uint32_t mm_bf16x2(float lo, float hi) {
+    return (uint32_t)mm_f32_to_bf16(lo) | (uint32_t)mm_f32_to_bf16(hi) << 16;
+}
+
+/* ---- elementwise ---- */
+
+/* SiLU(x) = x / (1 + exp(-x)); swiglu is mm_silu(gate) * up, in that order. */
+MM_HD static inline float mm_silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* One RoPE pair (x0, x1) = dims (2i, 2i+1) of a head, rotated by the angle whose cos, sin are c, s. */
+MM_HD static inline void mm_rope_pair(float *x0, float *x1, float c, float s) {
+    const float a = *x0, b = *x1;
+    *x0 = a * c - b * s;
+    *x1 = a * s + b * c;
+}
+
+/* RMSNorm's scale 1/sqrt(ss/n + eps) from the sum of squares ss of n elements, in double then
+ * rounded once to fp32 (0 for an empty row). The CPU sums ss in double; the GPU sums in fp32 in a
+ * fixed order and widens the sum: one division and one sqrt per row, so double costs nothing, and
+ * the scale differs from the CPU's only through the sum. */
+MM_HD static inline float mm_rms_scale(double ss, int64_t n, float eps) {
+    return n > 0 ? (float)(1.0 / sqrt(ss / (double)n + (double)eps)) : 0.0f;
+}
+
+/* The factor that turns attention partials into the output, o * mm_attn_inv(d): 1/d, and 0 for a row
+ * that saw no key (d = 0) or whose denominator is NaN (the non-finite check reports those first). */
+MM_HD static inline float mm_attn_inv(float d) { return d > 0 ? 1.0f / d : 0.0f; }
+
+/* ---- online softmax, one score at a time ----
+ * Folds the scaled score sc into the state whose running max is *m: returns 0 when there is nothing
+ * to add (the new max is still -inf: a -inf score into an empty state), else 1 with *m updated and
+ * the caller applies l = l*alpha + p, acc[d] = acc[d]*alpha + p*v[d]. alpha = 0 when the state was
+ * empty (its l and acc are 0 anyway; exp(-inf - m) is avoided so no NaN can appear). fp32 expf; the
+ * scalar reference kernels/cpu_ref.c keeps its double exp as the definition the others are tested
+ * against. */
+MM_HD static inline int mm_softmax_step(float sc, float *m, float *alpha, float *p) {
+    const float m_new = sc > *m ? sc : *m;
+    if (m_new == -INFINITY) return 0;
+    *alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+    *p = expf(sc - m_new);
+    *m = m_new;
+    return 1;
+}
+
+/* ---- the (o, m, d) log-sum-exp merge ----
+ * merge(1, 2) with side i = (o_i [D], m_i, d_i): an empty side (m = -inf) contributes nothing and is
+ * never multiplied (its o may be anything); both sides empty gives side 1 unchanged, never NaN.
+ * Otherwise m = max(m1, m2) and every o and d element is x1*a1 + x2*a2 with a_i = exp(m_i - m) <= 1,
+ * so nothing overflows. Per element, so a kernel can give each thread its own columns:
+ *   mm_merge_w w = mm_merge_factors(m1, m2);
+ *   o[j] = mm_merge_elem(w, o1[j], o2[j]); d = mm_merge_elem(w, d1, d2); m = w.m; */
+typedef struct {
+    float m;      /* the merged max */
+    float a1, a2; /* the factors of side 1 and side 2 (when keep == 0) */
+    int keep;     /* 1: side 2 empty, the result is side 1; 2: side 1 empty, it is side 2; 0: mix */
+} mm_merge_w;
+
+MM_HD static inline mm_merge_w mm_merge_factors(float m1, float m2) {
+    mm_merge_w w;
+    w.a1 = 1.0f, w.a2 = 0.0f;
+    if (m2 == -INFINITY) {
+        w.m = m1, w.keep = 1;
+    } else if (m1 == -INFINITY) {
+        w.m = m2, w.a1 = 0.0f, w.a2 = 1.0f, w.keep = 2;
+    } else {
+        w.m = m1 > m2 ? m1 : m2;
+        w.a1 = expf(m1 - w.m), w.a2 = expf(m2 - w.m), w.keep = 0;
+    }
+    return w;
+}
+
+MM_HD static inline float mm_merge_elem(mm_merge_w w, float x1, float x2) {
+    return w.keep == 1 ? x1 : w.keep == 2 ? x2 : x1 * w.a1 + x2 * w.a2;
+}
+
+/* The whole merge of one row in place into side 1 (o1 [D]), on one thread: kernels/cpu_ops.c
+ * mk_attn_merge is this. */
+MM_HD static inline void mm_merge_row(float *o1, float *m1, float *d1, const float *o2, float m2, float d2,
+                                      int64_t D) {
+    const mm_merge_w w = mm_merge_factors(*m1, m2);
+    if (w.keep == 1) return;
+    /* the case tested once, not per element: the mix loop stays a plain vectorisable loop */
+    if (w.keep == 2)
+        for (int64_t j = 0; j < D; j++) o1[j] = o2[j];
+    else
+        for (int64_t j = 0; j < D; j++) o1[j] = o1[j] * w.a1 + o2[j] * w.a2;
+    *d1 = mm_merge_elem(w, *d1, d2);
+    *m1 = w.m;
+}
+
+/* ---- paged KV ---- */
+
+/* Valid rows of logical block b (B tokens each) when kv_len positions exist: B for full blocks,
+ * the remainder for the last one, 0 past the end. */
+MM_HD static inline int64_t mm_block_rows(int64_t kv_len, int64_t b, int64_t B) {
+    const int64_t r = kv_len - b * B;
+    return r <= 0 ? 0 : r < B ? r : B;
+}
+
+#endif
