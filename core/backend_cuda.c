@@ -154,6 +154,8 @@ static int cu_create(const mtok_backend_params *p, mtok_backend_state **out) {
     /* under the exact policy every list is "every block up to kv_len" (count -1), set once */
     if (!rc && e == cudaSuccess && p->kv_exact)
         e = cudaMemset(st->step_d + pl->off_count, 0xff, (size_t)(L * G) * 4);
+    /* the memsets ran on the legacy stream, which the non-blocking run stream does not wait for */
+    if (!rc && e == cudaSuccess) e = cudaDeviceSynchronize();
     if (!rc && e != cudaSuccess) rc = cu_fail(e, "initialising the CUDA backend state");
     if (rc) {
         cu_destroy(st);

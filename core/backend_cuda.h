@@ -46,10 +46,12 @@ struct mtok_backend_weights {
 /* ---- the memory plan: every device byte a session needs, computed before anything is allocated ---- */
 #define CU_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's workspace (32 MiB: what Hopper kernels need) */
 #define CU_HEADROOM_BYTES ((size_t)256 << 20) /* the runtime's own (cuBLASLt handle, graphs, kernel stacks) */
+#define CU_ALLOC_ROUND ((size_t)2 << 20)      /* cudaMalloc hands out large allocations in 2 MiB pages */
 #define CU_LOGIT_ROWS 16                      /* rows of the device logits buffer: the LM head runs in slices */
 
 typedef struct {
     uint64_t weights, acts, kv, partials, logits, workspace, step, total;
+    uint64_t headroom; /* CU_HEADROOM_BYTES + what cudaMalloc's rounding of each allocation may add */
     int64_t kv_blocks;      /* blocks per layer: ceil(kv_ctx / B) */
     uint64_t kv_per_token;  /* bytes of device KV per position (all layers) */
     int64_t logit_rows;

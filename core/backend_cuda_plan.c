@@ -27,6 +27,20 @@ int cu_fail(cudaError_t e, const char *what) {
 }
 
 /* "cuda" for the first device (what --device cuda names), "cuda:N" otherwise */
+/* cudaErrorInsufficientDriver means no driver at all, or one older than this runtime needs (CUDA 13
+ * wants r580+; many rented machines run 535-570): the driver's own version tells them apart. */
+static void driver_why(char *buf, size_t cap) {
+    int drv = 0, rt = 0;
+    (void)cudaDriverGetVersion(&drv);
+    (void)cudaRuntimeGetVersion(&rt);
+    (void)cudaGetLastError();
+    if (drv > 0)
+        snprintf(buf, cap, "the NVIDIA driver supports CUDA %d.%d, this build's runtime needs %d.%d (a newer driver)",
+                 drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    else
+        snprintf(buf, cap, "no NVIDIA driver");
+}
+
 static const char *dev_name(int device, char *buf, size_t cap) {
     if (device == 0) snprintf(buf, cap, "cuda");
     else snprintf(buf, cap, "cuda:%d", device);
@@ -39,8 +53,11 @@ int cu_device_open(int device, int *sms, char *name, size_t name_cap) {
     int count = 0; /* cudaGetDeviceCount leaves it unwritten when there is no driver */
     cudaError_t e = cudaGetDeviceCount(&count);
     (void)cudaGetLastError();
-    if (e == cudaErrorInsufficientDriver)
-        return mtok_err(MTOK_ERESOURCE, "--device %s: no NVIDIA driver (cudaErrorInsufficientDriver)", dn);
+    if (e == cudaErrorInsufficientDriver) {
+        char why[160];
+        driver_why(why, sizeof why);
+        return mtok_err(MTOK_ERESOURCE, "--device %s: %s (cudaErrorInsufficientDriver)", dn, why);
+    }
     if (e == cudaErrorNoDevice || (e == cudaSuccess && count <= 0))
         return mtok_err(MTOK_ERESOURCE, "--device %s: no CUDA device (cudaErrorNoDevice)", dn);
     if (e != cudaSuccess)
@@ -92,6 +109,10 @@ void cu_plan_make(const mtok_backend_params *p, int sms, cu_plan *pl) {
     pl->step_bytes = align_up(pl->off_lists + L * G * (uint64_t)pl->list_cap * 4, 256);
     pl->step = pl->step_bytes + 256; /* + the non-finite record */
     pl->total = pl->weights + pl->acts + pl->partials + pl->logits + pl->kv + pl->workspace + pl->step;
+    /* every weight tensor and state buffer may waste up to a 2 MiB page (about 8 per layer and 40 more),
+     * and 1% more for what the plan cannot see (the topk audit's second partials, cuBLASLt's kernels):
+     * a hint "--ctx N would fit" must not fail later, after the upload */
+    pl->headroom = CU_HEADROOM_BYTES + (uint64_t)(8 * L + 40) * CU_ALLOC_ROUND + pl->total / 100;
 }
 
 /* Compares the plan with the device's free memory; prints it at -v. */
@@ -101,7 +122,7 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
     size_t free_b = 0, total_b = 0;
     cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
     if (e != cudaSuccess) return cu_fail(e, "cudaMemGetInfo");
-    const uint64_t need = pl->total + CU_HEADROOM_BYTES;
+    const uint64_t need = pl->total + pl->headroom;
     const uint64_t other = pl->partials + pl->logits + pl->workspace + pl->step;
     mtok_log(2, "%s (%s): memory plan %.2f GiB of %.2f GiB free (%.2f GiB total): weights %.2f GiB, KV cache %.2f "
              "GiB (%lld positions x %lld layers, %llu bytes/token, blocks of %lld), activations %.3f GiB (chunk "
@@ -110,12 +131,13 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
              GIB(pl->weights), GIB(pl->kv), (long long)p->kv_ctx, (long long)p->m->cfg.n_layers,
              (unsigned long long)pl->kv_per_token, (long long)p->kv_block, GIB(pl->acts), (long long)p->chunk,
              GIB(pl->partials), pl->n_split, GIB(pl->logits), (long long)pl->logit_rows, GIB(pl->workspace),
-             GIB(pl->step), GIB(CU_HEADROOM_BYTES));
+             GIB(pl->step), GIB(pl->headroom));
     if (need <= free_b) return 0;
     /* what grows with --ctx: the pool, its positions and page table, and the block lists */
     const uint64_t L = (uint64_t)p->m->cfg.n_layers, G = (uint64_t)p->G, B = (uint64_t)p->kv_block;
     const uint64_t lists = pl->list_cap ? L * G * 4 : 0;
-    const uint64_t per_block = L * G * 2 * B * (uint64_t)p->D * 2 + (B + 1) * 4 + lists;
+    uint64_t per_block = L * G * 2 * B * (uint64_t)p->D * 2 + (B + 1) * 4 + lists;
+    per_block += per_block / 100 + 1; /* the headroom's 1% grows with the cache */
     const uint64_t fixed = need - pl->kv - lists * (uint64_t)pl->kv_blocks;
     char hint[256];
     if (fixed + 2 * per_block <= free_b) {
@@ -132,7 +154,7 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
                     "free: weights %.2f GiB, KV cache %.2f GiB (--ctx %lld), activations %.2f GiB (--chunk %lld), "
                     "partials, logits, workspace and step block %.2f GiB, runtime headroom %.2f GiB; %s", dn, name,
                     GIB(need), GIB(free_b), GIB(pl->weights), GIB(pl->kv), (long long)p->kv_ctx, GIB(pl->acts),
-                    (long long)p->chunk, GIB(other), GIB(CU_HEADROOM_BYTES), hint);
+                    (long long)p->chunk, GIB(other), GIB(pl->headroom), hint);
 }
 
 /* ---- the upload ---- */
@@ -305,6 +327,12 @@ int cu_weights_load(const mtok_backend_params *p, mtok_backend_weights **out) {
     if (!rc) rc = up_bf16(w->final_norm, &mw->final_norm, 0, E, stage, "the final norm");
     for (int64_t l = 0; l < c->n_layers && !rc; l++) rc = upload_layer(w, p, l, stage);
     free(stage);
+    /* copies from pageable memory may return before they land, and the non-blocking streams of the
+     * session do not wait for the legacy stream: everything is in place before the first op */
+    if (!rc) {
+        const cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) rc = cu_fail(e, "uploading the weights");
+    }
     if (rc) {
         cu_weights_free(w);
         return rc;
@@ -320,7 +348,9 @@ int mtok_cuda_describe(char *buf, size_t cap) {
     cudaError_t e = cudaGetDeviceCount(&count);
     (void)cudaGetLastError();
     if (e == cudaErrorInsufficientDriver) {
-        snprintf(buf, cap, "built (%s); no devices: no NVIDIA driver", MTOK_CUDA_ARCH_LIST);
+        char why[160];
+        driver_why(why, sizeof why);
+        snprintf(buf, cap, "built (%s); no devices: %s", MTOK_CUDA_ARCH_LIST, why);
         return 0;
     }
     if (e == cudaErrorNoDevice || (e == cudaSuccess && count <= 0)) {

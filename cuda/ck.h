@@ -132,7 +132,7 @@ int ck_attn_decode(ck_stream s, const float *q, const ck_step *step, ck_kv kv, c
 int ck_attn_combine(ck_stream s, ck_part out, ck_part work, int n_split, int64_t rows, int64_t D);
 /* Prefill (any n): causal attention of the chunk's queries over the listed blocks (cached prefix
  * and the chunk's own keys, already appended) with tensor-core Q·Kᵀ and P·V (bf16 operands, fp32
- * accumulation, fp32 softmax with the running max). Grid (G, query tiles). Writes out. */
+ * accumulation, fp32 softmax with the running max). Grid (query tiles, G). Writes out. */
 int ck_attn_prefill(ck_stream s, const float *q, const ck_step *step, ck_kv kv, ck_blocks bl, int64_t n_max,
                     int64_t H, ck_part out);
 /* into = merge(into, from) row by row (the contract's merge op: context-parallel ranks, tiers). */

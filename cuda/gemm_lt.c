@@ -271,7 +271,7 @@ int ck_gemm_bf16(ck_gemm *g, ck_stream s, float *D, const uint16_t *A, const uin
     cublasStatus_t st = cublasLtMatmul(g->lt, p->op, &alpha, W, p->la, A, p->lb, &beta, D, p->ld, D, p->ld, &p->algo,
                                        g->ws, g->ws_bytes, (cudaStream_t)s);
     if (st != CUBLAS_STATUS_SUCCESS)
-        return fail(cudaErrorLaunchFailure, "cublasLtMatmul of %lld tokens x %lld outputs x %lld inputs failed: %s",
+        return fail(cudaErrorNotSupported, "cublasLtMatmul of %lld tokens x %lld outputs x %lld inputs failed: %s",
                     (long long)n, (long long)M, (long long)K, cublasLtGetStatusString(st));
     return 0;
 }

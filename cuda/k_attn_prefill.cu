@@ -2,11 +2,12 @@
  * (cuda/ck.h ck_attn_prefill): nvcuda::wmma 16x16x16 with bf16 operands and fp32 accumulators.
  *
  * Rows and grid. A KV group's query rows are (t, hh), t < step->n, hh < H/G, numbered t*(H/G) + hh;
- * the thread block (g, y) takes rows [64y, 64y + 64) of group g, four warps of 16 rows each. So the
- * split is (group, tile of 64 rows) whatever H/G is: with H/G = 16 (GLM-4-9B-Chat) a block holds 4
- * tokens x 16 heads, with H/G = 2 (test models) 32 tokens x 2 heads. Each K/V tile in shared memory
- * then serves 64 query rows, and one block never holds more than 64 rows of o: all 16 heads of a
- * 16-token tile would be 256 rows x 128 fp32 of o = 128 KB, half an SM's registers before Q and S.
+ * the thread block (x, g) takes rows [64x, 64x + 64) of group g (tiles on x: up to 2^31 - 1 of them),
+ * four warps of 16 rows each. So the split is (group, tile of 64 rows) whatever H/G is: with H/G = 16
+ * (GLM-4-9B-Chat) a block holds 4 tokens x 16 heads, with H/G = 2 (test models) 32 tokens x 2 heads.
+ * Each K/V tile in shared memory then serves 64 query rows, and one block never holds more than 64
+ * rows of o: all 16 heads of a 16-token tile would be 256 rows x 128 fp32 of o = 128 KB, half an
+ * SM's registers before Q and S.
  *
  * Per warp (16 rows) and tile of KA_KT = 32 keys:
  *   S = Q·Kᵀ     Q: the rows' bf16 q (round-to-nearest-even, mm_f32_to_bf16) held as D/16 matrix_a
@@ -70,10 +71,10 @@ __device__ __forceinline__ void kp_prefill(const float *__restrict__ q, const ck
     __shared__ __align__(32) kp_smem<D> sm; /* wmma tile pointers must be 32-byte aligned */
 
     const int tid = (int)threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const int64_t g = blockIdx.x, G = kv.G, HG = H / G;
+    const int64_t g = blockIdx.y, G = kv.G, HG = H / G;
     const int64_t kv_len = step->kv_len, pos = step->pos;
     const int64_t n = step->n < 0 ? 0 : step->n < n_max ? step->n : n_max;
-    const int64_t R = n * HG, rho0 = (int64_t)blockIdx.y * KP_ROWS;
+    const int64_t R = n * HG, rho0 = (int64_t)blockIdx.x * KP_ROWS;
     if (rho0 >= R) return; /* the grid covers n_max tokens; this chunk has fewer */
     const int64_t live = R - rho0 < KP_ROWS ? R - rho0 : KP_ROWS;
     const int64_t qmax = pos + (rho0 + live - 1) / HG; /* the block's latest query position */
@@ -214,8 +215,9 @@ extern "C" int ck_attn_prefill(ck_stream s, const float *q, const ck_step *step,
         return (int)cudaErrorInvalidValue;
     if (n_max == 0) return 0;
     const int64_t tiles = (n_max * (H / kv.G) + KP_ROWS - 1) / KP_ROWS;
-    if (tiles > 65535) return (int)cudaErrorInvalidValue; /* gridDim.y */
-    const dim3 grid((unsigned)kv.G, (unsigned)tiles);
+    /* query tiles on x (up to 2^31 - 1: a 1M-token chunk), KV groups on y (<= 65535) */
+    if (tiles > 0x7fffffff || kv.G > 65535) return (int)cudaErrorInvalidValue;
+    const dim3 grid((unsigned)tiles, (unsigned)kv.G);
     const float scale = ka_scale(kv.D);
     switch (kv.D) {
     case 32: CK_LAUNCH(kp_prefill_32, grid, KP_NT, 0, s)(q, step, kv, bl, n_max, H, out, scale); break;

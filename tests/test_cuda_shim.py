@@ -138,15 +138,16 @@ try:
     e = last_error(p.stderr)
     check(p.returncode == 3 and "GiB are free" in e and "weights" in e and "KV cache" in e and "--chunk" in e,
           f"a plan larger than the device: exit {p.returncode}, {e[:240]}")
-    # glm4-tiny: 1 KiB of KV per position; 384 MiB hold the rest but not 131072 positions
-    _, p = logits(SHIM, T, "1,2,3", "--device", "cuda", env={"MTOK_SHIM_MEM_MB": "384"})
+    # glm4-tiny: 1 KiB of KV per position; 512 MiB hold the rest (weights, scratch, workspace,
+    # headroom) but not 131072 positions
+    _, p = logits(SHIM, T, "1,2,3", "--device", "cuda", env={"MTOK_SHIM_MEM_MB": "512"})
     e = last_error(p.stderr)
     m = re.search(r"KV cache is (\d+) bytes/token: --ctx (\d+) would fit", e)
     check(p.returncode == 3 and m and m.group(1) == "1024", f"the KV cache too large: exit {p.returncode}, {e[:300]}")
     if m:
         fit = int(m.group(2))
-        _, p = logits(SHIM, T, "1,2,3", "--device", "cuda", "--ctx", str(fit), env={"MTOK_SHIM_MEM_MB": "384"})
-        _, q = logits(SHIM, T, "1,2,3", "--device", "cuda", "--ctx", str(fit + 4096), env={"MTOK_SHIM_MEM_MB": "384"})
+        _, p = logits(SHIM, T, "1,2,3", "--device", "cuda", "--ctx", str(fit), env={"MTOK_SHIM_MEM_MB": "512"})
+        _, q = logits(SHIM, T, "1,2,3", "--device", "cuda", "--ctx", str(fit + 4096), env={"MTOK_SHIM_MEM_MB": "512"})
         check(p.returncode == 0 and q.returncode == 3,
               f"the --ctx {fit} the message names runs (exit {p.returncode}); {fit + 4096} does not "
               f"(exit {q.returncode})")

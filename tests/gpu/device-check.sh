@@ -165,15 +165,6 @@ BUILD_SH="cmake -S '$ROOT' -B '$BUILD' -DMTOK_CUDA=ON -DCMAKE_BUILD_TYPE=Release
 BUILD_NOTE=
 BUILD_S=${MTOK_DC_BUILD_S:-170}
 if stage build "$BUILD_S" 60 "$LOGS/build.log" bash -c "$BUILD_SH"; then
-    # a host compiler warning that nvcc's -Werror all-warnings turns into an error and that cannot
-    # change the code ("/*" inside a comment): one more try without it, said in the summary
-    if ((ST_RC != 0 && ST_RC != 124)) && grep -q 'within comment \[-Werror=comment\]' "$LOGS/build.log"; then
-        BUILD_NOTE="retried with -Xcompiler=-Wno-comment: a comment in a CUDA header holds /* (fix the header)"
-        note "build: $BUILD_NOTE"
-        mv "$LOGS/build.log" "$LOGS/build-first.log"
-        BUILD_SH=${BUILD_SH/-DMTOK_CUDA=ON/-DMTOK_CUDA=ON -DCMAKE_CUDA_FLAGS=-Xcompiler=-Wno-comment}
-        stage build "$BUILD_S" 30 "$LOGS/build.log" bash -c "$BUILD_SH" || ST_RC=1
-    fi
     record build "$(status_of "$ST_RC")" "$ST_DT" "$BUILD_S" "$ST_RC" "$BUILD_NOTE" --log "$LOGS/build.log"
 fi
 if [[ ! -x $MTOK || ${ST_RC:-1} -ne 0 ]]; then

@@ -11,6 +11,13 @@
 int main(int argc, char **argv) {
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
+    int drv = 0;
+    if (e == cudaErrorInsufficientDriver && cudaDriverGetVersion(&drv) == cudaSuccess && drv > 0) {
+        /* a GPU with a driver too old for this runtime is a failure to report, not a machine without one */
+        printf("gpu_probe: the NVIDIA driver supports CUDA %d.%d, older than this build's runtime: FAILED\n",
+               drv / 1000, drv % 1000 / 10);
+        return 1;
+    }
     if (e != cudaSuccess || count < 1) {
         printf("gpu_probe: no usable CUDA device (%s): skipped\n", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
         return 77;
