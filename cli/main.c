@@ -30,6 +30,8 @@ static const char USAGE[] =
     "  prefill  -m DIR (-f DOC | -p TEXT) [--save-kv F]      prefill a document once, save its KV\n"
     "  qa       -m DIR (--load-kv F | -f DOC) --questions Q.jsonl [--chat]   questions from one prefill\n"
     "  generate ... --load-kv F                              continue after a saved document (prefix reuse)\n"
+    "  serve    -m DIR [--host H --port P --api-key K --served-model-name N --sessions N --max-queue N\n"
+    "           --max-body BYTES --keepalive S]            OpenAI-compatible HTTP server (docs/SERVER.md)\n"
     "common options:\n"
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  --device cpu|cuda|cuda:N (the CUDA backend: docs/GPU.md)\n"
@@ -59,7 +61,8 @@ int main(int argc, char **argv) {
     } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat},   {"tokenize", cmd_tokenize},
                 {"logits", cmd_logits},     {"info", cmd_info},   {"synth", cmd_synth},
                 {"demo", cmd_demo},         {"niah", cmd_niah},   {"eval", cmd_eval},
-                {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}, {"check", cmd_check}};
+                {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}, {"check", cmd_check},
+                {"serve", cmd_serve}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     return cli_usage_error("unknown command '%s'", argv[1]);

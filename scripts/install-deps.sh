@@ -9,6 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential cmake pkg-config python3 python3-pip
       libpcre2-dev libjansson-dev libxxhash-dev liburing-dev libhwloc-dev
       libcmocka-dev libcairo2-dev libopenmpi-dev openmpi-bin
+      libcivetweb-dev   # mtok serve's HTTP server (serve/http.c)
       fio   # fio: the reference for mtok bench kv (docs/PERFORMANCE.md)
       # the fuzz targets (docs/FUZZING.md): clang with libFuzzer (libclang_rt.fuzzer is in
       # libclang-rt-dev, which clang only recommends), its OpenMP runtime, llvm-symbolizer for stacks

@@ -1,0 +1,502 @@
+/* parse.c — request bodies of /v1/completions, /v1/chat/completions and PUT /generate into srv_gen.
+ *
+ * Every field a client may send is checked for its type and range, and an error names it (OpenAI's
+ * "param"), so a harness misconfiguration is a 400 that says what to fix, never a silent default.
+ * Fields we do not implement are refused when they would change the output (n > 1, logit_bias,
+ * penalties, ...) and ignored when they cannot (user, skip_special_tokens). Field meanings follow
+ * the OpenAI API and vLLM's extensions (docs/SERVER.md lists them). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "srv.h"
+
+/* ---- JSON strings ---- */
+/* Length of the valid UTF-8 sequence at p (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t n) {
+    const unsigned c = p[0];
+    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!k || k > n || (k == 2 && c < 0xc2)) return 0;
+    for (size_t i = 1; i < k; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    if (k == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))) return 0; /* overlong, surrogate */
+    if (k == 4 && ((c == 0xf0 && p[1] < 0x90) || c > 0xf4 || (c == 0xf4 && p[1] >= 0x90))) return 0;
+    return k;
+}
+
+json_t *srv_jstr(const char *s, size_t n) {
+    json_t *j = json_stringn(s, n);
+    if (j) return j;
+    char *t = malloc(3 * n + 1); /* each invalid byte becomes U+FFFD, 3 bytes */
+    size_t o = 0;
+    if (!t) return NULL;
+    for (size_t i = 0; i < n;) {
+        const size_t k = utf8_len((const unsigned char *)s + i, n - i);
+        if (k) {
+            memcpy(t + o, s + i, k), o += k, i += k;
+        } else {
+            memcpy(t + o, "\xef\xbf\xbd", 3), o += 3, i++;
+        }
+    }
+    j = json_stringn(t, o);
+    free(t);
+    return j;
+}
+
+void srv_gen_free(srv_gen *g) {
+    for (size_t i = 0; i < g->n_prompts; i++) {
+        mtok_ids_free(&g->prompts[i]);
+        if (g->prompt_text) free(g->prompt_text[i]);
+    }
+    free(g->prompts);
+    free(g->prompt_text);
+    for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
+    free(g->stop);
+    free(g->stop_ids);
+    json_decref(g->tool_names);
+    free(g->forced_tool);
+    memset(g, 0, sizeof *g);
+}
+
+/* ---- typed fields ---- */
+static const char *kind(const json_t *j) {
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: case JSON_REAL: return "a number";
+    case JSON_TRUE: case JSON_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+/* An optional integer field in [lo, hi]; absent or null leaves *v. */
+static int opt_int(srv_req *r, json_t *o, const char *k, int64_t lo, int64_t hi, int64_t *v, int *given) {
+    json_t *j = json_object_get(o, k);
+    if (!j || json_is_null(j)) return 0;
+    if (!json_is_integer(j) && !(json_is_real(j) && json_real_value(j) == (double)(int64_t)json_real_value(j)))
+        return srv_fail(r, 400, k, NULL, "'%s' must be an integer, not %s", k, kind(j));
+    const int64_t x = json_is_integer(j) ? (int64_t)json_integer_value(j) : (int64_t)json_real_value(j);
+    if (x < lo || x > hi)
+        return srv_fail(r, 400, k, NULL, "'%s' is %lld; it must lie in [%lld, %lld]", k, (long long)x, (long long)lo,
+                        (long long)hi);
+    *v = x;
+    if (given) *given = 1;
+    return 0;
+}
+
+static int opt_real(srv_req *r, json_t *o, const char *k, double lo, double hi, double *v) {
+    json_t *j = json_object_get(o, k);
+    if (!j || json_is_null(j)) return 0;
+    if (!json_is_number(j)) return srv_fail(r, 400, k, NULL, "'%s' must be a number, not %s", k, kind(j));
+    const double x = json_number_value(j);
+    if (!(x >= lo && x <= hi)) return srv_fail(r, 400, k, NULL, "'%s' is %g; it must lie in [%g, %g]", k, x, lo, hi);
+    *v = x;
+    return 0;
+}
+
+static int opt_bool(srv_req *r, json_t *o, const char *k, int *v) {
+    json_t *j = json_object_get(o, k);
+    if (!j || json_is_null(j)) return 0;
+    if (!json_is_boolean(j)) return srv_fail(r, 400, k, NULL, "'%s' must be true or false, not %s", k, kind(j));
+    *v = json_is_true(j);
+    return 0;
+}
+
+/* Fields that would change the output and that mtok does not implement: refused by name. */
+static int unsupported(srv_req *r, json_t *o) {
+    int64_t n = 1, best_of = 1, min_tokens = 0;
+    double pp = 0, fp = 0;
+    int beam = 0;
+    if (opt_int(r, o, "n", 1, 1 << 20, &n, NULL) || opt_int(r, o, "best_of", 1, 1 << 20, &best_of, NULL) ||
+        opt_int(r, o, "min_tokens", 0, 1 << 30, &min_tokens, NULL) ||
+        opt_real(r, o, "presence_penalty", -2, 2, &pp) || opt_real(r, o, "frequency_penalty", -2, 2, &fp) ||
+        opt_bool(r, o, "use_beam_search", &beam))
+        return -1;
+    if (n > 1) return srv_fail(r, 400, "n", NULL, "'n' is %lld: mtok returns one choice per prompt (n = 1)", (long long)n);
+    if (best_of > 1) return srv_fail(r, 400, "best_of", NULL, "'best_of' > 1 is not supported");
+    if (min_tokens) return srv_fail(r, 400, "min_tokens", NULL, "'min_tokens' is not supported");
+    if (pp != 0) return srv_fail(r, 400, "presence_penalty", NULL, "'presence_penalty' is not supported (use repetition_penalty)");
+    if (fp != 0) return srv_fail(r, 400, "frequency_penalty", NULL, "'frequency_penalty' is not supported (use repetition_penalty)");
+    if (beam) return srv_fail(r, 400, "use_beam_search", NULL, "beam search is not supported");
+    json_t *lb = json_object_get(o, "logit_bias");
+    if (lb && !json_is_null(lb) && !(json_is_object(lb) && json_object_size(lb) == 0))
+        return srv_fail(r, 400, "logit_bias", NULL, "'logit_bias' is not supported");
+    json_t *sfx = json_object_get(o, "suffix");
+    if (sfx && !json_is_null(sfx) && !(json_is_string(sfx) && !json_string_length(sfx)))
+        return srv_fail(r, 400, "suffix", NULL, "'suffix' (insertion) is not supported");
+    json_t *rf = json_object_get(o, "response_format");
+    if (rf && !json_is_null(rf)) {
+        json_t *t = json_object_get(rf, "type");
+        if (!json_is_object(rf) || !json_is_string(t) || strcmp(json_string_value(t), "text"))
+            return srv_fail(r, 400, "response_format", NULL, "'response_format' other than {\"type\": \"text\"} is not supported");
+    }
+    json_t *m = json_object_get(o, "model");
+    if (m && !json_is_null(m) && !json_is_string(m))
+        return srv_fail(r, 400, "model", NULL, "'model' must be a string, not %s", kind(m));
+    return 0;
+}
+
+/* Sampling, stop, streaming: the fields the three endpoints share. */
+static int common_fields(srv_req *r, json_t *o, srv_gen *g, double default_temperature) {
+    double t = default_temperature, top_p = 1, rep = 1;
+    int64_t top_k = 0, seed = 0;
+    int seeded = 0;
+    if (unsupported(r, o) || opt_real(r, o, "temperature", 0, 100, &t) || opt_real(r, o, "top_p", 0, 1, &top_p) ||
+        opt_int(r, o, "top_k", -1, 1 << 30, &top_k, NULL) || opt_int(r, o, "seed", INT64_MIN, INT64_MAX, &seed, &seeded) ||
+        opt_real(r, o, "repetition_penalty", 0.01, 100, &rep) || opt_bool(r, o, "ignore_eos", &g->ignore_eos) ||
+        opt_bool(r, o, "stream", &g->stream))
+        return -1;
+    if (top_p <= 0) return srv_fail(r, 400, "top_p", NULL, "'top_p' must be greater than 0");
+    static uint64_t counter;
+    g->sampler = (mtok_sampler_params){.temperature = (float)t, .top_k = top_k < 0 ? 0 : (int)top_k,
+                                       .top_p = (float)top_p, .repetition_penalty = (float)rep,
+                                       .seed = seeded ? (uint64_t)seed
+                                                      : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull +
+                                                            __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED)};
+    json_t *so = json_object_get(o, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so)) return srv_fail(r, 400, "stream_options", NULL, "'stream_options' must be an object");
+        if (!g->stream) return srv_fail(r, 400, "stream_options", NULL, "'stream_options' needs \"stream\": true");
+        if (opt_bool(r, so, "include_usage", &g->include_usage)) return -1;
+    }
+    json_t *stop = json_object_get(o, "stop");
+    if (stop && !json_is_null(stop)) {
+        json_t *one = json_is_string(stop) ? json_pack("[O]", stop) : json_incref(stop);
+        if (!json_is_array(one) || json_array_size(one) > 16) {
+            json_decref(one);
+            return srv_fail(r, 400, "stop", NULL, "'stop' must be a string or a list of at most 16 strings");
+        }
+        g->stop = calloc(json_array_size(one) + 1, sizeof *g->stop);
+        size_t i;
+        json_t *s;
+        json_array_foreach(one, i, s) {
+            if (!json_is_string(s) || !json_string_length(s)) {
+                json_decref(one);
+                return srv_fail(r, 400, "stop", NULL, "'stop' entry %zu must be a non-empty string", i);
+            }
+            g->stop[g->n_stop++] = strdup(json_string_value(s));
+        }
+        json_decref(one);
+    }
+    json_t *sid = json_object_get(o, "stop_token_ids");
+    if (sid && !json_is_null(sid)) {
+        if (!json_is_array(sid)) return srv_fail(r, 400, "stop_token_ids", NULL, "'stop_token_ids' must be a list of ids");
+        g->stop_ids = calloc(json_array_size(sid) + 4, sizeof *g->stop_ids);
+        size_t i;
+        json_t *v;
+        json_array_foreach(sid, i, v) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= r->S->mc->vocab)
+                return srv_fail(r, 400, "stop_token_ids", NULL, "'stop_token_ids' entry %zu is not an id of this model", i);
+            g->stop_ids[g->n_stop_ids++] = (int32_t)json_integer_value(v);
+        }
+    }
+    return 0;
+}
+
+int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, mtok_ids *out) {
+    int rc = 0;
+    if (add_prefix && strncmp(text, "[gMASK]", 7)) {
+        const int32_t g = mtok_token_special(r->S->tok, "[gMASK]"), s = mtok_token_special(r->S->tok, "<sop>");
+        if (g >= 0) rc = mtok_ids_push(out, g);
+        if (!rc && s >= 0) rc = mtok_ids_push(out, s);
+    }
+    if (!rc) rc = mtok_tokenize(r->S->tok, text, len, 1, out);
+    return rc ? srv_fail_lib(r, rc) : 0;
+}
+
+/* A prompt given as ids: every id must be one the model has. */
+static int ids_prompt(srv_req *r, json_t *arr, const char *what, mtok_ids *out) {
+    size_t i;
+    json_t *v;
+    if (!json_array_size(arr)) return srv_fail(r, 400, "prompt", NULL, "%s is an empty list of tokens", what);
+    json_array_foreach(arr, i, v) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= r->S->mc->vocab)
+            return srv_fail(r, 400, "prompt", NULL, "%s: entry %zu is not a token id of this model (0..%lld)", what, i,
+                            (long long)r->S->mc->vocab - 1);
+        if (mtok_ids_push(out, (int32_t)json_integer_value(v))) return srv_fail_lib(r, MTOK_ERESOURCE);
+    }
+    return 0;
+}
+
+static int add_prompt(srv_gen *g, size_t cap) {
+    if (!g->prompts) {
+        g->prompts = calloc(cap, sizeof *g->prompts);
+        g->prompt_text = calloc(cap, sizeof *g->prompt_text);
+    }
+    return g->prompts && g->prompt_text ? 0 : -1;
+}
+
+int srv_parse_completions(srv_req *r, json_t *o, srv_gen *g) {
+    g->kind = SRV_COMPLETIONS;
+    g->max_tokens = 16;
+    g->logprobs = -1;
+    int64_t lp = -1;
+    int add_special = 1;
+    if (common_fields(r, o, g, 1.0) ||
+        opt_int(r, o, "max_tokens", 0, CLI_MAX_TOKENS_SRV, &g->max_tokens, &g->max_tokens_given) ||
+        opt_int(r, o, "logprobs", 0, 20, &lp, NULL) || opt_bool(r, o, "echo", &g->echo) ||
+        opt_bool(r, o, "add_special_tokens", &add_special))
+        return -1;
+    g->logprobs = (int)lp;
+    json_t *p = json_object_get(o, "prompt");
+    if (!p) return srv_fail(r, 400, "prompt", NULL, "'prompt' is missing");
+    if (json_is_string(p)) {
+        if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
+        g->n_prompts = 1;
+        return srv_tokenize_text(r, json_string_value(p), json_string_length(p), add_special, &g->prompts[0]);
+    }
+    if (!json_is_array(p) || !json_array_size(p))
+        return srv_fail(r, 400, "prompt", NULL, "'prompt' must be a string, a list of strings, a list of token ids or "
+                        "a list of such lists, not %s", json_is_array(p) ? "an empty list" : kind(p));
+    json_t *first = json_array_get(p, 0);
+    if (json_is_integer(first)) {
+        if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
+        g->n_prompts = 1;
+        return ids_prompt(r, p, "prompt", &g->prompts[0]);
+    }
+    const size_t n = json_array_size(p);
+    if (add_prompt(g, n)) return srv_fail_lib(r, MTOK_ERESOURCE);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(p, i);
+        char what[48];
+        snprintf(what, sizeof what, "prompt %zu", i);
+        g->n_prompts++;
+        if (json_is_string(e) && json_is_string(first)) {
+            if (srv_tokenize_text(r, json_string_value(e), json_string_length(e), add_special, &g->prompts[i])) return -1;
+        } else if (json_is_array(e) && json_is_array(first)) {
+            if (ids_prompt(r, e, what, &g->prompts[i])) return -1;
+        } else {
+            return srv_fail(r, 400, "prompt", NULL, "'prompt' mixes kinds: entry %zu is %s, entry 0 %s", i, kind(e),
+                            kind(first));
+        }
+    }
+    return 0;
+}
+
+/* ---- chat ---- */
+/* A message's content: a string, null, or a list of {"type": "text", "text": ...} parts (joined). */
+static int content_text(srv_req *r, json_t *c, size_t i, char **out) {
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu].content", i);
+    if (!c || json_is_null(c)) return *out = strdup(""), 0;
+    if (json_is_string(c)) return *out = strdup(json_string_value(c)), 0;
+    if (!json_is_array(c)) return srv_fail(r, 400, param, NULL, "%s must be a string or a list of parts, not %s", param, kind(c));
+    size_t len = 0, k;
+    json_t *part;
+    json_array_foreach(c, k, part) {
+        json_t *t = json_object_get(part, "type"), *x = json_object_get(part, "text");
+        if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
+            return srv_fail(r, 400, param, NULL, "%s[%zu]: only {\"type\": \"text\"} parts are supported%s", param, k,
+                            json_is_string(t) ? " (images: this model has no vision tower)" : "");
+        if (!json_is_string(x)) return srv_fail(r, 400, param, NULL, "%s[%zu].text must be a string", param, k);
+        len += json_string_length(x);
+    }
+    char *s = malloc(len + 1);
+    if (!s) return srv_fail_lib(r, MTOK_ERESOURCE);
+    len = 0;
+    json_array_foreach(c, k, part) {
+        json_t *x = json_object_get(part, "text");
+        memcpy(s + len, json_string_value(x), json_string_length(x));
+        len += json_string_length(x);
+    }
+    s[len] = 0;
+    *out = s;
+    return 0;
+}
+
+typedef struct {
+    mtok_message *m;
+    size_t n, cap;
+    char **owned;
+    size_t n_owned, cap_owned;
+} msg_list;
+
+/* Keeps s to be freed with the list (NULL passes through; on a failed growth s is freed and NULL
+ * returned, which push_msg then renders as an empty part). */
+static char *own(msg_list *L, char *s) {
+    if (!s) return NULL;
+    if (L->n_owned == L->cap_owned) {
+        const size_t cap = L->cap_owned ? 2 * L->cap_owned : 32;
+        char **o = realloc(L->owned, cap * sizeof *o);
+        if (!o) {
+            free(s);
+            return NULL;
+        }
+        L->owned = o, L->cap_owned = cap;
+    }
+    return L->owned[L->n_owned++] = s;
+}
+
+static int push_msg(msg_list *L, const char *role, const char *meta, const char *content, const char *tools) {
+    if (L->n == L->cap) {
+        L->cap = L->cap ? 2 * L->cap : 16;
+        mtok_message *m = realloc(L->m, L->cap * sizeof *m);
+        if (!m) return -1;
+        L->m = m;
+    }
+    L->m[L->n++] = (mtok_message){.role = role, .metadata = meta, .content = content, .tools_json = tools};
+    return 0;
+}
+
+/* tools and tool_choice -> g (tools_active, tool_names, forced_tool) and the tools JSON to render. */
+static int parse_tools(srv_req *r, json_t *o, srv_gen *g, char **tools_json) {
+    json_t *tools = json_object_get(o, "tools"), *choice = json_object_get(o, "tool_choice");
+    *tools_json = NULL;
+    if (!tools || json_is_null(tools) || (json_is_array(tools) && !json_array_size(tools))) {
+        if (choice && !json_is_null(choice) && !(json_is_string(choice) && (!strcmp(json_string_value(choice), "none") ||
+                                                                          !strcmp(json_string_value(choice), "auto"))))
+            return srv_fail(r, 400, "tool_choice", NULL, "'tool_choice' names a tool but no 'tools' were given");
+        return 0;
+    }
+    if (!json_is_array(tools)) return srv_fail(r, 400, "tools", NULL, "'tools' must be a list, not %s", kind(tools));
+    json_t *names = json_array(), *keep = json_array();
+    const char *forced = NULL;
+    if (choice && json_is_object(choice)) {
+        json_t *fn = json_object_get(choice, "function");
+        forced = json_string_value(json_object_get(fn, "name"));
+        if (!forced) {
+            json_decref(names), json_decref(keep);
+            return srv_fail(r, 400, "tool_choice", NULL, "'tool_choice' must be \"none\", \"auto\" or "
+                            "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        }
+    } else if (choice && !json_is_null(choice)) {
+        const char *c = json_string_value(choice);
+        if (!c || (strcmp(c, "none") && strcmp(c, "auto"))) {
+            json_decref(names), json_decref(keep);
+            return srv_fail(r, 400, "tool_choice", NULL, "'tool_choice' %s%s%s is not supported (\"none\", \"auto\" or a "
+                            "named function)", c ? "\"" : "", c ? c : kind(choice), c ? "\"" : "");
+        }
+        if (!strcmp(c, "none")) {
+            json_decref(names), json_decref(keep);
+            return 0; /* the tools are not shown to the model, and no call is parsed */
+        }
+    }
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t) {
+        json_t *fn = json_object_get(t, "function");
+        const char *name = json_string_value(json_object_get(fn ? fn : t, "name"));
+        if (name) json_array_append_new(names, json_string(name));
+        if (!forced || (name && !strcmp(name, forced))) json_array_append(keep, t);
+    }
+    if (forced && !json_array_size(keep)) {
+        json_decref(names), json_decref(keep);
+        return srv_fail(r, 400, "tool_choice", NULL, "'tool_choice' names \"%s\", which is not among 'tools'", forced);
+    }
+    g->tools_active = 1;
+    g->tool_names = names;
+    g->forced_tool = forced ? strdup(forced) : NULL;
+    *tools_json = json_dumps(keep, JSON_PRESERVE_ORDER);
+    json_decref(keep);
+    return 0;
+}
+
+int srv_chat_ids(srv_req *r, json_t *o, int add_generation_prompt, srv_gen *g, mtok_ids *out) {
+    json_t *msgs = json_object_get(o, "messages");
+    if (!json_is_array(msgs) || !json_array_size(msgs))
+        return srv_fail(r, 400, "messages", NULL, "'messages' must be a non-empty list");
+    srv_gen scratch = {0};
+    if (!g) g = &scratch;
+    msg_list L = {0};
+    char *tools_json = NULL;
+    int rc = parse_tools(r, o, g, &tools_json);
+    if (!rc && tools_json && push_msg(&L, "system", NULL, NULL, own(&L, tools_json))) rc = srv_fail_lib(r, MTOK_ERESOURCE);
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        if (rc) break;
+        char param[64];
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (!json_is_object(m) || !role) {
+            rc = srv_fail(r, 400, param, NULL, "messages[%zu] must be an object with a string 'role'", i);
+            break;
+        }
+        char *content = NULL;
+        if ((rc = content_text(r, json_object_get(m, "content"), i, &content))) break;
+        own(&L, content);
+        json_t *calls = json_object_get(m, "tool_calls");
+        const char *glm = !strcmp(role, "system") || !strcmp(role, "developer") ? "system"
+                        : !strcmp(role, "user")      ? "user"
+                        : !strcmp(role, "assistant") ? "assistant"
+                        : !strcmp(role, "tool")      ? "observation" : NULL;
+        if (!glm) {
+            rc = srv_fail(r, 400, param, NULL, "messages[%zu] has role \"%s\"; known roles are system, developer, user, "
+                          "assistant and tool", i, role);
+            break;
+        }
+        if (push_msg(&L, glm, NULL, content, NULL)) rc = srv_fail_lib(r, MTOK_ERESOURCE);
+        if (!rc && !strcmp(glm, "assistant") && json_is_array(calls)) { /* one turn per call: name, then arguments */
+            size_t k;
+            json_t *c;
+            json_array_foreach(calls, k, c) {
+                json_t *fn = json_object_get(c, "function");
+                const char *name = json_string_value(json_object_get(fn, "name"));
+                json_t *args = json_object_get(fn, "arguments");
+                if (!name || !(json_is_string(args) || json_is_object(args))) {
+                    rc = srv_fail(r, 400, "messages", NULL, "messages[%zu].tool_calls[%zu] needs function.name and "
+                                  "function.arguments", i, k);
+                    break;
+                }
+                char *a = json_is_string(args) ? strdup(json_string_value(args)) : json_dumps(args, JSON_PRESERVE_ORDER);
+                if (push_msg(&L, "assistant", own(&L, strdup(name)), own(&L, a), NULL)) rc = srv_fail_lib(r, MTOK_ERESOURCE);
+                if (rc) break;
+            }
+        } else if (!rc && calls && !json_is_null(calls)) {
+            rc = srv_fail(r, 400, "messages", NULL, "messages[%zu]: 'tool_calls' must be a list on an assistant message", i);
+        }
+    }
+    if (!rc && (rc = mtok_chat_encode(r->S->tok, L.m, L.n, add_generation_prompt, out))) rc = srv_fail_lib(r, rc);
+    if (!rc && g->forced_tool && add_generation_prompt) { /* the metadata line of the forced call */
+        char line[300];
+        snprintf(line, sizeof line, "%s\n", g->forced_tool);
+        if ((rc = mtok_tokenize(r->S->tok, line, strlen(line), 0, out))) rc = srv_fail_lib(r, rc);
+    }
+    for (size_t k = 0; k < L.n_owned; k++) free(L.owned[k]);
+    free(L.owned);
+    free(L.m);
+    srv_gen_free(&scratch);
+    return rc;
+}
+
+int srv_parse_chat(srv_req *r, json_t *o, srv_gen *g) {
+    g->kind = SRV_CHAT;
+    g->max_tokens = -1;
+    g->logprobs = -1;
+    int want_lp = 0;
+    int64_t top = 0;
+    if (common_fields(r, o, g, 1.0) || opt_int(r, o, "max_tokens", 0, CLI_MAX_TOKENS_SRV, &g->max_tokens, &g->max_tokens_given) ||
+        opt_int(r, o, "max_completion_tokens", 0, CLI_MAX_TOKENS_SRV, &g->max_tokens, &g->max_tokens_given) ||
+        opt_bool(r, o, "logprobs", &want_lp) || opt_int(r, o, "top_logprobs", 0, 20, &top, NULL))
+        return -1;
+    if (top && !want_lp) return srv_fail(r, 400, "top_logprobs", NULL, "'top_logprobs' needs \"logprobs\": true");
+    g->logprobs = want_lp ? (int)top : -1;
+    if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
+    g->n_prompts = 1;
+    if (srv_chat_ids(r, o, 1, g, &g->prompts[0])) return -1;
+    /* the end of the assistant's turn: the next role token (the config's eos list normally has them) */
+    if (!g->stop_ids && !(g->stop_ids = calloc(4, sizeof *g->stop_ids))) return srv_fail_lib(r, MTOK_ERESOURCE);
+    const char *ends[] = {"<|user|>", "<|observation|>", "<|endoftext|>"};
+    for (int k = 0; k < 3; k++) {
+        const int32_t id = mtok_token_special(r->S->tok, ends[k]);
+        if (id >= 0) g->stop_ids[g->n_stop_ids++] = id;
+    }
+    return 0;
+}
+
+int srv_parse_generate(srv_req *r, json_t *o, srv_gen *g) {
+    g->kind = SRV_GENERATE;
+    g->max_tokens = 16;
+    g->logprobs = -1;
+    if (common_fields(r, o, g, 1.0) ||
+        opt_int(r, o, "max_tokens", 0, CLI_MAX_TOKENS_SRV, &g->max_tokens, &g->max_tokens_given))
+        return -1;
+    if (g->stream) return srv_fail(r, 400, "stream", NULL, "PUT /generate does not stream; use /v1/completions");
+    json_t *p = json_object_get(o, "prompt");
+    if (!json_is_string(p)) return srv_fail(r, 400, "prompt", NULL, "'prompt' must be a string");
+    if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
+    g->n_prompts = 1;
+    return srv_tokenize_text(r, json_string_value(p), json_string_length(p), 1, &g->prompts[0]);
+}
