@@ -12,38 +12,6 @@
 
 #include "srv.h"
 
-/* ---- JSON strings ---- */
-/* Length of the valid UTF-8 sequence at p (n bytes left), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t n) {
-    const unsigned c = p[0];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!k || k > n || (k == 2 && c < 0xc2)) return 0;
-    for (size_t i = 1; i < k; i++)
-        if ((p[i] & 0xc0) != 0x80) return 0;
-    if (k == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))) return 0; /* overlong, surrogate */
-    if (k == 4 && ((c == 0xf0 && p[1] < 0x90) || c > 0xf4 || (c == 0xf4 && p[1] >= 0x90))) return 0;
-    return k;
-}
-
-json_t *srv_jstr(const char *s, size_t n) {
-    json_t *j = json_stringn(s, n);
-    if (j) return j;
-    char *t = malloc(3 * n + 1); /* each invalid byte becomes U+FFFD, 3 bytes */
-    size_t o = 0;
-    if (!t) return NULL;
-    for (size_t i = 0; i < n;) {
-        const size_t k = utf8_len((const unsigned char *)s + i, n - i);
-        if (k) {
-            memcpy(t + o, s + i, k), o += k, i += k;
-        } else {
-            memcpy(t + o, "\xef\xbf\xbd", 3), o += 3, i++;
-        }
-    }
-    j = json_stringn(t, o);
-    free(t);
-    return j;
-}
-
 void srv_gen_free(srv_gen *g) {
     for (size_t i = 0; i < g->n_prompts; i++) {
         mtok_ids_free(&g->prompts[i]);

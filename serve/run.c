@@ -304,8 +304,10 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
     int rc = keep < mtok_session_pos(c->s) ? mtok_session_truncate(c->s, keep) : 0;
     const int echo = g->echo && g->logprobs >= 0;
     if (!rc && echo) {
+        const double t0 = srv_now();
         keep = 0;
         rc = prompt_logprobs(c, p->v, n, echo_lp, &exact);
+        r->prefill_s += srv_now() - t0;
     }
     const int64_t max_new = g->max_tokens >= 0 ? g->max_tokens : S->ctx - n;
     mtok_request req = {.max_tokens = max_new, .stop_ids = g->stop_ids, .n_stop_ids = g->n_stop_ids,
@@ -342,6 +344,7 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
     srv_pool_release(&S->pool, slot);
     r->prompt += n;
     r->cached += res->usage.cached_tokens;
+    r->computed += echo ? n : res->usage.computed_tokens;
     r->completion += res->usage.generated_tokens;
     r->prefill_s += res->usage.prefill_s;
     r->decode_s += res->usage.decode_s;

@@ -1,6 +1,7 @@
 /* srv.h — what the serve/ sources share inside the server (the public header is serve/serve.h).
  *
- *   http.c    civetweb: binding, routing, auth, bodies, responses, SSE, the per-request watcher
+ *   resp.c    errors, JSON and event-stream responses, the log line (the bottom: calls nothing here)
+ *   http.c    civetweb: binding, routing, auth, bodies, the per-request watcher (the top)
  *   pool.c    the session pool: longest-prefix choice, FIFO queue, 429
  *   parse.c   OpenAI / vLLM request JSON -> srv_gen (every field checked, errors name it)
  *   run.c     srv_gen -> sessions -> responses (logprobs, echo, streaming, tool calls)
@@ -83,7 +84,7 @@ typedef struct {
     /* the log line */
     const char *method, *path;
     int status;
-    int64_t prompt, cached, completion;
+    int64_t prompt, cached, computed, completion;
     double queue_s, prefill_s, decode_s;
     const char *finish;
     char *prompt_log;            /* -v only */
@@ -95,17 +96,18 @@ int srv_fail(srv_req *r, int status, const char *param, const char *code, const 
 /* srv_fail with mtok_errmsg() of a library call that failed with rc. */
 int srv_fail_lib(srv_req *r, int rc);
 
-/* Responses (http.c). srv_send_json steals j. */
+/* Responses (resp.c). srv_send_json steals j. */
 int srv_send_json(srv_req *r, int status, json_t *j);
 int srv_send_error(srv_req *r);
 int srv_sse_begin(srv_req *r);
 int srv_sse_event(srv_req *r, json_t *j);   /* "data: {j}\n\n"; steals j; -1 when the client is gone */
 int srv_sse_done(srv_req *r);               /* "data: [DONE]\n\n" and the end of the stream */
+int srv_keepalive_locked(srv_req *r);       /* ": keep-alive" comment; the caller holds r->wlock */
 double srv_now(void);
 /* One line on stderr, "mtok serve: ...", written in one call so threads do not interleave. */
 void srv_log(const srv *S, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* JSON helpers (parse.c): a string from bytes that may hold invalid UTF-8 (replaced by U+FFFD). */
+/* JSON helpers (resp.c): a string from bytes that may hold invalid UTF-8 (replaced by U+FFFD). */
 json_t *srv_jstr(const char *s, size_t n);
 
 /* ---- generation requests (parse.c -> run.c) ---- */
