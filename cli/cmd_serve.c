@@ -55,6 +55,12 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (!o.model) return cli_usage_error("serve needs -m DIR (a checkpoint directory)");
+    cli_common d;
+    cli_common_defaults(&d);
+    if (o.temperature != d.temperature || o.top_p != d.top_p || o.top_k != d.top_k || o.rep_pen != d.rep_pen ||
+        o.seed != d.seed || o.n_gen != d.n_gen)
+        return cli_usage_error("serve: sampling options and -n belong to each request (temperature, top_p, top_k, "
+                               "repetition_penalty, seed, max_tokens in its JSON), not to the server");
     if (o.tp > 1 || o.cp > 1)
         return cli_usage_error("serve: --tp/--cp are not supported yet (the pool's sessions run in one process)");
     c.model_dir = o.model;

@@ -253,7 +253,8 @@ static int handle(struct mg_connection *conn, void *cbdata) {
         srv_log(S, 1, "req %llu %s %s status=%d prompt=%lld cached=%lld computed=%lld completion=%lld queue_ms=%.0f "
                 "prefill_tok_s=%.1f decode_tok_s=%.1f finish=%s%s total_ms=%.0f", (unsigned long long)r.id, r.method,
                 r.path, r.status, (long long)r.prompt, (long long)r.cached, (long long)r.computed, (long long)r.completion, 1e3 * r.queue_s,
-                pre, dec, r.finish ? r.finish : "error", r.disconnected ? " (client disconnected)" : "",
+                pre, dec, r.finish ? r.finish : "error",
+                __atomic_load_n(&S->stopping, __ATOMIC_RELAXED) ? " (server stopping)" : r.disconnected ? " (client disconnected)" : "",
                 1e3 * (srv_now() - t0));
         if (r.prompt_log) srv_log(S, 2, "req %llu prompt: %s", (unsigned long long)r.id, r.prompt_log);
     } else {
@@ -270,21 +271,6 @@ static int log_message(const struct mg_connection *conn, const char *message) {
     return 1;
 }
 
-/* A free port: bind port 0 and read back what the kernel chose (civetweb needs a number). */
-static int pick_port(const char *host, int *port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    socklen_t al = sizeof a;
-    if (fd < 0 || inet_pton(AF_INET, host, &a.sin_addr) != 1 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
-        getsockname(fd, (struct sockaddr *)&a, &al)) {
-        if (fd >= 0) close(fd);
-        return mtok_err(MTOK_EUSAGE, "--port 0: cannot find a free port on %s (an IPv4 address is needed)", host);
-    }
-    *port = ntohs(a.sin_port);
-    close(fd);
-    return 0;
-}
-
 int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
     srv *S = calloc(1, sizeof *S);
     if (!S) return mtok_err(MTOK_ERESOURCE, "out of memory");
@@ -299,10 +285,6 @@ int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
     char *slash = strchr(S->name, '/');
     if (!cfg->model_name && slash) *slash = 0;
     int port = cfg->port, rc = 0;
-    if (port == 0 && (rc = pick_port(cfg->host, &port))) {
-        free(S);
-        return rc;
-    }
     char ports[300], threads[16];
     snprintf(ports, sizeof ports, "%s:%d", cfg->host, port);
     /* every pooled and queued request holds a worker; the rest keep /health and /tokenize answering */
@@ -318,6 +300,8 @@ int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
         return mtok_err(MTOK_EUSAGE, "cannot listen on %s (address in use, or not an address of this machine)", ports);
     }
     mg_set_request_handler(ctx, "/", handle, S);
+    struct mg_server_port sp[4];
+    if (port == 0 && mg_get_server_ports(ctx, 4, sp) > 0) port = sp[0].port; /* --port 0: the one the kernel chose */
     srv_log(S, 0, "listening on http://%s:%d (loading %s)", cfg->host, port, cfg->model_dir);
 
     rc = mtok_model_load(cfg->model_dir, &cfg->load, &S->model);
@@ -330,9 +314,9 @@ int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
         S->chunk = mtok_session_chunk(S->pool.sess[0]);
         const int64_t nv = mtok_tokenizer_n_vocab(S->tok);
         S->n_valid = nv < S->mc->vocab ? nv : S->mc->vocab;
-        __atomic_store_n(&S->ready, 1, __ATOMIC_RELEASE);
         srv_log(S, 0, "ready: model %s, %d session%s, context %lld tokens, chunk %lld", S->name, cfg->sessions,
                 cfg->sessions == 1 ? "" : "s", (long long)S->ctx, (long long)S->chunk);
+        __atomic_store_n(&S->ready, 1, __ATOMIC_RELEASE); /* after the line: a client that saw 200 finds it */
         while (!*stop) usleep(50 * 1000);
         srv_log(S, 0, "stopping: cancelling the requests in flight");
     }

@@ -70,7 +70,7 @@ int srv_handle_tokenize(srv_req *r, json_t *body) {
         if (a && !json_is_null(a) && !json_is_boolean(a))
             return srv_fail(r, 400, "add_special_tokens", NULL, "'add_special_tokens' must be a boolean");
         if (a) add = json_is_true(a);
-        rc = srv_tokenize_text(r, json_string_value(prompt), json_string_length(prompt), add, &ids);
+        rc = srv_tokenize_text(r, json_string_value(prompt), json_string_length(prompt), add, &ids, NULL);
     } else if (msgs) {
         json_t *a = json_object_get(body, "add_generation_prompt");
         if (a && !json_is_null(a) && !json_is_boolean(a))

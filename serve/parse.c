@@ -19,6 +19,8 @@ void srv_gen_free(srv_gen *g) {
     }
     free(g->prompts);
     free(g->prompt_text);
+    free(g->prompt_text_len);
+    free(g->n_prefix);
     for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
     free(g->stop);
     free(g->stop_ids);
@@ -163,13 +165,15 @@ static int common_fields(srv_req *r, json_t *o, srv_gen *g, double default_tempe
     return 0;
 }
 
-int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, mtok_ids *out) {
+int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, mtok_ids *out, int *n_prefix) {
     int rc = 0;
+    const size_t n0 = out->n;
     if (add_prefix && strncmp(text, "[gMASK]", 7)) {
         const int32_t g = mtok_token_special(r->S->tok, "[gMASK]"), s = mtok_token_special(r->S->tok, "<sop>");
         if (g >= 0) rc = mtok_ids_push(out, g);
         if (!rc && s >= 0) rc = mtok_ids_push(out, s);
     }
+    if (n_prefix) *n_prefix = (int)(out->n - n0);
     if (!rc) rc = mtok_tokenize(r->S->tok, text, len, 1, out);
     return rc ? srv_fail_lib(r, rc) : 0;
 }
@@ -192,8 +196,19 @@ static int add_prompt(srv_gen *g, size_t cap) {
     if (!g->prompts) {
         g->prompts = calloc(cap, sizeof *g->prompts);
         g->prompt_text = calloc(cap, sizeof *g->prompt_text);
+        g->prompt_text_len = calloc(cap, sizeof *g->prompt_text_len);
+        g->n_prefix = calloc(cap, sizeof *g->n_prefix);
     }
-    return g->prompts && g->prompt_text ? 0 : -1;
+    return g->prompts && g->prompt_text && g->prompt_text_len && g->n_prefix ? 0 : -1;
+}
+
+/* Prompt i given as text: its ids, and the text itself for echo. */
+static int text_prompt(srv_req *r, srv_gen *g, size_t i, json_t *str, int add_prefix) {
+    const size_t len = json_string_length(str);
+    if (!(g->prompt_text[i] = malloc(len + 1))) return srv_fail_lib(r, MTOK_ERESOURCE);
+    memcpy(g->prompt_text[i], json_string_value(str), len + 1);
+    g->prompt_text_len[i] = len;
+    return srv_tokenize_text(r, json_string_value(str), len, add_prefix, &g->prompts[i], &g->n_prefix[i]);
 }
 
 int srv_parse_completions(srv_req *r, json_t *o, srv_gen *g) {
@@ -213,7 +228,7 @@ int srv_parse_completions(srv_req *r, json_t *o, srv_gen *g) {
     if (json_is_string(p)) {
         if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
         g->n_prompts = 1;
-        return srv_tokenize_text(r, json_string_value(p), json_string_length(p), add_special, &g->prompts[0]);
+        return text_prompt(r, g, 0, p, add_special);
     }
     if (!json_is_array(p) || !json_array_size(p))
         return srv_fail(r, 400, "prompt", NULL, "'prompt' must be a string, a list of strings, a list of token ids or "
@@ -232,7 +247,7 @@ int srv_parse_completions(srv_req *r, json_t *o, srv_gen *g) {
         snprintf(what, sizeof what, "prompt %zu", i);
         g->n_prompts++;
         if (json_is_string(e) && json_is_string(first)) {
-            if (srv_tokenize_text(r, json_string_value(e), json_string_length(e), add_special, &g->prompts[i])) return -1;
+            if (text_prompt(r, g, i, e, add_special)) return -1;
         } else if (json_is_array(e) && json_is_array(first)) {
             if (ids_prompt(r, e, what, &g->prompts[i])) return -1;
         } else {
@@ -466,5 +481,5 @@ int srv_parse_generate(srv_req *r, json_t *o, srv_gen *g) {
     if (!json_is_string(p)) return srv_fail(r, 400, "prompt", NULL, "'prompt' must be a string");
     if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
     g->n_prompts = 1;
-    return srv_tokenize_text(r, json_string_value(p), json_string_length(p), 1, &g->prompts[0]);
+    return text_prompt(r, g, 0, p, 1);
 }

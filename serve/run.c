@@ -62,25 +62,40 @@ static int lp_push(lp_list *L, const lp_entry *e) {
     return 0;
 }
 
+/* A token's text for logprobs: its bytes when they are UTF-8 on their own, else "bytes:\xNN..." (a
+ * byte-level piece of a character), so two different pieces never share a top_logprobs key. */
 static json_t *token_str(const srv *S, int32_t id) {
     size_t len = 0;
     const char *b = mtok_token_bytes(S->tok, id, &len);
-    return b ? srv_jstr(b, len) : json_string("");
+    if (!b) return json_string("");
+    json_t *j = json_stringn(b, len);
+    if (j) return j;
+    char buf[6 + 4 * 64 + 1];
+    size_t o = 0;
+    memcpy(buf, "bytes:", 6), o = 6;
+    for (size_t i = 0; i < len && i < 64; i++) o += (size_t)snprintf(buf + o, sizeof buf - o, "\\x%02x", (unsigned char)b[i]);
+    return json_string(buf);
 }
 
-static size_t n_chars(const char *s) {
-    size_t n = 0;
-    for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
+/* Characters a token adds to the text: its bytes that begin a UTF-8 character (a byte piece that
+ * only continues one adds none; the one that begins it counts it). */
+static size_t n_chars(const srv *S, int32_t id) {
+    size_t len = 0, n = 0;
+    const char *b = mtok_token_bytes(S->tok, id, &len);
+    for (size_t i = 0; b && i < len; i++) n += ((unsigned char)b[i] & 0xc0) != 0x80;
     return n;
 }
 
-/* Completions' logprobs object for entries [0, n) (null entries first when n_null: echo's first token). */
-static json_t *completion_logprobs(const srv *S, const lp_entry *e, size_t n, int with_null, size_t *offset) {
+/* Completions' logprobs object for entries [0, n): with_null, entry 0 has no logprob (echo's first
+ * token); the first zero_width entries are ids the server added before a text prompt, which take no
+ * room in the echoed text (their offsets stay at 0). */
+static json_t *completion_logprobs(const srv *S, const lp_entry *e, size_t n, int with_null, size_t zero_width,
+                                   size_t *offset) {
     json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *t = token_str(S, e[i].id);
         json_array_append_new(offs, json_integer((json_int_t)*offset));
-        *offset += n_chars(json_string_value(t));
+        if (i >= zero_width) *offset += n_chars(S, e[i].id);
         json_array_append_new(toks, t);
         if (with_null && i == 0) {
             json_array_append_new(lps, json_null());
@@ -153,8 +168,15 @@ static json_t *envelope(const choice *c, int chunk, json_t *choices) {
     return e;
 }
 
+/* A chat chunk; it carries the logprobs of the tokens generated since the last chunk that did. */
 static int send_chat_delta(choice *c, json_t *delta, const char *finish) {
-    json_t *ch = json_pack("{s:i, s:o, s:o, s:o}", "index", c->index, "delta", delta, "logprobs", json_null(),
+    json_t *lp = json_null();
+    if (c->g->logprobs >= 0 && c->gen_lp.n > c->streamed_lp) {
+        json_decref(lp);
+        lp = chat_logprobs(c->r->S, c->gen_lp.v + c->streamed_lp, c->gen_lp.n - c->streamed_lp);
+        c->streamed_lp = c->gen_lp.n;
+    }
+    json_t *ch = json_pack("{s:i, s:o, s:o, s:o}", "index", c->index, "delta", delta, "logprobs", lp,
                            "finish_reason", finish ? json_string(finish) : json_null());
     return srv_sse_event(c->r, envelope(c, 1, json_pack("[o]", ch)));
 }
@@ -163,7 +185,7 @@ static int send_completion_piece(choice *c, const char *text, size_t len, const 
     json_t *lp = json_null();
     if (c->g->logprobs >= 0 && c->gen_lp.n > c->streamed_lp) {
         json_decref(lp);
-        lp = completion_logprobs(c->r->S, c->gen_lp.v + c->streamed_lp, c->gen_lp.n - c->streamed_lp, 0, &c->offset);
+        lp = completion_logprobs(c->r->S, c->gen_lp.v + c->streamed_lp, c->gen_lp.n - c->streamed_lp, 0, 0, &c->offset);
         c->streamed_lp = c->gen_lp.n;
     }
     json_t *ch = json_pack("{s:i, s:o, s:o, s:o}", "index", c->index, "text", srv_jstr(text, len), "logprobs", lp,
@@ -262,6 +284,16 @@ static int prompt_logprobs(choice *c, const int32_t *ids, int64_t n, lp_list *ou
     return rc;
 }
 
+/* Echo's text: the prompt as the client sent it, or its ids' text when it came as ids. */
+static char *echo_text(const srv *S, const srv_gen *g, size_t i, size_t *len) {
+    if (g->prompt_text[i]) {
+        char *t = malloc(g->prompt_text_len[i] + 1);
+        if (t) memcpy(t, g->prompt_text[i], g->prompt_text_len[i] + 1), *len = g->prompt_text_len[i];
+        return t;
+    }
+    return mtok_detokenize(S->tok, g->prompts[i].v, g->prompts[i].n, len);
+}
+
 static json_t *usage_json(int64_t prompt, int64_t completion, int64_t cached) {
     return json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens", (json_int_t)prompt, "completion_tokens",
                      (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion), "prompt_tokens_details",
@@ -315,8 +347,9 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
                         .sampler = g->sampler, .cancel = &r->cancel, .on_token = on_token, .user = c};
     if (!rc && g->stream && g->echo) { /* the prompt's text (and logprobs) lead the stream */
         size_t tl = 0;
-        char *t = mtok_detokenize(S->tok, p->v, p->n, &tl);
-        json_t *lp = echo ? completion_logprobs(S, echo_lp->v, echo_lp->n, 1, &c->offset) : json_null();
+        char *t = echo_text(S, g, i, &tl);
+        json_t *lp = echo ? completion_logprobs(S, echo_lp->v, echo_lp->n, 1, (size_t)g->n_prefix[i], &c->offset)
+                          : json_null();
         json_t *ch = json_pack("{s:i, s:o, s:o, s:n}", "index", c->index, "text", srv_jstr(t ? t : "", t ? tl : 0),
                                "logprobs", lp, "finish_reason");
         srv_sse_event(r, envelope(c, 1, json_pack("[o]", ch)));
@@ -326,6 +359,17 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
         rc = mtok_generate(c->s, S->tok, p->v, n, &req, res);
         if (rc) rc = srv_fail_lib(r, rc);
         else if (res->finish == MTOK_FINISH_CANCELLED) rc = MTOK_CANCELLED;
+        if (!rc && res->stop_id >= 0) {
+            /* a stop id is a generated token (as vLLM counts it): in the usage and the logprobs, not the
+             * text. lm-eval's loglikelihood drops the last entry, which must be this one. The session
+             * still holds the logits it was drawn from (it is never fed). */
+            res->usage.generated_tokens++;
+            if (g->logprobs >= 0) {
+                lp_entry e;
+                lp_of(mtok_session_logits(c->s), S->n_valid, res->stop_id, g->logprobs, &e);
+                if (lp_push(&c->gen_lp, &e)) rc = srv_fail(r, 500, NULL, NULL, "out of memory for logprobs");
+            }
+        }
         /* exact afterwards: whole chunks fed from an exact start; a prompt the session held in full
          * (after echo, or kept whole) had its last position computed again, alone */
         const int64_t fed = res->usage.cached_tokens + res->usage.computed_tokens, last = (n - 1) / S->chunk * S->chunk;
@@ -400,12 +444,12 @@ int srv_run_gen(srv_req *r, srv_gen *g) {
                 json_t *lp = json_null();
                 char *ptext = NULL;
                 size_t pl = 0;
-                if (g->echo) ptext = mtok_detokenize(S->tok, g->prompts[i].v, g->prompts[i].n, &pl);
+                if (g->echo) ptext = echo_text(S, g, i, &pl);
                 if (g->logprobs >= 0) {
                     json_decref(lp);
                     lp_list all = echo_lp;
                     for (size_t k = 0; k < c.gen_lp.n; k++) lp_push(&all, &c.gen_lp.v[k]);
-                    lp = completion_logprobs(S, all.v, all.n, g->echo, &c.offset);
+                    lp = completion_logprobs(S, all.v, all.n, g->echo, g->echo ? (size_t)g->n_prefix[i] : 0, &c.offset);
                     echo_lp = all;
                 }
                 char *full = malloc(pl + len + 1);

@@ -115,7 +115,9 @@ enum { SRV_COMPLETIONS = 0, SRV_CHAT = 1, SRV_GENERATE = 2 };
 typedef struct {
     int kind;
     mtok_ids *prompts;           /* completions: one per choice; chat and generate: one */
-    char **prompt_text;          /* the prompts' text when given as text (echo), else NULL entries */
+    char **prompt_text;          /* the prompts' text when given as text (echo returns it as sent), else NULL */
+    size_t *prompt_text_len;
+    int *n_prefix;               /* ids the server put before a text prompt's own ([gMASK]<sop>) */
     size_t n_prompts;
     int64_t max_tokens;          /* -1: up to the context */
     int max_tokens_given;
@@ -139,7 +141,7 @@ int srv_parse_chat(srv_req *r, json_t *body, srv_gen *g);
 int srv_parse_generate(srv_req *r, json_t *body, srv_gen *g);
 /* Text -> ids the way vLLM does for these endpoints: special-token text becomes special ids, and
  * add_prefix puts [gMASK]<sop> first unless the text already starts with [gMASK]. */
-int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, mtok_ids *out);
+int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, mtok_ids *out, int *n_prefix);
 /* messages (+ tools) -> the GLM-4 chat template's ids; used by /v1/chat/completions and /tokenize. */
 int srv_chat_ids(srv_req *r, json_t *body, int add_generation_prompt, srv_gen *g, mtok_ids *out);
 
