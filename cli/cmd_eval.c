@@ -1,12 +1,15 @@
 /* cmd_eval.c — mtok niah, mtok eval, mtok demo (the needle model + a NIAH grid). */
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "../eval/eval.h"
+#include "../eval/longbench.h"
 #include "../synth/mtok_synth.h"
 
 static volatile int g_interrupted;
@@ -226,12 +229,42 @@ out:
     return rc;
 }
 
+/* mtok eval --segment FILE: jieba's words of each line of FILE (LongBench's Chinese metrics segment
+ * with them), one JSON list per line, to compare with python jieba's jieba.cut. */
+static int segment_lines(const char *path, const char *jieba_dir) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return cli_fail(mtok_err(MTOK_EINPUT, "%s: cannot read it", path));
+    mev_zhseg *z = NULL;
+    int rc = mev_zhseg_open(jieba_dir, &z);
+    mev_spans sp = {0};
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while (!rc && (n = getline(&line, &cap, f)) >= 0) {
+        if (n && line[n - 1] == '\n') line[--n] = 0;
+        if ((rc = mev_zhseg_cut(z, line, (size_t)n, &sp))) break;
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < sp.n; i++) json_array_append_new(a, json_stringn(line + sp.v[i].off, sp.v[i].len));
+        char *t = a ? json_dumps(a, JSON_COMPACT) : NULL;
+        if (!t) rc = mtok_err(MTOK_EINPUT, "%s: a line that is not UTF-8", path);
+        else printf("%s\n", t);
+        free(t);
+        json_decref(a);
+    }
+    free(line), free(sp.v);
+    fclose(f);
+    mev_zhseg_free(z);
+    return rc ? cli_fail(rc) : 0;
+}
+
 /* ---- mtok eval -m DIR --data F.jsonl --out preds.jsonl | mtok eval --score F.jsonl ---- */
 int cmd_eval(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
     mev_eval_params ep = {0};
     const char *score_file = NULL;
+    mev_lb_score_params lb = {0};
+    const char *segment = NULL;
     o.n_gen = 0; /* -n / --max-new (a common option): 0 = per-format default */
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
@@ -245,6 +278,14 @@ int cmd_eval(int argc, char **argv) {
             else if (!strcmp(a, "--score")) score_file = v;
             else if (!strcmp(v, "all") || !strcmp(v, "part") || !strcmp(v, "em") || !strcmp(v, "f1")) ep.metric = v;
             else return cli_usage_error("--metric: all, part, em or f1");
+        } else if (!strcmp(a, "--jieba")) {
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            lb.jieba_dir = ep.jieba_dir = v;
+        } else if (!strcmp(a, "--segment")) {
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            segment = v;
+        } else if (!strcmp(a, "--longbench-e")) {
+            lb.e = 1;
         } else if (!strcmp(a, "--special")) {
             ep.special = 1;
         } else if (!strcmp(a, "--resume")) {
@@ -253,14 +294,22 @@ int cmd_eval(int argc, char **argv) {
             return cli_usage_error("eval: unknown option '%s'", a);
     }
     ep.max_new = o.n_gen;
+    if (segment) return segment_lines(segment, lb.jieba_dir);
     if (score_file) {
         if (ep.data) return cli_usage_error("--score FILE scores existing predictions; it takes no --data");
+        struct stat st;
+        if (!stat(score_file, &st) && S_ISDIR(st.st_mode)) { /* LongBench's pred/MODEL/ layout */
+            lb.dir = score_file;
+            int rc = mev_lb_score_dir(&lb, stdout);
+            return rc ? cli_fail(rc) : 0;
+        }
         ep.data = score_file;
         int rc = mev_eval_run(NULL, NULL, &ep, 1, stdout);
         return rc ? cli_fail(rc) : 0;
     }
     if (!o.model || !ep.data || !ep.out)
-        return cli_usage_error("eval needs -m DIR --data F.jsonl --out preds.jsonl (or --score PREDS.jsonl)");
+        return cli_usage_error("eval needs -m DIR --data F.jsonl --out preds.jsonl (or --score PREDS.jsonl | DIR "
+                               "[--longbench-e] [--jieba DIR], or --segment FILE)");
     cli_loaded L;
     int rc = cli_load(&o, 1, &L);
     if (rc) return cli_fail(rc);

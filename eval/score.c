@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "jsonl.h"
+#include "longbench.h"
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
 /* ASCII lower-case copy (the C locale's tolower, which RULER's .lower() matches on ASCII). */
@@ -135,9 +136,11 @@ double mev_token_f1(const char *pred, const char *const *refs, size_t n) {
 typedef struct {
     const char *name;
     int ruler;   /* RULER (outputs) or LongBench (answers) */
-    char metric[8];
+    char metric[24];
     size_t n, nulls;
     double sum_all, sum_part, sum_em, sum_f1;
+    int lb;        /* a LongBench v1 dataset: scored with its own metric (eval/longbench.c) */
+    double sum_lb;
 } task_stat;
 
 static const char *metric_for(const char *task, int ruler, const char *forced) {
@@ -211,7 +214,7 @@ static int open_out(const mev_eval_params *p, const mev_eval_preds *prev, FILE *
 }
 
 /* Adds record rec's prediction to its task's sums. */
-static int score_one(const mev_eval_params *p, json_t *rec, const char *task, const char *pred, task_stat *ts,
+static int score_one(const mev_eval_params *p, mev_zhseg **zh, json_t *rec, const char *task, const char *pred, task_stat *ts,
                      size_t *n_ts) {
     const char **refs;
     size_t nr, j;
@@ -221,10 +224,26 @@ static int score_one(const mev_eval_params *p, json_t *rec, const char *task, co
     if (j == *n_ts) {
         ts[j].name = task;
         ts[j].ruler = ruler;
-        snprintf(ts[j].metric, sizeof ts[j].metric, "%s", metric_for(task, ruler, p->metric));
+        ts[j].lb = !ruler && !p->metric && mev_lb_metric_of(task) >= 0;
+        snprintf(ts[j].metric, sizeof ts[j].metric, "%s",
+                 ts[j].lb ? mev_lb_metric_name(mev_lb_metric_of(task)) : metric_for(task, ruler, p->metric));
         (*n_ts)++;
     }
     task_stat *st = &ts[j];
+    if (st->lb) { /* LongBench's metric on the raw prediction (eval.py strips nothing else) */
+        int metric = mev_lb_metric_of(task), rc = 0, bad = 0;
+        if (mev_lb_needs_zh(metric) && !*zh) rc = mev_zhseg_open(p->jieba_dir, zh); /* once per run */
+        json_t *cl = json_object_get(rec, "all_classes");
+        size_t nc = json_array_size(cl);
+        const char **classes = cl && json_is_array(cl) ? malloc((nc + 1) * sizeof *classes) : NULL;
+        for (size_t k = 0; classes && k < nc; k++) bad |= !(classes[k] = json_string_value(json_array_get(cl, k)));
+        mev_lb_ctx c = {*zh, bad ? NULL : classes, bad ? 0 : nc};
+        double sc = 0;
+        if (!rc) rc = mev_lb_sample_score(task, &c, pred, refs, nr, &sc);
+        free(classes);
+        st->sum_lb += sc;
+        if (rc) return free(refs), rc;
+    }
     /* RULER post-processing: strip, control characters as newlines */
     char *pp = strdup(pred);
     if (!pp) return free(refs), mtok_err(MTOK_ERESOURCE, "out of memory");
@@ -253,12 +272,13 @@ static void print_report(FILE *report, const task_stat *ts, size_t n_ts) {
     for (size_t j = 0; j < n_ts; j++) {
         const task_stat *st = &ts[j];
         double d = st->n ? 100.0 / (double)st->n : 0;
-        double score = !strcmp(st->metric, "all") ? st->sum_all : !strcmp(st->metric, "part") ? st->sum_part
+        double score = st->lb ? st->sum_lb : !strcmp(st->metric, "all") ? st->sum_all
+                       : !strcmp(st->metric, "part") ? st->sum_part
                        : !strcmp(st->metric, "em")  ? st->sum_em
                                                     : st->sum_f1;
         json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:f, s:f, s:f, s:f, s:f}", "task", st->name, "n",
                               (json_int_t)st->n, "nulls", (json_int_t)st->nulls, "metric", st->metric, "score",
-                              score * d, "string_match_all", st->sum_all * d, "string_match_part",
+                              st->lb ? mev_py_round(100 * st->sum_lb / (double)st->n, 2) : score * d, "string_match_all", st->sum_all * d, "string_match_part",
                               st->sum_part * d, "exact_match", st->sum_em * d, "token_f1", st->sum_f1 * d);
         char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
         if (line) fprintf(report, "score %s\n", line);
@@ -274,6 +294,7 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
     size_t n_ts = 0, n_run = 0, n_prev = 0;
     FILE *out = NULL;
     mev_runner rn = {.s = s, .t = t, .interrupted = p->interrupted};
+    mev_zhseg *zh = NULL; /* jieba's data, loaded by the first Chinese LongBench record */
     mtok_ids ids = {0};
     size_t (*order)[2] = NULL;
     json_t **pred = NULL, *made = json_array();
@@ -359,10 +380,11 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
     /* per-task scores over every record predicted (by this run or a resumed one), in data order */
     for (size_t i = 0; i < n && !rc; i++) {
         const char *text = pred[i] ? json_string_value(json_object_get(pred[i], "pred")) : NULL;
-        if (pred[i]) rc = score_one(p, json_array_get(d->recs, i), d->task[i], text ? text : "", ts, &n_ts);
+        if (pred[i]) rc = score_one(p, &zh, json_array_get(d->recs, i), d->task[i], text ? text : "", ts, &n_ts);
     }
     if (!rc && report) print_report(report, ts, n_ts);
 done:
+    mev_zhseg_free(zh);
     if (out && fclose(out) && !rc) rc = mtok_err(mev_errno_code(errno), "%s: write failed: %s", p->out, strerror(errno));
     mev_eval_data_free(d);
     mev_eval_preds_free(prev);

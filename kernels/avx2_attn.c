@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "avx2_inline.h"
+#include "tls_scratch.h"
 
 /* ---- the one-row online-softmax step (mk_attn_accum; ATTN_ROWWISE runs it per row) ---- */
 
@@ -165,6 +166,12 @@ void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, in
 
 /* kt (AB_KEYS * AB_DMAX) + vb (AB_KEYS * AB_DMAX) + s (AB_MR * AB_KEYS), one per thread, kept */
 static _Thread_local float *tl_attn;
+MK_TLS_SCRATCH(tl_attn)
+static float *tl_attn_alloc(void) {
+    float *p = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
+    tl_attn_own(p);
+    return p;
+}
 
 
 /* K widened and transposed in panels of 16 keys, each panel [D][16]: kt[(j/16)*16*D + d*16 + j%16] =
@@ -607,7 +614,7 @@ static int64_t attn_visible_keys(const mk_attn_params *p) {
 }
 
 void mk_attn_block_avx2(const mk_attn_params *p) {
-    if (!tl_attn) tl_attn = aligned_alloc(64, (2 * AB_KEYS * AB_DMAX + AB_MR * AB_KEYS) * sizeof(float));
+    if (!tl_attn) tl_attn = tl_attn_alloc();
     /* the scratch (NULL only for the first two forms): kt, then vb at AB_KEYS * AB_DMAX, then s for
      * the tiled form; the direct forms put q in kt's place, acc in vb's and s after q */
     float *const kt = tl_attn;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "avx2_inline.h"
+#include "tls_scratch.h"
 
 /* ---- matmul: prefill GEMM on packed fp32 weight tiles ----
  * A 16-row x KC-column slice of W is widened to fp32 once and stored transposed, [KC][16], so that
@@ -25,9 +26,10 @@
 /* Packing scratch: one fixed-size buffer per thread (OpenMP keeps its threads, so this allocates
  * once per thread, not per call). */
 static _Thread_local float *tl_pack;
+MK_TLS_SCRATCH(tl_pack)
 
 float *mk_gemm_scratch_avx2(void) {
-    if (!tl_pack) tl_pack = aligned_alloc(64, MM_PACK_FLOATS * sizeof(float));
+    if (!tl_pack) tl_pack_own(tl_pack = aligned_alloc(64, MM_PACK_FLOATS * sizeof(float)));
     return tl_pack;
 }
 

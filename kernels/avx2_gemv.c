@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "avx2_inline.h"
+#include "tls_scratch.h"
 
 /* Below this many tokens the packed GEMM does not pay for its packing. */
 #define GM_MIN_TOK 24
@@ -170,6 +171,7 @@ static void matmul_share(const mk_matmul_job *j, int64_t n_tok, int nth, int ith
  * (docs/PERFORMANCE.md, "Why the kernels look like this"). The copy belongs to the calling thread. */
 static _Thread_local float *tl_xpad;
 static _Thread_local size_t tl_xpad_cap;
+MK_TLS_SCRATCH(tl_xpad)
 
 #define XPAD_MAX_JOBS 8
 
@@ -190,6 +192,7 @@ static float *padded_x(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int
         free(tl_xpad);
         tl_xpad = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
         tl_xpad_cap = tl_xpad ? need : 0;
+        tl_xpad_own(tl_xpad);
     }
     *ldp = ld;
     return tl_xpad;

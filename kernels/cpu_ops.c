@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "cpu_internal.h"
+#include "tls_scratch.h"
 
 void mk_rope_table(float *cs, float *sn, int64_t rope_dim, double base, int64_t pos) {
     /* theta_i = base^(-2i/d). Everything in double: at pos ~ 1M an fp32 angle would be off by ~0.06
@@ -44,12 +45,13 @@ void mk_row_to_f32_portable(float *dst, const void *src, mtok_dtype dt, int64_t 
  * demand and kept (OpenMP reuses its threads, so this allocates once per thread and width). */
 static _Thread_local float *tl_row;
 static _Thread_local int64_t tl_row_cap;
+MK_TLS_SCRATCH(tl_row)
 
 static float *row_buffer(int64_t n) {
     if (n > tl_row_cap) {
         float *p = realloc(tl_row, (size_t)n * sizeof *p);
         if (!p) return NULL;
-        tl_row = p;
+        tl_row_own(tl_row = p);
         tl_row_cap = n;
     }
     return tl_row;
