@@ -13,15 +13,15 @@
  *
  * The arithmetic is the backend's (core/backend.h: attn_begin, attn_blocks, attn_end): this file
  * decides which blocks, the backend computes over them wherever they live. The topk scores and the
- * audit read the queries and partials on the host (MTOK_MEM_HOST views). */
+ * audit read the queries and partials on the host (MTOK_MEM_HOST views), except where the backend
+ * holds the layer's keys and chooses the blocks itself by the same rule (kv_holds under topk: the
+ * CUDA backend's device choice, docs/GPU.md), which leaves nothing for the host to read. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "session.h"
 
-#define TOPK_DEFAULT 64
-#define TOPK_WINDOW_DEFAULT 1024 /* tokens: the recent window topk always attends (--kv-window) */
 
 struct attn_state {
     int policy;
@@ -60,8 +60,8 @@ int attn_create(mtok_session *s, const mtok_session_params *p) {
         return mtok_err(MTOK_EUSAGE, "topk policy: --kv-topk %lld, --kv-window %lld and --kv-audit %g must be a "
                         "positive block count, a token count >= 0 and a rate in [0, 1]", (long long)p->kv_topk,
                         (long long)p->kv_window, p->kv_audit);
-    A->topk = p->kv_topk > 0 ? p->kv_topk : TOPK_DEFAULT;
-    A->window = p->kv_window > 0 ? p->kv_window : TOPK_WINDOW_DEFAULT;
+    A->topk = p->kv_topk > 0 ? p->kv_topk : ATTN_TOPK_DEFAULT;
+    A->window = p->kv_window > 0 ? p->kv_window : ATTN_TOPK_WINDOW_DEFAULT;
     A->audit = p->kv_audit;
     const size_t nb = (size_t)A->n_blocks, hd = (size_t)(s->H * s->D), C = (size_t)s->chunk;
     A->qlo = malloc(hd * sizeof *A->qlo);
@@ -176,16 +176,23 @@ static void query_box(mtok_session *s, const float *q, int64_t g, int64_t n, flo
     }
 }
 
+/* The blocks of queries pos..pos+n-1: nb hold keys; fixed are the sinks [0, m0), then from m1 on the
+ * window and the chunk's own blocks; the candidates lie between. */
+static void topk_range(const attn_state *A, int64_t pos, int64_t n, int64_t *nb, int64_t *m0, int64_t *m1) {
+    const int64_t B = A->B;
+    *nb = (pos + n + B - 1) / B;
+    *m0 = A->sink_blocks < *nb ? A->sink_blocks : *nb;
+    *m1 = pos - A->window > 0 ? (pos - A->window) / B : 0;
+    *m1 = *m1 < *m0 ? *m0 : *m1 > *nb ? *nb : *m1;
+}
+
 /* Chooses, per group, the blocks layer `layer` attends for queries pos..pos+n-1 (into A->sel) and
  * returns their union in block order (A->ids, *n_ids). */
 static int topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, int64_t *n_ids) {
     attn_state *A = s->attn;
-    const int64_t G = s->G, D = s->D, per = s->H / G, B = A->B, nbm = A->n_blocks;
-    const int64_t nb = (pos + n + B - 1) / B;
-    /* fixed: the sinks, then from m1 on the window and the chunk's own blocks; candidates between */
-    const int64_t m0 = A->sink_blocks < nb ? A->sink_blocks : nb;
-    int64_t m1 = pos - A->window > 0 ? (pos - A->window) / B : 0;
-    m1 = m1 < m0 ? m0 : m1 > nb ? nb : m1;
+    const int64_t G = s->G, D = s->D, per = s->H / G, nbm = A->n_blocks;
+    int64_t nb, m0, m1;
+    topk_range(A, pos, n, &nb, &m0, &m1);
     const int64_t nm = m1 - m0;
     const mtok_tview qv = s->be->tensor(s->bs, MTOK_T_Q);
     const float *q = qv.data; /* host on the CPU backend; a device backend's are read over */
@@ -225,6 +232,23 @@ static int topk_select(mtok_session *s, int64_t layer, int64_t pos, int64_t n, i
     }
     *n_ids = k;
     return 0;
+}
+
+/* The backend holds the layer's keys up to the chunk's end and their summaries, and chooses the
+ * blocks itself by the rule above (a device backend: kernels/mtok_math.h mm_topk_range and
+ * mm_topk_bound, the same ranges and the same bound; docs/GPU.md): nothing is read back or streamed.
+ * The bytes its attention reads follow from the rule: every row up to the chunk's end but those of
+ * the candidates left out, which are all whole blocks (the last block is never a candidate). */
+static int topk_on_backend(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
+    attn_state *A = s->attn;
+    int64_t nb, m0, m1;
+    topk_range(A, pos, n, &nb, &m0, &m1);
+    const int64_t out = m1 - m0 > A->topk ? m1 - m0 - A->topk : 0;
+    A->bytes_attended += (uint64_t)((pos + n - out * A->B) * s->G * s->D * 4);
+    A->held[layer] = 1; /* attend: begin and end, nothing streamed, no selection passed */
+    const int rc = attend(s, layer, pos, n, NULL, s->part, NULL);
+    A->held[layer] = 0;
+    return rc;
 }
 
 /* Audit: exact attention over every block for the same queries; per (query, head) the share of the
@@ -276,6 +300,8 @@ int attn_layer(mtok_session *s, int64_t layer, int64_t pos, int64_t n) {
     }
     A->bytes_exact += (uint64_t)((pos + n) * s->G * s->D * 4);
     if (A->policy != KVS_POLICY_TOPK) return attend(s, layer, pos, n, NULL, s->part, &A->bytes_attended);
+    /* an audited step reads the partials on the host anyway: the host chooses there */
+    if (!A->audit_now && s->be->kv_holds(s->bs, layer, pos)) return topk_on_backend(s, layer, pos, n);
     int64_t n_ids = 0;
     int rc = topk_select(s, layer, pos, n, &n_ids);
     if (!rc) rc = kvs_plan_blocks(s->kv, layer, A->ids, n_ids);

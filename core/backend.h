@@ -28,6 +28,9 @@
 #include "../kvstore/kvstore.h"
 
 #define MTOK_BACKEND_VERSION 2
+/* mtok_backend_params carries the topk rule (kv_topk, kv_sinks, kv_window): a device backend may
+ * choose a topk layer's blocks itself (core/backend_cuda.h cu_topk_rule tests this) */
+#define MTOK_BACKEND_TOPK_RULE 1
 
 /* Tensors say where their bytes are with mtok_mem (base/mtok_base.h). */
 
@@ -135,6 +138,10 @@ typedef struct {
     int kv_exact;    /* 1: every attention streams all blocks up to its queries (the exact policy on one
                       * rank), so a device backend may attend its own copy without a block list and
                       * replay a captured decode step */
+    int64_t kv_topk; /* > 0: the topk policy on one rank without an audit, choosing kv_topk blocks per KV
+                      * group (core/attn.c): a device backend may choose them itself by the same rule
+                      * where kv_holds says it holds a layer (docs/KVSTORE.md "Policy topk") */
+    int64_t kv_sinks, kv_window; /* that rule's sink tokens and recent window in tokens (defaults resolved) */
 } mtok_backend_params;
 
 typedef struct mtok_backend_weights mtok_backend_weights;
@@ -211,7 +218,10 @@ typedef struct {
     void (*kv_forget)(mtok_backend_state *st, int64_t kv_pos);
     /* 1 when the backend holds KV positions [0, kv_pos) of the layer itself and attends them without
      * the store's blocks (a device backend's complete copy under kv_exact): core/attn.c then streams
-     * nothing for that attention (no host work, no cold-tier reads) and calls attn_begin, attn_end. */
+     * nothing for that attention (no host work, no cold-tier reads) and calls attn_begin, attn_end.
+     * Under topk (kv_topk > 0; asked after the layer's qkv, kv_pos the queries' first position): 1
+     * when the backend holds the rows up to the chunk's end and chooses the blocks itself; attn_begin
+     * and attn_end then come with no selection (sel NULL) and no blocks. */
     int (*kv_holds)(const mtok_backend_state *st, int64_t layer, int64_t kv_pos);
     /* Per-stage timing (mtok_session_profile, mtok_session_stage_times in mtok.h): MTOK_EUSAGE from a
      * backend that does not time its ops. */

@@ -66,6 +66,7 @@ static void cu_destroy(mtok_backend_state *st) {
     cudaFree(st->work.o), cudaFree(st->work.m), cudaFree(st->work.d);
     cudaFree(st->logits_d), cudaFree(st->rec_d), cudaFree(st->step_d);
     cudaFree(st->pool), cudaFree(st->page_of), cudaFree(st->slot_pos);
+    cudaFree(st->sums_d), cudaFree(st->score_d);
     cudaFreeHost(st->step_h), cudaFreeHost(st->kv_h), cudaFreeHost(st->kvg_h), cudaFreeHost(st->up_h);
     cudaFreeHost(st->logits_h), cudaFreeHost(st->rec_h);
     ck_gemm_free(st->gemm);
@@ -120,6 +121,10 @@ static int cu_create(const mtok_backend_params *p, mtok_backend_state **out) {
     dalloc(&st->pool, (size_t)(L * nb * G * 2 * B * D) * 2, &rc, "the KV cache");
     dalloc(&st->page_of, (size_t)nb * 4, &rc, "the KV page table");
     dalloc(&st->slot_pos, (size_t)(nb * B) * 4, &rc, "the KV positions");
+    if ((st->topk_dev = cu_topk_rule(p, &st->topk))) {
+        dalloc(&st->sums_d, (size_t)(L * nb * 2 * kd) * 2, &rc, "the topk block key summaries");
+        dalloc(&st->score_d, (size_t)(G * nb) * 4, &rc, "the topk block scores");
+    }
     st->up_cap = (size_t)(G * 2 * B * D) * 2 + (size_t)B * 4 + 64;
     st->up_cap = st->up_cap * 2 > ((size_t)16 << 20) ? st->up_cap * 2 : (size_t)16 << 20;
     halloc(&st->step_h, pl->step_bytes, &rc, "the step block");
@@ -166,7 +171,8 @@ static int cu_create(const mtok_backend_params *p, mtok_backend_state **out) {
     st->n_issue = 1;
     mtok_log(2, "cuda: session on %s: chunk %lld, %lld KV positions in blocks of %lld, %d decode splits, graphs %s",
              name, (long long)C, (long long)p->kv_ctx, (long long)B, pl->n_split,
-             st->graphs_off ? "off (MTOK_CUDA_GRAPHS=0)" : p->kv_exact ? "on" : "off (the KV policy is not exact)");
+             st->graphs_off ? "off (MTOK_CUDA_GRAPHS=0)" : p->kv_exact ? "on"
+             : st->topk_dev ? "on (topk: blocks chosen on the device)" : "off (the KV policy is not exact)");
     *out = st;
     return 0;
 }
@@ -290,6 +296,8 @@ static int cu_qkv(mtok_backend_state *st, const mtok_chunk *c, int64_t layer) {
     }
     ISSUE("ck_rope_append", ck_rope_append(s, q, k, v, st->stp_d, st->cs_d, st->sn_d, n, st->p.H, st->p.G, st->p.D,
                                            st->c->rope_dim, st->kv[layer]));
+    if (st->topk_dev && c->append) /* the summaries of the blocks the append touched, rebuilt (k_topk.cu) */
+        ISSUE("ck_topk_summarize", ck_topk_summarize(s, st->kv[layer], cu_sums(st, layer), st->stp_d, n, 0, 0));
     if (staged && c->append && layer == st->L - 1) /* every layer's k | v row to pinned staging [L][2][kd] */
         ISSUE("the K and V row copy", (int)cudaMemcpy2DAsync(st->kvg_h, (size_t)(2 * kd) * 4, st->qkvg_d + qd,
                                                              (size_t)row * 4, (size_t)(2 * kd) * 4, (size_t)st->L,

@@ -61,7 +61,25 @@ typedef struct {
     size_t off_count, off_lists, step_bytes;
     int64_t list_cap;       /* entries per (layer, group) list: kv_blocks, or 0 under the exact policy */
     int64_t abf_elems;      /* bf16 GEMM input [chunk][max(E, qd, F)] */
+    uint64_t topk;          /* the topk choice on the device: block key summaries and scores (0: none) */
 } cu_plan;
+
+/* The topk policy's rule when the device chooses the blocks (docs/GPU.md, "topk"): 1 and *r filled
+ * when the session's parameters carry it (mtok_backend_params.kv_topk > 0: one rank, the topk
+ * policy, no audit), else 0 and the host chooses (core/attn.c reads the queries back). The contract
+ * (core/backend.h) announces those fields with MTOK_BACKEND_TOPK_RULE. */
+static inline int cu_topk_rule(const mtok_backend_params *p, ck_topk *r) {
+#ifdef MTOK_BACKEND_TOPK_RULE
+    if (p->kv_topk <= 0 || p->kv_block <= 0) return 0;
+    r->topk = p->kv_topk;
+    r->sink_blocks = (p->kv_sinks + p->kv_block - 1) / p->kv_block;
+    r->window = p->kv_window;
+    return 1;
+#else
+    (void)p, (void)r;
+    return 0;
+#endif
+}
 
 int cu_weights_load(const mtok_backend_params *p, mtok_backend_weights **out);
 void cu_weights_free(mtok_backend_weights *w);
@@ -117,6 +135,12 @@ struct mtok_backend_state {
     uint16_t *pool;                /* KV pages of every layer: [L][kv_blocks][G][2][B][D] */
     int32_t *page_of, *slot_pos;   /* [kv_blocks], [kv_blocks * B] */
     ck_kv *kv;                     /* [L] */
+    /* topk chosen on the device (cu_topk_rule): summaries [L][kv_blocks][2][G*D] bf16 (kvstore's
+     * layout, rebuilt on the device as blocks fill: k_topk.cu), bounds [G][kv_blocks] */
+    int topk_dev;
+    ck_topk topk;
+    uint16_t *sums_d;
+    float *score_d;
 
     /* pinned host */
     uint8_t *step_h;               /* the step block as filled on the host */
@@ -161,6 +185,7 @@ struct mtok_backend_state {
     /* the attention in progress */
     const mtok_attn_job *job;
     int32_t *cnt_h;                /* this layer's list counts (pinned, in step_h) */
+    int streamed;                  /* attn_blocks got blocks for it (else, under topk_dev, the device chooses) */
 
     /* profiling */
     int prof_on;
@@ -205,6 +230,10 @@ int cu_stage_times(const mtok_backend_state *st, mtok_stage_times *out);
 void cu_step_free(mtok_backend_state *st);
 
 /* ---- backend_cuda_attn.c ---- */
+/* Layer l's block key summaries on the device [kv_blocks][2][G*D] (topk_dev). */
+static inline uint16_t *cu_sums(const mtok_backend_state *st, int64_t l) {
+    return st->sums_d + l * st->plan.kv_blocks * 2 * st->kd;
+}
 int cu_attn_begin(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p);
 int cu_attn_blocks(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p, const kvs_block *blk, int n_blk);
 int cu_attn_end(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p);

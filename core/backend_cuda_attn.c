@@ -9,6 +9,13 @@
  * every block up to kv_len, which is what the exact policy always needs, so its lists are never sent)
  * and launches split-KV flash-decoding (n <= CK_DECODE_MAX_N) or the prefill kernel over them.
  *
+ * topk on the device (topk_dev, docs/GPU.md): for a decode-sized chunk whose rows the device holds
+ * entirely, kv_holds says so, core/attn.c streams nothing and attn_end launches ck_topk_score and
+ * ck_topk_select first: they write the layer's lists into the step block on the device, where the
+ * decode kernel reads them; the host neither reads the queries nor sends a list, so the step can be
+ * a CUDA graph. The summaries those kernels read are rebuilt on the device after every append
+ * (backend_cuda.c cu_qkv) and every upload below.
+ *
  * valid[l][b] counts the rows of block b of layer l, from row 0, that the device holds; prefix[l] the
  * positions from 0 on that are all held (a decode step can be a graph only when prefix covers
  * everything before it: nothing to upload). A rope_append that lands past valid (a hole after a
@@ -54,8 +61,15 @@ void cu_kv_forget(mtok_backend_state *st, int64_t kv_pos) {
 }
 
 int cu_kv_holds(const mtok_backend_state *st, int64_t layer, int64_t kv_pos) {
+    if (layer < 0 || layer >= st->L) return 0;
     /* exact: the kernels take every block up to kv_len, so a complete prefix needs nothing streamed */
-    return st->p.kv_exact && layer >= 0 && layer < st->L && st->prefix[layer] >= kv_pos;
+    if (st->p.kv_exact) return st->prefix[layer] >= kv_pos;
+    /* topk (core/attn.c asks once the layer's queries exist, after the append): the device chooses
+     * the blocks of a decode-sized chunk itself when it holds every row up to the chunk's end, so
+     * every block's summary was rebuilt from rows it holds (ck_topk_summarize after each append and
+     * upload) */
+    return st->topk_dev && st->in_step && st->ch.n <= CK_DECODE_MAX_N &&
+           st->prefix[layer] >= kv_pos + (st->ch.append ? st->ch.n : 0);
 }
 
 /* Rows [r0, r1) of a streamed block to the device copy of layer l, block b. */
@@ -102,6 +116,9 @@ static int upload(mtok_backend_state *st, int64_t l, const kvs_block *blk, int64
     if (e == cudaSuccess)
         e = cudaMemcpyAsync(st->slot_pos + b * B + r0, ph, (size_t)nr * 4, cudaMemcpyHostToDevice, st->run);
     if (e != cudaSuccess) return cu_fail(e, "uploading a KV block");
+    /* the block's summary from every row it now holds (the rows before r0 were held already) */
+    if (st->topk_dev && (e = (cudaError_t)ck_topk_summarize(st->run, st->kv[l], cu_sums(st, l), NULL, 0, b, r1)))
+        return cu_fail(e, "ck_topk_summarize after a KV block upload");
     VALID(st, l, b) = (int32_t)r1;
     advance_prefix(st, l);
     return 0;
@@ -124,6 +141,7 @@ int cu_attn_begin(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials 
                         (long long)st->ch.kv_pos, (long long)st->B);
     cu_prof_begin(st);
     st->job = j;
+    st->streamed = 0;
     if (st->plan.list_cap) {
         if (st->list_used[j->layer]) { /* a second attention of the layer (the topk audit): the first's */
             int rc = cu_sync(st, "sending block lists"); /* lists must have left the pinned area */
@@ -139,6 +157,7 @@ int cu_attn_begin(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials 
 int cu_attn_blocks(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p, const kvs_block *blk, int n_blk) {
     (void)p;
     const int64_t l = j->layer, G = st->p.G;
+    st->streamed |= n_blk > 0;
     for (int i = 0; i < n_blk; i++) {
         const int64_t b = blk[i].pos0 / st->B;
         if (blk[i].n <= 0) continue;
@@ -166,7 +185,10 @@ int cu_attn_end(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p
     const size_t o_cnt = st->plan.off_count + (size_t)(l * G) * 4;
     ck_blocks bl = {.ids = (const int32_t *)(st->step_d + st->plan.off_lists) + l * G * st->plan.list_cap,
                     .count = (const int32_t *)(st->step_d + o_cnt), .cap = st->plan.list_cap};
-    if (st->plan.list_cap) {
+    /* nothing streamed and no selection under topk_dev: core/attn.c found kv_holds true and leaves the
+     * choice to the device (the topk audit's exact attention streams its blocks, so it is not this) */
+    const int dev_choice = st->topk_dev && !j->sel && !st->streamed && n <= CK_DECODE_MAX_N;
+    if (st->plan.list_cap && !dev_choice) {
         /* a group streamed every block up to kv_len: "all" (-1), the kernels then need no list */
         const int64_t all = (j->q_pos + n + st->B - 1) / st->B;
         for (int64_t g = 0; g < G; g++) {
@@ -183,7 +205,18 @@ int cu_attn_end(mtok_backend_state *st, const mtok_attn_job *j, mtok_partials *p
     const float *q = st->q_att;
     for (int k = 0; k < st->n_issue; k++) {
         ck_stream s = (ck_stream)st->issue[k];
-        int e;
+        int e = 0;
+        if (dev_choice) { /* bounds of the candidates, then the lists the decode kernel reads below */
+            e = ck_topk_score(s, q, st->stp_d, cu_sums(st, l), st->topk, st->B, st->plan.kv_blocks, H, G, D,
+                              st->score_d);
+            if (!e)
+                e = ck_topk_select(s, st->stp_d, st->score_d, st->topk, st->B, st->plan.kv_blocks, G,
+                                   (int32_t *)bl.ids, (int32_t *)bl.count, bl.cap);
+            if (e) { /* on the capture stream: the capture is abandoned, the run stream's launches stand */
+                if ((e = cu_issue_fail(st, k, e, "the topk block choice"))) return e;
+                continue;
+            }
+        }
         if (n <= CK_DECODE_MAX_N) {
             e = ck_attn_decode(s, q, st->stp_d, st->kv[l], bl, n, H, st->plan.n_split, st->work);
             if (!e) e = ck_attn_combine(s, out, st->work, st->plan.n_split, n * H, D);

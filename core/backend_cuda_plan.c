@@ -108,7 +108,10 @@ void cu_plan_make(const mtok_backend_params *p, int sms, cu_plan *pl) {
     pl->off_lists = align_up(pl->off_count + L * G * 4, 256);
     pl->step_bytes = align_up(pl->off_lists + L * G * (uint64_t)pl->list_cap * 4, 256);
     pl->step = pl->step_bytes + 256; /* + the non-finite record */
-    pl->total = pl->weights + pl->acts + pl->partials + pl->logits + pl->kv + pl->workspace + pl->step;
+    ck_topk rule;
+    if (cu_topk_rule(p, &rule)) /* summaries: 1/B of the KV (4 bytes per channel and block); bounds */
+        pl->topk = L * (uint64_t)pl->kv_blocks * 2 * G * D * 2 + G * (uint64_t)pl->kv_blocks * 4;
+    pl->total = pl->weights + pl->acts + pl->partials + pl->logits + pl->kv + pl->workspace + pl->step + pl->topk;
     /* every weight tensor and state buffer may waste up to a 2 MiB page (about 8 per layer and 40 more),
      * and 1% more for what the plan cannot see (the topk audit's second partials, cuBLASLt's kernels):
      * a hint "--ctx N would fit" must not fail later, after the upload */
@@ -128,7 +131,7 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
              "GiB (%lld positions x %lld layers, %llu bytes/token, blocks of %lld), activations %.3f GiB (chunk "
              "%lld), partials %.3f GiB (%d decode splits), logits %.3f GiB (%lld rows), cuBLASLt workspace %.3f "
              "GiB, step block %.3f GiB, runtime headroom %.2f GiB", dn, name, GIB(need), GIB(free_b), GIB(total_b),
-             GIB(pl->weights), GIB(pl->kv), (long long)p->kv_ctx, (long long)p->m->cfg.n_layers,
+             GIB(pl->weights), GIB(pl->kv + pl->topk), (long long)p->kv_ctx, (long long)p->m->cfg.n_layers,
              (unsigned long long)pl->kv_per_token, (long long)p->kv_block, GIB(pl->acts), (long long)p->chunk,
              GIB(pl->partials), pl->n_split, GIB(pl->logits), (long long)pl->logit_rows, GIB(pl->workspace),
              GIB(pl->step), GIB(pl->headroom));
@@ -137,8 +140,9 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
     const uint64_t L = (uint64_t)p->m->cfg.n_layers, G = (uint64_t)p->G, B = (uint64_t)p->kv_block;
     const uint64_t lists = pl->list_cap ? L * G * 4 : 0;
     uint64_t per_block = L * G * 2 * B * (uint64_t)p->D * 2 + (B + 1) * 4 + lists;
+    if (pl->topk) per_block += L * 2 * G * (uint64_t)p->D * 2 + G * 4;
     per_block += per_block / 100 + 1; /* the headroom's 1% grows with the cache */
-    const uint64_t fixed = need - pl->kv - lists * (uint64_t)pl->kv_blocks;
+    const uint64_t fixed = need - pl->kv - pl->topk - lists * (uint64_t)pl->kv_blocks;
     char hint[256];
     if (fixed + 2 * per_block <= free_b) {
         /* one block less than the division gives: the step block's 256-byte rounding */
@@ -153,8 +157,8 @@ static int plan_check(const mtok_backend_params *p, const cu_plan *pl, const cha
     return mtok_err(MTOK_ERESOURCE, "--device %s (%s): the session needs %.2f GiB of GPU memory and %.2f GiB are "
                     "free: weights %.2f GiB, KV cache %.2f GiB (--ctx %lld), activations %.2f GiB (--chunk %lld), "
                     "partials, logits, workspace and step block %.2f GiB, runtime headroom %.2f GiB; %s", dn, name,
-                    GIB(need), GIB(free_b), GIB(pl->weights), GIB(pl->kv), (long long)p->kv_ctx, GIB(pl->acts),
-                    (long long)p->chunk, GIB(other), GIB(pl->headroom), hint);
+                    GIB(need), GIB(free_b), GIB(pl->weights), GIB(pl->kv + pl->topk), (long long)p->kv_ctx,
+                    GIB(pl->acts), (long long)p->chunk, GIB(other), GIB(pl->headroom), hint);
 }
 
 /* ---- the upload ---- */

@@ -4,7 +4,9 @@
  * Modes (backend_cuda.h cu_mode). A chunk runs EAGER (every op launched on the run stream as it is
  * called) unless it is a decode step that can be a CUDA graph: one token, the exact KV policy (the
  * kernels attend "every block up to kv_len" with no list to send), no hook, no profiling, every KV
- * row before it already on the device (so no upload), and MTOK_CUDA_GRAPHS not "0". Such a step is
+ * row before it already on the device (so no upload), and MTOK_CUDA_GRAPHS not "0"; under the topk
+ * policy the same when the device chooses the blocks (topk_dev: k_topk.cu's kernels read the step
+ * block like the others, and core/attn.c reads nothing back). Such a step is
  *   - CAPTURE when no graph exists yet: every op is launched on the run stream AND recorded on the
  *     capture stream (the same launches, twice), so the step computes eagerly whatever happens to the
  *     capture; chunk_end instantiates the recording for the next steps. A capture that fails is
@@ -143,8 +145,10 @@ int cu_step_begin(mtok_backend_state *st, const mtok_chunk *c) {
     memset(st->list_used, 0, (size_t)st->L);
     st->sync_checks = st->p.hook && st->p.hook->fn;
 
-    const int decode_graph = c->n == 1 && st->p.kv_exact && c->append && !st->sync_checks && !st->prof_on &&
-                             !st->graphs_off && kv_resident(st, c->kv_pos);
+    /* topk_dev: with every row before the step on the device, core/attn.c finds kv_holds true for every
+     * layer, so every layer's blocks are chosen on the device and nothing is read back */
+    const int decode_graph = c->n == 1 && (st->p.kv_exact || st->topk_dev) && c->append && !st->sync_checks &&
+                             !st->prof_on && !st->graphs_off && kv_resident(st, c->kv_pos);
     st->mode = CU_EAGER;
     st->issue[0] = st->run, st->issue[1] = st->cap;
     st->n_issue = 1;

@@ -71,6 +71,13 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
                               .V = m->tp.V, .threads = s->threads, .hook = &s->hook, .device = device > 0 ? device : 0,
                               .kv_ctx = dist_local_tokens(s, s->ctx), .kv_block = block,
                               .kv_exact = !s->world && (!p || p->kv_policy == KVS_POLICY_EXACT)};
+    /* topk on one rank: the rule attn_create resolves, so a device backend can choose blocks itself;
+     * not with an audit, which reads the partials on the host in the same steps */
+    if (!s->world && p && p->kv_policy == KVS_POLICY_TOPK && p->kv_topk >= 0 && !(p->kv_audit > 0)) {
+        bp.kv_topk = p->kv_topk > 0 ? p->kv_topk : ATTN_TOPK_DEFAULT;
+        bp.kv_sinks = p->kv_sinks > 0 ? p->kv_sinks : 4; /* as the store's sinks below */
+        bp.kv_window = p->kv_window > 0 ? p->kv_window : ATTN_TOPK_WINDOW_DEFAULT;
+    }
     rc = s->be->weights_load(&bp, &s->bw);
     bp.w = s->bw;
     if (!rc) rc = s->be->create(&bp, &s->bs);

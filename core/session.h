@@ -71,6 +71,8 @@ int session_truncate_local(mtok_session *s, int64_t n);
  * queries (MTOK_T_Q, post-RoPE), the online-softmax partials over the layer's KV blocks into
  * s->part (the backend's attn_begin / attn_blocks / attn_end); the backend's attn_out normalises
  * them. Between the two a caller may merge partials from other ranks (context parallel). */
+#define ATTN_TOPK_DEFAULT 64          /* blocks per KV group (--kv-topk) */
+#define ATTN_TOPK_WINDOW_DEFAULT 1024  /* tokens: the recent window topk always attends (--kv-window) */
 int attn_create(mtok_session *s, const mtok_session_params *p);
 void attn_free(mtok_session *s);
 int attn_plan(mtok_session *s, int64_t layer, int64_t kv_end, int64_t q_pos0);

@@ -138,6 +138,32 @@ int ck_attn_prefill(ck_stream s, const float *q, const ck_step *step, ck_kv kv, 
 /* into = merge(into, from) row by row (the contract's merge op: context-parallel ranks, tiers). */
 int ck_merge(ck_stream s, ck_part into, ck_part from, int64_t rows, int64_t D);
 
+/* ---- the topk policy's block choice (cuda/k_topk.cu) ----
+ * Block key summaries: per layer [n_blocks][2][G*D] bf16, per block the channel minimum row then the
+ * maximum row over its valid keys (kvstore/kvsummary.h's layout and rule). Scores: [G][n_blocks]
+ * fp32. The rule (mm_topk_range): for queries at step->kv_pos .. + step->n - 1, blocks [0, m0) (the
+ * sinks) and [m1, nb) (the window and the chunk's own) always; of the candidates [m0, m1), the topk
+ * with the highest mm_topk_bound, ties to the earlier block. */
+typedef struct {
+    int64_t topk;        /* N: candidate blocks chosen per KV group */
+    int64_t sink_blocks; /* blocks holding the sink tokens */
+    int64_t window;      /* tokens: blocks that end within the last window tokens before the chunk */
+} ck_topk;
+/* Rebuilds the summaries of the blocks a chunk appended to (step non-null: the blocks of positions
+ * [kv_pos, kv_pos + n), n <= n_max, each from its rows [0, mm_block_rows(kv_len)) in the pool), or,
+ * with step NULL, of block b from its first `rows` rows (after an upload). */
+int ck_topk_summarize(ck_stream s, ck_kv kv, uint16_t *sums, const ck_step *step, int64_t n_max, int64_t b,
+                      int64_t rows);
+/* scores[g][b] = the bound of every candidate block b of every group g for the step's queries q
+ * [n][H*D] (one token: its queries; more: their per-channel box). Nothing is written when every
+ * candidate fits. (H/G)*D <= 2048. */
+int ck_topk_score(ck_stream s, const float *q, const ck_step *step, const uint16_t *sums, ck_topk rule, int64_t B,
+                  int64_t n_blocks, int64_t H, int64_t G, int64_t D, float *scores);
+/* The block lists of the step: for group g, ids[g*cap ..] ascending and count[g], or count[g] = -1
+ * when every candidate fits (every block up to kv_len); the ck_blocks that attention then reads. */
+int ck_topk_select(ck_stream s, const ck_step *step, const float *scores, ck_topk rule, int64_t B, int64_t n_blocks,
+                   int64_t G, int32_t *ids, int32_t *count, int64_t cap);
+
 /* ---- measurement (cuda/k_bench.cu) ---- */
 /* dst[i] = src[i] over n 16-byte words: the device copy that gives the bench its HBM bandwidth. */
 int ck_copy(ck_stream s, void *dst, const void *src, int64_t n16);

@@ -28,6 +28,13 @@
 #else
 #define MM_HD
 #endif
+/* a loop nvcc must unroll (an array indexed by it stays in registers: no local memory); only in
+ * the device pass (the host compiler nvcc runs would warn about the pragma) */
+#if defined(__CUDA_ARCH__)
+#define MM_UNROLL _Pragma("unroll")
+#else
+#define MM_UNROLL
+#endif
 
 /* ---- bf16 <-> fp32 ---- */
 
@@ -155,6 +162,96 @@ MM_HD static inline void mm_merge_row(float *o1, float *m1, float *d1, const flo
         for (int64_t j = 0; j < D; j++) o1[j] = o1[j] * w.a1 + o2[j] * w.a2;
     *d1 = mm_merge_elem(w, *d1, d2);
     *m1 = w.m;
+}
+
+/* ---- topk block scoring (the Quest-style bound of kvstore/kvsummary.c) ---- */
+
+/* A product that is never contracted into an FMA (nvcc may fuse a*b + c; the bound below must give
+ * the CPU's bits on the device too). */
+MM_HD static inline float mm_mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+/* Folds key row r (bf16 k[row]) into a block summary lo, hi [row] (bf16 bits): row 0 starts it,
+ * later rows widen it, compared as floats, so equal values (+0 and -0) keep the first one seen.
+ * kvstore/kvsummary.c kvsum_row is this rule; the device rebuilds a block with it in row order. */
+MM_HD static inline void mm_sum_widen(uint16_t *lo, uint16_t *hi, uint16_t k, int64_t r) {
+    if (r == 0) {
+        *lo = k, *hi = k;
+        return;
+    }
+    const float x = mm_bf16_to_f32(k);
+    if (x < mm_bf16_to_f32(*lo)) *lo = k;
+    if (x > mm_bf16_to_f32(*hi)) *hi = k;
+}
+
+/* The upper bound of q·k of one block for the nh query heads of one KV group: max over heads of
+ * Σ_d max over the query box corners of q_d·k_d, k_d in [lo_d, hi_d] (bf16 summary rows of the
+ * group's D channels). qlo == qhi: one query per head (the two-corner form). Per head the channels
+ * go into eight running sums, channel d into sum d % 8 in order of d, then the tail (D % 8 channels)
+ * and the eight sums are added in order: exactly kvstore/kvsummary.c kvsum_bound's order (whose
+ * eight sums are what lets GCC vectorise it without reassociating), so host and device give the
+ * same bits. Heads compare with >, starting from -inf. */
+MM_HD static inline float mm_topk_bound(const float *qlo, const float *qhi, const uint16_t *lo, const uint16_t *hi,
+                                        int64_t D, int64_t nh) {
+    const int one = qlo == qhi;
+    const int64_t D8 = D / 8 * 8;
+    float best = -INFINITY;
+    for (int64_t h = 0; h < nh; h++) {
+        const float *ql = qlo + h * D, *qh = qhi + h * D;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t d = 0; d < D8; d += 8)
+            MM_UNROLL for (int j = 0; j < 8; j++) {
+                const float kl = mm_bf16_to_f32(lo[d + j]), kh = mm_bf16_to_f32(hi[d + j]);
+                const float a = mm_mul_rn(qh[d + j], kh), c = mm_mul_rn(qh[d + j], kl);
+                float x = a > c ? a : c;
+                if (!one) {
+                    const float e = mm_mul_rn(ql[d + j], kh), f = mm_mul_rn(ql[d + j], kl);
+                    const float y = e > f ? e : f;
+                    x = x > y ? x : y;
+                }
+                acc[j] += x;
+            }
+        float s = 0;
+        for (int64_t d = D8; d < D; d++) { /* head_dim not a multiple of 8 */
+            const float kl = mm_bf16_to_f32(lo[d]), kh = mm_bf16_to_f32(hi[d]);
+            const float a = mm_mul_rn(qh[d], kh), c = mm_mul_rn(qh[d], kl), e = mm_mul_rn(ql[d], kh),
+                        f = mm_mul_rn(ql[d], kl);
+            const float x = a > c ? a : c, y = e > f ? e : f;
+            s += x > y ? x : y;
+        }
+        MM_UNROLL for (int j = 0; j < 8; j++) s += acc[j];
+        if (s > best) best = s;
+    }
+    return best;
+}
+
+/* The rank key of candidate block i (index from the first candidate) with bound sc: a larger key
+ * ranks above. core/attn.c ranks by the higher bound, then the earlier block; as one unsigned
+ * integer, the float's order-preserving bits above the complement of the index. +0 and -0 get the
+ * same key (the CPU's > treats them as equal), NaN the lowest (a NaN bound never wins there either:
+ * it needs finite queries and keys to be impossible). */
+MM_HD static inline uint64_t mm_topk_key(float sc, int64_t i) {
+    uint32_t u = mm_f32_bits(sc == 0.0f ? 0.0f : sc);
+    u = sc != sc ? 0u : (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (uint64_t)u << 32 | (uint64_t)(0xffffffffu - (uint32_t)i);
+}
+
+/* The topk policy's ranges of blocks for queries at KV positions pos .. pos+n-1 (core/attn.c
+ * topk_select, docs/KVSTORE.md "Policy topk"): nb blocks hold keys; [0, m0) are the sinks and
+ * [m1, nb) the blocks that end within the last `window` tokens before the chunk plus the chunk's own,
+ * all attended; the m1 - m0 blocks in between are the candidates ranked by mm_topk_bound. */
+MM_HD static inline void mm_topk_range(int64_t pos, int64_t n, int64_t B, int64_t sink_blocks, int64_t window,
+                                       int64_t *nb, int64_t *m0, int64_t *m1) {
+    const int64_t b_end = (pos + n + B - 1) / B;
+    const int64_t lo = sink_blocks < b_end ? sink_blocks : b_end;
+    int64_t hi = pos - window > 0 ? (pos - window) / B : 0;
+    hi = hi < lo ? lo : hi > b_end ? b_end : hi;
+    *nb = b_end, *m0 = lo, *m1 = hi;
 }
 
 /* ---- paged KV ---- */

@@ -185,6 +185,30 @@ try:
         parity(f"glm4-tiny 100 tokens {' '.join(policy)}", T, long_toks, 2, False, "--chunk", "16", "--kv-block",
                "8", *policy)
 
+    # ---- topk chosen on the device (cuda/k_topk.cu): chunks of at most 4 rows whose rows the device
+    # holds take their blocks from the device's summaries and queries, with nothing read back. Where
+    # the session's parameters carry the rule (core/backend.h MTOK_BACKEND_TOPK_RULE; the log names it)
+    # the choice must be the host's bit for bit: the same queries give the same bounds (the shared
+    # mm_topk_bound) and the same lists, so the logits equal those of a run whose audit (a rate that
+    # never samples a step) keeps the choice on the host. Without the rule both runs choose on the host. ----
+    topk = ("--kv-policy", "topk", "--kv-topk", "2", "--kv-window", "16", "--kv-block", "8", "--chunk", "4")
+    parity("glm4-tiny 100 tokens topk in chunks of 4", T, long_toks, 2, True, *topk)
+    dev, p = logits(SHIM, T, long_toks, "--device", "cuda", "-v", *topk)
+    on_device = "blocks chosen on the device" in p.stderr
+    host, q = logits(SHIM, T, long_toks, "--device", "cuda", "--kv-audit", "1e-300", *topk)
+    check(dev is not None and host is not None and np.array_equal(dev, host),
+          f"topk {'chosen on the device' if on_device else '(the rule is not in the contract: host)'}: logits "
+          f"identical to the host's choice ({p.returncode}, {q.returncode} {last_error(p.stderr + q.stderr)})")
+    # greedy tokens as the CPU's topk run; on the device every step after the first is a graph replay
+    story = "the river stone apple north quiet lamp sea seven green house road"
+    gen = ["generate", "-m", T, "-p", " ".join([story] * 5), "-n", "10", "--temperature", "0", "--ignore-eos", *topk]
+    ref, g = run(CPU, *gen), run(SHIM, *gen, "--device", "cuda", "-v")
+    steps = (re.findall(r"decode steps: .*", g.stderr) or ["?"])[0]
+    m = re.search(r"(\d+) captured, (\d+) replayed", steps)
+    graphed = bool(m) and m.group(1) == "1" and int(m.group(2)) >= 8
+    check(ref.returncode == 0 and g.returncode == 0 and g.stdout == ref.stdout and (graphed or not on_device),
+          f"generate topk: the CPU's tokens ({g.stdout == ref.stdout}); {steps}")
+
     # ---- greedy decoding: the decode graph captured once, then replayed; the same tokens as the CPU.
     # Token identity is asserted on the fp32 path only (prompts in chunks of 4): in the random tiny
     # model two top logits can be 0.002 apart (measured after a 133-token document), inside the bf16
