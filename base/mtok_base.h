@@ -42,6 +42,47 @@ const char *mtok_dtype_name(mtok_dtype t);
 static inline int mtok_size_mul(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
 static inline int mtok_size_add(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }
 
+
+/* Progress of one long task on stderr (base/progress.c): "what: done/total unit (pct)  rate  ETA".
+ * When stderr is a terminal the line is redrawn in place (at most every 0.1 s); otherwise one line
+ * is printed every interval_s seconds, so logs of long runs show progress without a flood. Nothing
+ * goes to stdout, which carries results. The caller owns the struct (on its stack): the update path
+ * allocates nothing and touches no global state, so each thread may run its own reporter. */
+#define MTOK_PROGRESS_INTERVAL 10.0 /* default seconds between lines when stderr is not a terminal */
+typedef struct {
+    const char *what;    /* label, e.g. "prefill" (not copied: must outlive the reporter) */
+    const char *unit;    /* e.g. "tokens" ("tokens" shows its rate as tok/s) */
+    int64_t total, done;
+    int64_t done_free;   /* of done, units that took no time (cached, resumed): left out of the rate */
+    double t0, t_line;   /* start, last line drawn (monotonic seconds) */
+    double interval_s;   /* seconds between lines when not a terminal; 0: a line at every update */
+    int mode;            /* 0 off, 1 terminal (redrawn in place), 2 one line per interval */
+    int lines;           /* lines or redraws drawn so far */
+    char note[64];       /* optional text after the figures (mtok_progress_note) */
+} mtok_progress;
+/* Starts a reporter. interval_s < 0 turns it off (every call then does nothing); 0 prints a line at
+ * every update; MTOK_PROGRESS_INTERVAL is the usual choice. total may be 0 when not yet known. */
+void mtok_progress_begin(mtok_progress *p, const char *what, const char *unit, int64_t total, double interval_s);
+/* done units of total so far (absolute); draws when the terminal redraw or the interval is due. */
+void mtok_progress_update(mtok_progress *p, int64_t done);
+void mtok_progress_add(mtok_progress *p, int64_t n);          /* done += n, then as update */
+void mtok_progress_set_total(mtok_progress *p, int64_t total);
+/* Counts n units as done that took no time (a prefix reused, cells resumed from disk), so the rate
+ * and the ETA measure only the work this run does. */
+void mtok_progress_skip(mtok_progress *p, int64_t n);
+/* Sets the short text shown after the figures (truncated to 63 bytes; "" clears it). */
+void mtok_progress_note(mtok_progress *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Ends the reporter: when anything was drawn, one last line with the total time ("done in 12.3s",
+ * or "stopped" when done < total) and a newline; otherwise nothing, so short tasks stay silent. */
+void mtok_progress_end(mtok_progress *p);
+/* Formats the current line (no control characters, no newline) into buf; returns its length. */
+size_t mtok_progress_format(const mtok_progress *p, double now, char *buf, size_t cap);
+/* Monotonic seconds (CLOCK_MONOTONIC). */
+double mtok_progress_now(void);
+/* An mtok_progress_cb (core/mtok.h) for a request's on_prefill whose user is an mtok_progress: the
+ * feed's done and total (tokens it computes) plus what mtok_progress_skip counted; returns 0. */
+int mtok_progress_prefill_cb(int64_t done, int64_t total, void *progress);
+
 #ifdef __cplusplus
 }
 #endif

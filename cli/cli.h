@@ -37,6 +37,9 @@ typedef struct {
     int top_k;
     uint64_t seed;
     int64_t n_gen;         /* -n N */
+    /* progress of long work on stderr (base/mtok_base.h, mtok_progress) */
+    double progress_s;     /* --progress-interval S: seconds between lines when stderr is not a
+                            * terminal (default MTOK_PROGRESS_INTERVAL); --no-progress: -1 */
 } cli_common;
 
 /* Iterates argv; for each argument that is a common option consumes it and returns 1; returns 0 for
@@ -90,8 +93,20 @@ typedef struct {
 int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L);
 void cli_unload(cli_loaded *L);
 
+/* The interval_s to pass to mtok_progress_begin: -1 (off) with --no-progress or -q. */
+double cli_progress_interval(const cli_common *o);
+
+/* Creates --kv-dir (and its parents) when it is missing; 0 without --kv-dir. MTOK_EINPUT naming the
+ * option when it cannot be made (a file in the way, no permission). cli_load calls it. */
+int cli_kv_dir_ready(const cli_common *o);
+
 /* Reads a whole file into a NUL-terminated buffer. */
 int cli_read_file(const char *path, char **data, size_t *len);
+
+/* cli/help.c: `mtok COMMAND --help`. cli_help_wanted: the arguments after the command ask for help
+ * (--help anywhere, or -h / help first); cli_help prints the command's options to stdout. */
+int cli_help_wanted(int argc, char **argv);
+int cli_help(const char *cmd);
 
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
@@ -106,8 +121,8 @@ int cmd_bench(int argc, char **argv);    /* cli/cmd_bench.c: bench -m DIR | benc
 int cmd_bench_kv(int argc, char **argv); /* cli/cmd_kv.c: the cold-tier benchmark behind `mtok bench kv` */
 int cmd_prefill(int argc, char **argv);  /* cli/cmd_kv.c: prefill a document, --save-kv */
 int cmd_qa(int argc, char **argv);       /* cli/cmd_kv.c: many questions from one document state */
-int cmd_check(int argc, char **argv);
-int cmd_serve(int argc, char **argv);    /* cli/cmd_serve.c: the OpenAI-compatible HTTP server (serve/) */    /* cli/cmd_check.c: dtypes, shapes and finite values of a checkpoint */
+int cmd_check(int argc, char **argv);    /* cli/cmd_check.c: dtypes, shapes and finite values of a checkpoint */
+int cmd_serve(int argc, char **argv);    /* cli/cmd_serve.c: the OpenAI-compatible HTTP server (serve/) */
 /* cli/cmd_kv.c: --load-kv for generate. Loads the saved document into the session: if the prompt ids
  * start with the saved tokens (block hash chain) those blocks are reused and *skip says how many
  * prompt ids are already in; otherwise the prompt continues after the document (a leading

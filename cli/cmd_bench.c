@@ -119,10 +119,10 @@ static int bench_limits(int argc, char **argv) {
         print_json(j);
         json_decref(j);
     } else {
-        printf("threads %d (%s), arrays 3 x %lld MiB\n", l.threads, l.avx2 ? "AVX2+FMA" : "portable",
+        printf("threads %d (%s kernels), arrays 3 x %lld MiB\n", l.threads, l.avx2 ? "AVX2+FMA" : "portable",
                (long long)(l.array_bytes >> 20));
         printf("  STREAM triad      %8.1f GB/s\n  read-only         %8.1f GB/s\n  fp32 FMA peak     %8.1f GFLOP/s"
-               " (mean of the reps %.1f)\n",
+               " (mean of the reps %.1f GFLOP/s)\n",
                l.triad_gbs, l.read_gbs, l.fma_gflops, l.fma_gflops_mean);
     }
     if (!l.verified) {
@@ -295,7 +295,8 @@ static int bench_setup(bench_run *R) {
     make_ids(R->ids, R->need, c->vocab);
     if (!B->js) setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines as they come */
     if (!B->js)
-        printf("model %s: %lld layers, hidden %lld, %lldx%lld heads, %lld KV groups, ffn %lld, vocab %lld, %s\n",
+        printf("model %s: %lld layers, hidden %lld, %lld heads x %lld dims, %lld KV groups, ffn %lld, vocab %lld, "
+               "dtype %s\n",
                B->o.model, (long long)c->n_layers, (long long)c->hidden, (long long)c->n_heads,
                (long long)c->head_dim, (long long)c->n_kv_groups, (long long)c->ffn, (long long)c->vocab,
                mtok_dtype_name(c->dtype));
@@ -315,10 +316,16 @@ static int bench_prefill(bench_run *R, json_t *jpre) {
         double best = INFINITY, ttft = INFINITY, cpu = 0, sum = 0;
         for (int r = 0; r < B->reps; r++) {
             mtok_session_reset(R->L.sess);
+            /* the feed runs the same chunks mtok_forward would, and reports each one to the progress line */
+            mtok_progress prog;
+            mtok_progress_begin(&prog, "bench prefill", "tokens", n, B->o.progress_s);
+            if (B->reps > 1) mtok_progress_note(&prog, "rep %d/%d", r + 1, B->reps);
+            const mtok_request req = {.on_prefill = mtok_progress_prefill_cb, .user = &prog};
             const double c0 = cpu_s(), t0 = now_s();
-            int rc = mtok_forward(R->L.sess, R->ids, n, NULL);
-            if (rc) return rc;
+            int rc = mtok_session_feed(R->L.sess, R->ids, n, &req, NULL);
             const double t1 = now_s();
+            mtok_progress_end(&prog);
+            if (rc) return rc;
             if (t1 - t0 < best) cpu = cpu_s() - c0;
             volatile int64_t first = argmax(mtok_session_logits(R->L.sess), V);
             (void)first;
@@ -336,7 +343,8 @@ static int bench_prefill(bench_run *R, json_t *jpre) {
                                               "cpu_util", cpu / (best * R->threads), "seconds_mean", mean,
                                               "gflops_mean", flop / mean * 1e-9));
         if (!B->js)
-            printf("prefill %6lld tokens: %8.2f s  %8.1f tok/s  %7.1f GFLOP/s  ttft %.3f s  cpu util %.0f%%\n",
+            printf("prefill %6lld tokens: time %8.2f s  speed %8.1f tok/s  compute %7.1f GFLOP/s  ttft %.3f s  "
+                   "cpu util %.0f%%\n",
                    (long long)n, best, (double)n / best, flop / best * 1e-9, ttft, 100 * cpu / (best * R->threads));
     }
     return 0;
@@ -369,8 +377,8 @@ static json_t *decode_figures(const bench_run *R, int64_t d, double *step, doubl
     json_object_update(o, jk);
     json_decref(jk);
     if (!B->js)
-        printf("decode at %6lld: %7.2f tok/s (median step %.2f)  %6.1f GB/s  (%.0f MB weights + %.0f MB KV per token)"
-               "  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, R->W.weight_bytes * 1e-6, kvb * 1e-6,
+        printf("decode at depth %6lld: speed %7.2f tok/s (median step %.2f tok/s)  memory %6.1f GB/s (%.0f MB weights + "
+               "%.0f MB KV per token)  cpu util %.0f%%\n", (long long)d, tps, 1.0 / med, gbs, R->W.weight_bytes * 1e-6, kvb * 1e-6,
                100 * cpu / (wall * R->threads));
     return o;
 }
@@ -390,11 +398,17 @@ static int bench_decode(bench_run *R, json_t *jdec) {
         const int64_t d = B->depths.v[i];
         if ((rc = mtok_session_truncate(s, filled))) break;
         const double tf = now_s();
+        mtok_progress prog; /* filling a 32K or 1M depth takes long enough to want one */
+        mtok_progress_begin(&prog, "bench fill", "tokens", d, B->o.progress_s);
+        mtok_progress_skip(&prog, filled);
+        mtok_progress_note(&prog, "to depth %lld", (long long)d);
         for (int64_t p = filled; p < d;) { /* in prompt-sized pieces, as a client would send them */
             const int64_t n = d - p < 4096 ? d - p : 4096;
             if ((rc = mtok_forward(s, R->ids + p, n, NULL))) break;
             p += n;
+            mtok_progress_update(&prog, p);
         }
+        mtok_progress_end(&prog);
         if (rc) break;
         const double fill_s = now_s() - tf;
         filled = d;
@@ -484,21 +498,22 @@ static json_t *kv_json(const cli_common *o, const mtok_kv_stats *ks) {
 static void print_summary(json_t *root, const mk_limits *lim, double rss, double kv_held, int ok) {
     size_t k;
     json_t *e;
-    printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s (mean %.1f)\n",
+    printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s "
+           "(mean of the reps %.1f GFLOP/s)\n",
            lim->threads, lim->triad_gbs, lim->read_gbs, lim->fma_gflops, lim->fma_gflops_mean);
     json_array_foreach(json_object_get(root, "prefill"), k, e)
-        printf("  prefill %6lld: %5.1f%% of FMA peak (mean of the reps %.1f%%; %.1f%% of the FMA loop's mean)\n",
+        printf("  prefill %6lld tokens: %5.1f%% of FMA peak (mean of the reps %.1f%%; %.1f%% of the FMA loop's mean)\n",
                (long long)json_integer_value(json_object_get(e, "tokens")),
                100 * json_real_value(json_object_get(e, "frac_fma_peak")),
                100 * json_real_value(json_object_get(e, "frac_fma_peak_mean")),
                100 * json_real_value(json_object_get(e, "frac_fma_sustained")));
     json_array_foreach(json_object_get(root, "decode"), k, e)
-        printf("  decode at %6lld: %5.1f%% of triad, %5.1f%% of read-only, %5.1f%% of the first depth's tok/s\n",
+        printf("  decode at depth %6lld: %5.1f%% of triad, %5.1f%% of read-only, %5.1f%% of the first depth's tok/s\n",
                (long long)json_integer_value(json_object_get(e, "depth")),
                100 * json_real_value(json_object_get(e, "frac_triad")),
                100 * json_real_value(json_object_get(e, "frac_read")),
                100 * json_real_value(json_object_get(e, "tok_s_vs_first_depth")));
-    printf("peak RSS %.1f MB, KV held %.1f MB\ncheck vs scalar kernels: %s\n", rss * 1e-6, kv_held * 1e-6,
+    printf("memory: peak RSS %.1f MB, KV held %.1f MB\ncheck vs scalar kernels: %s\n", rss * 1e-6, kv_held * 1e-6,
            ok ? "ok" : "MISMATCH");
 }
 

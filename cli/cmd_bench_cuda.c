@@ -272,7 +272,8 @@ static int open_session(cb_run *R, const char *device, int policy, int64_t ctx, 
                                     .kv_io = o->kv_io, .kv_policy = policy, .kv_sinks = o->kv_sinks,
                                     .kv_window = o->kv_window, .kv_depth = o->kv_depth, .kv_topk = o->kv_topk,
                                     .kv_audit = o->kv_audit, .device = device};
-    return mtok_session_create(R->model, &sp, s);
+    const int rc = cli_kv_dir_ready(o); /* created when missing, as for every command */
+    return rc ? rc : mtok_session_create(R->model, &sp, s);
 }
 
 /* The context a list of depths needs: the deepest, its warm-up and timed steps (and profiled ones). */

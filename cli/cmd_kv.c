@@ -59,19 +59,41 @@ static uint64_t peak_rss(void) {
     return (uint64_t)kb * 1024;
 }
 
-/* [gMASK]<sop> + text: the document convention of mtok generate. */
-static int doc_ids(const mtok_tokenizer *t, const char *text, size_t len, mtok_ids *ids) {
+/* The document's ids. Plain: [gMASK]<sop> + text, the document convention of mtok generate.
+ * chat (--chat): [gMASK]<sop><|user|>\n + text, the document as a user message of its own with no
+ * <|assistant|> after it; the template encodes every message apart (core/chat.c), so these ids followed
+ * by a question's turn equal the encoding of the conversation [user: document, user: question] token
+ * for token, the conversation mtok chat -f DOC holds too. */
+static int doc_ids(const mtok_tokenizer *t, const char *text, size_t len, int chat, mtok_ids *ids) {
+    if (chat) {
+        if (strlen(text) != len)
+            return mtok_err(MTOK_EINPUT, "the document contains a NUL byte at offset %zu (a chat message is text)",
+                            strlen(text));
+        const mtok_message m = {"user", NULL, text, NULL};
+        return len ? mtok_chat_encode(t, &m, 1, 0, ids) : 0;
+    }
     int32_t g = mtok_token_special(t, "[gMASK]"), s = mtok_token_special(t, "<sop>");
     int rc = 0;
     if (g >= 0 && s >= 0) rc = mtok_ids_push(ids, g), rc = rc ? rc : mtok_ids_push(ids, s);
     return rc ? rc : mtok_tokenize(t, text, len, 0, ids);
 }
 
-/* ---- mtok prefill -m DIR -f DOC [--save-kv F] ---- */
+/* Feeds the document with its progress line on stderr (mtok_progress). */
+static int feed_doc(mtok_session *s, const mtok_ids *ids, const cli_common *o, mtok_usage *u) {
+    mtok_progress p;
+    mtok_progress_begin(&p, "prefill", "tokens", (int64_t)ids->n, cli_progress_interval(o));
+    const mtok_request req = {.on_prefill = mtok_progress_prefill_cb, .user = &p};
+    const int rc = mtok_session_feed(s, ids->v, (int64_t)ids->n, &req, u);
+    mtok_progress_end(&p);
+    return rc;
+}
+
+/* ---- mtok prefill -m DIR (-f DOC | -p TEXT) [--chat] [--save-kv F] ---- */
 int cmd_prefill(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
     const char *file = NULL, *save = NULL, *text = NULL;
+    int chat = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
         if (r < 0) return 1;
@@ -82,6 +104,8 @@ int cmd_prefill(int argc, char **argv) {
             if (!(text = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(argv[i], "--save-kv")) {
             if (!(save = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--chat")) {
+            chat = 1;
         } else
             return cli_usage_error("prefill: unknown option '%s'", argv[i]);
     }
@@ -92,10 +116,10 @@ int cmd_prefill(int argc, char **argv) {
     mtok_ids ids = {0};
     int rc = cli_load(&o, 1, &L);
     if (!rc && file) rc = cli_read_file(file, &buf, &len);
-    if (!rc) rc = doc_ids(L.tok, file ? buf : text, len, &ids);
+    if (!rc) rc = doc_ids(L.tok, file ? buf : text, len, chat, &ids);
     if (!rc && ids.n == 0) rc = mtok_err(MTOK_EINPUT, "prefill: the document has no tokens");
     double t0 = now_s(), dt = 0;
-    if (!rc) rc = mtok_forward(L.sess, ids.v, (int64_t)ids.n, NULL);
+    if (!rc) rc = feed_doc(L.sess, &ids, &o, NULL);
     dt = now_s() - t0;
     if (!rc) {
         mtok_log(1, "prefilled %zu tokens in %.2f s (%.1f tok/s); KV %.1f MiB; peak RSS %.1f MiB", ids.n, dt,
@@ -112,7 +136,10 @@ int cmd_prefill(int argc, char **argv) {
 
 /* ---- mtok qa -m DIR (--load-kv F | -f DOC) --questions Q.jsonl [--chat] ----
  * Every question starts from the document state: the session is truncated back to the document's
- * tokens before each one, so the document is prefilled (or loaded) exactly once. */
+ * tokens before each one, so the document is prefilled (or loaded) exactly once.
+ * --chat: each question is a user turn of its own after the document, then <|assistant|>. With -f DOC
+ * the document is a user message (as prefill --chat saves it); with --load-kv it is what the file
+ * holds, and a file saved without --chat (or a chat file asked without --chat) gets a warning. */
 static int question_ids(const mtok_tokenizer *t, const char *q, int chat, mtok_ids *ids) {
     mtok_ids tmp = {0};
     int rc;
@@ -169,10 +196,22 @@ int cmd_qa(int argc, char **argv) {
         rc = mtok_session_load_kv(L.sess, load, NULL, 0, &n_doc);
     } else if (!rc) {
         rc = cli_read_file(file, &buf, &len);
-        if (!rc) rc = doc_ids(L.tok, buf, len, &doc);
+        if (!rc) rc = doc_ids(L.tok, buf, len, chat, &doc);
         if (!rc && doc.n == 0) rc = mtok_err(MTOK_EINPUT, "qa: the document has no tokens");
-        if (!rc) rc = mtok_session_feed(L.sess, doc.v, (int64_t)doc.n, NULL, NULL);
+        if (!rc) rc = feed_doc(L.sess, &doc, &o, NULL);
         n_doc = (int64_t)doc.n;
+    }
+    if (!rc && load) {
+        /* a document saved by prefill --chat starts [gMASK]<sop><|user|> */
+        const int32_t *t = mtok_session_tokens(L.sess);
+        const int in_turn = n_doc > 2 && (t[2] == mtok_token_special(L.tok, "<|user|>") ||
+                                          t[2] == mtok_token_special(L.tok, "<|system|>"));
+        if (chat && !in_turn)
+            mtok_log(1, "qa: %s was saved without --chat: the document precedes the first turn, outside any "
+                     "message (prefill --chat puts it in a user turn)", load);
+        else if (!chat && in_turn)
+            mtok_log(1, "qa: %s was saved with --chat: without --chat each question continues the document's user "
+                     "message as plain text (pass --chat to ask in the chat format)", load);
     }
     double doc_s = now_s() - t0;
     mtok_ids prompt = {0}; /* the document, then each question in turn */
@@ -272,10 +311,15 @@ int cmd_bench_kv(int argc, char **argv) {
         geom = o.model;
     }
     if (!block_bytes) block_bytes = B * row_bytes;
+    int rc = cli_kv_dir_ready(&o);
+    if (rc) {
+        mtok_model_free(m);
+        return cli_fail(rc);
+    }
     kvs_bench_params bp = {.dir = o.kv_dir, .io = (kvs_io_kind)o.kv_io, .block_bytes = (uint64_t)block_bytes,
                            .total_bytes = (uint64_t)size, .depth = o.kv_depth};
     kvs_bench_result r;
-    int rc = kvs_bench(&bp, &r);
+    rc = kvs_bench(&bp, &r);
     mtok_model_free(m);
     if (rc) return cli_fail(rc);
     const char *dir = o.kv_dir ? o.kv_dir : (getenv("TMPDIR") ? getenv("TMPDIR") : "/var/tmp");

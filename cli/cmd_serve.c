@@ -76,12 +76,14 @@ int cmd_serve(int argc, char **argv) {
         int rc = mtok_device_parse(o.device, &idx);
         if (rc) return cli_fail(rc);
     }
+    int rc = cli_kv_dir_ready(&o); /* every session's cold-tier files go there */
+    if (rc) return cli_fail(rc);
     mtok_set_log_level(o.log_level > 1 ? 1 : o.log_level); /* the library's own lines; -v adds prompts here only */
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error return, not a signal */
-    const int rc = srv_run(&c, &g_stop);
+    rc = srv_run(&c, &g_stop);
     return rc ? cli_fail(rc) : 0;
 }

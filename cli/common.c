@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "cli.h"
 #include "../kernels/kernels.h"
 #include "../parallel/parallel.h"
@@ -139,7 +140,10 @@ void cli_common_defaults(cli_common *o) {
     o->rep_pen = 1.0f;
     o->seed = 42;
     o->n_gen = 128;
+    o->progress_s = MTOK_PROGRESS_INTERVAL;
 }
+
+double cli_progress_interval(const cli_common *o) { return o->log_level <= 0 ? -1 : o->progress_s; }
 
 int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
     const char *a = argv[*i], *v;
@@ -196,6 +200,12 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--kv-audit")) {
         VAL();
         if (cli_parse_real(a, v, 0, 1, 0, &o->kv_audit)) return -1;
+    } else if (!strcmp(a, "--progress-interval")) {
+        VAL();
+        if (cli_parse_real(a, v, 0, 86400, 0, &d)) return -1;
+        o->progress_s = d;
+    } else if (!strcmp(a, "--no-progress")) {
+        o->progress_s = -1;
     } else if (!strcmp(a, "--kv-dir")) {
         VAL();
         o->kv_dir = v;
@@ -292,11 +302,33 @@ static int cli_parallel(const cli_common *o, cli_loaded *L, int *tp_rank, int *t
     return mp_layout_split(&lay, L->world, &L->tp_comm, &L->cp_comm);
 }
 
+int cli_kv_dir_ready(const cli_common *o) {
+    if (!o->kv_dir || !o->kv_dir[0]) return 0;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s", o->kv_dir) >= (int)sizeof path)
+        return mtok_err(MTOK_EINPUT, "--kv-dir %s: path too long", o->kv_dir);
+    /* mkdir -p: each parent, then the directory itself; existing ones are fine */
+    for (char *p = path + 1;; p++) {
+        if (*p && *p != '/') continue;
+        const char c = *p;
+        *p = 0;
+        struct stat st;
+        if (mkdir(path, 0777) && errno != EEXIST)
+            return mtok_err(MTOK_EINPUT, "--kv-dir %s: cannot create %s: %s", o->kv_dir, path, strerror(errno));
+        if (stat(path, &st) || !S_ISDIR(st.st_mode))
+            return mtok_err(MTOK_EINPUT, "--kv-dir %s: %s is not a directory", o->kv_dir, path);
+        if (!(*p = c)) break;
+    }
+    return 0;
+}
+
 int cli_load(const cli_common *o, int need_tokenizer, cli_loaded *L) {
     memset(L, 0, sizeof *L);
     if (!o->model) return mtok_err(MTOK_EUSAGE, "no model: pass -m DIR (a checkpoint directory)");
     int tp_rank = 0, threads = o->threads;
-    int rc = cli_parallel(o, L, &tp_rank, &threads);
+    int rc = cli_kv_dir_ready(o);
+    if (rc) return rc;
+    rc = cli_parallel(o, L, &tp_rank, &threads);
     const int leader = !L->world || mp_rank(L->world) == 0;
     mtok_load_params lp = {.rope_base = o->rope_base, .tp_rank = tp_rank, .tp_size = o->tp > 0 ? o->tp : 1};
     if (!rc) rc = mtok_model_load(o->model, &lp, &L->model);

@@ -9,7 +9,8 @@ static const char USAGE[] =
     "usage: mtok COMMAND [options]\n"
     "commands:\n"
     "  generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [-n N] [sampling]   stream a continuation\n"
-    "  chat     -m DIR [--system S] [--tools FILE.json]     interactive multi-turn chat (GLM-4 template)\n"
+    "  chat     -m DIR [-f DOC | --load-kv F] [--system S] [--tools FILE.json]   interactive chat (GLM-4\n"
+    "           template) about a document if given; /load FILE in the chat; Ctrl-C stops an answer\n"
     "  tokenize -m DIR (--text T | --text-file F) [--special]   print ids as one JSON array\n"
     "  logits   -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy   fp32 logits of every position\n"
     "  synth    --preset NAME --out DIR [--naming chatglm|hf] [--shards N] [--seed S] [--dtype bf16|f16|f32]\n"
@@ -27,15 +28,17 @@ static const char USAGE[] =
     "  bench limits [--json]                                 STREAM triad, read-only bandwidth, fp32 FMA peak\n"
     "  bench kv [--kv-dir D] [--kv-block N | --block-bytes N] [--kv-depth N] [--size BYTES] [--json]\n"
     "                                                       cold-tier KV write/read-back GB/s and IOPS\n"
-    "  prefill  -m DIR (-f DOC | -p TEXT) [--save-kv F]      prefill a document once, save its KV\n"
+    "  prefill  -m DIR (-f DOC | -p TEXT) [--chat] [--save-kv F]   prefill a document once, save its KV\n"
     "  qa       -m DIR (--load-kv F | -f DOC) --questions Q.jsonl [--chat]   questions from one prefill\n"
     "  generate ... --load-kv F                              continue after a saved document (prefix reuse)\n"
     "  serve    -m DIR [--host H --port P --api-key K --served-model-name N --sessions N --max-queue N\n"
     "           --max-body BYTES --keepalive S]            OpenAI-compatible HTTP server (docs/SERVER.md)\n"
+    "mtok COMMAND --help lists every option of a command.\n"
     "common options:\n"
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  --device cpu|cuda|cuda:N (the CUDA backend: docs/GPU.md)\n"
-    "  -v | -q | --log-level N\n"
+    "  -v | -q | --log-level N   --progress-interval S (progress lines when stderr is not a terminal)\n"
+    "  --no-progress\n"
     "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"
     "  --kv-policy exact|window|topk  --kv-sinks N  --kv-window N (window 4096, topk 1024)\n"
     "  --kv-topk N (blocks per layer and KV group, 64)  --kv-audit RATE (0..1)\n"
@@ -64,6 +67,7 @@ int main(int argc, char **argv) {
                 {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}, {"check", cmd_check},
                 {"serve", cmd_serve}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], cmds[i].name))
+            return cli_help_wanted(argc - 1, argv + 1) ? (cli_help(argv[1]) ? 1 : 0) : cmds[i].fn(argc - 1, argv + 1);
     return cli_usage_error("unknown command '%s'", argv[1]);
 }

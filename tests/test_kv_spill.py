@@ -198,11 +198,18 @@ try:
     check(outs["reuse"] and outs["reuse"] == outs["fresh"],
           f"window policy, depth 25 after depth 50 (prefix reuse) == fresh: {outs}")
 
-    # a --kv-dir that is missing or read-only is the user's input to fix: exit 2 naming it (was exit 3)
+    # a missing --kv-dir is created (with its parents); one that cannot be (a file in the way) or is
+    # read-only is the user's input to fix: exit 2 naming it
     gen_short = ["generate", "-m", model, "-p", "the river", "-n", "2", "--kv-budget", "64K", "--kv-block", "16"]
-    p = run(*gen_short, "--kv-dir", os.path.join(work, "missing"))
-    check(p.returncode == 2 and "--kv-dir" in p.stderr and "No such file" in p.stderr,
-          f"missing --kv-dir: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
+    deeper = os.path.join(work, "missing", "deeper")
+    p = run(*gen_short, "--kv-dir", deeper)
+    check(p.returncode == 0 and os.path.isdir(deeper),
+          f"missing --kv-dir is created: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
+    blocker = os.path.join(work, "blocker")
+    open(blocker, "w").close()
+    p = run(*gen_short, "--kv-dir", os.path.join(blocker, "kv"))
+    check(p.returncode == 2 and "--kv-dir" in p.stderr and "not a directory" in p.stderr.lower(),
+          f"--kv-dir under a file: exit {p.returncode} {p.stderr.strip().splitlines()[-1:]}")
     ro = os.path.join(work, "ro")
     os.mkdir(ro)
     if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro],
