@@ -10,6 +10,8 @@
 #include "cli.h"
 #include "../eval/eval.h"
 #include "../eval/longbench.h"
+#include "../eval/ruler.h"
+#include "../eval/runid.h"
 #include "../synth/mtok_synth.h"
 
 static volatile int g_interrupted;
@@ -111,15 +113,46 @@ static uint64_t cold_bytes(const mtok_session *s, void *user) {
     return st.cold_bytes;
 }
 
+/* The identity of a resumable run (eval/runid.h): the model and the options that change its answers,
+ * claimed on results before anything is written to it (exit 2 when --resume meets another run's). */
+static int claim_run(const cli_common *o, const cli_loaded *L, mev_runid *id, const char *results, int resume) {
+    const mev_run_settings rs = {.model_fingerprint = mtok_model_fingerprint(L->model), .device = o->device,
+                                 .ctx = o->ctx, .chunk = o->chunk, .rope_base = o->rope_base,
+                                 .kv_policy = o->kv_policy, .kv_block = o->kv_block, .kv_topk = o->kv_topk,
+                                 .kv_sinks = o->kv_sinks, .kv_window = o->kv_window, .max_new = o->n_gen};
+    int rc = mev_runid_settings(id, &rs);
+    return rc ? rc : mev_runid_claim(id, results, resume);
+}
+
 /* Loads the model with a context just large enough for the grid, then runs it. */
 static int run_grid(cli_common *o, mev_niah_params *np, mev_niah_summary *sum) {
     int64_t max_len = 0;
+    const int64_t ctx_given = o->ctx; /* the identity records --ctx as given: a grid may grow on --resume */
     for (size_t i = 0; i < np->n_lengths; i++)
         if (np->lengths[i] > max_len) max_len = np->lengths[i];
     if (!o->ctx) o->ctx = max_len + 64 + (np->max_new > 0 ? np->max_new : 64);
     cli_loaded L;
     int rc = cli_load(o, 1, &L);
     if (rc) return rc;
+    mev_runid id;
+    mev_runid_init(&id, "niah");
+    cli_common oid = *o;
+    oid.ctx = ctx_given;
+    rc = mev_runid_set(&id, "needle", "%s", np->needle_mode < 0 ? "auto" : np->needle_mode ? "facts" : "text");
+    if (!rc) rc = mev_runid_set(&id, "haystack", "%s", np->noise ? "noise" : np->haystack_file ? "file" : "genesis");
+    if (!rc && np->haystack_file) rc = mev_runid_set_file(&id, "haystack_file", np->haystack_file);
+    if (!rc) rc = mev_runid_set(&id, "layout", "%s", np->all_depths ? "all-depths" : "cell");
+    if (!rc) rc = mev_runid_set(&id, "n_extra", "%d", np->n_extra);
+    if (!rc) rc = mev_runid_set(&id, "seed", "%llu", (unsigned long long)np->seed);
+    char *res = NULL;
+    if (!rc && !(res = malloc(strlen(np->out_dir) + sizeof "/results.jsonl"))) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+    if (!rc) sprintf(res, "%s/results.jsonl", np->out_dir);
+    if (!rc) rc = claim_run(&oid, &L, &id, res, np->resume);
+    free(res);
+    if (rc) {
+        cli_unload(&L);
+        return rc;
+    }
     g_interrupted = 0;
     void (*old)(int) = signal(SIGINT, on_sigint);
     np->interrupted = &g_interrupted;
@@ -213,6 +246,7 @@ int cmd_niah(int argc, char **argv) {
     }
     np.max_new = o.n_gen;
     np.seed = o.seed;
+    if (cli_progress_interval(&o) < 0) np.progress = 0; /* --no-progress or -q (common options) */
     np.lengths = g.lengths, np.n_lengths = g.n_lengths;
     np.depths = g.depths, np.n_depths = g.n_depths;
     np.variants = g.variants, np.n_variants = g.n_variants;
@@ -298,7 +332,7 @@ int cmd_eval(int argc, char **argv) {
     if (score_file) {
         if (ep.data) return cli_usage_error("--score FILE scores existing predictions; it takes no --data");
         struct stat st;
-        if (!stat(score_file, &st) && S_ISDIR(st.st_mode)) { /* LongBench's pred/MODEL/ layout */
+        if (!stat(score_file, &st) && S_ISDIR(st.st_mode) && !mev_ruler_folder(score_file)) { /* LongBench's pred/MODEL/ */
             lb.dir = score_file;
             int rc = mev_lb_score_dir(&lb, stdout);
             return rc ? cli_fail(rc) : 0;
@@ -313,6 +347,15 @@ int cmd_eval(int argc, char **argv) {
     cli_loaded L;
     int rc = cli_load(&o, 1, &L);
     if (rc) return cli_fail(rc);
+    mev_runid id;
+    mev_runid_init(&id, "eval");
+    rc = mev_runid_set(&id, "template", "%s", ep.special ? "special" : "chat");
+    if (!rc) rc = mev_runid_set_file(&id, "data", ep.data);
+    if (!rc) rc = claim_run(&o, &L, &id, ep.out, ep.resume);
+    if (rc) {
+        cli_unload(&L);
+        return cli_fail(rc);
+    }
     g_interrupted = 0;
     void (*old)(int) = signal(SIGINT, on_sigint);
     ep.interrupted = &g_interrupted;
@@ -382,6 +425,7 @@ int cmd_demo(int argc, char **argv) {
                           .title = "mtok demo: the planted needle model, fact retrieval across context lengths"};
     /* the KV cache: 2 KiB per token for this model (2 layers x 2 groups x 128 x K,V x bf16); an 8 MiB
      * hot tier keeps ~4K tokens in RAM, so most of a 64K cache lives on disk */
+    if (cli_progress_interval(&o) < 0) np.progress = 0;
     if (spill && !o.kv_budget) o.kv_budget = 8u << 20;
     /* 2048-token prefill chunks: 4x fewer passes over the (mostly cold) cache than the default 512 */
     if (!o.chunk) o.chunk = 2048;

@@ -122,7 +122,8 @@ typedef struct {
     int64_t max_new;      /* 0: per-format default (RULER 128, LongBench 64) */
     int special;          /* special-token strings in the data map to their ids */
     int resume;           /* skip records whose index is already in out */
-    const char *metric;   /* NULL: auto; "all", "part", "em", "f1" */
+    const char *metric;   /* NULL: auto (a LongBench v1 dataset: its own metric); "all", "part", "em", "f1" */
+    const char *jieba_dir; /* jieba's data for LongBench's Chinese metrics (NULL: python3-jieba's) */
     volatile int *interrupted;
 } mev_eval_params;
 /* Runs the model over the data (s, t may be NULL with score_only: then data already holds `pred`). */

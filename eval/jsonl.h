@@ -54,18 +54,26 @@ int mev_rewrite_lines(const char *path, const mev_kept *v, size_t n);
 struct mev_eval_data {
     char *name;
     int kind;
-    json_t *recs;       /* the records, file order */
-    int64_t *line;      /* [n] record i's line in the file */
-    char **key;         /* [n] record i's key: task \x1f index / _id / data_line / line */
-    const char **task;  /* [n] record i's task: its "task" or "dataset", else file_task */
-    char *file_task;    /* the file name without directory and .jsonl (RULER names files by task) */
+    json_t *recs;       /* the records, file order (a folder: its files in RULER's task order) */
+    int64_t *line;      /* [n] record i's line in its file */
+    char **key;         /* [n] record i's id key: task \x1f index / _id, or task \x1f #line (may repeat:
+                         * RULER's index is a character offset; --resume matches by line and content) */
+    const char **task;  /* [n] record i's task: its "task" or "dataset", else its file's task */
+    const char **file;  /* [n] the file record i came from */
+    char *file_task;    /* the (first) file's task: its name without directory and .jsonl; for RULER's
+                         * data layout TASK/validation.jsonl (or test.jsonl), TASK */
+    char **owned;       /* file names and file tasks of a folder, freed with d */
+    size_t n_owned;
     size_t n, cap;
     size_t *slot;       /* key hash table (open addressing): record index + 1, 0 empty */
     size_t n_slot;
 };
-/* The record (of data d, index i) whose key is key, or (size_t)-1. */
-size_t mev_eval_data_find(const mev_eval_data *d, const char *key);
-/* The key of a record at line `line` (caller frees); NULL when out of memory. */
+/* The records (of data d) whose id key is key, one by one: *cursor starts at 0; returns a record index
+ * or (size_t)-1 when there are no more. */
+size_t mev_eval_data_find(const mev_eval_data *d, const char *key, size_t *cursor);
+/* The record on line `line` of a single-file data set, or (size_t)-1. */
+size_t mev_eval_data_at_line(const mev_eval_data *d, int64_t line);
+/* The id key of a record at line `line` (caller frees); NULL when out of memory. */
 char *mev_eval_key(json_t *o, int64_t line);
 /* A short printable form of a key's id part for messages ("index 3", "_id \"x\"", "line 7"). */
 void mev_eval_key_text(json_t *o, int64_t line, char *buf, size_t cap);

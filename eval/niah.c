@@ -259,9 +259,10 @@ typedef struct {
     mtok_ids ctx, q[MAX_NEEDLES], full; /* the unit's prompt (build), question i's is ctx + q[i] */
     char *out;                 /* the line's answers */
     size_t out_len;
-    size_t n_done;             /* progress: cells done or skipped, */
-    double w_total, w_done, t0; /* work done of the total (length^2 per cell), since t0 */
-    double score_sum;
+    size_t n_done;             /* progress: cells done or skipped */
+    size_t line;               /* the results.jsonl line running now, in the grid's plan order */
+    mev_eta eta;               /* the time still needed and the progress line (niah_eta.c) */
+    double t0, score_sum;
 } run;
 
 /* Builds the prompt of a cell with S haystack sentences: ctx = everything up to the questions,
@@ -438,20 +439,6 @@ static void kv_fields(json_t *o, const mtok_kv_stats *a, const mtok_kv_stats *b)
     }
 }
 
-static void progress(const mev_niah_params *p, size_t done, size_t total, double w_done, double w_total, double t0) {
-    int on = p->progress < 0 ? isatty(2) : p->progress;
-    if (!on) return;
-    double el = mev_now() - t0, eta = w_done > 0 ? el * (w_total - w_done) / w_done : 0;
-    int bar = w_total > 0 ? (int)(30.0 * w_done / w_total) : 0;
-    char b[31];
-    for (int i = 0; i < 30; i++) b[i] = i < bar ? '#' : '.';
-    b[30] = 0;
-    fprintf(stderr, "\r[%s] %zu/%zu cells  %.0fs elapsed  ETA %s%.0fs   ", b, done, total, el,
-            w_done > 0 ? "" : "~", eta);
-    if (done == total) fputc('\n', stderr);
-    fflush(stderr);
-}
-
 /* Refuses a grid that cannot run: no lengths, depths or output directory, a depth outside 0..100,
  * --all-depths with more depths than a prompt holds needles or with another variant. */
 static int niah_check(const mev_niah_params *p) {
@@ -493,6 +480,7 @@ static void run_free(run *R) {
     mtok_ids_free(&R->ctx);
     mtok_ids_free(&R->full);
     for (int i = 0; i < MAX_NEEDLES; i++) mtok_ids_free(&R->q[i]);
+    mev_eta_free(&R->eta);
     free(R->out);
     free(R->res_path);
 }
@@ -529,33 +517,71 @@ static size_t *depth_order(const mev_niah_params *p) {
     return dord;
 }
 
-/* The depths of a unit still to run (their indexes into todo; all-depths: indexes of p->depths):
- * a cell already in results.jsonl (--resume) counts as done and leaves the progress total. */
+/* The depths of a unit still to run (their indexes into todo; all-depths: indexes of p->depths); with
+ * sum, a cell already in results.jsonl (--resume) is counted as skipped and done. */
 static int unit_todo(run *R, int64_t L, double D, const char *vname, int *todo, mev_niah_summary *sum) {
     const mev_niah_params *p = R->p;
     const int all = p->all_depths;
-    const double wcell = (double)L * (double)L;
     int n_todo = 0;
     for (size_t k = 0; k < (all ? p->n_depths : 1); k++) {
         double Dk = all ? p->depths[k] : D;
         int skip = 0;
         for (size_t j = 0; j < mev_niah_results_count(R->prev) && !skip; j++)
             skip = cell_key_eq(R->prev->kept[j].o, L, Dk, vname);
-        if (skip) {
+        if (skip && sum) {
             sum->skipped++;
             R->n_done++;
-            R->w_total -= all ? wcell / (double)p->n_depths : wcell;
-        } else {
+        } else if (!skip) {
             todo[n_todo++] = (int)k;
         }
     }
     return n_todo;
 }
 
+/* Tokens one answer may generate: --max-new, else one value token per expected value (fact needles)
+ * or 16 tokens per 7-digit number (text needles). */
+static int64_t answer_tokens(const run *R, const plan *P) {
+    const mev_niah_params *p = R->p;
+    const int many = P->variant == MEV_MULTIVALUE || P->variant == MEV_MULTIQUERY;
+    return p->max_new > 0 ? p->max_new
+           : R->facts     ? (P->variant == MEV_MULTIVALUE ? P->n_expected : 1)
+                          : 16 * (many ? P->n_expected : 1);
+}
+
+/* The lines still to run, in run order, for the time estimate (niah_eta.c): each with the tokens it
+ * likely shares with the line before. Units share the haystack before their first needle (the text
+ * and template are the same from the start at every length); the questions of an all-depths unit
+ * after its first share the whole document. */
+static int plan_eta(run *R, const mev_variant *vars, size_t n_vars, const size_t *dord) {
+    const mev_niah_params *p = R->p;
+    const int all = p->all_depths;
+    double prev_at = 0, min_depth = 100;
+    for (size_t i = 0; i < p->n_depths; i++) min_depth = fmin(min_depth, p->depths[i]);
+    int rc = 0;
+    for (size_t vi = 0; vi < n_vars && !rc; vi++)
+        for (size_t li = 0; li < p->n_lengths && !rc; li++)
+            for (size_t dj = 0; dj < (all ? 1 : p->n_depths) && !rc; dj++) {
+                const int64_t L = p->lengths[li];
+                const double D = all ? -1 : p->depths[dord[dj]];
+                int todo[MAX_NEEDLES];
+                const int n_todo = unit_todo(R, L, D, mev_variant_name(vars[vi]), todo, NULL);
+                if (!n_todo) continue;
+                plan P;
+                make_plan(&P, vars[vi], L, D, p->n_extra, p->seed, R->facts, all ? p->depths : NULL, (int)p->n_depths);
+                const double at = (all ? min_depth : D) / 100.0 * (double)L;
+                const int64_t shared = (int64_t)fmin(at, prev_at), mn = answer_tokens(R, &P);
+                prev_at = at;
+                for (int i = 0; i < (all ? n_todo : 1) && !rc; i++)
+                    rc = mev_eta_plan(&R->eta, L, i == 0 ? shared : L - MEV_ETA_QUESTION_TOKENS,
+                                      all || !R->facts ? 1 : P.n_q, mn);
+            }
+    return rc;
+}
+
 /* One line of results.jsonl: questions q0..q1-1 of the unit's prompt fed (prefix reuse) and
  * answered greedily, the answers scored against their needles, the line written (fsynced) and
  * counted in the progress. 1: interrupted during a feed. */
-static int run_line(run *R, const plan *P, int q0, int q1, double Dl, double wline, mev_niah_summary *sum) {
+static int run_line(run *R, const plan *P, int q0, int q1, double Dl, mev_niah_summary *sum) {
     const mev_niah_params *p = R->p;
     const int all = p->all_depths;
     const int64_t L = P->length;
@@ -569,18 +595,19 @@ static int run_line(run *R, const plan *P, int q0, int q1, double Dl, double wli
     int64_t tokens = 0;
     mtok_kv_stats k0, k1;
     mtok_session_kv_stats(R->s, &k0);
+    mev_eta_at(&R->eta, R->line, R->n_done);
     for (int qi = q0; qi < q1 && !rc; qi++) {
         R->full.n = 0;
         if ((R->ctx.n && (rc = mtok_ids_append(&R->full, R->ctx.v, R->ctx.n))) ||
             (R->q[qi].n && (rc = mtok_ids_append(&R->full, R->q[qi].v, R->q[qi].n))))
             break;
         if ((int64_t)R->full.n > tokens) tokens = (int64_t)R->full.n;
-        rc = mev_feed(&R->rn, R->full.v, R->full.n);
+        rc = mev_eta_feed(&R->eta, &R->rn, R->full.v, R->full.n);
         if (rc) return rc; /* 1: interrupted */
-        int64_t max_new = p->max_new > 0 ? p->max_new
-                          : R->facts ? (P->variant == MEV_MULTIVALUE ? P->n_expected : 1)
-                          : 16 * (P->variant == MEV_MULTIVALUE || P->variant == MEV_MULTIQUERY ? P->n_expected : 1);
+        const int64_t max_new = answer_tokens(R, P), pos = mtok_session_pos(R->s);
+        const double g0 = mev_now();
         rc = mev_greedy(&R->rn, max_new, &R->out, &R->out_len);
+        mev_eta_decoded(&R->eta, mtok_session_pos(R->s) - pos, max_new, pos, mev_now() - g0);
     }
     if (rc) return rc;
     const char *refs[MAX_NEEDLES];
@@ -607,10 +634,11 @@ static int run_line(run *R, const plan *P, int q0, int q1, double Dl, double wli
     R->score_sum += score;
     sum->done++;
     R->n_done++;
-    R->w_done += wline;
+    R->line++;
     mtok_log(2, "niah: %s length %lld (%lld tokens) depth %g: score %.2f, %.1f s, output \"%s\"", vname, (long long)L,
              (long long)tokens, Dl, score, secs, out);
-    progress(p, R->n_done, sum->cells, R->w_done, R->w_total, R->t0);
+    mev_eta_at(&R->eta, R->line, R->n_done);
+    mev_eta_draw(&R->eta, 1);
     return rc;
 }
 
@@ -624,11 +652,10 @@ static int run_unit(run *R, mev_variant v, int64_t L, double D, const int *todo,
     make_plan(&P, v, L, D, p->n_extra, p->seed, R->facts, all ? p->depths : NULL, (int)p->n_depths);
     int64_t S;
     int rc = fit(R, &P, &R->ctx, R->q, &S);
-    const double wcell = (double)L * (double)L;
     /* normal: every question of the cell feeds one line; all-depths: one line per question */
     for (int i = 0; i < (all ? n_todo : 1) && !rc; i++) {
         const int q0 = all ? todo[i] : 0, q1 = all ? q0 + 1 : P.n_q;
-        rc = run_line(R, &P, q0, q1, all ? p->depths[q0] : D, all ? wcell / (double)n_todo : wcell, sum);
+        rc = run_line(R, &P, q0, q1, all ? p->depths[q0] : D, sum);
     }
     return rc;
 }
@@ -644,8 +671,7 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     if ((rc = haystack_init(&R.h, t, p->haystack_file, p->noise))) goto fail;
     if ((rc = results_open(&R))) goto fail;
 
-    /* the cell order: variants, lengths ascending, depths deep to shallow (shared prefixes); the
-     * progress counts work as length^2 per cell */
+    /* the cell order: variants, lengths ascending, depths deep to shallow (shared prefixes) */
     mev_variant vdef = MEV_SINGLE;
     const mev_variant *vars = p->n_variants ? p->variants : &vdef;
     const size_t n_vars = p->n_variants ? p->n_variants : 1;
@@ -655,9 +681,8 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     }
     R.t0 = mev_now();
     sum->cells = n_vars * p->n_lengths * p->n_depths;
-    for (size_t vi = 0; vi < n_vars; vi++)
-        for (size_t li = 0; li < p->n_lengths; li++)
-            R.w_total += (double)p->n_depths * (double)p->lengths[li] * (double)p->lengths[li];
+    mev_eta_init(&R.eta, mtok_session_config(s), mtok_session_chunk(s), p->progress, sum->cells);
+    if ((rc = plan_eta(&R, vars, n_vars, dord))) goto fail;
     const int all = p->all_depths;
     for (size_t vi = 0; vi < n_vars && !rc; vi++)
         for (size_t li = 0; li < p->n_lengths && !rc; li++)
@@ -672,10 +697,12 @@ int mev_niah_run(mtok_session *s, const mtok_tokenizer *t, const mev_niah_params
     if (rc == 1) { /* interrupted: what is done stays, and the report covers it */
         sum->interrupted = 1;
         rc = 0;
-        if (p->progress < 0 ? isatty(2) : p->progress) fputc('\n', stderr);
+        mev_eta_end(&R.eta);
         mtok_log(1, "niah: interrupted; %s holds the %zu finished cells (--resume continues)", R.res_path,
                  sum->done + sum->skipped);
     }
+    mev_eta_at(&R.eta, R.line, R.n_done);
+    mev_eta_end(&R.eta);
     sum->mean_score = sum->done ? R.score_sum / (double)sum->done : 0;
     sum->seconds = mev_now() - R.t0;
     if (R.fd >= 0) close(R.fd), R.fd = -1;

@@ -20,30 +20,14 @@
 
 #include "jsonl.h"
 #include "longbench.h"
+#include "ruler.h"
 
 /* ---- metrics ---------------------------------------------------------------------------------- */
-/* ASCII lower-case copy (the C locale's tolower, which RULER's .lower() matches on ASCII). */
-static char *lower_dup(const char *s, size_t *n) {
-    *n = strlen(s);
-    char *d = malloc(*n + 1);
-    if (d)
-        for (size_t i = 0; i <= *n; i++) d[i] = (char)tolower((unsigned char)s[i]);
-    return d;
-}
-
-/* Hits of refs in pred, case-insensitive; memmem is linear, so a long prediction scores in time
- * proportional to its length, not length x reference length. */
+/* Hits of refs in pred as RULER counts them: `r.lower() in pred.lower()` with Python's Unicode
+ * lower-case mapping (eval/ruler.c), a substring search linear in the prediction's length. */
 static double count_hits(const char *pred, const char *const *refs, size_t n, int any) {
-    size_t pl, rl;
-    char *p = lower_dup(pred, &pl);
-    double hit = 0;
-    for (size_t i = 0; p && i < n && !(any && hit); i++) {
-        char *r = lower_dup(refs[i], &rl);
-        hit += r && (!rl || memmem(p, pl, r, rl));
-        free(r);
-    }
-    free(p);
-    return hit;
+    size_t hits = 0;
+    return mev_ruler_hits(pred, refs, n, any, &hits) ? 0 : (double)hits;
 }
 
 double mev_string_match_all(const char *pred, const char *const *refs, size_t n) {
@@ -146,6 +130,8 @@ typedef struct {
 static const char *metric_for(const char *task, int ruler, const char *forced) {
     if (forced) return forced;
     if (!ruler) return "f1";
+    mev_ruler_task rt;
+    if (mev_ruler_task_find(task, &rt)) return rt.metric;
     return !strncmp(task, "qa", 2) ? "part" : "all";
 }
 
@@ -175,7 +161,10 @@ static int build_prompt(const mev_eval_params *p, const mtok_tokenizer *t, json_
     else memcpy(content, input, n + 1);
     int rc;
     ids->n = 0;
-    if (p->special) {
+    const int templated = mev_ruler_has_template(content);
+    if (templated) { /* RULER's chatglm-chat data: fed as it is, its markers read as special tokens */
+        rc = mtok_tokenize(t, content, strlen(content), 1, ids);
+    } else if (p->special) {
         /* the chat template, with special-token strings in the data read as their ids */
         int32_t head[3] = {mtok_token_special(t, "[gMASK]"), mtok_token_special(t, "<sop>"),
                            mtok_token_special(t, "<|user|>")};
@@ -190,7 +179,7 @@ static int build_prompt(const mev_eval_params *p, const mtok_tokenizer *t, json_
         mtok_message msg = {"user", NULL, content, NULL};
         rc = mtok_chat_encode(t, &msg, 1, 1, ids);
     }
-    if (!rc && prefix && *prefix) rc = mtok_tokenize(t, prefix, strlen(prefix), p->special, ids);
+    if (!rc && prefix && *prefix) rc = mtok_tokenize(t, prefix, strlen(prefix), p->special || templated, ids);
     free(content);
     return rc;
 }
@@ -244,13 +233,12 @@ static int score_one(const mev_eval_params *p, mev_zhseg **zh, json_t *rec, cons
         st->sum_lb += sc;
         if (rc) return free(refs), rc;
     }
-    /* RULER post-processing: strip, control characters as newlines */
-    char *pp = strdup(pred);
-    if (!pp) return free(refs), mtok_err(MTOK_ERESOURCE, "out of memory");
-    for (char *c = pp; *c; c++)
-        if ((unsigned char)*c < 0x20) *c = '\n';
+    /* RULER's postprocess_pred: strip, control characters as newlines, strip */
+    char *pp;
+    size_t ppl;
+    if ((rc = mev_ruler_postprocess(pred, strlen(pred), &pp, &ppl))) return free(refs), rc;
     st->n++;
-    st->nulls += strspn(pp, " \n") == strlen(pp);
+    st->nulls += ppl == 0;
     st->sum_all += mev_string_match_all(pp, refs, nr);
     st->sum_part += mev_string_match_part(pp, refs, nr);
     st->sum_em += mev_exact_match(pp, refs, nr);
@@ -260,14 +248,20 @@ static int score_one(const mev_eval_params *p, mev_zhseg **zh, json_t *rec, cons
     return 0;
 }
 
-static void print_report(FILE *report, const task_stat *ts, size_t n_ts) {
+static void print_report(FILE *report, const task_stat *ts, size_t n_ts, size_t done, size_t total) {
+    if (done < total)
+        fprintf(report, "interrupted: %zu of %zu records predicted; the scores below cover those (--resume "
+                "continues)\n", done, total);
     fprintf(report, "%-24s %6s %7s %18s %18s %12s %10s\n", "task", "n", "metric", "string_match_all",
             "string_match_part", "exact_match", "token_f1");
     for (size_t j = 0; j < n_ts; j++) {
         const task_stat *st = &ts[j];
         double d = st->n ? 100.0 / (double)st->n : 0;
-        fprintf(report, "%-24s %6zu %7s %18.2f %18.2f %12.2f %10.2f\n", st->name, st->n, st->metric,
-                st->sum_all * d, st->sum_part * d, st->sum_em * d, st->sum_f1 * d);
+        /* RULER's columns rounded as its evaluate.py rounds them */
+        const double all = st->ruler ? mev_ruler_score(st->sum_all, st->n) : st->sum_all * d;
+        const double part = st->ruler ? mev_ruler_score(st->sum_part, st->n) : st->sum_part * d;
+        fprintf(report, "%-24s %6zu %7s %18.2f %18.2f %12.2f %10.2f\n", st->name, st->n, st->metric, all, part,
+                st->sum_em * d, st->sum_f1 * d);
     }
     for (size_t j = 0; j < n_ts; j++) {
         const task_stat *st = &ts[j];
@@ -278,7 +272,10 @@ static void print_report(FILE *report, const task_stat *ts, size_t n_ts) {
                                                     : st->sum_f1;
         json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:f, s:f, s:f, s:f, s:f}", "task", st->name, "n",
                               (json_int_t)st->n, "nulls", (json_int_t)st->nulls, "metric", st->metric, "score",
-                              st->lb ? mev_py_round(100 * st->sum_lb / (double)st->n, 2) : score * d, "string_match_all", st->sum_all * d, "string_match_part",
+                              st->lb ? mev_py_round(100 * st->sum_lb / (double)st->n, 2)
+                              : st->ruler && (!strcmp(st->metric, "all") || !strcmp(st->metric, "part"))
+                                  ? mev_ruler_score(score, st->n) : score * d,
+                              "string_match_all", st->sum_all * d, "string_match_part",
                               st->sum_part * d, "exact_match", st->sum_em * d, "token_f1", st->sum_f1 * d);
         char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
         if (line) fprintf(report, "score %s\n", line);
@@ -346,25 +343,27 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
         }
         char *text = NULL;
         size_t plen = 0;
-        int64_t max_new = p->max_new > 0 ? p->max_new : json_object_get(rec, "outputs") ? 128 : 64;
+        mev_ruler_task rt;
+        const int ruler_rec = json_object_get(rec, "outputs") != NULL;
+        /* RULER: the task's tokens_to_generate (its synthetic.yaml task, named by the data's folder) */
+        int64_t max_new = p->max_new > 0 ? p->max_new
+                          : ruler_rec      ? (mev_ruler_task_find(d->task[i], &rt) ? rt.tokens_to_generate : 128)
+                                           : 64;
         if (!rc) rc = mev_greedy(&rn, max_new, &text, &plen);
         if (rc) {
             free(text);
             break;
         }
-        json_t *o = json_deep_copy(rec);
+        json_t *o = ruler_rec ? mev_ruler_prediction(rec, text, d->line[i]) : json_deep_copy(rec);
         if (!o) {
             free(text);
             rc = mtok_err(MTOK_ERESOURCE, "out of memory");
             break;
         }
         json_object_del(o, "context");
-        const char *in = json_string_value(json_object_get(o, "input"));
-        if (in && strlen(in) > 4096) json_object_del(o, "input");
-        /* a record without an id is named by its line, so --resume finds it again */
-        if (!json_object_get(o, "index") && !json_object_get(o, "_id") && !json_object_get(o, "data_line"))
-            json_object_set_new(o, "data_line", json_integer((json_int_t)d->line[i]));
-        json_object_set_new(o, "pred", json_string(text ? text : ""));
+        /* every prediction names its record's line: --resume matches it by line and content */
+        json_object_set_new(o, "data_line", json_integer((json_int_t)d->line[i]));
+        if (!ruler_rec) json_object_set_new(o, "pred", json_string(text ? text : ""));
         json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)ids.n));
         free(text);
         char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -382,7 +381,7 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
         const char *text = pred[i] ? json_string_value(json_object_get(pred[i], "pred")) : NULL;
         if (pred[i]) rc = score_one(p, &zh, json_array_get(d->recs, i), d->task[i], text ? text : "", ts, &n_ts);
     }
-    if (!rc && report) print_report(report, ts, n_ts);
+    if (!rc && report) print_report(report, ts, n_ts, score_only ? n : n_prev + n_run, n);
 done:
     mev_zhseg_free(zh);
     if (out && fclose(out) && !rc) rc = mtok_err(mev_errno_code(errno), "%s: write failed: %s", p->out, strerror(errno));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Python clients that the server tests drive against `mtok serve` (docs/SERVER.md):
 # the `openai` client and lm-evaluation-harness (`lm_eval`) for its API models local-completions
-# and local-chat-completions.
+# and local-chat-completions; and the packages LongBench's own metric code uses (rouge, fuzzywuzzy,
+# jieba), which tests/test_eval_longbench.py computes its reference scores with (docs/EVAL.md §2).
 #
 # Usage: scripts/install-test-clients.sh [PYTHON]   (default python3; called by install-deps.sh)
 #
@@ -23,9 +24,9 @@ set -euo pipefail
 PY="${1:-python3}"
 
 # module to import -> pip requirement that provides it
-mods=(openai datasets sacrebleu pytablewriter jinja2 aiohttp requests tenacity)
+mods=(openai datasets sacrebleu pytablewriter jinja2 aiohttp requests tenacity rouge fuzzywuzzy jieba)
 reqs=(openai==3.63.0 datasets==5.2.0 sacrebleu==2.6.0 pytablewriter==1.2.1 jinja2==3.1.6
-      aiohttp==3.14.5 requests==2.34.2 tenacity==9.2.1)
+      aiohttp==3.14.5 requests==2.34.2 tenacity==9.2.1 rouge==1.0.1 fuzzywuzzy==0.18.0 jieba==0.42.1)
 LM_EVAL=lm-eval==0.4.13
 
 # Debian's own python refuses pip installs into it (PEP 668); install-deps.sh falls back the same way

@@ -94,7 +94,8 @@ static void eval_data(void) {
         {"{\"input\": \"i\", \"outputs\": [], \"index\": 1.5}", MEV_DATA_RECORDS, "\"index\" is neither"},
         {"{\"input\": \"i\", \"outputs\": [], \"index\": true}", MEV_DATA_RECORDS, "\"index\" is neither"},
         {"{\"input\": \"i\", \"outputs\": [], \"data_line\": -4}", MEV_DATA_RECORDS, "\"data_line\""},
-        {"{\"input\": \"i\", \"outputs\": [], \"index\": 1}\n{\"input\": \"j\", \"outputs\": [], \"index\": 1}",
+        /* RULER's index is a character offset that may repeat; only the same record twice is refused */
+        {"{\"input\": \"i\", \"outputs\": [], \"index\": 1}\n{\"input\": \"i\", \"outputs\": [], \"index\": 1}",
          MEV_DATA_RECORDS, "d.jsonl:2: index 1 repeats line 1"},
         {"{\"outputs\": [\"a\"]}", MEV_DATA_PREDICTIONS, "d.jsonl:1: no \"pred\""},
         {"{\"outputs\": [\"a\"], \"pred\": [\"a\"]}", MEV_DATA_PREDICTIONS, "d.jsonl:1: \"pred\" is not a string"},

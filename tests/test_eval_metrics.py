@@ -79,7 +79,8 @@ for name, (path, rows) in files.items():
     for k, v in want.items():
         if abs(g[k] - v) > 1e-6:
             fails.append(f"{name}: {k} mtok {g[k]} != {v}")
-    metric = {"niah_multikey_1": "all", "qa_2": "part", "lb": "f1"}[name]
+    # a LongBench dataset (hotpotqa) is scored with its own metric, named as LongBench's metrics.py names it
+    metric = {"niah_multikey_1": "all", "qa_2": "part", "lb": "qa_f1_score"}[name]
     if g["metric"] != metric:
         fails.append(f"{name}: metric {g['metric']} != {metric}")
     if name == "niah_multikey_1" and g["nulls"] != 1:
