@@ -5,6 +5,7 @@
  * Fields we do not implement are refused when they would change the output (n > 1, logit_bias,
  * penalties, ...) and ignored when they cannot (user, skip_special_tokens). Field meanings follow
  * the OpenAI API and vLLM's extensions (docs/SERVER.md lists them). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,9 +46,14 @@ static const char *kind(const json_t *j) {
 static int opt_int(srv_req *r, json_t *o, const char *k, int64_t lo, int64_t hi, int64_t *v, int *given) {
     json_t *j = json_object_get(o, k);
     if (!j || json_is_null(j)) return 0;
-    if (!json_is_integer(j) && !(json_is_real(j) && json_real_value(j) == (double)(int64_t)json_real_value(j)))
-        return srv_fail(r, 400, k, NULL, "'%s' must be an integer, not %s", k, kind(j));
-    const int64_t x = json_is_integer(j) ? (int64_t)json_integer_value(j) : (int64_t)json_real_value(j);
+    /* 16.0 is accepted as 16 (some clients write every number as a float); the range is checked
+     * on the double before it is converted, since converting one past int64 is undefined */
+    const double d = json_is_real(j) ? json_real_value(j) : 0;
+    const int whole_real = json_is_real(j) && d >= -9.2e18 && d <= 9.2e18 && d == floor(d);
+    if (!json_is_integer(j) && !whole_real)
+        return srv_fail(r, 400, k, NULL, "'%s' must be an integer, not %s", k,
+                        json_is_real(j) ? "a fraction or a number past 64 bits" : kind(j));
+    const int64_t x = json_is_integer(j) ? (int64_t)json_integer_value(j) : (int64_t)d;
     if (x < lo || x > hi)
         return srv_fail(r, 400, k, NULL, "'%s' is %lld; it must lie in [%lld, %lld]", k, (long long)x, (long long)lo,
                         (long long)hi);
