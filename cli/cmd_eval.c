@@ -291,6 +291,26 @@ static int segment_lines(const char *path, const char *jieba_dir) {
     return rc ? cli_fail(rc) : 0;
 }
 
+/* The files and numbers LongBench's prompting reads (--prompts, --maxlen, --max-length, --cot) in the
+ * run's identity: another template or budget makes other answers. */
+static int set_prompts_id(mev_runid *id, const mev_eval_params *ep) {
+    struct stat st;
+    char p[4200];
+    int rc = 0;
+    if (!stat(ep->prompts, &st) && S_ISDIR(st.st_mode)) { /* v2's prompts/ folder: the templates used */
+        static const char *const names[] = {"0shot.txt", "0shot_cot.txt", "0shot_cot_ans.txt"};
+        for (int k = ep->cot ? 1 : 0; !rc && k < (ep->cot ? 3 : 1); k++) {
+            snprintf(p, sizeof p, "%s/%s", ep->prompts, names[k]);
+            rc = mev_runid_set_file(id, names[k], p);
+        }
+    } else
+        rc = mev_runid_set_file(id, "prompts", ep->prompts);
+    if (!rc && ep->maxlen) rc = mev_runid_set_file(id, "maxlen", ep->maxlen);
+    if (!rc) rc = mev_runid_set(id, "max_length", "%lld", (long long)ep->max_length);
+    if (!rc) rc = mev_runid_set(id, "cot", "%d", ep->cot);
+    return rc;
+}
+
 /* ---- mtok eval -m DIR --data F.jsonl --out preds.jsonl | mtok eval --score F.jsonl ---- */
 int cmd_eval(int argc, char **argv) {
     cli_common o;
@@ -318,6 +338,15 @@ int cmd_eval(int argc, char **argv) {
         } else if (!strcmp(a, "--segment")) {
             if (!(v = cli_value(argc, argv, &i))) return 1;
             segment = v;
+        } else if (!strcmp(a, "--prompts") || !strcmp(a, "--maxlen") || !strcmp(a, "--dump-prompts")) {
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            if (!strcmp(a, "--prompts")) ep.prompts = v;
+            else if (!strcmp(a, "--maxlen")) ep.maxlen = v;
+            else ep.dump_prompts = v;
+        } else if (!strcmp(a, "--max-length")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_parse_size(a, v, 2, CLI_MAX_TOKENS, &ep.max_length)) return 1;
+        } else if (!strcmp(a, "--cot")) {
+            ep.cot = 1;
         } else if (!strcmp(a, "--longbench-e")) {
             lb.e = 1;
         } else if (!strcmp(a, "--special")) {
@@ -344,13 +373,18 @@ int cmd_eval(int argc, char **argv) {
     if (!o.model || !ep.data || !ep.out)
         return cli_usage_error("eval needs -m DIR --data F.jsonl --out preds.jsonl (or --score PREDS.jsonl | DIR "
                                "[--longbench-e] [--jieba DIR], or --segment FILE)");
+    if (!ep.prompts && (ep.maxlen || ep.max_length || ep.cot))
+        return cli_usage_error("--maxlen, --max-length and --cot shape LongBench's prompts: they need --prompts");
+    if (ep.prompts && ep.special)
+        return cli_usage_error("--special has no meaning with --prompts (LongBench's prompts are plain text)");
     cli_loaded L;
     int rc = cli_load(&o, 1, &L);
     if (rc) return cli_fail(rc);
     mev_runid id;
     mev_runid_init(&id, "eval");
-    rc = mev_runid_set(&id, "template", "%s", ep.special ? "special" : "chat");
+    rc = mev_runid_set(&id, "template", "%s", ep.prompts ? "longbench" : ep.special ? "special" : "chat");
     if (!rc) rc = mev_runid_set_file(&id, "data", ep.data);
+    if (!rc && ep.prompts) rc = set_prompts_id(&id, &ep);
     if (!rc) rc = claim_run(&o, &L, &id, ep.out, ep.resume);
     if (rc) {
         cli_unload(&L);

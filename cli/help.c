@@ -81,7 +81,7 @@ static const cmd_help HELP[] = {
      "usage: mtok logits -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy\n"
      "Writes the float32 [n_tokens, vocab] logits of every position.\n"
      "  --tokens IDS            comma-separated token ids\n"
-     "  --text-file F           tokenize this file ([gMASK]<sop> + text)\n"
+     "  --text-file F           tokenize this file (its ids only: no [gMASK]<sop> prefix)\n"
      "  --out F.npy             the output file\n",
      1},
     {"synth",
@@ -122,7 +122,9 @@ static const cmd_help HELP[] = {
      "  --progress | --no-progress  force the progress line on or off\n",
      1},
     {"eval",
-     "usage: mtok eval -m DIR --data F.jsonl --out preds.jsonl [--special] [--resume] | mtok eval --score PREDS\n"
+     "usage: mtok eval -m DIR --data F.jsonl --out preds.jsonl [--special] [--resume]\n"
+     "       [--prompts dataset2prompt.json --maxlen dataset2maxlen.json | --prompts prompts/ [--cot]] [--max-length N]\n"
+     "       | mtok eval --score PREDS\n"
      "Runs RULER / LongBench-style records and scores the predictions (docs/EVAL.md).\n"
      "  --data F.jsonl          the records\n"
      "  --out preds.jsonl       the predictions\n"
@@ -132,7 +134,14 @@ static const cmd_help HELP[] = {
      "  --resume                keep the predictions already in --out\n"
      "  --longbench-e           score LongBench-E: by length bucket (0-4k, 4-8k, 8k+)\n"
      "  --jieba DIR             jieba's dictionary folder, for the Chinese LongBench metrics\n"
-     "  --segment FILE          print jieba's words of each line of FILE (as the Chinese metrics segment)\n",
+     "  --segment FILE          print jieba's words of each line of FILE (as the Chinese metrics segment)\n"
+     "LongBench prompted and generated as its pred.py (your checkout's files; docs/EVAL.md 2.1, 2.5):\n"
+     "  --prompts FILE|DIR      v1: config/dataset2prompt.json; v2: the prompts/ folder (0shot*.txt)\n"
+     "  --maxlen FILE           v1: config/dataset2maxlen.json, each dataset's tokens to generate\n"
+     "  --max-length N          pred.py's model2maxlen: longer prompts keep their first and last halves\n"
+     "                          (default: the context less the answer's tokens and 16)\n"
+     "  --cot                   v2: a chain-of-thought pass (1024 tokens), then the answer pass\n"
+     "  --dump-prompts FILE     write each prompt's token ids and the ids generated, one JSON line per pass\n",
      1},
     {"demo",
      "usage: mtok demo [--dir DIR] [--out DIR] [--max-len N] [--no-spill]\n"

@@ -125,6 +125,12 @@ typedef struct {
     const char *metric;   /* NULL: auto (a LongBench v1 dataset: its own metric); "all", "part", "em", "f1" */
     const char *jieba_dir; /* jieba's data for LongBench's Chinese metrics (NULL: python3-jieba's) */
     volatile int *interrupted;
+    /* LongBench prompted and generated as its pred.py (eval/lb_prompt.c, docs/EVAL.md §2.1, §2.5) */
+    const char *prompts;  /* v1: config/dataset2prompt.json; v2: its prompts/ folder (NULL: off) */
+    const char *maxlen;   /* v1: config/dataset2maxlen.json */
+    int64_t max_length;   /* pred.py's model2maxlen (0: the context less the answer's budget and 16) */
+    int cot;              /* v2: the chain-of-thought pass, then the answer pass */
+    const char *dump_prompts; /* a jsonl of every prompt's ids fed and the ids generated (NULL: none) */
 } mev_eval_params;
 /* Runs the model over the data (s, t may be NULL with score_only: then data already holds `pred`). */
 int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params *p, int score_only, FILE *report);
@@ -140,9 +146,11 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
 #define MEV_JSONL_MAX_LINE ((size_t)256 << 20) /* a 1M-token LongBench context is ~5 MB */
 
 /* mtok eval's input. MEV_DATA_RECORDS (--data): RULER or LongBench records, each needs an "input"
- * string and a list of reference strings ("outputs" or "answers"); a record's key (its "task" or
- * "dataset", and its "index", "_id" or line) must be unique, since --resume matches predictions by
- * it. MEV_DATA_PREDICTIONS (--score): each record needs a "pred" string and the references. */
+ * string and a list of reference strings ("outputs" or "answers"), or, LongBench v2, a "question" and
+ * an "answer" letter; a record's key (its "task" or "dataset", and its "index", "_id" or line) must be
+ * unique, since --resume matches predictions by it. MEV_DATA_PREDICTIONS (--score): each record needs
+ * a "pred" string and the references (v2: its answer and a "pred" (null allowed), "response" or
+ * "judge"). */
 typedef struct mev_eval_data mev_eval_data;
 enum { MEV_DATA_RECORDS = 0, MEV_DATA_PREDICTIONS = 1 };
 int mev_eval_data_read(const char *path, int kind, mev_eval_data **out);
@@ -207,6 +215,19 @@ int mev_feed(mev_runner *r, const int32_t *ids, size_t n);
 /* Greedy decoding of at most max_new tokens after the held prompt (stops at an end-of-sequence
  * id); the decoded text is appended to *text (malloc'ed, NUL-terminated, may start NULL). */
 int mev_greedy(mev_runner *r, int64_t max_new, char **text, size_t *len);
+/* Greedy decoding as transformers' generate(do_sample=False): at most max_new ids appended to *gen;
+ * the stop id that ends it is appended too (never fed back). stop_ids NULL: the config's eos ids;
+ * else these ids replace them (generate's eos_token_id=). For the first min_new tokens every stop id
+ * is masked out of the argmax (generate's min_length). */
+typedef struct {
+    int64_t max_new, min_new;
+    const int32_t *stop_ids;
+    size_t n_stop;
+} mev_gen_opts;
+int mev_greedy_ex(mev_runner *r, const mev_gen_opts *o, mtok_ids *gen);
+/* The text of ids, special tokens left out when skip_special (decode(skip_special_tokens=True));
+ * malloc'ed, NUL-terminated; NULL with a message when out of memory. */
+char *mev_decode_ids(const mtok_tokenizer *t, const int32_t *ids, size_t n, int skip_special, size_t *len);
 void mev_runner_free(mev_runner *r);
 double mev_now(void);
 uint64_t mev_peak_rss_bytes(void);

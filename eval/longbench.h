@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "eval.h"
 
 /* ---- Python's view of text (eval/lb_unicode.c) -------------------------------------------------- */
@@ -74,6 +76,27 @@ typedef struct {
     const char *jieba_dir;  /* NULL: python3-jieba's */
 } mev_lb_score_params;
 int mev_lb_score_dir(const mev_lb_score_params *p, FILE *out);
+
+/* ---- prompting and generating as LongBench's pred.py (eval/lb_prompt.c) ------------------------ */
+/* The user's LongBench configuration: prompts is v1's config/dataset2prompt.json (then maxlen, may be
+ * NULL, its dataset2maxlen.json) or v2's prompts/ folder (0shot.txt; with cot 0shot_cot.txt and
+ * 0shot_cot_ans.txt). */
+typedef struct mev_lb_gen mev_lb_gen;
+int mev_lb_gen_open(const char *prompts, const char *maxlen, int cot, mev_lb_gen **out);
+void mev_lb_gen_free(mev_lb_gen *g);
+int mev_lb_gen_is_v2(const mev_lb_gen *g);
+typedef struct {
+    int64_t max_length; /* pred.py's model2maxlen; 0: the context less the answer's budget and 16 */
+    int64_t max_new;    /* > 0: replaces dataset2maxlen's (v1) and the 128 / 1024 tokens (v2) */
+    FILE *dump;         /* NULL, or a jsonl that gets each pass's fed ids and generated ids */
+} mev_lb_gen_opts;
+/* Prompts record rec (of dataset, on its data file's line) as pred.py does, feeds and generates
+ * through r (sharing what r's session holds), and makes the prediction line pred.py writes: *out.
+ * *n_fed: the tokens of the last prompt fed. Returns 0, 1 when interrupted, or an error. */
+int mev_lb_predict(const mev_lb_gen *g, const mev_lb_gen_opts *o, mev_runner *r, json_t *rec, const char *dataset,
+                   int64_t line, json_t **out, int64_t *n_fed);
+/* Python's template.format(**fields) for the templates LongBench writes (named fields, "{{" / "}}"). */
+int mev_py_format(const char *tmpl, json_t *fields, char **out, size_t *len);
 
 /* ---- LongBench v2 (eval/longbench.c) ------------------------------------------------------------ */
 /* The answer letter in a response: "The correct answer is (X)" or "... is X", '*' removed first;

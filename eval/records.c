@@ -9,7 +9,8 @@
  * references (and its input, when it has one) equal the record's. A prediction without data_line
  * (an older mtok) goes to the first record of its id key with the same content that has none yet. A
  * prediction that fits no record was made for another data file and is refused rather than scored
- * (a task-per-record table indexed by the predictions once overflowed here). */
+ * (a task-per-record table indexed by the predictions once overflowed here). LongBench v2's records
+ * and results carry one "answer" letter in place of a list of references (and "pred" may be null). */
 #include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -19,19 +20,31 @@
 #include "jsonl.h"
 #include "ruler.h"
 
+/* A LongBench v2 record or result: one "answer" letter instead of a list of references. */
+static int is_v2(json_t *o) {
+    return !json_object_get(o, "outputs") && !json_object_get(o, "answers") && json_is_string(json_object_get(o, "answer"));
+}
+
 static const char *record_problem(json_t *o, int kind, char *buf, size_t cap) {
-    static const char *const strs[] = {"input", "context", "answer_prefix", "task", "dataset", "pred"};
+    static const char *const strs[] = {"input", "context", "answer_prefix", "task", "dataset", "pred", "question",
+                                       "response"};
+    const int v2 = is_v2(o);
     const char *rname = json_object_get(o, "outputs") ? "outputs" : "answers";
     json_t *refs = json_object_get(o, rname);
-    if (!refs) return "neither \"outputs\" nor \"answers\" (a list of reference strings)";
-    if (!json_is_array(refs)) return snprintf(buf, cap, "\"%s\" is not a list of strings", rname), buf;
+    if (!refs && !v2)
+        return "neither \"outputs\" nor \"answers\" (a list of reference strings), nor a LongBench v2 \"answer\"";
+    if (refs && !json_is_array(refs)) return snprintf(buf, cap, "\"%s\" is not a list of strings", rname), buf;
     for (size_t i = 0; i < json_array_size(refs); i++)
         if (!json_is_string(json_array_get(refs, i)))
             return snprintf(buf, cap, "\"%s\" item %zu is not a string", rname, i + 1), buf;
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
         json_t *v = json_object_get(o, strs[i]);
-        if (v && !json_is_string(v)) return snprintf(buf, cap, "\"%s\" is not a string", strs[i]), buf;
+        /* v2's pred.py writes None when the response names no letter */
+        if (v && !json_is_string(v) && !(v2 && json_is_null(v) && !strcmp(strs[i], "pred")))
+            return snprintf(buf, cap, "\"%s\" is not a string", strs[i]), buf;
     }
+    json_t *judge = json_object_get(o, "judge");
+    if (v2 && judge && !json_is_boolean(judge)) return "\"judge\" is not true or false";
     static const char *const ids[] = {"index", "_id"};
     for (int i = 0; i < 2; i++) {
         json_t *v = json_object_get(o, ids[i]);
@@ -40,6 +53,12 @@ static const char *record_problem(json_t *o, int kind, char *buf, size_t cap) {
     }
     json_t *dl = json_object_get(o, "data_line");
     if (dl && (!json_is_integer(dl) || json_integer_value(dl) < 1)) return "\"data_line\" is not a line number";
+    if (v2) {
+        if (kind == MEV_DATA_RECORDS && !json_object_get(o, "question")) return "a LongBench v2 record without \"question\"";
+        if (kind == MEV_DATA_PREDICTIONS && !json_object_get(o, "pred") && !json_object_get(o, "response") && !judge)
+            return "a LongBench v2 result without \"pred\", \"response\" or \"judge\"";
+        return NULL;
+    }
     if (kind == MEV_DATA_RECORDS && !json_object_get(o, "input")) return "no \"input\" string";
     if (kind == MEV_DATA_PREDICTIONS && !json_object_get(o, "pred")) return "no \"pred\" string to score";
     return NULL;
@@ -332,7 +351,8 @@ size_t mev_eval_preds_count(const mev_eval_preds *p) { return p ? p->n : 0; }
 
 static json_t *refs_field(json_t *o) {
     json_t *r = json_object_get(o, "outputs");
-    return r ? r : json_object_get(o, "answers");
+    if (!r) r = json_object_get(o, "answers");
+    return r ? r : json_object_get(o, "answer"); /* LongBench v2's letter */
 }
 
 static int another_file(const mev_lines *L, const mev_eval_data *d, json_t *o, size_t r, const char *what) {
@@ -350,9 +370,10 @@ static int another_file(const mev_lines *L, const mev_eval_data *d, json_t *o, s
 /* NULL when prediction o has the content of record rec (its references, and its input when it has
  * one), else what differs. */
 static const char *content_differs(json_t *o, json_t *rec) {
-    json_t *in = json_object_get(o, "input");
+    json_t *in = json_object_get(o, "input"), *q = json_object_get(o, "question");
     if (!json_equal(refs_field(rec), refs_field(o))) return "references";
     if (in && !json_equal(in, json_object_get(rec, "input"))) return "input";
+    if (q && !json_equal(q, json_object_get(rec, "question"))) return "question";
     return NULL;
 }
 

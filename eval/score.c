@@ -125,6 +125,8 @@ typedef struct {
     double sum_all, sum_part, sum_em, sum_f1;
     int lb;        /* a LongBench v1 dataset: scored with its own metric (eval/longbench.c) */
     double sum_lb;
+    int v2;        /* LongBench v2 multiple choice: accuracy (judge) */
+    double sum_v2;
 } task_stat;
 
 static const char *metric_for(const char *task, int ruler, const char *forced) {
@@ -202,23 +204,50 @@ static int open_out(const mev_eval_params *p, const mev_eval_preds *prev, FILE *
     return 0;
 }
 
-/* Adds record rec's prediction to its task's sums. */
-static int score_one(const mev_eval_params *p, mev_zhseg **zh, json_t *rec, const char *task, const char *pred, task_stat *ts,
-                     size_t *n_ts) {
+/* LongBench v2: whether prediction o is right, as result.py reads it (judge, else its letter, else the
+ * letter of its response, against the record's answer). */
+static int v2_correct(json_t *rec, json_t *o) {
+    json_t *judge = json_object_get(o, "judge");
+    if (json_is_boolean(judge)) return json_is_true(judge);
+    const char *p = json_string_value(json_object_get(o, "pred")), *a = json_string_value(json_object_get(rec, "answer"));
+    const char *resp = json_string_value(json_object_get(o, "response"));
+    char x[2] = {resp && !p ? mev_lb2_extract(resp) : 0, 0};
+    if (x[0]) p = x;
+    return p && a && !strcmp(p, a);
+}
+
+static int is_v2_rec(json_t *rec) {
+    return !json_object_get(rec, "outputs") && !json_object_get(rec, "answers") &&
+           json_is_string(json_object_get(rec, "answer"));
+}
+
+/* Adds record rec's prediction (the line o) to its task's sums. */
+static int score_one(const mev_eval_params *p, mev_zhseg **zh, json_t *rec, const char *task, json_t *o,
+                     task_stat *ts, size_t *n_ts) {
     const char **refs;
     size_t nr, j;
+    const char *pred = json_string_value(json_object_get(o, "pred"));
+    if (!pred) pred = "";
     int ruler, rc = refs_of(rec, &ruler, &refs, &nr);
     if (rc) return rc;
     for (j = 0; j < *n_ts && strcmp(ts[j].name, task); j++) {}
     if (j == *n_ts) {
         ts[j].name = task;
+        ts[j].v2 = is_v2_rec(rec);
+        if (ts[j].v2) snprintf(ts[j].metric, sizeof ts[j].metric, "accuracy");
         ts[j].ruler = ruler;
-        ts[j].lb = !ruler && !p->metric && mev_lb_metric_of(task) >= 0;
-        snprintf(ts[j].metric, sizeof ts[j].metric, "%s",
-                 ts[j].lb ? mev_lb_metric_name(mev_lb_metric_of(task)) : metric_for(task, ruler, p->metric));
+        ts[j].lb = !ruler && !ts[j].v2 && !p->metric && mev_lb_metric_of(task) >= 0;
+        if (!ts[j].v2)
+            snprintf(ts[j].metric, sizeof ts[j].metric, "%s",
+                     ts[j].lb ? mev_lb_metric_name(mev_lb_metric_of(task)) : metric_for(task, ruler, p->metric));
         (*n_ts)++;
     }
     task_stat *st = &ts[j];
+    if (st->v2) {
+        st->n++;
+        st->sum_v2 += v2_correct(rec, o);
+        return free(refs), 0;
+    }
     if (st->lb) { /* LongBench's metric on the raw prediction (eval.py strips nothing else) */
         int metric = mev_lb_metric_of(task), rc = 0, bad = 0;
         if (mev_lb_needs_zh(metric) && !*zh) rc = mev_zhseg_open(p->jieba_dir, zh); /* once per run */
@@ -257,6 +286,11 @@ static void print_report(FILE *report, const task_stat *ts, size_t n_ts, size_t 
     for (size_t j = 0; j < n_ts; j++) {
         const task_stat *st = &ts[j];
         double d = st->n ? 100.0 / (double)st->n : 0;
+        if (st->v2) { /* multiple choice: accuracy only (result.py's table: --score DIR) */
+            fprintf(report, "%-24s %6zu %7s %18s %18s %12s %10s  accuracy %.1f\n", st->name, st->n, "choice", "-", "-",
+                    "-", "-", mev_py_round(st->sum_v2 * d, 1));
+            continue;
+        }
         /* RULER's columns rounded as its evaluate.py rounds them */
         const double all = st->ruler ? mev_ruler_score(st->sum_all, st->n) : st->sum_all * d;
         const double part = st->ruler ? mev_ruler_score(st->sum_part, st->n) : st->sum_part * d;
@@ -266,6 +300,15 @@ static void print_report(FILE *report, const task_stat *ts, size_t n_ts, size_t 
     for (size_t j = 0; j < n_ts; j++) {
         const task_stat *st = &ts[j];
         double d = st->n ? 100.0 / (double)st->n : 0;
+        if (st->v2) {
+            json_t *o = json_pack("{s:s, s:I, s:s, s:f}", "task", st->name, "n", (json_int_t)st->n, "metric", st->metric,
+                                  "score", mev_py_round(st->sum_v2 * d, 1));
+            char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
+            if (line) fprintf(report, "score %s\n", line);
+            free(line);
+            json_decref(o);
+            continue;
+        }
         double score = st->lb ? st->sum_lb : !strcmp(st->metric, "all") ? st->sum_all
                        : !strcmp(st->metric, "part") ? st->sum_part
                        : !strcmp(st->metric, "em")  ? st->sum_em
@@ -284,6 +327,37 @@ static void print_report(FILE *report, const task_stat *ts, size_t n_ts, size_t 
     }
 }
 
+/* Record i prompted as mtok does without --prompts (build_prompt), answered greedily: *o its line.
+ * 1 when interrupted. */
+static int predict_plain(const mev_eval_params *p, mev_runner *rn, const mev_eval_data *d, size_t i, mtok_ids *ids,
+                         json_t **o, int64_t *fed) {
+    json_t *rec = json_array_get(d->recs, i);
+    if (is_v2_rec(rec))
+        return mtok_err(MTOK_EINPUT, "%s:%lld: a LongBench v2 record: give --prompts with LongBench's prompts/ folder",
+                        p->data, (long long)d->line[i]);
+    int rc = build_prompt(p, rn->t, rec, ids);
+    if (!rc) rc = mev_feed(rn, ids->v, ids->n);
+    if (rc) return rc;
+    *fed = (int64_t)ids->n;
+    char *text = NULL;
+    size_t plen = 0;
+    mev_ruler_task rt;
+    const int ruler_rec = json_object_get(rec, "outputs") != NULL;
+    /* RULER: the task's tokens_to_generate (its synthetic.yaml task, named by the data's folder) */
+    int64_t max_new = p->max_new > 0 ? p->max_new
+                      : ruler_rec      ? (mev_ruler_task_find(d->task[i], &rt) ? rt.tokens_to_generate : 128)
+                                       : 64;
+    if ((rc = mev_greedy(rn, max_new, &text, &plen))) return free(text), rc;
+    *o = ruler_rec ? mev_ruler_prediction(rec, text, d->line[i]) : json_deep_copy(rec);
+    if (*o) {
+        json_object_del(*o, "context");
+        json_object_set_new(*o, "data_line", json_integer((json_int_t)d->line[i]));
+        if (!ruler_rec) json_object_set_new(*o, "pred", json_string(text ? text : ""));
+    }
+    free(text);
+    return *o ? 0 : mtok_err(MTOK_ERESOURCE, "out of memory");
+}
+
 int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params *p, int score_only, FILE *report) {
     mev_eval_data *d = NULL;
     mev_eval_preds *prev = NULL;
@@ -295,8 +369,16 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
     mtok_ids ids = {0};
     size_t (*order)[2] = NULL;
     json_t **pred = NULL, *made = json_array();
+    mev_lb_gen *lbg = NULL; /* --prompts: LongBench's own prompting (eval/lb_prompt.c) */
+    FILE *dump = NULL;
     int rc = mev_eval_data_read(p->data, score_only ? MEV_DATA_PREDICTIONS : MEV_DATA_RECORDS, &d);
     if (rc) goto done;
+    if (!score_only && p->prompts && (rc = mev_lb_gen_open(p->prompts, p->maxlen, p->cot, &lbg))) goto done;
+    if (!score_only && p->dump_prompts && !(dump = fopen(p->dump_prompts, p->resume ? "a" : "w"))) {
+        rc = mtok_err(mev_errno_code(errno), "--dump-prompts %s: %s", p->dump_prompts, strerror(errno));
+        goto done;
+    }
+    const mev_lb_gen_opts lbo = {.max_length = p->max_length, .max_new = p->max_new, .dump = dump};
     const size_t n = d->n;
     if (!score_only) {
         if (!p->out) {
@@ -335,37 +417,16 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
         json_t *rec = json_array_get(d->recs, i);
         if (pred[i]) continue;
         if (p->interrupted && *p->interrupted) break;
-        if ((rc = build_prompt(p, t, rec, &ids))) break;
-        rc = mev_feed(&rn, ids.v, ids.n);
-        if (rc == 1) {
-            rc = 0;
-            break;
-        }
-        char *text = NULL;
-        size_t plen = 0;
-        mev_ruler_task rt;
-        const int ruler_rec = json_object_get(rec, "outputs") != NULL;
-        /* RULER: the task's tokens_to_generate (its synthetic.yaml task, named by the data's folder) */
-        int64_t max_new = p->max_new > 0 ? p->max_new
-                          : ruler_rec      ? (mev_ruler_task_find(d->task[i], &rt) ? rt.tokens_to_generate : 128)
-                                           : 64;
-        if (!rc) rc = mev_greedy(&rn, max_new, &text, &plen);
-        if (rc) {
-            free(text);
-            break;
-        }
-        json_t *o = ruler_rec ? mev_ruler_prediction(rec, text, d->line[i]) : json_deep_copy(rec);
-        if (!o) {
-            free(text);
-            rc = mtok_err(MTOK_ERESOURCE, "out of memory");
-            break;
-        }
-        json_object_del(o, "context");
+        json_t *o = NULL;
+        int64_t fed = 0;
+        /* --prompts: pred.py's prompt, truncation, decoding and line; else mtok's own */
+        rc = lbg ? mev_lb_predict(lbg, &lbo, &rn, rec, d->task[i], d->line[i], &o, &fed)
+                 : predict_plain(p, &rn, d, i, &ids, &o, &fed);
+        if (rc == 1) rc = 0;
+        if (rc || !o) break;
         /* every prediction names its record's line: --resume matches it by line and content */
         json_object_set_new(o, "data_line", json_integer((json_int_t)d->line[i]));
-        if (!ruler_rec) json_object_set_new(o, "pred", json_string(text ? text : ""));
-        json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)ids.n));
-        free(text);
+        json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)fed));
         char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (!line || fprintf(out, "%s\n", line) < 0 || fflush(out))
             rc = mtok_err(line ? mev_errno_code(errno) : MTOK_ERESOURCE, "%s: write failed: %s", p->out,
@@ -378,12 +439,13 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
     if (!score_only) mtok_log(2, "eval: %zu records run, %zu kept from %s", n_run, n_prev, p->out);
     /* per-task scores over every record predicted (by this run or a resumed one), in data order */
     for (size_t i = 0; i < n && !rc; i++) {
-        const char *text = pred[i] ? json_string_value(json_object_get(pred[i], "pred")) : NULL;
-        if (pred[i]) rc = score_one(p, &zh, json_array_get(d->recs, i), d->task[i], text ? text : "", ts, &n_ts);
+        if (pred[i]) rc = score_one(p, &zh, json_array_get(d->recs, i), d->task[i], pred[i], ts, &n_ts);
     }
     if (!rc && report) print_report(report, ts, n_ts, score_only ? n : n_prev + n_run, n);
 done:
     mev_zhseg_free(zh);
+    mev_lb_gen_free(lbg);
+    if (dump && fclose(dump) && !rc) rc = mtok_err(mev_errno_code(errno), "%s: write failed", p->dump_prompts);
     if (out && fclose(out) && !rc) rc = mtok_err(mev_errno_code(errno), "%s: write failed: %s", p->out, strerror(errno));
     mev_eval_data_free(d);
     mev_eval_preds_free(prev);
