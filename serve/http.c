@@ -216,6 +216,9 @@ static int handle(struct mg_connection *conn, void *cbdata) {
     pthread_cond_init(&r.wcv, &ca);
     pthread_condattr_destroy(&ca);
     const double t0 = srv_now();
+    /* the openai client numbers its retries (0, 1, 2): a retry of a long prefill that timed out is
+     * worth seeing in the log, since it should find the kept prefix */
+    const char *retry = mg_get_header(conn, "x-stainless-retry-count");
     int route = -1, rc = 0;
     for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
         if (!strcmp(ri->local_uri, ROUTES[i].path)) route = (int)i;
@@ -251,11 +254,12 @@ static int handle(struct mg_connection *conn, void *cbdata) {
         const double pre = r.prefill_s > 0 ? (double)r.computed / r.prefill_s : 0;
         const double dec = r.decode_s > 0 ? (double)r.completion / r.decode_s : 0;
         srv_log(S, 1, "req %llu %s %s status=%d prompt=%lld cached=%lld computed=%lld completion=%lld queue_ms=%.0f "
-                "prefill_tok_s=%.1f decode_tok_s=%.1f finish=%s%s total_ms=%.0f", (unsigned long long)r.id, r.method,
+                "prefill_tok_s=%.1f decode_tok_s=%.1f finish=%s%s total_ms=%.0f%s%s", (unsigned long long)r.id, r.method,
                 r.path, r.status, (long long)r.prompt, (long long)r.cached, (long long)r.computed, (long long)r.completion, 1e3 * r.queue_s,
                 pre, dec, r.finish ? r.finish : "error",
-                __atomic_load_n(&S->stopping, __ATOMIC_RELAXED) ? " (server stopping)" : r.disconnected ? " (client disconnected)" : "",
-                1e3 * (srv_now() - t0));
+                !r.finish || strcmp(r.finish, "cancelled") ? ""
+                : r.disconnected ? " (client disconnected)" : " (server stopping)",
+                1e3 * (srv_now() - t0), retry && strcmp(retry, "0") ? " retry=" : "", retry && strcmp(retry, "0") ? retry : "");
         if (r.prompt_log) srv_log(S, 2, "req %llu prompt: %s", (unsigned long long)r.id, r.prompt_log);
     } else {
         srv_log(S, 2, "req %llu %s %s status=%d", (unsigned long long)r.id, r.method, r.path, r.status);
