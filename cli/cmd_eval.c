@@ -393,6 +393,7 @@ int cmd_eval(int argc, char **argv) {
     g_interrupted = 0;
     void (*old)(int) = signal(SIGINT, on_sigint);
     ep.interrupted = &g_interrupted;
+    ep.progress = 1, ep.progress_s = cli_progress_interval(&o);
     rc = mev_eval_run(L.sess, L.tok, &ep, 0, stdout);
     signal(SIGINT, old);
     cli_unload(&L);

@@ -131,6 +131,8 @@ typedef struct {
     int64_t max_length;   /* pred.py's model2maxlen (0: the context less the answer's budget and 16) */
     int cot;              /* v2: the chain-of-thought pass, then the answer pass */
     const char *dump_prompts; /* a jsonl of every prompt's ids fed and the ids generated (NULL: none) */
+    int progress;         /* 1: a progress line over the records to run (base/progress.c) */
+    double progress_s;    /* its interval (mtok_progress_begin); < 0: off (--no-progress, -q) */
 } mev_eval_params;
 /* Runs the model over the data (s, t may be NULL with score_only: then data already holds `pred`). */
 int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params *p, int score_only, FILE *report);

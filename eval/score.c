@@ -412,6 +412,11 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
         order[i][1] = i;
     }
     qsort(order, n, sizeof *order, cmp_ctx);
+    /* progress over the records this run computes (resumed ones are not work), with an ETA */
+    size_t n_todo = 0;
+    for (size_t i = 0; i < n; i++) n_todo += !pred[i];
+    mtok_progress pg;
+    mtok_progress_begin(&pg, "eval", "records", (int64_t)n_todo, p->progress && !score_only ? p->progress_s : -1);
     for (size_t k = 0; k < n && !rc && !score_only; k++) {
         size_t i = order[k][1];
         json_t *rec = json_array_get(d->recs, i);
@@ -435,7 +440,10 @@ int mev_eval_run(mtok_session *s, const mtok_tokenizer *t, const mev_eval_params
         if (json_array_append_new(made, o) && !rc) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
         pred[i] = o;
         n_run++;
+        mtok_progress_note(&pg, "%s, %lld prompt tokens", d->task[i] ? d->task[i] : "-", (long long)fed);
+        mtok_progress_add(&pg, 1);
     }
+    mtok_progress_end(&pg);
     if (!score_only) mtok_log(2, "eval: %zu records run, %zu kept from %s", n_run, n_prev, p->out);
     /* per-task scores over every record predicted (by this run or a resumed one), in data order */
     for (size_t i = 0; i < n && !rc; i++) {

@@ -12,6 +12,7 @@
 - the README's `mpirun ... niah` example passes niah's option parser as written; it says how to run one
   test; scripts/install-deps.sh without sudo says what to do instead.
 Needs only the Python standard library (pty for the terminal case)."""
+import json
 import os
 import pty
 import re
@@ -127,6 +128,22 @@ def progress_checks(tmp, model):
     got = progress_lines(p.stderr)
     check(p.returncode == 0 and len(got) >= 5 and all(l.startswith("{") for l in p.stdout.splitlines()),
           f"qa -f DOC: {len(got)} progress lines for the document's prefill, stdout only JSON answers")
+
+    # mtok eval: a line per record over the records it runs, ETA, then "done in"; none on stdout's report
+    data = os.path.join(tmp, "ruler.jsonl")
+    with open(data, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"index": i, "input": f"question {i}: where do birds sing?", "outputs": ["dawn"],
+                                "length": 12}) + "\n")
+    p = run("eval", "-m", model, "--data", data, "--out", os.path.join(tmp, "preds.jsonl"), "-n", "2", *small,
+            "--progress-interval", "0")
+    EVAL_LINE = re.compile(r"^eval: (\d+)/(\d+) records \(\d+\.\d%\).*?(ETA \S+|done in \S+)")
+    got = [m for m in map(EVAL_LINE.match, p.stderr.splitlines()) if m]
+    done = [int(g.group(1)) for g in got]
+    check(p.returncode == 0 and len(got) >= 4 and done == sorted(done) and set(done) == {1, 2, 3, 4}
+          and all(int(g.group(2)) == 4 for g in got) and got[-1].group(3).startswith("done in")
+          and not any(l.startswith("eval:") for l in p.stdout.splitlines()),
+          f"eval: {len(got)} progress lines, one per record of 4, 'done in' last, none on stdout")
 
     # a terminal: stderr on a pty, stdout a pipe
     master, slave = pty.openpty()
