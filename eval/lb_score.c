@@ -217,7 +217,7 @@ int mev_lb_score_dir(const mev_lb_score_params *p, FILE *out) {
         free(names);
         return mtok_err(MTOK_EINPUT, "%s: no .jsonl prediction files", p->dir);
     }
-    qsort(names, n, sizeof *names, cmp_name);
+    if (n > 1) qsort(names, n, sizeof *names, cmp_name);
     lb_file *f = calloc(n, sizeof *f);
     mev_zhseg *zh = NULL;
     if (!f) rc = mtok_err(MTOK_ERESOURCE, "out of memory");

@@ -95,8 +95,8 @@ static int tok_qcmp(const void *a, const void *b) { return tok_cmp_base(g_sort_b
 /* LongBench's f1_score on two token lists of one buffer (Counter & Counter), 0 when nothing is common. */
 static double token_f1(const ustr *u, toks *p, toks *g) {
     g_sort_base = u->c;
-    qsort(p->v, p->n, sizeof *p->v, tok_qcmp);
-    qsort(g->v, g->n, sizeof *g->v, tok_qcmp);
+    if (p->n > 1) qsort(p->v, p->n, sizeof *p->v, tok_qcmp); /* qsort(NULL, 0) is undefined */
+    if (g->n > 1) qsort(g->v, g->n, sizeof *g->v, tok_qcmp);
     size_t same = 0;
     for (size_t i = 0, j = 0; i < p->n && j < g->n;) {
         int c = tok_cmp_base(u->c, &p->v[i], &g->v[j]);
@@ -248,7 +248,7 @@ static int64_t intern(rtext *h, rtext *r) {
     if (!v || !h->id || !r->id) return free(v), -1;
     for (size_t i = 0; i < h->w.n; i++) v[i] = (wref){&h->u, h->w.v[i], i};
     for (size_t i = 0; i < r->w.n; i++) v[h->w.n + i] = (wref){&r->u, r->w.v[i], h->w.n + i};
-    qsort(v, n, sizeof *v, wref_cmp);
+    if (n > 1) qsort(v, n, sizeof *v, wref_cmp);
     int32_t id = -1;
     for (size_t i = 0; i < n; i++) {
         if (!i || wref_cmp(&v[i - 1], &v[i])) id++;
@@ -495,7 +495,7 @@ static int seq_matches(const ustr *a, const ustr *b, size_t *matches) {
     if (!v || !s.key || !s.first || !s.pos || !queue || !s.len_v[0] || !s.len_v[1] || !s.stamp[0] || !s.stamp[1])
         goto out;
     for (size_t i = 0; i < b->n; i++) v[i] = (cpos){b->c[i], i};
-    qsort(v, b->n, sizeof *v, cpos_cmp);
+    if (b->n > 1) qsort(v, b->n, sizeof *v, cpos_cmp);
     /* autojunk: in a b of 200 or more, elements seen more than len(b) // 100 + 1 times leave b2j */
     size_t np = 0, ntest = b->n / 100 + 1;
     for (size_t i = 0; i < b->n;) {

@@ -198,7 +198,7 @@ int mev_ruler_folder(const char *dir) {
         sprintf(names[n++], "%s/%s", dir, e->d_name);
     }
     closedir(dp);
-    qsort(names, n, sizeof *names, cmp_name);
+    if (n > 1) qsort(names, n, sizeof *names, cmp_name);
     int kind = -1;
     for (size_t i = 0; i < n && kind < 0; i++) kind = file_kind(names[i]);
     for (size_t i = 0; i < n; i++) free(names[i]);

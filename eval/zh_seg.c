@@ -260,7 +260,7 @@ static int load_table(mev_zhseg *z, const char *path, int which) {
             struct pair { uint32_t cp; double p; } *v = malloc((m->n + 1) * sizeof *v);
             if (!v) return mtok_err(MTOK_ERESOURCE, "out of memory");
             for (size_t i = 0; i < m->n; i++) v[i].cp = m->cp[i], v[i].p = m->p[i];
-            qsort(v, m->n, sizeof *v, cmp_emit);
+            if (m->n > 1) qsort(v, m->n, sizeof *v, cmp_emit);
             for (size_t i = 0; i < m->n; i++) m->cp[i] = v[i].cp, m->p[i] = v[i].p;
             free(v);
         }
