@@ -17,6 +17,8 @@ typedef struct {
     int ignore_eos;        /* --ignore-eos */
     int log_level;         /* -v / -q / --log-level N */
     int no_simd;           /* --no-simd: scalar kernels */
+    const char *isa;       /* --isa avx2|avx512|auto: the highest instruction set the kernels use (NULL:
+                            * auto, or MTOK_ISA); applied when parsed (kernels/kernels.h, mk_isa_set) */
     const char *device;    /* --device cpu|cuda|cuda:N (NULL: cpu) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */

@@ -2,14 +2,18 @@
  * in the same run (the machine is shared, so only same-run ratios mean anything).
  *
  *   mtok bench (-m DIR | --preset NAME [--synth-dir DIR] [--naming chatglm|hf] [--keep-synth]) [--prompt N[,N..]] [--gen N] [--depths D1,D2..] [--reps N] [--check-tokens N] [--json]
- *   mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json]
+ *   mtok bench limits [--threads N] [--array-mb N] [--reps N] [--isa avx2|avx512|auto] [--json]
  *   mtok bench kv ...            (cold-tier benchmark, cli/cmd_kv.c)
  *   mtok bench --device cuda ... (the CUDA backend against the GPU's limits, cli/cmd_bench_cuda.c)
  *
  * The limits (kernels/cpu_limits.c) run in a forked child before and after the model phases, so their
  * arrays never count in the model's peak RSS; the better of the two runs is the limit. Every run also
  * checks correctness: the bench's SIMD logits (prefill GEMM path and decode GEMV path) against the
- * scalar kernels on the first --check-tokens prompt tokens; a mismatch exits 4. */
+ * scalar kernels on the first --check-tokens prompt tokens; a mismatch exits 4.
+ *
+ * The limits include the compute peak of every instruction class the CPU has (kernels/limits_peaks.h:
+ * fp32 FMA in ymm and zmm, bf16 and int8 dot products); a prefill's fraction is taken against the
+ * class its kernels use (prefill_peak), and the JSON names that class. */
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
@@ -24,6 +28,7 @@
 #include "bench.h"
 #include "cli.h"
 #include "../kernels/kernels.h"
+#include "../kernels/limits_peaks.h"
 
 /* CPU seconds of this process (all threads): with wall time it tells whether the run had the cores
  * to itself, cpu_util = cpu_s / (wall_s x threads); spinning OpenMP waits count as CPU time. */
@@ -51,14 +56,14 @@ static double now_s(void) {
 
 /* mk_measure_limits in a forked child (its 3 arrays stay out of this process's RSS); in-process if
  * fork fails. */
-static int limits_forked(const mk_limits_params *p, mk_limits *out) {
+static int limits_forked(const mk_limits_params *p, mk_limits_ex *out) {
     int fd[2];
     if (pipe(fd) == 0) {
         pid_t pid = fork();
         if (pid == 0) {
             close(fd[0]);
-            mk_limits r;
-            int rc = mk_measure_limits(p, &r);
+            mk_limits_ex r;
+            int rc = mk_measure_limits_ex(p, &r);
             ssize_t w = rc ? 0 : write(fd[1], &r, sizeof r);
             _exit(w == (ssize_t)sizeof r ? 0 : 3);
         }
@@ -74,13 +79,49 @@ static int limits_forked(const mk_limits_params *p, mk_limits *out) {
         }
         close(fd[0]);
     }
-    return mk_measure_limits(p, out);
+    return mk_measure_limits_ex(p, out);
 }
 
-static json_t *limits_json(const mk_limits *l) {
-    return json_pack("{s:f, s:f, s:f, s:f, s:i, s:I, s:b, s:b}", "triad_gbs", l->triad_gbs, "read_gbs", l->read_gbs,
-                     "fma_gflops", l->fma_gflops, "fma_gflops_mean", l->fma_gflops_mean, "threads", l->threads,
-                     "array_bytes", (json_int_t)l->array_bytes, "avx2", l->avx2, "verified", l->verified);
+/* The ISA of the kernels in use, as kernels/cpu_dispatch.c names it ("avx512", "avx2", "scalar"):
+ * --isa, MTOK_ISA and --no-simd already applied. */
+static const char *kernel_isa(void) { return mk_isa_name(); }
+
+/* The instruction class a prefill of `dtype` weights runs on with the kernels of `isa`: the AVX-512
+ * GEMM (kernels/avx512_gemm.c) takes bf16 weights through VDPBF16PS and widens f16 / f32 ones for
+ * fp32 FMAs in zmm; the AVX2 kernels widen every dtype for fp32 FMAs in ymm; the scalar kernels are
+ * held to the machine's fp32 FMA peak. -1: no vector class was measured (a CPU without AVX2): the
+ * portable FMA loop's figure, mk_limits.fma_gflops, is the limit. */
+static int prefill_peak(const char *isa, mtok_dtype dtype, const mk_limits_ex *l) {
+    int k = MK_PEAK_FMA_YMM;
+    if (!strcmp(isa, "avx512")) k = dtype == MTOK_BF16 ? MK_PEAK_BF16_ZMM : MK_PEAK_FMA_ZMM;
+    return l->peak[k].available ? k : -1;
+}
+static const char *peak_label(int k) { return k >= 0 ? mk_peak_name(k) : "fp32_portable"; }
+static double peak_value(int k, const mk_limits_ex *l) { return k >= 0 ? l->peak[k].gops : l->base.fma_gflops; }
+
+/* "peaks": one object per instruction class, named as mk_peak_name: {"available": false} for a class
+ * the machine lacks; else its best and mean rate (gflops for the float classes, gops for int8) and
+ * the instruction timed. */
+static json_t *limits_json(const mk_limits_ex *x) {
+    const mk_limits *l = &x->base;
+    json_t *j = json_pack("{s:f, s:f, s:f, s:f, s:i, s:I, s:b, s:b}", "triad_gbs", l->triad_gbs, "read_gbs",
+                          l->read_gbs, "fma_gflops", l->fma_gflops, "fma_gflops_mean", l->fma_gflops_mean, "threads",
+                          l->threads, "array_bytes", (json_int_t)l->array_bytes, "avx2", l->avx2, "verified",
+                          l->verified);
+    json_t *jp = json_object();
+    for (int k = 0; k < MK_PEAK_N; k++) {
+        const mk_peak *pk = &x->peak[k];
+        json_t *o = json_pack("{s:b}", "available", pk->available);
+        if (pk->available) {
+            const int in = mk_peak_is_int(k);
+            json_object_set_new(o, in ? "gops" : "gflops", json_real(pk->gops));
+            json_object_set_new(o, in ? "gops_mean" : "gflops_mean", json_real(pk->gops_mean));
+            json_object_set_new(o, "instruction", json_string(pk->insn));
+        }
+        json_object_set_new(jp, mk_peak_name(k), o);
+    }
+    json_object_set_new(j, "peaks", jp);
+    return j;
 }
 
 static int print_json(json_t *j) {
@@ -91,7 +132,7 @@ static int print_json(json_t *j) {
     return 0;
 }
 
-/* ---- mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json] ---- */
+/* ---- mtok bench limits [--threads N] [--array-mb N] [--reps N] [--isa L] [--json] ---- */
 static int bench_limits(int argc, char **argv) {
     mk_limits_params lp = {0};
     int js = 0;
@@ -99,7 +140,13 @@ static int bench_limits(int argc, char **argv) {
         const char *a = argv[i], *v;
         int64_t n;
         if (!strcmp(a, "--json")) js = 1;
-        else if (!strcmp(a, "--threads") || !strcmp(a, "-t") || !strcmp(a, "--array-mb") || !strcmp(a, "--reps")) {
+        else if (!strcmp(a, "--isa")) { /* which kernels' peak class the report names (the peaks are all measured) */
+            mk_isa isa;
+            if (!(v = cli_value(argc, argv, &i))) return 1;
+            if (mk_isa_parse(v, &isa) || isa == MK_ISA_SCALAR)
+                return cli_usage_error("--isa must be avx2, avx512 or auto");
+            if (mk_isa_set(isa)) return cli_usage_error("--isa %s: this CPU cannot run it", v);
+        } else if (!strcmp(a, "--threads") || !strcmp(a, "-t") || !strcmp(a, "--array-mb") || !strcmp(a, "--reps")) {
             if (!(v = cli_value(argc, argv, &i))) return 1;
             const int64_t hi = !strcmp(a, "--array-mb") ? BENCH_MAX_ARRAY_MB
                                : !strcmp(a, "--reps")   ? BENCH_MAX_REPS
@@ -111,19 +158,32 @@ static int bench_limits(int argc, char **argv) {
         } else
             return cli_usage_error("bench limits: unknown option '%s'", a);
     }
-    mk_limits l;
-    int rc = limits_forked(&lp, &l);
+    mk_limits_ex lx;
+    int rc = limits_forked(&lp, &lx);
     if (rc) return cli_fail(rc);
+    const mk_limits l = lx.base;
+    const char *isa = kernel_isa();
     if (js) {
-        json_t *j = limits_json(&l);
+        json_t *j = limits_json(&lx);
+        json_object_set_new(j, "kernel_isa", json_string(isa));
         print_json(j);
         json_decref(j);
     } else {
-        printf("threads %d (%s kernels), arrays 3 x %lld MiB\n", l.threads, l.avx2 ? "AVX2+FMA" : "portable",
-               (long long)(l.array_bytes >> 20));
+        printf("threads %d (%s bandwidth and FMA loops), arrays 3 x %lld MiB\n", l.threads,
+               l.avx2 ? "AVX2+FMA" : "portable", (long long)(l.array_bytes >> 20));
         printf("  STREAM triad      %8.1f GB/s\n  read-only         %8.1f GB/s\n  fp32 FMA peak     %8.1f GFLOP/s"
                " (mean of the reps %.1f GFLOP/s)\n",
                l.triad_gbs, l.read_gbs, l.fma_gflops, l.fma_gflops_mean);
+        printf("peak per instruction class (best of the reps; mean):\n");
+        for (int k = 0; k < MK_PEAK_N; k++) {
+            const mk_peak *pk = &lx.peak[k];
+            if (!pk->available) printf("  %-15s not available\n", mk_peak_name(k));
+            else
+                printf("  %-15s %8.1f %s (%.1f)  %s\n", mk_peak_name(k), pk->gops, mk_peak_is_int(k) ? "GOP/s  " : "GFLOP/s",
+                       pk->gops_mean, pk->insn);
+        }
+        printf("kernels in use: %s; a prefill is measured against %s (bf16 weights), %s (f16)\n", isa,
+               peak_label(prefill_peak(isa, MTOK_BF16, &lx)), peak_label(prefill_peak(isa, MTOK_F16, &lx)));
     }
     if (!l.verified) {
         fprintf(stderr, "mtok: error: bench limits: the kernels' results were wrong (triad or read-only sum)\n");
@@ -434,21 +494,32 @@ static int bench_decode(bench_run *R, json_t *jdec) {
 }
 
 /* The limit is the better of the two runs (before and after the model phases). */
-static mk_limits limits_best(const mk_limits *a, const mk_limits *b) {
-    mk_limits lim = *a;
-    lim.triad_gbs = fmax(a->triad_gbs, b->triad_gbs);
-    lim.read_gbs = fmax(a->read_gbs, b->read_gbs);
-    lim.fma_gflops = fmax(a->fma_gflops, b->fma_gflops);
-    lim.fma_gflops_mean = 0.5 * (a->fma_gflops_mean + b->fma_gflops_mean);
-    lim.verified = a->verified && b->verified;
-    return lim;
+static mk_limits_ex limits_best(const mk_limits_ex *xa, const mk_limits_ex *xb) {
+    mk_limits_ex x = *xa;
+    const mk_limits *a = &xa->base, *b = &xb->base;
+    mk_limits *lim = &x.base;
+    lim->triad_gbs = fmax(a->triad_gbs, b->triad_gbs);
+    lim->read_gbs = fmax(a->read_gbs, b->read_gbs);
+    lim->fma_gflops = fmax(a->fma_gflops, b->fma_gflops);
+    lim->fma_gflops_mean = 0.5 * (a->fma_gflops_mean + b->fma_gflops_mean);
+    lim->verified = a->verified && b->verified;
+    for (int k = 0; k < MK_PEAK_N; k++) {
+        x.peak[k].gops = fmax(xa->peak[k].gops, xb->peak[k].gops);
+        x.peak[k].gops_mean = 0.5 * (xa->peak[k].gops_mean + xb->peak[k].gops_mean);
+    }
+    return x;
 }
 
-/* Each prefill and decode figure as a fraction of the limit that bounds it. */
-static void add_fractions(json_t *jpre, json_t *jdec, const mk_limits *lim) {
+/* Each prefill and decode figure as a fraction of the limit that bounds it: frac_peak against the
+ * peak of the instruction class the prefill's kernels use (peak_gflops, named by the report's
+ * "peak"), frac_fma_* against the fp32 FMA loop (ymm with AVX2) as before. */
+static void add_fractions(json_t *jpre, json_t *jdec, const mk_limits *lim, double peak_gflops) {
     size_t k;
     json_t *e;
     json_array_foreach(jpre, k, e) {
+        json_object_set_new(e, "frac_peak", json_real(json_real_value(json_object_get(e, "gflops")) / peak_gflops));
+        json_object_set_new(e, "frac_peak_mean",
+                            json_real(json_real_value(json_object_get(e, "gflops_mean")) / peak_gflops));
         json_object_set_new(e, "frac_fma_peak", json_real(json_real_value(json_object_get(e, "gflops")) / lim->fma_gflops));
         json_object_set_new(e, "frac_fma_peak_mean",
                             json_real(json_real_value(json_object_get(e, "gflops_mean")) / lim->fma_gflops));
@@ -498,12 +569,19 @@ static json_t *kv_json(const cli_common *o, const mtok_kv_stats *ks) {
 static void print_summary(json_t *root, const mk_limits *lim, double rss, double kv_held, int ok) {
     size_t k;
     json_t *e;
+    json_t *jpk = json_object_get(root, "peak");
     printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s "
            "(mean of the reps %.1f GFLOP/s)\n",
            lim->threads, lim->triad_gbs, lim->read_gbs, lim->fma_gflops, lim->fma_gflops_mean);
+    printf("prefill peak: %s %.1f GFLOP/s (%s kernels, %s weights)\n", json_string_value(json_object_get(jpk, "name")),
+           json_real_value(json_object_get(jpk, "gflops")), json_string_value(json_object_get(jpk, "kernel_isa")),
+           json_string_value(json_object_get(jpk, "dtype")));
     json_array_foreach(json_object_get(root, "prefill"), k, e)
-        printf("  prefill %6lld tokens: %5.1f%% of FMA peak (mean of the reps %.1f%%; %.1f%% of the FMA loop's mean)\n",
+        printf("  prefill %6lld tokens: %5.1f%% of the %s peak (mean of the reps %.1f%%); %5.1f%% of fp32 FMA peak "
+               "(mean %.1f%%; %.1f%% of the FMA loop's mean)\n",
                (long long)json_integer_value(json_object_get(e, "tokens")),
+               100 * json_real_value(json_object_get(e, "frac_peak")), json_string_value(json_object_get(jpk, "name")),
+               100 * json_real_value(json_object_get(e, "frac_peak_mean")),
                100 * json_real_value(json_object_get(e, "frac_fma_peak")),
                100 * json_real_value(json_object_get(e, "frac_fma_peak_mean")),
                100 * json_real_value(json_object_get(e, "frac_fma_sustained")));
@@ -522,7 +600,7 @@ static void print_summary(json_t *root, const mk_limits *lim, double rss, double
 static int bench_model(bench_opts *B) {
     bench_run R = {.B = B};
     json_t *root = json_object(), *jpre = json_array(), *jdec = json_array(), *jchk = NULL;
-    mk_limits lim0, lim1;
+    mk_limits_ex lim0, lim1;
     int rc, ok = 0;
     if ((rc = bench_plan(B, &R.need))) {
         json_decref(root), json_decref(jpre), json_decref(jdec);
@@ -547,14 +625,21 @@ static int bench_model(bench_opts *B) {
     if ((rc = check_logits(R.L.sess, R.ids, nchk, B->o.no_simd, &jchk, &ok))) goto fail;
     if ((rc = limits_forked(&B->lp, &lim1))) goto fail;
 
-    const mk_limits lim = limits_best(&lim0, &lim1);
-    add_fractions(jpre, jdec, &lim);
-    json_t *jl = limits_json(&lim);
+    const mk_limits_ex limx = limits_best(&lim0, &lim1);
+    const mk_limits lim = limx.base;
+    /* the kernels that ran the prefill, and the peak of their instruction class */
+    const char *isa = kernel_isa();
+    const int pk = prefill_peak(isa, R.c->dtype, &limx);
+    add_fractions(jpre, jdec, &lim, peak_value(pk, &limx));
+    json_t *jl = limits_json(&limx);
     json_object_set_new(jl, "before", limits_json(&lim0));
     json_object_set_new(jl, "after", limits_json(&lim1));
     json_object_set_new(root, "model", model_json(&R));
     json_object_set_new(root, "threads", json_integer(lim.threads));
     json_object_set_new(root, "simd", json_boolean(mk_have_avx2()));
+    json_object_set_new(root, "peak", json_pack("{s:s, s:f, s:s, s:s}", "name", peak_label(pk), "gflops",
+                                                peak_value(pk, &limx), "kernel_isa", isa, "dtype",
+                                                mtok_dtype_name(R.c->dtype)));
     json_object_set_new(root, "limits", jl);
     json_object_set_new(root, "prefill", jpre);
     json_object_set_new(root, "decode", jdec);

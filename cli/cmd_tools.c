@@ -201,8 +201,18 @@ int cmd_info(int argc, char **argv) {
         return 0;
     }
     printf("mtok %s\n", MTOK_VERSION);
-    printf("backends: cpu (%s kernels, %d OpenMP threads)\n", mk_have_avx2() ? "avx2+fma" : "scalar",
-           o.threads ? o.threads : omp_get_max_threads());
+    const mk_isa isa = mk_isa_active();
+    printf("backends: cpu (%s kernels, %d OpenMP threads)\n", mk_isa_str(isa), o.threads ? o.threads : omp_get_max_threads());
+    char feat[256];
+    mk_cpu_features(feat, sizeof feat);
+    printf("cpu isa: %s; levels this CPU runs: scalar%s%s\n", feat[0] ? feat : "(none found)",
+           mk_isa_cpu() >= MK_ISA_AVX2 ? " avx2" : "", mk_isa_cpu() >= MK_ISA_AVX512 ? " avx512" : "");
+    /* which kernels run at the active level (kernels/cpu_dispatch.c) */
+    printf("kernels (--isa %s): %s\n", mk_isa_str(isa),
+           isa == MK_ISA_AVX512 ? "matmul avx512 for bf16 W (vdpbf16ps on bf16-rounded x), avx2 for f16/f32 W; "
+                                  "attention avx512 for prefill (fp32 fma on widened K/V), avx2 for decode; row ops avx2"
+           : isa == MK_ISA_AVX2 ? "matmul, attention and row ops avx2+fma (fp32 fma on widened weights)"
+                                : "scalar (portable C)");
     char cuda[512];
     mtok_cuda_describe(cuda, sizeof cuda);
     printf("cuda: %s\n", cuda);

@@ -228,6 +228,19 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         o->ignore_eos = 1;
     } else if (!strcmp(a, "--no-simd")) {
         o->no_simd = 1;
+    } else if (!strcmp(a, "--isa")) {
+        VAL();
+        mk_isa isa;
+        if (mk_isa_parse(v, &isa) || isa == MK_ISA_SCALAR)
+            return cli_usage_error("--isa must be avx2, avx512 or auto (--no-simd for the scalar kernels)"), -1;
+        /* auto: the default level (at most avx2, kernels/cpu_dispatch.c), whatever MTOK_ISA says */
+        if (!strcmp(v, "auto") && isa > mk_isa_cpu()) isa = mk_isa_cpu();
+        if (mk_isa_set(isa)) {
+            char feat[256];
+            mk_cpu_features(feat, sizeof feat);
+            return cli_usage_error("--isa %s: this CPU cannot run it (it has: %s)", v, feat[0] ? feat : "none"), -1;
+        }
+        o->isa = v;
     } else if (!strcmp(a, "--device")) {
         VAL();
         int dev;

@@ -18,6 +18,7 @@ static const char COMMON[] =
     "  --rope-base X           override the RoPE base\n"
     "  --ignore-eos            do not stop at the model's end-of-sequence ids\n"
     "  --no-simd               scalar kernels only\n"
+    "  --isa avx2|avx512|auto  instruction set of the CPU kernels (default auto = avx2 at most, or $MTOK_ISA)\n"
     "  --device cpu|cuda|cuda:N  compute device (docs/GPU.md)\n"
     "  -v | -q | --log-level N   more, less (errors only) or a given amount of logging (0..3)\n"
     "  --progress-interval S   seconds between progress lines when stderr is not a terminal (default 10;\n"
@@ -153,7 +154,7 @@ static const cmd_help HELP[] = {
      1},
     {"bench",
      "usage: mtok bench (-m DIR | --preset NAME) [--prompt N,.. --gen N --depths D,.. --reps N] [--json]\n"
-     "       mtok bench limits [--threads N] [--array-mb N] [--reps N] [--json]\n"
+     "       mtok bench limits [--threads N] [--array-mb N] [--reps N] [--isa avx2|avx512|auto] [--json]\n"
      "       mtok bench kv [--kv-dir D] [--kv-block N | --block-bytes N] [--kv-depth N] [--size BYTES] [--json]\n"
      "       mtok bench --device cuda[:N] (-m DIR | --preset NAME) [options below]\n"
      "Speed against this machine's limits measured in the same run; every run also checks its logits.\n"

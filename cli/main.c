@@ -25,7 +25,7 @@ static const char USAGE[] =
     "  bench    --device cuda[:N] (-m DIR | --preset NAME) [--chunk N --depths D,.. --topk-depths D,..|none\n"
     "           --stage-steps N --check-tokens N --limits-copy-mb N --limits-gemm M,N,K --limits-reps N]\n"
     "           [--json | --json-out F]          GPU decode GB/s vs measured copy, prefill vs cuBLASLt GEMM\n"
-    "  bench limits [--json]                                 STREAM triad, read-only bandwidth, fp32 FMA peak\n"
+    "  bench limits [--json]                                 triad and read bandwidth, peak per instruction class\n"
     "  bench kv [--kv-dir D] [--kv-block N | --block-bytes N] [--kv-depth N] [--size BYTES] [--json]\n"
     "                                                       cold-tier KV write/read-back GB/s and IOPS\n"
     "  prefill  -m DIR (-f DOC | -p TEXT) [--chat] [--save-kv F]   prefill a document once, save its KV\n"

@@ -1,39 +1,164 @@
-/* cpu_dispatch.c — the public mk_* entry points: each picks the AVX2 implementation when the CPU can
- * run it (and the scalar path is not forced), else the portable one. This file is built for
- * baseline x86-64, so it never executes an AVX instruction itself. */
+/* cpu_dispatch.c — the public mk_* entry points and the run-time choice of instruction set. Each entry
+ * point runs the highest level that the CPU has, that the OS saves the registers of (XCR0), and that
+ * is not capped (mk_isa_set: --isa; MTOK_ISA; mk_force_scalar: --no-simd; `auto` caps at avx2 for
+ * now, MK_ISA_AUTO_CAP below says why):
+ *   avx512  the matrix products and attention of kernels/avx512_*.c (AVX-512F/BW/VL + AVX512_BF16);
+ *           the row ops stay AVX2 (one pass over a row: nothing to gain)
+ *   avx2    kernels/cpu_avx2.c and kernels/avx2_*.c (AVX2 + FMA + F16C)
+ *   scalar  the portable code of cpu_ops.c / cpu_ref.c
+ * This file is built for baseline x86-64, so it never executes an AVX instruction itself. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
 
 #include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cpu_internal.h"
 
+/* What `auto` (and no --isa) runs: AVX2 at most, for now. The AVX-512 forms take their products with
+ * VDPBF16PS, which rounds the activations to bf16; on glm4-1b that moves the logits to 1 - cos 4.6e-4
+ * from the scalar path (the tolerance every other path meets is 1e-4, `mtok bench`'s check), so they
+ * run only when asked for (--isa avx512, MTOK_ISA=avx512) until a form within the tolerance exists
+ * (docs/PERFORMANCE.md, "AVX-512 kernels"). */
+#define MK_ISA_AUTO_CAP MK_ISA_AVX2
+
 static int g_force_scalar;
 
-/* CPU check, once: AVX2 and FMA for the arithmetic, F16C for the f16 weight conversions. The result
- * is a pure function of the CPU, so racing first calls all store the same value (atomics only to
- * keep that race well-defined). */
-static int cpu_ok(void) {
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
+/* ---- the CPU's instruction sets (CPUID + XCR0), once ----
+ * The result is a pure function of the CPU, so racing first calls all store the same value (atomics
+ * only to keep that race well-defined). */
+enum {
+    F_AVX2 = 1 << 0, F_FMA = 1 << 1, F_F16C = 1 << 2, F_AVX512F = 1 << 3, F_AVX512BW = 1 << 4,
+    F_AVX512VL = 1 << 5, F_AVX512DQ = 1 << 6, F_AVX512BF16 = 1 << 7, F_AVX512VNNI = 1 << 8,
+    F_YMM_OS = 1 << 9, F_ZMM_OS = 1 << 10, F_SSE42 = 1 << 11, F_AVX = 1 << 12, F_KNOWN = 1 << 30
+};
+
+static unsigned cpu_features(void) {
+    static unsigned cached;
+    unsigned v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v) return v;
+    v = F_KNOWN;
 #if defined(__x86_64__) || defined(__i386__)
-        /* __builtin_cpu_supports also checks that the OS saves the YMM state; F16C is read from
-         * CPUID directly because not every compiler accepts "f16c" there */
-        unsigned a, b, c, d;
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
-            (c & bit_F16C);
-#else
-        v = 0;
-#endif
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    unsigned a, b, c, d, max = __get_cpuid_max(0, NULL);
+    if (max >= 1 && __get_cpuid(1, &a, &b, &c, &d)) {
+        if (c & bit_SSE4_2) v |= F_SSE42;
+        if (c & bit_AVX) v |= F_AVX;
+        if (c & bit_FMA) v |= F_FMA;
+        if (c & bit_F16C) v |= F_F16C;
+        if (c & bit_OSXSAVE) {
+            /* XCR0: which register state the OS saves on a context switch. Bits 1-2 are XMM/YMM;
+             * 5-7 the AVX-512 opmasks, the upper halves of zmm0-15 and zmm16-31. An instruction
+             * set whose registers the OS does not save must not be used even if CPUID lists it. */
+            unsigned lo, hi;
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            if ((lo & 0x6) == 0x6) v |= F_YMM_OS;
+            if ((lo & 0xe6) == 0xe6) v |= F_ZMM_OS;
+        }
     }
+    if (max >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        if (b & (1u << 5)) v |= F_AVX2;
+        if (b & (1u << 16)) v |= F_AVX512F;
+        if (b & (1u << 17)) v |= F_AVX512DQ;
+        if (b & (1u << 30)) v |= F_AVX512BW;
+        if (b & (1u << 31)) v |= F_AVX512VL;
+        if (c & (1u << 11)) v |= F_AVX512VNNI;
+        const unsigned sub = a; /* leaf 7's highest subleaf */
+        if (sub >= 1) {
+            __cpuid_count(7, 1, a, b, c, d);
+            if (a & (1u << 5)) v |= F_AVX512BF16;
+        }
+    }
+#endif
+    __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     return v;
 }
 
-int mk_have_avx2(void) { return !g_force_scalar && cpu_ok(); }
+mk_isa mk_isa_cpu(void) {
+    const unsigned f = cpu_features();
+    const unsigned avx2 = F_AVX | F_AVX2 | F_FMA | F_F16C | F_YMM_OS;
+    const unsigned avx512 = avx2 | F_AVX512F | F_AVX512BW | F_AVX512VL | F_AVX512BF16 | F_ZMM_OS;
+    if ((f & avx512) == avx512) return MK_ISA_AVX512;
+    if ((f & avx2) == avx2) return MK_ISA_AVX2;
+    return MK_ISA_SCALAR;
+}
+
+void mk_cpu_features(char *buf, size_t n) {
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {{F_SSE42, "sse4.2"},       {F_AVX, "avx"},          {F_AVX2, "avx2"},
+                 {F_FMA, "fma"},            {F_F16C, "f16c"},        {F_AVX512F, "avx512f"},
+                 {F_AVX512BW, "avx512bw"},  {F_AVX512VL, "avx512vl"}, {F_AVX512DQ, "avx512dq"},
+                 {F_AVX512BF16, "avx512_bf16"}, {F_AVX512VNNI, "avx512_vnni"}};
+    const unsigned f = cpu_features();
+    size_t at = 0;
+    if (n) buf[0] = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (f & names[i].bit && at < n) {
+            const int w = snprintf(buf + at, n - at, "%s%s", at ? " " : "", names[i].name);
+            at += w > 0 ? (size_t)w : 0;
+        }
+    if (at < n && (f & (F_AVX512F | F_ZMM_OS)) == F_AVX512F)
+        snprintf(buf + at, n - at, " (zmm state not enabled by the OS)");
+}
+
+const char *mk_isa_str(mk_isa isa) {
+    switch (isa) {
+    case MK_ISA_SCALAR: return "scalar";
+    case MK_ISA_AVX2: return "avx2";
+    case MK_ISA_AVX512: return "avx512";
+    }
+    return "?";
+}
+
+int mk_isa_parse(const char *s, mk_isa *out) {
+    if (!s) return -1;
+    if (!strcmp(s, "auto")) *out = MK_ISA_AUTO_CAP;
+    else if (!strcmp(s, "avx512")) *out = MK_ISA_AVX512;
+    else if (!strcmp(s, "avx2")) *out = MK_ISA_AVX2;
+    else if (!strcmp(s, "scalar")) *out = MK_ISA_SCALAR;
+    else return -1;
+    return 0;
+}
+
+/* The cap on the level: -1 until set, then set by mk_isa_set or, on first use, by MTOK_ISA (auto
+ * when unset or unreadable: an environment variable cannot report an error to anyone). */
+static int g_isa_cap = -1;
+
+static mk_isa isa_cap(void) {
+    int v = __atomic_load_n(&g_isa_cap, __ATOMIC_RELAXED);
+    if (v < 0) {
+        mk_isa e = MK_ISA_AUTO_CAP;
+        const char *s = getenv("MTOK_ISA");
+        if (s && *s && mk_isa_parse(s, &e)) e = MK_ISA_AUTO_CAP;
+        v = (int)e;
+        int unset = -1;
+        __atomic_compare_exchange_n(&g_isa_cap, &unset, v, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        v = __atomic_load_n(&g_isa_cap, __ATOMIC_RELAXED);
+    }
+    return (mk_isa)v;
+}
+
+int mk_isa_set(mk_isa cap) {
+    if (cap > mk_isa_cpu()) return -1;
+    __atomic_store_n(&g_isa_cap, (int)cap, __ATOMIC_RELAXED);
+    return 0;
+}
+
+mk_isa mk_isa_active(void) {
+    if (g_force_scalar) return MK_ISA_SCALAR;
+    const mk_isa cpu = mk_isa_cpu(), cap = isa_cap();
+    return cap < cpu ? cap : cpu;
+}
+
+const char *mk_isa_name(void) { return mk_isa_str(mk_isa_active()); }
+
+int mk_have_avx2(void) { return mk_isa_active() >= MK_ISA_AVX2; }
+static int have_avx512(void) { return mk_isa_active() >= MK_ISA_AVX512; }
 
 /* Meant to be set once at start-up (CLI flag) or between test phases, not while kernels run. */
 void mk_force_scalar(int on) { g_force_scalar = on != 0; }
@@ -43,6 +168,10 @@ void mk_force_scalar(int on) { g_force_scalar = on != 0; }
 static int team(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
 void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads) {
+    if (have_avx512()) {
+        mk_matmul_multi_avx512(jobs, n_jobs, n_tok, team(threads));
+        return;
+    }
     if (mk_have_avx2()) {
         mk_matmul_multi_avx2(jobs, n_jobs, n_tok, team(threads));
         return;
@@ -103,14 +232,16 @@ void mk_embed(float *y, const mk_tensor *table, int32_t id) {
 
 void mk_attn_accum(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride, int64_t D,
                    float scale, float *acc, float *m, float *l) {
-    if (mk_have_avx2())
+    if (mk_have_avx2()) /* one query row: bound by reading K and V, the AVX2 form at either level */
         mk_attn_accum_avx2(q, k, v, n, stride, D, scale, acc, m, l);
     else
         mk_attn_accum_ref(q, k, v, n, stride, D, scale, acc, m, l);
 }
 
 void mk_attn_block(const mk_attn_params *p) {
-    if (mk_have_avx2())
+    if (have_avx512())
+        mk_attn_block_avx512(p);
+    else if (mk_have_avx2())
         mk_attn_block_avx2(p);
     else
         mk_attn_block_ref(p);

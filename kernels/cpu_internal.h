@@ -1,6 +1,8 @@
 /* cpu_internal.h — private prototypes shared by the kernel files (not part of the public API).
  *
- * kernels/cpu_dispatch.c owns the public mk_* entry points and picks one of two implementations:
+ * kernels/cpu_dispatch.c owns the public mk_* entry points and picks one of three implementations:
+ *   *_avx512    kernels/avx512_*.c (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512bf16 ...;
+ *               only called when the CPU has them and the OS saves the zmm state),
  *   *_avx2      kernels/cpu_avx2.c and kernels/avx2_*.c (compiled with -mavx2 -mfma -mf16c; only called
  *               when the CPU has all three),
  *   *_portable  kernels/cpu_ops.c (baseline x86-64, threaded, fp32) or the _ref functions of cpu_ref.c
@@ -33,6 +35,19 @@ void mk_f32_to_bf16_row_avx2(uint16_t *dst, const float *src, int64_t n);
 void mk_attn_accum_avx2(const float *q, const uint16_t *k, const uint16_t *v, int64_t n, int64_t stride,
                         int64_t D, float scale, float *acc, float *m, float *l);
 void mk_attn_block_avx2(const mk_attn_params *p);
+
+/* ---- AVX-512F/BW/VL + AVX512_BF16 (kernels/avx512_*.c; only called when the CPU has all of them
+ * and the OS saves the zmm state) ---- */
+/* avx512_gemv.c: the threaded driver (bf16 W: VDPBF16PS on x rounded to bf16; f16/f32 W: on to
+ * mk_matmul_multi_avx2) and the few-token row kernel */
+void mk_matmul_multi_avx512(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
+/* avx512_gemm.c: the packed bf16 GEMM over tokens [t0, t1) x 32-output panels [p0, p1), one thread;
+ * xb: x rounded to bf16 (rows ldb apart, zero past K up to an even column) */
+void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, int64_t ldb, int64_t t0, int64_t t1,
+                          const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, void *buf);
+void *mk_gemm_scratch_avx512(void);
+/* avx512_attn.c: the prefill (tiled) form; other shapes go on to mk_attn_block_avx2 */
+void mk_attn_block_avx512(const mk_attn_params *p);
 
 /* ---- portable fallbacks (kernels/cpu_ops.c) ---- */
 void mk_matmul_portable(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,

@@ -79,6 +79,25 @@ void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n
         }
 }
 
+/* bf16 as VDPBF16PS reads it: subnormals (and so every value below 2^-126 in magnitude) as zero */
+static double bf16_daz(uint16_t h) { return (h & 0x7f80u) ? (double)mk_bf16_to_f32(h) : 0.0; }
+
+void mk_matmul_bf16dot_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                           const mk_tensor *b) {
+    if (W->dtype != MTOK_BF16) {
+        mk_matmul_ref(y, ldy, x, ldx, n_tok, W, b);
+        return;
+    }
+    const uint16_t *w = W->data;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t o = 0; o < W->rows; o++) {
+            double s = b ? mk_get(b, o) : 0.0;
+            for (int64_t i = 0; i < W->cols; i++)
+                s += bf16_daz(mk_f32_to_bf16(x[t * ldx + i])) * bf16_daz(w[o * W->cols + i]);
+            y[t * ldy + o] = (float)s;
+        }
+}
+
 void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok) {
     for (int i = 0; i < n_jobs; i++)
         mk_matmul_ref(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b);

@@ -1,8 +1,9 @@
 /* kernels.h — CPU compute kernels (prefix mk_). fp32 math on bf16/f16/f32 stored weights.
  *
  * Every kernel has a scalar reference (suffix _ref) that the tests compare against. The public
- * entry points dispatch at run time: AVX2+FMA code (kernels/cpu_avx2.c and kernels/avx2_*.c, built
- * with -mavx2 -mfma -mf16c) when the CPU has it, the scalar code otherwise. Threading is OpenMP
+ * entry points dispatch at run time: AVX-512 + AVX512_BF16 code (kernels/avx512_*.c) for the matrix
+ * products and attention when the CPU has it, AVX2+FMA code (kernels/cpu_avx2.c and kernels/avx2_*.c,
+ * built with -mavx2 -mfma -mf16c) for the rest and on CPUs without it, the scalar code otherwise. Threading is OpenMP
  * inside the matrix products, with the team size the caller passes (the engine passes its session's
  * thread count, core/backend_cpu.c; 0 takes OpenMP's default); nothing here sets a process-wide
  * thread setting. The other kernels run on the calling thread. */
@@ -39,7 +40,26 @@ uint16_t mk_f32_to_f16(float f);
 /* Element i of a tensor (any dtype) as fp32. */
 float mk_get(const mk_tensor *t, int64_t i);
 
-/* 1 when the AVX2+FMA path is in use (CPU supports it and MTOK was built with it). */
+/* ---- instruction sets, chosen at run time (kernels/cpu_dispatch.c) ----
+ * avx512: AVX-512F/BW/VL + AVX512_BF16 with the zmm state saved by the OS; the bf16 matrix products
+ * use VDPBF16PS on activations rounded to bf16 (docs/PERFORMANCE.md, "AVX-512 kernels"). */
+typedef enum { MK_ISA_SCALAR = 0, MK_ISA_AVX2 = 1, MK_ISA_AVX512 = 2 } mk_isa;
+/* The highest level this CPU and OS can run. */
+mk_isa mk_isa_cpu(void);
+/* The level the kernels run now: the CPU's, capped by mk_isa_set (or, until it is called, by the
+ * environment variable MTOK_ISA = avx2|avx512|auto|scalar), scalar while mk_force_scalar is on. */
+mk_isa mk_isa_active(void);
+/* Caps the level (mk_isa_cpu() for auto). -1 when the CPU lacks that level.
+ * Meant for start-up (--isa) and test phases, not while kernels run. */
+int mk_isa_set(mk_isa cap);
+/* "avx2" | "avx512" | "auto" (= MK_ISA_AVX512: as a cap, no limit) | "scalar" into *out: 0, or -1 unknown. */
+int mk_isa_parse(const char *s, mk_isa *out);
+const char *mk_isa_str(mk_isa isa); /* "scalar", "avx2", "avx512" */
+/* The name of the active level, mk_isa_str(mk_isa_active()) (cli/cmd_bench.c reports it). */
+const char *mk_isa_name(void);
+/* The instruction-set extensions found, space-separated ("sse4.2 avx avx2 fma f16c avx512f ..."). */
+void mk_cpu_features(char *buf, size_t n);
+/* 1 when the active level is AVX2 or higher. */
 int mk_have_avx2(void);
 /* Forces the scalar path (tests, --no-simd). */
 void mk_force_scalar(int on);
@@ -73,6 +93,11 @@ void mk_matmul_threads(float *y, int64_t ldy, const float *x, int64_t ldx, int64
                        const mk_tensor *b, int threads);
 void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
 void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
+/* What the avx512 path computes for bf16 W: each x rounded to bf16 (round to nearest even), bf16
+ * subnormals of x and W read as zero (VDPBF16PS's DAZ), products summed in double. f16 and f32 W:
+ * mk_matmul_ref. The avx512 kernels differ from this only by their fp32 accumulation. */
+void mk_matmul_bf16dot_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
+                           const mk_tensor *b);
 
 /* ---- elementwise / row ops ---- */
 /* y = w * x / sqrt(mean(x^2) + eps) over n elements (y may alias x). */

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """mtok bench and mtok bench limits: the JSON is well-formed, carries every figure the issue asks for,
 and the built-in correctness checks pass (SIMD logits vs the scalar kernels on glm4-tiny; the limit
-kernels' sums). No timing is asserted: benchmarks are never timed unit tests."""
+kernels' sums). The peak of each instruction class is reported exactly for the classes the CPU lists
+(/proc/cpuinfo), and a prefill's fraction is taken against the peak of the class its kernels use (with
+every --isa this CPU can run). No timing is asserted: benchmarks are never timed unit tests."""
 import json
 import math
 import os
@@ -31,7 +33,60 @@ def num(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+# the instruction classes and the /proc/cpuinfo flags that make each one available (the OS's XCR0
+# check is implied: Linux lists an AVX feature only when it saves that state)
+PEAKS = {
+    "fp32_fma_ymm": (("avx2", "fma"),),
+    "fp32_fma_zmm": (("avx512f",),),
+    "bf16_dot_zmm": (("avx512f", "avx512_bf16"),),
+    "int8_vnni_ymm": (("avx512f", "avx512vl", "avx512_vnni"), ("avx2", "avx_vnni")),
+    "int8_vnni_zmm": (("avx512f", "avx512_vnni"),),
+}
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+FLAGS = cpu_flags()
+
+
+def peak_value(lim, name):
+    """The peak a name stands for: a class of limits.peaks, or the portable FMA loop's figure."""
+    if name == "fp32_portable":
+        return lim.get("fma_gflops")
+    pk = lim.get("peaks", {}).get(name, {})
+    return pk.get("gops" if name.startswith("int8") else "gflops")
+
+
+def peaks_ok(lim, where):
+    peaks = lim.get("peaks", {})
+    check(isinstance(peaks, dict) and sorted(peaks) == sorted(PEAKS), f"{where}: one peak per instruction class")
+    for name, need in PEAKS.items():
+        pk = peaks.get(name, {})
+        avail = pk.get("available")
+        check(isinstance(avail, bool), f"{where}: {name} says whether it is available")
+        if FLAGS is not None:
+            want = any(all(f in FLAGS for f in alt) for alt in need)
+            check(avail == want, f"{where}: {name} available = {want}, as the CPU's flags say")
+        if avail:
+            u = "gops" if name.startswith("int8") else "gflops"
+            check(num(pk.get(u)) and pk[u] > 0 and num(pk.get(u + "_mean")) and 0 < pk[u + "_mean"] <= pk[u] * (1 + 1e-9),
+                  f"{where}: {name} has a positive {u} and a mean no faster than it")
+            check(isinstance(pk.get("instruction"), str) and pk["instruction"], f"{where}: {name} names its instruction")
+        else:
+            check("gflops" not in pk and "gops" not in pk, f"{where}: {name} has no figure (not available)")
+
+
 def limits_ok(lim, where):
+    peaks_ok(lim, where)
     check(all(num(lim.get(k)) and lim[k] > 0 for k in ("triad_gbs", "read_gbs", "fma_gflops")),
           f"{where}: triad, read-only and FMA figures are positive numbers")
     check(lim.get("verified") is True, f"{where}: limit kernels verified their results")
@@ -49,7 +104,22 @@ except ValueError:
 check(isinstance(lim, dict) and lim, "bench limits prints one JSON object")
 limits_ok(lim, "bench limits")
 check(num(lim.get("threads")) and lim["threads"] >= 1, "bench limits reports its thread count")
+check(lim.get("kernel_isa") in ("scalar", "avx2", "avx512"), "bench limits names the kernels in use")
+rc, out, err = run("bench", "limits", "--array-mb", "16", "--reps", "1")
+check(rc == 0 and all(n in out for n in PEAKS), "bench limits (text) lists every instruction class")
+check(rc == 0 and out.count("not available") == sum(not lim.get("peaks", {}).get(n, {}).get("available", True)
+                                                    for n in PEAKS),
+      "bench limits (text) says 'not available' for each class the machine lacks")
 
+if FLAGS is not None and {"avx2", "fma", "f16c"} <= FLAGS:
+    rc, out, err = run("bench", "limits", "--json", "--array-mb", "16", "--reps", "1", "--isa", "avx2")
+    try:
+        li = json.loads(out)
+    except ValueError:
+        li = {}
+    check(rc == 0 and li.get("kernel_isa") == "avx2", "bench limits --isa avx2 names the AVX2 kernels")
+rc, out, err = run("bench", "limits", "--isa", "scalar")
+check(rc == 1, "bench limits --isa scalar is a usage error (--no-simd is the scalar switch)")
 rc, out, err = run("bench", "limits", "--bogus")
 check(rc == 1, "bench limits rejects an unknown option with exit 1")
 rc, out, err = run("bench")
@@ -95,6 +165,49 @@ with tempfile.TemporaryDirectory() as tmp:
     chk = b.get("check", {})
     check(chk.get("ok") is True and chk.get("prefill_tokens") == 32 and chk.get("min_cos", 0) > 0.9999,
           "SIMD logits agree with the scalar kernels")
+
+    def peak_fracs_ok(b, where, want):
+        """The report names the peak of the class the kernels used and divides every prefill by it."""
+        pk, lim = b.get("peak", {}), b.get("limits", {})
+        check(pk.get("name") == want, f"{where}: prefill peak is {want} (got {pk.get('name')}, "
+              f"kernels {pk.get('kernel_isa')}, {pk.get('dtype')} weights)")
+        ref = peak_value(lim, pk.get("name"))
+        check(num(pk.get("gflops")) and num(ref) and pk["gflops"] > 0 and abs(pk["gflops"] - ref) <= 1e-5 * ref,
+              f"{where}: the peak's figure is that class's best in limits")
+        pre = b.get("prefill", [])
+        # the JSON carries 6 significant digits: each of the three numbers is within 5e-6 of its value
+        check(len(pre) > 0 and all(num(p.get("frac_peak")) and num(p.get("frac_peak_mean")) for p in pre) and
+              all(abs(p["frac_peak"] - p["gflops"] / pk["gflops"]) <= 2e-5 * p["frac_peak"] and
+                  abs(p["frac_peak_mean"] - p["gflops_mean"] / pk["gflops"]) <= 2e-5 * p["frac_peak_mean"]
+                  for p in pre),
+              f"{where}: frac_peak = gflops / the named peak, for every prefill")
+
+    def want_peak(isa, dtype):
+        """The class each ISA's prefill kernels use (kernels/avx512_gemm.c: VDPBF16PS for bf16 weights)."""
+        if isa == "avx512":
+            return "bf16_dot_zmm" if str(dtype).lower() == "bf16" else "fp32_fma_zmm"
+        return "fp32_fma_ymm" if b.get("limits", {}).get("peaks", {}).get("fp32_fma_ymm", {}).get("available") \
+            else "fp32_portable"
+
+    pk = b.get("peak", {})
+    check(pk.get("kernel_isa") in ("scalar", "avx2", "avx512") and pk.get("dtype") == m.get("dtype"),
+          "bench names the kernels in use and the weights' dtype")
+    peak_fracs_ok(b, "bench", want_peak(pk.get("kernel_isa"), m.get("dtype")))
+    # every level this CPU has, forced: the peak follows the kernels
+    for isa, flags in (("avx2", ("avx2", "fma", "f16c")),
+                       ("avx512", ("avx512f", "avx512bw", "avx512vl", "avx512_bf16"))):
+        if FLAGS is None or not all(f in FLAGS for f in flags):
+            print(f"skip --isa {isa}: this CPU lacks it")
+            continue
+        rc, out, err = run("bench", "-m", model, "--isa", isa, "--prompt", "32", "--depths", "0", "--gen", "2",
+                           "--check-tokens", "4", "--array-mb", "16", "--json")
+        check(rc == 0, f"bench --isa {isa} exits 0 (rc {rc}: {err.strip()})")
+        try:
+            bi = json.loads(out)
+        except ValueError:
+            bi = {}
+        check(bi.get("peak", {}).get("kernel_isa") == isa, f"bench --isa {isa} runs the {isa} kernels")
+        peak_fracs_ok(bi, f"bench --isa {isa}", want_peak(isa, m.get("dtype")))
 
     # the smallest run: the context is exactly what the phases need (warm-up included)
     rc, out, err = run("bench", "-m", model, "--prompt", "8", "--depths", "0", "--gen", "8", "--check-tokens", "2",

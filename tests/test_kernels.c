@@ -1,7 +1,7 @@
 /* test_kernels.c — the CPU kernels against their references.
  *
- * Every fast path (AVX2 when the CPU has it, and the portable path forced with mk_force_scalar) is
- * compared with the _ref functions or with double / long double references written here. Ends
+ * Every fast path (AVX-512 and AVX2 where the CPU has them, each forced with mk_isa_set, and the
+ * portable path forced with mk_force_scalar) is compared with the _ref functions or with double / long double references written here. Ends
  * with informational GEMV / GEMM throughput (no assertions on timing). Exit 0 pass, 1 fail. */
 #include <immintrin.h>
 #include <math.h>
@@ -81,10 +81,25 @@ static int close_enough(const char *what, const float *got, const float *ref, in
 
 static const char *dt_name(mtok_dtype dt) { return mtok_dtype_name(dt); }
 
-/* Runs body once per path: AVX2 (if the CPU has it) and forced scalar. */
-#define FOR_PATHS(path)                                                                                     \
-    for (int path = 0; path < 2; path++)                                                                     \
-        if ((mk_force_scalar(path), path == 1 || mk_have_avx2()))
+/* The paths: 0 avx512, 1 avx2 (each where the CPU has it), 2 scalar. set_path(p) selects path p
+ * and returns 0 when the CPU cannot run it; paths_reset() goes back to the best level. */
+enum { PATH_AVX512, PATH_AVX2, PATH_SCALAR, N_PATHS };
+static const char *g_path_name = "?";
+static int set_path(int path) {
+    const mk_isa want = path == PATH_AVX512 ? MK_ISA_AVX512 : path == PATH_AVX2 ? MK_ISA_AVX2 : MK_ISA_SCALAR;
+    if (want > mk_isa_cpu()) return 0;
+    mk_force_scalar(path == PATH_SCALAR);
+    if (path != PATH_SCALAR) mk_isa_set(want);
+    g_path_name = mk_isa_str(want);
+    return 1;
+}
+static void paths_reset(void) {
+    mk_force_scalar(0);
+    mk_isa_set(mk_isa_cpu());
+}
+
+/* Runs body once per path the CPU has. */
+#define FOR_PATHS(path) for (int path = 0; path < N_PATHS; path++) if (set_path(path))
 
 /* ---- matmul ---- */
 
@@ -102,22 +117,45 @@ static void test_matmul_ld(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype
     for (int64_t i = 0; i < n_tok * ldx; i++) x[i] = rnd_f();
     float *yr = xmalloc((size_t)(n_tok * ldy) * sizeof(float)), *y = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
     mk_matmul_ref(yr, ldy, x, ldx, n_tok, &W, bp);
+    /* the avx512 path on bf16 W rounds x to bf16 (VDPBF16PS): its own reference, and the bound of
+     * that rounding against the exact one, |y - yr| <= 2^-8 sum |x w| (bf16 unit roundoff) (+ fp32 accumulation) */
+    float *yb = NULL, *ya = NULL;
+    if (dt == MTOK_BF16 && mk_isa_cpu() >= MK_ISA_AVX512) {
+        yb = xmalloc((size_t)(n_tok * ldy) * sizeof(float)), ya = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
+        mk_matmul_bf16dot_ref(yb, ldy, x, ldx, n_tok, &W, bp);
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < rows; o++) {
+                double a = 0;
+                for (int64_t i = 0; i < cols; i++) a += fabs((double)x[t * ldx + i] * mk_get(&W, o * cols + i));
+                ya[t * ldy + o] = (float)a;
+            }
+    }
     FOR_PATHS(path) {
         const float sentinel = 12345.0f;
         for (int64_t i = 0; i < n_tok * ldy; i++) y[i] = sentinel;
         mk_matmul(y, ldy, x, ldx, n_tok, &W, bp);
         char what[128];
-        snprintf(what, sizeof what, "matmul %s %s rows=%lld cols=%lld n_tok=%lld bias=%d", path ? "scalar" : "avx2",
+        snprintf(what, sizeof what, "matmul %s %s rows=%lld cols=%lld n_tok=%lld bias=%d", g_path_name,
                  dt_name(dt), (long long)rows, (long long)cols, (long long)n_tok, bias_kind);
+        const int bf16dot = yb && path == PATH_AVX512;
         int pad_ok = 1;
         for (int64_t t = 0; t < n_tok; t++) {
-            if (!close_enough(what, y + t * ldy, yr + t * ldy, rows, 1e-4)) break;
+            if (!close_enough(what, y + t * ldy, (bf16dot ? yb : yr) + t * ldy, rows, 1e-4)) break;
             for (int64_t o = rows; o < ldy; o++) pad_ok &= y[t * ldy + o] == sentinel;
         }
         CHECK(pad_ok, "%s: wrote past the row (ldy padding changed)", what);
+        if (bf16dot) {
+            int64_t bad = 0;
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t o = 0; o < rows; o++) {
+                    const double e = fabs((double)y[t * ldy + o] - yr[t * ldy + o]);
+                    bad += !(e <= 0x1p-8 * ya[t * ldy + o] + 1e-5 * (1.0 + fabs((double)yr[t * ldy + o])));
+                }
+            CHECK(bad == 0, "%s: %lld outputs outside the bf16-rounding bound of the exact product", what, (long long)bad);
+        }
     }
-    mk_force_scalar(0);
-    free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y);
+    paths_reset();
+    free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y), free(yb), free(ya);
 }
 
 static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind) {
@@ -156,7 +194,7 @@ static void test_matmul(void) {
         mk_matmul(y, 3, x, 1, 2, &W, &B);
         CHECK(y[0] == 1 && y[2] == 3 && y[3] == 1 && y[5] == 3, "matmul cols=0 must give the bias (path %d)", path);
     }
-    mk_force_scalar(0);
+    paths_reset();
 }
 
 /* mk_matmul_multi: Q/K/V-like jobs sharing x plus one with its own x and strides; each output must be
@@ -194,6 +232,11 @@ static void test_matmul_multi(void) {
             memcpy(rj, jobs, sizeof rj);
             for (int j = 0; j < 4; j++) rj[j].y = yr[j];
             mk_matmul_multi_ref(rj, 4, n);
+            float *yb[4]; /* the avx512 path's reference for bf16 W (x rounded to bf16) */
+            for (int j = 0; j < 4; j++) {
+                yb[j] = xmalloc((size_t)(n * ldy[j]) * 4);
+                mk_matmul_bf16dot_ref(yb[j], ldy[j], jobs[j].x, jobs[j].ldx, n, jobs[j].W, jobs[j].b);
+            }
             FOR_PATHS(path) {
                 for (int j = 0; j < 4; j++) {
                     memset(y[j], 0, (size_t)(n * ldy[j]) * 4), memset(y1[j], 0, (size_t)(n * ldy[j]) * 4);
@@ -202,15 +245,18 @@ static void test_matmul_multi(void) {
                 mk_matmul_multi(jobs, 4, n);
                 for (int j = 0; j < 4; j++) {
                     char what[128];
-                    snprintf(what, sizeof what, "matmul_multi %s %s job %d n_tok=%lld", path ? "scalar" : "avx2",
+                    snprintf(what, sizeof what, "matmul_multi %s %s job %d n_tok=%lld", g_path_name,
                              dt_name(dt), j, (long long)n);
                     CHECK(!memcmp(y[j], y1[j], (size_t)(n * ldy[j]) * 4), "%s: differs from mk_matmul", what);
                     for (int64_t t = 0; t < n; t++)
-                        if (!close_enough(what, y[j] + t * ldy[j], yr[j] + t * ldy[j], rows[j], 1e-4)) break;
+                        if (!close_enough(what, y[j] + t * ldy[j], (path == PATH_AVX512 ? yb[j] : yr[j]) + t * ldy[j],
+                                          rows[j], 1e-4))
+                            break;
                 }
             }
-            mk_force_scalar(0);
-            for (int j = 0; j < 4; j++) free((void *)W[j].data), free((void *)B[j].data), free(y[j]), free(y1[j]), free(yr[j]);
+            paths_reset();
+            for (int j = 0; j < 4; j++)
+                free((void *)W[j].data), free((void *)B[j].data), free(y[j]), free(y1[j]), free(yr[j]), free(yb[j]);
             free(x), free(x2);
         }
 }
@@ -237,10 +283,10 @@ static void test_rmsnorm(void) {
                     double e = 0;
                     for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)out[i] - yr[i]));
                     CHECK(e <= 1e-6 * mx, "rmsnorm %s n=%lld w=%s alias=%d: max err %.3g (max |y| %.3g)",
-                          path ? "scalar" : "avx2", (long long)n, dt_name((mtok_dtype)d), alias, e, mx);
+                          g_path_name, (long long)n, dt_name((mtok_dtype)d), alias, e, mx);
                 }
             }
-            mk_force_scalar(0);
+            paths_reset();
             free((void *)w.data), free(x), free(wf), free(yr), free(y);
         }
 }
@@ -283,11 +329,11 @@ static void test_rope(void) {
             memcpy(x, x0, (size_t)n * 4);
             mk_rope(x, H, hd, rdim, c2, s2);
             char what[96];
-            snprintf(what, sizeof what, "rope %s H=%lld hd=%lld rd=%lld", path ? "scalar" : "avx2", (long long)H,
+            snprintf(what, sizeof what, "rope %s H=%lld hd=%lld rd=%lld", g_path_name, (long long)H,
                      (long long)hd, (long long)rdim);
             close_enough(what, x, ref, n, 1e-6);
         }
-        mk_force_scalar(0);
+        paths_reset();
         free(x0), free(x), free(ref);
     }
 }
@@ -303,12 +349,15 @@ static void test_swiglu(void) {
     }
     FOR_PATHS(path) {
         mk_swiglu(out, g, u, n);
-        close_enough(path ? "swiglu scalar" : "swiglu avx2", out, ref, n, 2e-6);
+        char what[64];
+        snprintf(what, sizeof what, "swiglu %s", g_path_name);
+        close_enough(what, out, ref, n, 2e-6);
         memcpy(out, g, n * 4); /* in place, as forward.c calls it */
         mk_swiglu(out, out, u, n);
-        close_enough(path ? "swiglu scalar in place" : "swiglu avx2 in place", out, ref, n, 2e-6);
+        snprintf(what, sizeof what, "swiglu %s in place", g_path_name);
+        close_enough(what, out, ref, n, 2e-6);
     }
-    mk_force_scalar(0);
+    paths_reset();
     free(g), free(u), free(ref), free(out);
 }
 
@@ -322,14 +371,14 @@ static void test_embed(void) {
             for (int64_t i = 0; i < cols; i++) ref[i] = mk_get(&t, id * cols + i);
             FOR_PATHS(path) {
                 mk_embed(y, &t, id);
-                CHECK(memcmp(y, ref, sizeof y) == 0, "embed %s %s id=%d", path ? "scalar" : "avx2", dt_name((mtok_dtype)d), id);
+                CHECK(memcmp(y, ref, sizeof y) == 0, "embed %s %s id=%d", g_path_name, dt_name((mtok_dtype)d), id);
             }
         }
         FOR_PATHS(path) {
             mk_embed(y, &t, (int32_t)rows); /* out of range: zeros, no read */
             CHECK(y[0] == 0 && y[cols - 1] == 0, "embed out-of-range id must give zeros");
         }
-        mk_force_scalar(0);
+        paths_reset();
         free((void *)t.data);
     }
     free(tf);
@@ -386,10 +435,9 @@ static void test_attn_case(int64_t D, int64_t n, int mode) {
     }
     attn_direct(q, k, v, n, stride, D, scale, ref);
     const int64_t split = rnd_int(n + 1); /* keys [0, split) to state A, the rest to B; merged at the end */
-    for (int impl = 0; impl < 3; impl++) {
-        /* impl 0: mk_attn_accum on the AVX2 path, 1: forced scalar, 2: mk_attn_accum_ref */
-        if (impl == 0 && !mk_have_avx2()) continue;
-        mk_force_scalar(impl == 1);
+    for (int impl = 0; impl < N_PATHS + 1; impl++) {
+        /* impl < N_PATHS: mk_attn_accum on that path; N_PATHS: mk_attn_accum_ref */
+        if (impl < N_PATHS && !set_path(impl)) continue;
         float m = -INFINITY, l = 0, m2 = -INFINITY, l2 = 0;
         memset(acc, 0, (size_t)D * 4), memset(acc2, 0, (size_t)D * 4);
         for (int64_t j = 0; j < n;) {
@@ -397,7 +445,7 @@ static void test_attn_case(int64_t D, int64_t n, int mode) {
             if (j + nb > n) nb = n - j;
             if (j < split && j + nb > split) nb = split - j;
             float *a = j < split ? acc : acc2, *pm = j < split ? &m : &m2, *pl = j < split ? &l : &l2;
-            if (impl == 2)
+            if (impl == N_PATHS)
                 mk_attn_accum_ref(q, k + j * stride, v + j * stride, nb, stride, D, scale, a, pm, pl);
             else
                 mk_attn_accum(q, k + j * stride, v + j * stride, nb, stride, D, scale, a, pm, pl);
@@ -407,11 +455,11 @@ static void test_attn_case(int64_t D, int64_t n, int mode) {
         for (int64_t i = 0; i < D; i++) out[i] = acc[i] / l;
         char what[128];
         snprintf(what, sizeof what, "attention %s D=%lld n=%lld mode=%d split=%lld",
-                 impl == 0 ? "avx2" : impl == 1 ? "scalar" : "ref", (long long)D, (long long)n, mode, (long long)split);
+                 impl == N_PATHS ? "ref" : g_path_name, (long long)D, (long long)n, mode, (long long)split);
         close_enough(what, out, ref, D, 1e-5);
         CHECK(isfinite(m) && l >= 1.0f && l <= (float)n * 1.0001f, "%s: state m=%g l=%g", what, m, l);
     }
-    mk_force_scalar(0);
+    paths_reset();
     free(k), free(v), free(q), free(ref), free(acc), free(acc2), free(out);
 }
 
@@ -428,7 +476,7 @@ static void test_attn(void) {
         mk_attn_accum(q, kv, kv, 0, 4, 4, 0.5f, acc, &m, &l);
         CHECK(m == -INFINITY && l == 0 && acc[0] == 0, "attention n=0 changed the state (path %d)", path);
     }
-    mk_force_scalar(0);
+    paths_reset();
     mk_attn_merge(acc, &m, &l, acc2, -INFINITY, 0, 4); /* empty into empty */
     CHECK(m == -INFINITY && l == 0 && acc[0] == 0 && !isnan(acc[3]), "merge of two empty states");
     mk_attn_merge(acc, &m, &l, acc2, 2.0f, 3.0f, 4); /* non-empty into empty: a copy */
@@ -506,7 +554,7 @@ static void test_attn_block_case(int64_t D, int64_t n_tok, int64_t n_head, int64
         }
     char what[160];
     snprintf(what, sizeof what, "attn_block %s D=%lld tok=%lld heads=%lld keys=%lld block=%lld causal=%d%s",
-             mk_have_avx2() ? "avx2" : "scalar", (long long)D, (long long)n_tok, (long long)n_head, (long long)n_keys,
+             g_path_name, (long long)D, (long long)n_tok, (long long)n_head, (long long)n_keys,
              (long long)block, causal, panels ? " K panels" : "");
     close_enough(what, acc[0], acc[1], n_tok * q_ts, 2e-5);
     int same_ml = 1;
@@ -529,13 +577,53 @@ static void test_attn_block(void) {
               /* the direct (few-row) form's edges: 23 rows, odd blocks, D = 192 */
               {128, 1, 23, 131, 128}, {192, 3, 5, 70, 33},
               /* K panels only (blocks of 16k): partial last panels, 2 decode tokens, D = 72 (tiled form) */
-              {128, 2, 8, 1000, 128}, {128, 1, 8, 5, 16},   {72, 5, 3, 150, 32},  {16, 1, 4, 40, 16}};
+              {128, 2, 8, 1000, 128}, {128, 1, 8, 5, 16},   {72, 5, 3, 150, 32},  {16, 1, 4, 40, 16},
+              /* the avx512 tiled form (>= 24 rows, D % 16 == 0): D % 32 == 16, D = 256, D = 16 */
+              {48, 9, 3, 90, 32},     {256, 4, 8, 200, 64},  {16, 30, 1, 40, 16}, {80, 25, 1, 70, 48}};
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
         for (int causal = 0; causal < 2; causal++)
             for (int panels = 0; panels < 1 + (cs[i].block % 16 == 0); panels++)
                 FOR_PATHS(path)
                 test_attn_block_case(cs[i].D, cs[i].n_tok, cs[i].n_head, cs[i].n_keys, cs[i].block, causal, panels);
-    mk_force_scalar(0);
+    paths_reset();
+}
+
+/* ---- VDPBF16PS as this CPU computes it: the definition docs/PERFORMANCE.md ("AVX-512 kernels")
+ * states, per 32-bit lane acc += a[2j+1] * b[2j+1], then acc += a[2j] * b[2j], two fused steps rounded
+ * to nearest even, bf16 subnormal inputs read as zero, subnormal results flushed to zero ---- */
+static float ftz(float f) { return fabsf(f) < 0x1p-126f ? copysignf(0.0f, f) : f; }
+static float bfdaz(uint16_t h) { return (h & 0x7f80) ? mk_bf16_to_f32(h) : 0.0f; }
+
+__attribute__((target("avx512f,avx512bf16"))) static void hw_dpbf16(float *acc, const uint32_t *a, const uint32_t *b) {
+    const __m512i va = _mm512_loadu_si512(a), vb = _mm512_loadu_si512(b);
+    _mm512_storeu_ps(acc, _mm512_dpbf16_ps(_mm512_loadu_ps(acc), (__m512bh)va, (__m512bh)vb));
+}
+
+static void test_dpbf16_definition(void) {
+    if (mk_isa_cpu() < MK_ISA_AVX512) return;
+    int64_t bad = 0, n = 0;
+    for (int it = 0; it < 20000; it++) {
+        float acc[16], want[16];
+        uint32_t a[16], b[16];
+        for (int j = 0; j < 16; j++) {
+            /* magnitudes 2^-20 .. 2^20 so that the two steps' roundings are visible */
+            const float s1 = ldexpf(rnd_f(), (int)rnd_int(41) - 20), s2 = ldexpf(rnd_f(), (int)rnd_int(41) - 20);
+            a[j] = mk_f32_to_bf16(s1) | (uint32_t)mk_f32_to_bf16(rnd_f() * 3) << 16;
+            b[j] = mk_f32_to_bf16(s2) | (uint32_t)mk_f32_to_bf16(rnd_f() * 5) << 16;
+            acc[j] = ldexpf(rnd_f(), (int)rnd_int(41) - 20);
+            if (it % 4 == 0) acc[j] = -(bfdaz((uint16_t)a[j]) * bfdaz((uint16_t)b[j])); /* cancellation */
+            if (it % 8 == 1) /* a subnormal bf16 times 2^100: 0 when read as zero, ~2^-30 if not */
+                a[j] = (a[j] & 0xffff0000u) | (uint32_t)(1 + rnd_int(127)), b[j] = (b[j] & 0xffff0000u) | 0x7180u;
+            if (it % 8 == 2) /* 2^-70 * 2^-60 onto 0: a subnormal fp32 result, flushed to zero */
+                a[j] = 0x1c80u, b[j] = 0x2180u, acc[j] = 0.0f;
+            float t = ftz(fmaf(bfdaz((uint16_t)(a[j] >> 16)), bfdaz((uint16_t)(b[j] >> 16)), acc[j]));
+            want[j] = ftz(fmaf(bfdaz((uint16_t)a[j]), bfdaz((uint16_t)b[j]), t));
+        }
+        hw_dpbf16(acc, a, b);
+        for (int j = 0; j < 16; j++, n++) bad += f_bits(acc[j]) != f_bits(want[j]);
+    }
+    CHECK(bad == 0, "VDPBF16PS differs from two fused steps (odd pair, then even) in %lld of %lld lanes", (long long)bad,
+          (long long)n);
 }
 
 /* ---- conversions ---- */
@@ -563,9 +651,9 @@ static void test_conversions(void) {
         mk_f32_to_bf16_row(dst, src, n);
         int64_t bad = 0;
         for (int64_t i = 0; i < n; i++) bad += dst[i] != mk_f32_to_bf16(src[i]);
-        CHECK(bad == 0, "f32_to_bf16_row %s: %lld mismatches", path ? "scalar" : "avx2", (long long)bad);
+        CHECK(bad == 0, "f32_to_bf16_row %s: %lld mismatches", g_path_name, (long long)bad);
     }
-    mk_force_scalar(0);
+    paths_reset();
     free(src), free(dst);
 
     /* f16 -> f32, all 65536 values, against an independent formula */
@@ -604,7 +692,7 @@ static void test_conversions(void) {
     }
     CHECK(bad == 0, "f16 round trip / ties: %lld wrong", (long long)bad);
     /* against the hardware (F16C) on a sweep of all exponents and random bit patterns */
-    mk_force_scalar(0);
+    paths_reset();
     if (mk_have_avx2()) { /* implies F16C */
         bad = 0;
         for (uint64_t u = 0; u < (1ull << 32); u += 997) {
@@ -641,8 +729,8 @@ static void bench_matmul(int64_t n_tok, int64_t N, int64_t K, double min_s) {
         t = fmin(t, omp_get_wtime() - t0);
     }
     const double flop = 2.0 * (double)n_tok * (double)N * (double)K, bytes = 2.0 * (double)N * (double)K;
-    printf("  %s %4lld tok x %5lld x %5lld bf16: %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
-           mk_have_avx2() ? "avx2  " : "scalar", (long long)n_tok, (long long)N, (long long)K, t * 1e3, flop / t * 1e-9,
+    printf("  %-6s %4lld tok x %5lld x %5lld bf16: %8.3f ms  %7.1f GFLOP/s  %6.1f GB/s of weights\n",
+           mk_isa_name(), (long long)n_tok, (long long)N, (long long)K, t * 1e3, flop / t * 1e-9,
            bytes / t * 1e-9);
     free((void *)W.data), free(x), free(y);
 }
@@ -717,8 +805,11 @@ static void bench_attn(int64_t n_tok, int64_t n_keys, double min_s) {
 
 int main(int argc, char **argv) {
     (void)argc, (void)argv;
-    printf("test_kernels: AVX2 path %s, %d OpenMP threads\n", mk_have_avx2() ? "available" : "NOT available",
+    char feat[256];
+    mk_cpu_features(feat, sizeof feat);
+    printf("test_kernels: CPU level %s (%s), %d OpenMP threads\n", mk_isa_str(mk_isa_cpu()), feat,
            omp_get_max_threads());
+    test_dpbf16_definition();
     test_conversions();
     test_matmul();
     test_matmul_multi();
@@ -731,17 +822,17 @@ int main(int argc, char **argv) {
     printf("test_kernels: %d checks, %d failed\n", g_checks, g_fail);
 
     printf("throughput (informational):\n");
-    bench_matmul(1, 2048, 2048, 0.3);
-    bench_matmul(1, 13696, 4096, 0.5); /* 112 MB: past the caches, DRAM bandwidth */
-    bench_matmul(256, 6848, 2048, 0.5); /* glm4-1b gate/up on a 256-token prefill chunk */
-    bench_matmul(512, 2048, 2048, 0.5);
-    bench_matmul(64, 2048, 2048, 0.3);
-    bench_attn(1, 4096, 0.3);
-    bench_attn(1, 16384, 0.3);
-    bench_attn(64, 4096, 0.3);
-    mk_force_scalar(1);
-    bench_matmul(1, 2048, 2048, 0.3);
-    bench_matmul(64, 2048, 2048, 0.3);
-    mk_force_scalar(0);
+    FOR_PATHS(path) {
+        bench_matmul(1, 2048, 2048, 0.3);
+        bench_matmul(64, 2048, 2048, 0.3);
+        if (path == PATH_SCALAR) continue;
+        bench_matmul(1, 13696, 4096, 0.5); /* 112 MB: past the caches, DRAM bandwidth */
+        bench_matmul(256, 6848, 2048, 0.5); /* glm4-1b gate/up on a 256-token prefill chunk */
+        bench_matmul(512, 2048, 2048, 0.5);
+        bench_attn(1, 4096, 0.3);
+        bench_attn(1, 16384, 0.3);
+        bench_attn(64, 4096, 0.3);
+    }
+    paths_reset();
     return g_fail ? 1 : 0;
 }
