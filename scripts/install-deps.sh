@@ -21,6 +21,10 @@ pkgs=(build-essential cmake pkg-config python3 python3-pip
       # mtok eval's LongBench scoring (eval/): jieba's dictionary and segmenter for the Chinese
       # datasets, ICU for Unicode-aware case folding and matching
       python3-jieba libicu-dev
+      # ChatGLM3's tokenizer.model (core/tok_spm.cc): the SentencePiece library
+      libsentencepiece-dev
+      # GLM-4V's image input (core/image.c): PNG and JPEG decoders (libjpeg-turbo)
+      libpng-dev libjpeg62-turbo-dev
       # the fuzz targets (docs/FUZZING.md): clang with libFuzzer (libclang_rt.fuzzer is in
       # libclang-rt-dev, which clang only recommends), its OpenMP runtime, llvm-symbolizer for stacks
       clang libclang-rt-dev libomp-dev llvm)

@@ -24,9 +24,14 @@ set -euo pipefail
 PY="${1:-python3}"
 
 # module to import -> pip requirement that provides it
-mods=(openai datasets sacrebleu pytablewriter jinja2 aiohttp requests tenacity rouge fuzzywuzzy jieba)
+# sentencepiece and PIL are test oracles too: ChatGLM3's tokenizer (the Python binding of the library
+# mtok links; 0.1.99 is the nearest release with wheels for current Pythons to Debian 12's 0.1.97) and
+# GLM-4V's image preprocessing (Pillow's bicubic resize)
+mods=(openai datasets sacrebleu pytablewriter jinja2 aiohttp requests tenacity rouge fuzzywuzzy jieba
+      sentencepiece PIL)
 reqs=(openai==3.63.0 datasets==5.2.0 sacrebleu==2.6.0 pytablewriter==1.2.1 jinja2==3.1.6
-      aiohttp==3.14.5 requests==2.34.2 tenacity==9.2.1 rouge==1.0.1 fuzzywuzzy==0.18.0 jieba==0.42.1)
+      aiohttp==3.14.5 requests==2.34.2 tenacity==9.2.1 rouge==1.0.1 fuzzywuzzy==0.18.0 jieba==0.42.1
+      sentencepiece==0.1.99 pillow==10.4.0)
 LM_EVAL=lm-eval==0.4.13
 
 # Debian's own python refuses pip installs into it (PEP 668); install-deps.sh falls back the same way
