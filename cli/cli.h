@@ -19,6 +19,9 @@ typedef struct {
     int no_simd;           /* --no-simd: scalar kernels */
     const char *isa;       /* --isa avx2|avx512|auto: the highest instruction set the kernels use (NULL:
                             * auto, or MTOK_ISA); applied when parsed (kernels/kernels.h, mk_isa_set) */
+    const char *matmul_precision; /* --matmul-precision fp32|bf16: what the avx512 bf16-dot products do
+                            * with the activations (NULL: fp32, or MTOK_MATMUL_PRECISION); applied when
+                            * parsed (kernels/kernels.h, mk_precision_set) */
     const char *device;    /* --device cpu|cuda|cuda:N (NULL: cpu) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */

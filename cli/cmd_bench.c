@@ -97,6 +97,9 @@ static int prefill_peak(const char *isa, mtok_dtype dtype, const mk_limits_ex *l
     return l->peak[k].available ? k : -1;
 }
 static const char *peak_label(int k) { return k >= 0 ? mk_peak_name(k) : "fp32_portable"; }
+/* VDPBF16PS instructions per multiply-add of the model: 2 at the fp32 matmul precision (x = hi + lo,
+ * kernels/avx512_gemv.c), 1 at bf16; every other class does one instruction lane per multiply-add. */
+static int dots_per_product(int k) { return k == MK_PEAK_BF16_ZMM && mk_precision_active() == MK_PREC_FP32 ? 2 : 1; }
 static double peak_value(int k, const mk_limits_ex *l) { return k >= 0 ? l->peak[k].gops : l->base.fma_gflops; }
 
 /* "peaks": one object per instruction class, named as mk_peak_name: {"available": false} for a class
@@ -261,6 +264,26 @@ static void make_ids(int32_t *ids, int64_t n, int64_t vocab) {
 
 /* Correctness: logits of the first n ids through the SIMD prefill (GEMM path, all rows) and through
  * token-by-token decode (GEMV path, first n_dec rows) against the scalar kernels. */
+/* The worst position of n prefill rows pf and n_dec decode rows dec against the reference rows ref
+ * (decode row t against ref row t): the smallest cosine and the largest |g - r| / max|r|. */
+static void compare_logits(const float *pf, const float *dec, const float *ref, int64_t n, int64_t n_dec, int64_t V,
+                           double *min_cos_out, double *max_rel_out) {
+    double min_cos = 1.0, max_rel = 0.0;
+    for (int64_t t = 0; t < n + n_dec; t++) {
+        const float *g = t < n ? pf + t * V : dec + (t - n) * V, *r = ref + (t < n ? t : t - n) * V;
+        double gg = 0, rr = 0, gr = 0, amax = 0, dmax = 0;
+        for (int64_t i = 0; i < V; i++) {
+            gg += (double)g[i] * g[i], rr += (double)r[i] * r[i], gr += (double)g[i] * r[i];
+            amax = fmax(amax, fabs(r[i]));
+            dmax = fmax(dmax, fabs((double)g[i] - r[i]));
+        }
+        const double cs = gr / (sqrt(gg * rr) + 1e-300);
+        if (!(cs >= min_cos)) min_cos = cs; /* NaN sticks */
+        if (!(dmax / (amax + 1e-30) <= max_rel)) max_rel = dmax / (amax + 1e-30);
+    }
+    *min_cos_out = min_cos, *max_rel_out = max_rel;
+}
+
 static int check_logits(mtok_session *s, const int32_t *ids, int64_t n, int no_simd, json_t **out, int *ok) {
     const int64_t V = mtok_session_config(s)->vocab, n_dec = n < 4 ? n : 4;
     float *pf = malloc((size_t)(n * V) * sizeof *pf), *ref = malloc((size_t)(n * V) * sizeof *ref);
@@ -277,30 +300,43 @@ static int check_logits(mtok_session *s, const int32_t *ids, int64_t n, int no_s
         if ((rc = mtok_forward(s, ids + t, 1, NULL))) goto done;
         memcpy(dec + t * V, mtok_session_logits(s), (size_t)V * sizeof *dec);
     }
+    /* the scalar kernels at the same matmul precision: at bf16 they round x as VDPBF16PS does
+     * (kernels/cpu_dispatch.c), so the check compares like with like at either precision */
     mk_force_scalar(1);
     mtok_session_reset(s);
     rc = mtok_forward(s, ids, n, ref);
     mk_force_scalar(no_simd);
     if (rc) goto done;
-    double min_cos = 1.0, max_rel = 0.0;
-    for (int64_t t = 0; t < n + n_dec; t++) {
-        const float *g = t < n ? pf + t * V : dec + (t - n) * V, *r = ref + (t < n ? t : t - n) * V;
-        double gg = 0, rr = 0, gr = 0, amax = 0, dmax = 0;
-        for (int64_t i = 0; i < V; i++) {
-            gg += (double)g[i] * g[i], rr += (double)r[i] * r[i], gr += (double)g[i] * r[i];
-            amax = fmax(amax, fabs(r[i]));
-            dmax = fmax(dmax, fabs((double)g[i] - r[i]));
-        }
-        const double cs = gr / (sqrt(gg * rr) + 1e-300);
-        if (!(cs >= min_cos)) min_cos = cs; /* NaN sticks */
-        if (!(dmax / (amax + 1e-30) <= max_rel)) max_rel = dmax / (amax + 1e-30);
-    }
+    double min_cos, max_rel;
+    compare_logits(pf, dec, ref, n, n_dec, V, &min_cos, &max_rel);
     /* the parity tests' tolerance: a different summation order may flip one bf16 rounding of a
-     * cached K/V value (1-cos ~ 1e-6); a wrong kernel costs 1-cos > 1e-3 */
-    *ok = min_cos > 1.0 - 1e-4 && max_rel < 2e-2;
-    *out = json_pack("{s:I, s:I, s:f, s:f, s:b}", "prefill_tokens", (json_int_t)n, "decode_tokens", (json_int_t)n_dec,
-                     "min_cos", isfinite(min_cos) ? min_cos : -1.0, "max_rel_diff", isfinite(max_rel) ? max_rel : 1e30,
-                     "ok", *ok);
+     * cached K/V value (1-cos ~ 1e-6); a wrong kernel costs 1-cos > 1e-3. At the bf16 precision every
+     * activation entering a product is such a rounding, and the flips that summation order causes
+     * compound through the layers: 1-cos 1.5e-4 to 2.3e-4 between the SIMD and scalar kernels on the
+     * synthetic glm4-1b (7e-6 to 1e-5 on the test fixtures; docs/PERFORMANCE.md, "AVX-512 kernels"),
+     * so that precision is held to 1e-3 and 5e-2, still below what a wrong kernel costs. */
+    const mk_precision prec = mk_precision_active();
+    const int bf16x = prec == MK_PREC_BF16 && mtok_session_config(s)->dtype == MTOK_BF16;
+    const double tol_cos = bf16x ? 1e-3 : 1e-4, tol_rel = bf16x ? 5e-2 : 2e-2;
+    *ok = min_cos > 1.0 - tol_cos && max_rel < tol_rel;
+    *out = json_pack("{s:I, s:I, s:f, s:f, s:b, s:s, s:f, s:f}", "prefill_tokens", (json_int_t)n, "decode_tokens",
+                     (json_int_t)n_dec, "min_cos", isfinite(min_cos) ? min_cos : -1.0, "max_rel_diff",
+                     isfinite(max_rel) ? max_rel : 1e30, "ok", *ok, "matmul_precision", mk_precision_str(prec),
+                     "tol_one_minus_cos", tol_cos, "tol_rel_diff", tol_rel);
+    if (bf16x) {
+        /* what the bf16 precision costs: the same logits against the scalar fp32 products (reported,
+         * not judged: docs/PERFORMANCE.md, "AVX-512 kernels", gives the figures it runs at) */
+        mk_force_scalar(1);
+        mk_precision_set(MK_PREC_FP32);
+        mtok_session_reset(s);
+        rc = mtok_forward(s, ids, n, ref);
+        mk_precision_set(prec);
+        mk_force_scalar(no_simd);
+        if (rc) goto done;
+        compare_logits(pf, dec, ref, n, n_dec, V, &min_cos, &max_rel);
+        json_object_set_new(*out, "vs_fp32", json_pack("{s:f, s:f}", "min_cos", isfinite(min_cos) ? min_cos : -1.0,
+                                                       "max_rel_diff", isfinite(max_rel) ? max_rel : 1e30));
+    }
 done:
     free(pf), free(ref), free(dec);
     return rc;
@@ -513,10 +549,13 @@ static mk_limits_ex limits_best(const mk_limits_ex *xa, const mk_limits_ex *xb) 
 /* Each prefill and decode figure as a fraction of the limit that bounds it: frac_peak against the
  * peak of the instruction class the prefill's kernels use (peak_gflops, named by the report's
  * "peak"), frac_fma_* against the fp32 FMA loop (ymm with AVX2) as before. */
-static void add_fractions(json_t *jpre, json_t *jdec, const mk_limits *lim, double peak_gflops) {
+static void add_fractions(json_t *jpre, json_t *jdec, const mk_limits *lim, double peak_gflops, int dots) {
     size_t k;
     json_t *e;
     json_array_foreach(jpre, k, e) {
+        /* against the limit of the arithmetic done: the class's peak over its instructions per product */
+        json_object_set_new(e, "frac_limit",
+                            json_real(json_real_value(json_object_get(e, "gflops")) * dots / peak_gflops));
         json_object_set_new(e, "frac_peak", json_real(json_real_value(json_object_get(e, "gflops")) / peak_gflops));
         json_object_set_new(e, "frac_peak_mean",
                             json_real(json_real_value(json_object_get(e, "gflops_mean")) / peak_gflops));
@@ -573,9 +612,13 @@ static void print_summary(json_t *root, const mk_limits *lim, double rss, double
     printf("limits (best of 2 runs, %d threads): triad %.1f GB/s, read %.1f GB/s, FMA %.1f GFLOP/s "
            "(mean of the reps %.1f GFLOP/s)\n",
            lim->threads, lim->triad_gbs, lim->read_gbs, lim->fma_gflops, lim->fma_gflops_mean);
-    printf("prefill peak: %s %.1f GFLOP/s (%s kernels, %s weights)\n", json_string_value(json_object_get(jpk, "name")),
-           json_real_value(json_object_get(jpk, "gflops")), json_string_value(json_object_get(jpk, "kernel_isa")),
-           json_string_value(json_object_get(jpk, "dtype")));
+    printf("prefill peak: %s %.1f GFLOP/s (%s kernels, %s weights, matmul precision %s: %lld instruction(s) per "
+           "multiply-add, limit %.1f GFLOP/s)\n",
+           json_string_value(json_object_get(jpk, "name")), json_real_value(json_object_get(jpk, "gflops")),
+           json_string_value(json_object_get(jpk, "kernel_isa")), json_string_value(json_object_get(jpk, "dtype")),
+           json_string_value(json_object_get(jpk, "matmul_precision")),
+           (long long)json_integer_value(json_object_get(jpk, "dots_per_product")),
+           json_real_value(json_object_get(jpk, "limit_gflops")));
     json_array_foreach(json_object_get(root, "prefill"), k, e)
         printf("  prefill %6lld tokens: %5.1f%% of the %s peak (mean of the reps %.1f%%); %5.1f%% of fp32 FMA peak "
                "(mean %.1f%%; %.1f%% of the FMA loop's mean)\n",
@@ -630,16 +673,19 @@ static int bench_model(bench_opts *B) {
     /* the kernels that ran the prefill, and the peak of their instruction class */
     const char *isa = kernel_isa();
     const int pk = prefill_peak(isa, R.c->dtype, &limx);
-    add_fractions(jpre, jdec, &lim, peak_value(pk, &limx));
+    add_fractions(jpre, jdec, &lim, peak_value(pk, &limx), dots_per_product(pk));
     json_t *jl = limits_json(&limx);
     json_object_set_new(jl, "before", limits_json(&lim0));
     json_object_set_new(jl, "after", limits_json(&lim1));
     json_object_set_new(root, "model", model_json(&R));
     json_object_set_new(root, "threads", json_integer(lim.threads));
     json_object_set_new(root, "simd", json_boolean(mk_have_avx2()));
-    json_object_set_new(root, "peak", json_pack("{s:s, s:f, s:s, s:s}", "name", peak_label(pk), "gflops",
+    json_object_set_new(root, "peak", json_pack("{s:s, s:f, s:s, s:s, s:s, s:i, s:f}", "name", peak_label(pk), "gflops",
                                                 peak_value(pk, &limx), "kernel_isa", isa, "dtype",
-                                                mtok_dtype_name(R.c->dtype)));
+                                                mtok_dtype_name(R.c->dtype), "matmul_precision",
+                                                mk_precision_str(mk_precision_active()), "dots_per_product",
+                                                dots_per_product(pk), "limit_gflops",
+                                                peak_value(pk, &limx) / dots_per_product(pk)));
     json_object_set_new(root, "limits", jl);
     json_object_set_new(root, "prefill", jpre);
     json_object_set_new(root, "decode", jdec);

@@ -233,7 +233,7 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         mk_isa isa;
         if (mk_isa_parse(v, &isa) || isa == MK_ISA_SCALAR)
             return cli_usage_error("--isa must be avx2, avx512 or auto (--no-simd for the scalar kernels)"), -1;
-        /* auto: the default level (at most avx2, kernels/cpu_dispatch.c), whatever MTOK_ISA says */
+        /* auto: the default level (the CPU's highest, kernels/cpu_dispatch.c), whatever MTOK_ISA says */
         if (!strcmp(v, "auto") && isa > mk_isa_cpu()) isa = mk_isa_cpu();
         if (mk_isa_set(isa)) {
             char feat[256];
@@ -241,6 +241,13 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
             return cli_usage_error("--isa %s: this CPU cannot run it (it has: %s)", v, feat[0] ? feat : "none"), -1;
         }
         o->isa = v;
+    } else if (!strcmp(a, "--matmul-precision")) {
+        VAL();
+        mk_precision p;
+        if (mk_precision_parse(v, &p))
+            return cli_usage_error("--matmul-precision must be fp32 or bf16"), -1;
+        mk_precision_set(p);
+        o->matmul_precision = v;
     } else if (!strcmp(a, "--device")) {
         VAL();
         int dev;

@@ -82,12 +82,17 @@ INLINE void tile_store(int mr, const __m512 *c0, const __m512 *c1, float *c, int
     }
 }
 
-/* c[t][0..32) += sum over np pairs of x[t] (bf16, rows ldb apart) times the packed pairs wp. */
-INLINE void uk_bf16(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, int64_t ldb, float *c, int64_t ldc,
-                    const float *init) {
+/* c[t][0..32) += sum over np pairs of x[t] (bf16, rows ldb apart) times the packed pairs wp. With
+ * SPLIT, x is the pair hi + lo (xl: the low halves, rows ldb apart as well) and each pair of weights
+ * meets both: two VDPBF16PS per product, the hi one first. */
+INLINE void uk_bf16(int mr, int SPLIT, int64_t np, const uint32_t *wp, const uint16_t *xb, const uint16_t *xl,
+                    int64_t ldb, float *c, int64_t ldc, const float *init) {
     __m512 c0[ZM_MR], c1[ZM_MR];
-    const uint16_t *xr[ZM_MR];
-    for (int t = 0; t < ZM_MR; t++) xr[t] = xb + (t < mr ? t : 0) * ldb;
+    const uint16_t *xr[ZM_MR], *lr[ZM_MR];
+    for (int t = 0; t < ZM_MR; t++) {
+        xr[t] = xb + (t < mr ? t : 0) * ldb;
+        lr[t] = SPLIT ? xl + (t < mr ? t : 0) * ldb : NULL;
+    }
     tile_load(mr, c0, c1, c, ldc, init);
     for (int64_t p = 0; p < np; p++) {
         const __m512i w0 = _mm512_load_si512((const void *)(wp + ZM_NR * p));
@@ -96,6 +101,11 @@ INLINE void uk_bf16(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, 
             const __m512i a = bcast_pair(xr[t] + 2 * p);
             c0[t] = dpbf16(c0[t], w0, a);
             c1[t] = dpbf16(c1[t], w1, a);
+            if (SPLIT) {
+                const __m512i l = bcast_pair(lr[t] + 2 * p);
+                c0[t] = dpbf16(c0[t], w0, l);
+                c1[t] = dpbf16(c1[t], w1, l);
+            }
         }
     }
     tile_store(mr, c0, c1, c, ldc);
@@ -117,15 +127,19 @@ INLINE void uk_bf16(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, 
     default: F(12, __VA_ARGS__); break;                                                                      \
     }
 
-static void uk_bf16_any(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, int64_t ldb, float *c,
-                        int64_t ldc, const float *init) {
-    MR_CASES(uk_bf16, np, wp, xb, ldb, c, ldc, init)
+static void uk_bf16_any(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, const uint16_t *xl, int64_t ldb,
+                        float *c, int64_t ldc, const float *init) {
+    if (xl)
+        MR_CASES(uk_bf16, 1, np, wp, xb, xl, ldb, c, ldc, init)
+    else
+        MR_CASES(uk_bf16, 0, np, wp, xb, NULL, ldb, c, ldc, init)
 }
 
 /* Tokens [t0, t1) x panels [p0, p1) (32 outputs each) of y = xb W^T (+ b), bf16 W, with packing buffer
- * buf. xb: x rounded to bf16, rows ldb apart, zero past K up to the next even column. */
-void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, int64_t ldb, int64_t t0, int64_t t1,
-                          const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, void *buf) {
+ * buf. xb: x rounded to bf16, rows ldb apart, zero past K up to the next even column; xl: NULL, or
+ * the low halves (x - xb rounded to bf16, the same layout), whose products are added too. */
+void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, const uint16_t *xl, int64_t ldb, int64_t t0,
+                          int64_t t1, const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, void *buf) {
     const int64_t N = W->rows, K = W->cols;
     uint32_t *wp = buf;
     _Alignas(64) float bias[ZM_NCP][ZM_NR];
@@ -155,7 +169,8 @@ void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, int64_t ldb
                     if (part)
                         for (int i = 0; i < mr; i++)
                             for (int64_t j = 0; j < nv; j++) tmp[i * ZM_NR + j] = k0 ? c[i * ldy + j] : 0.0f;
-                    uk_bf16_any(mr, (kc + 1) / 2, wp + p * ZM_PANEL_U32, xb + t * ldb + k0, ldb, cc,
+                    uk_bf16_any(mr, (kc + 1) / 2, wp + p * ZM_PANEL_U32, xb + t * ldb + k0,
+                                xl ? xl + t * ldb + k0 : NULL, ldb, cc,
                                 part ? ZM_NR : ldy, init);
                     if (part)
                         for (int i = 0; i < mr; i++)

@@ -1,7 +1,6 @@
 /* cpu_dispatch.c — the public mk_* entry points and the run-time choice of instruction set. Each entry
  * point runs the highest level that the CPU has, that the OS saves the registers of (XCR0), and that
- * is not capped (mk_isa_set: --isa; MTOK_ISA; mk_force_scalar: --no-simd; `auto` caps at avx2 for
- * now, MK_ISA_AUTO_CAP below says why):
+ * is not capped (mk_isa_set: --isa; MTOK_ISA; mk_force_scalar: --no-simd):
  *   avx512  the matrix products and attention of kernels/avx512_*.c (AVX-512F/BW/VL + AVX512_BF16);
  *           the row ops stay AVX2 (one pass over a row: nothing to gain)
  *   avx2    kernels/cpu_avx2.c and kernels/avx2_*.c (AVX2 + FMA + F16C)
@@ -18,12 +17,11 @@
 
 #include "cpu_internal.h"
 
-/* What `auto` (and no --isa) runs: AVX2 at most, for now. The AVX-512 forms take their products with
- * VDPBF16PS, which rounds the activations to bf16; on glm4-1b that moves the logits to 1 - cos 4.6e-4
- * from the scalar path (the tolerance every other path meets is 1e-4, `mtok bench`'s check), so they
- * run only when asked for (--isa avx512, MTOK_ISA=avx512) until a form within the tolerance exists
- * (docs/PERFORMANCE.md, "AVX-512 kernels"). */
-#define MK_ISA_AUTO_CAP MK_ISA_AVX2
+/* What `auto` (and no --isa) runs: the highest level the CPU has. The avx512 level's bf16 products
+ * keep the fp32 activations through the hi + lo split by default (mk_precision_active), which puts
+ * its logits as close to the scalar path's as AVX2's; the bf16 precision, twice the rate and less
+ * accurate, is asked for separately (--matmul-precision bf16; docs/PERFORMANCE.md, "AVX-512 kernels"). */
+#define MK_ISA_AUTO_CAP MK_ISA_AVX512
 
 static int g_force_scalar;
 
@@ -163,21 +161,99 @@ static int have_avx512(void) { return mk_isa_active() >= MK_ISA_AVX512; }
 /* Meant to be set once at start-up (CLI flag) or between test phases, not while kernels run. */
 void mk_force_scalar(int on) { g_force_scalar = on != 0; }
 
+/* The bf16-dot precision: -1 until set, then by mk_precision_set or, on first use, MTOK_MATMUL_PRECISION
+ * (fp32 when unset or unknown: the CLI validates its flag, the variable only selects). */
+static int g_precision = -1;
+
+int mk_precision_parse(const char *s, mk_precision *out) {
+    if (!s) return -1;
+    if (!strcmp(s, "fp32")) *out = MK_PREC_FP32;
+    else if (!strcmp(s, "bf16")) *out = MK_PREC_BF16;
+    else return -1;
+    return 0;
+}
+
+const char *mk_precision_str(mk_precision p) { return p == MK_PREC_BF16 ? "bf16" : "fp32"; }
+
+mk_precision mk_precision_active(void) {
+    int v = __atomic_load_n(&g_precision, __ATOMIC_RELAXED);
+    if (v < 0) {
+        mk_precision e = MK_PREC_FP32;
+        const char *s = getenv("MTOK_MATMUL_PRECISION");
+        if (s && *s && mk_precision_parse(s, &e)) e = MK_PREC_FP32;
+        int unset = -1;
+        __atomic_compare_exchange_n(&g_precision, &unset, (int)e, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+        v = __atomic_load_n(&g_precision, __ATOMIC_RELAXED);
+    }
+    return (mk_precision)v;
+}
+
+void mk_precision_set(mk_precision p) { __atomic_store_n(&g_precision, (int)p, __ATOMIC_RELAXED); }
+
 /* The team size a kernel's parallel region gets: the caller's, else OpenMP's default (what
  * omp_get_max_threads says for this thread: OMP_NUM_THREADS, or every core). */
 static int team(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
+/* The bf16 precision below the avx512 level: the products of bf16 W take x rounded to bf16, as
+ * VDPBF16PS does, so a run's numerics follow --matmul-precision and not the machine (a bf16 run on an
+ * AVX2-only CPU, or --no-simd as the reference of an avx512 one). The rounded copies are made here and
+ * the level's own kernels compute with them. One difference remains: VDPBF16PS reads bf16 subnormals
+ * (|x| < 2^-126) as zero, these kernels do not. Returns 0 when it ran the jobs, -1 when there was
+ * nothing to round (or no memory: the fp32 products, which are never less accurate). */
+static int matmul_bf16_emulated(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
+
 void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads) {
     if (have_avx512()) {
-        mk_matmul_multi_avx512(jobs, n_jobs, n_tok, team(threads));
+        mk_matmul_multi_avx512(jobs, n_jobs, n_tok, team(threads), mk_precision_active() == MK_PREC_FP32);
         return;
     }
+    if (mk_precision_active() == MK_PREC_BF16 && !matmul_bf16_emulated(jobs, n_jobs, n_tok, threads)) return;
     if (mk_have_avx2()) {
         mk_matmul_multi_avx2(jobs, n_jobs, n_tok, team(threads));
         return;
     }
     for (int i = 0; i < n_jobs; i++)
         mk_matmul_portable(jobs[i].y, jobs[i].ldy, jobs[i].x, jobs[i].ldx, n_tok, jobs[i].W, jobs[i].b, team(threads));
+}
+
+static int matmul_bf16_emulated(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads) {
+    enum { MAX_JOBS = 16 };
+    if (n_jobs > MAX_JOBS || n_tok <= 0) return -1;
+    mk_matmul_job use[MAX_JOBS];
+    float *copy[MAX_JOBS];
+    int n_copies = 0, failed = 0;
+    for (int i = 0; i < n_jobs && !failed; i++) {
+        use[i] = jobs[i];
+        if (jobs[i].W->dtype != MTOK_BF16 || jobs[i].W->cols == 0) continue;
+        const int64_t K = jobs[i].W->cols;
+        int c = 0; /* an earlier job's copy of the same x, wide enough (Q, K, V; gate and up share one) */
+        while (c < i && !(jobs[c].x == jobs[i].x && jobs[c].ldx == jobs[i].ldx && use[c].x != jobs[c].x &&
+                          use[c].ldx >= K))
+            c++;
+        if (c < i) {
+            use[i].x = use[c].x, use[i].ldx = use[c].ldx;
+            continue;
+        }
+        float *xr = malloc((size_t)(n_tok * K) * sizeof *xr);
+        if (!xr) {
+            failed = 1;
+            break;
+        }
+        copy[n_copies++] = xr;
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t k = 0; k < K; k++) xr[t * K + k] = mk_bf16_to_f32(mk_f32_to_bf16(jobs[i].x[t * jobs[i].ldx + k]));
+        use[i].x = xr, use[i].ldx = K;
+    }
+    const int run = !failed && n_copies > 0;
+    if (run) {
+        if (mk_have_avx2())
+            mk_matmul_multi_avx2(use, n_jobs, n_tok, team(threads));
+        else
+            for (int i = 0; i < n_jobs; i++)
+                mk_matmul_portable(use[i].y, use[i].ldy, use[i].x, use[i].ldx, n_tok, use[i].W, use[i].b, team(threads));
+    }
+    for (int c = 0; c < n_copies; c++) free(copy[c]);
+    return run ? 0 : -1;
 }
 
 void mk_matmul_threads(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,

@@ -38,13 +38,15 @@ void mk_attn_block_avx2(const mk_attn_params *p);
 
 /* ---- AVX-512F/BW/VL + AVX512_BF16 (kernels/avx512_*.c; only called when the CPU has all of them
  * and the OS saves the zmm state) ---- */
-/* avx512_gemv.c: the threaded driver (bf16 W: VDPBF16PS on x rounded to bf16; f16/f32 W: on to
- * mk_matmul_multi_avx2) and the few-token row kernel */
-void mk_matmul_multi_avx512(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
+/* avx512_gemv.c: the threaded driver (bf16 W: VDPBF16PS on x split in hi + lo bf16 when split is 1,
+ * the fp32 precision, or rounded to bf16; f16/f32 W: on to mk_matmul_multi_avx2) and the few-token
+ * row kernel */
+void mk_matmul_multi_avx512(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads, int split);
 /* avx512_gemm.c: the packed bf16 GEMM over tokens [t0, t1) x 32-output panels [p0, p1), one thread;
- * xb: x rounded to bf16 (rows ldb apart, zero past K up to an even column) */
-void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, int64_t ldb, int64_t t0, int64_t t1,
-                          const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, void *buf);
+ * xb: x rounded to bf16 (rows ldb apart, zero past K up to an even column); xl: NULL, or the
+ * remainders x - xb rounded to bf16 in the same layout (the fp32 precision) */
+void mk_gemm_block_avx512(float *y, int64_t ldy, const uint16_t *xb, const uint16_t *xl, int64_t ldb, int64_t t0,
+                          int64_t t1, const mk_tensor *W, const mk_tensor *b, int64_t p0, int64_t p1, void *buf);
 void *mk_gemm_scratch_avx512(void);
 /* avx512_attn.c: the prefill (tiled) form; other shapes go on to mk_attn_block_avx2 */
 void mk_attn_block_avx512(const mk_attn_params *p);

@@ -83,7 +83,7 @@ void mk_matmul_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n
 static double bf16_daz(uint16_t h) { return (h & 0x7f80u) ? (double)mk_bf16_to_f32(h) : 0.0; }
 
 void mk_matmul_bf16dot_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                           const mk_tensor *b) {
+                           const mk_tensor *b, int split) {
     if (W->dtype != MTOK_BF16) {
         mk_matmul_ref(y, ldy, x, ldx, n_tok, W, b);
         return;
@@ -92,8 +92,14 @@ void mk_matmul_bf16dot_ref(float *y, int64_t ldy, const float *x, int64_t ldx, i
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t o = 0; o < W->rows; o++) {
             double s = b ? mk_get(b, o) : 0.0;
-            for (int64_t i = 0; i < W->cols; i++)
-                s += bf16_daz(mk_f32_to_bf16(x[t * ldx + i])) * bf16_daz(w[o * W->cols + i]);
+            for (int64_t i = 0; i < W->cols; i++) {
+                const float xi = x[t * ldx + i];
+                const uint16_t hi = mk_f32_to_bf16(xi);
+                const double wi = bf16_daz(w[o * W->cols + i]);
+                s += bf16_daz(hi) * wi;
+                /* the remainder is exact in fp32; 0 where hi is not finite (avx512_gemv.c) */
+                if (split && isfinite(mk_bf16_to_f32(hi))) s += bf16_daz(mk_f32_to_bf16(xi - mk_bf16_to_f32(hi))) * wi;
+            }
             y[t * ldy + o] = (float)s;
         }
 }

@@ -42,7 +42,8 @@ float mk_get(const mk_tensor *t, int64_t i);
 
 /* ---- instruction sets, chosen at run time (kernels/cpu_dispatch.c) ----
  * avx512: AVX-512F/BW/VL + AVX512_BF16 with the zmm state saved by the OS; the bf16 matrix products
- * use VDPBF16PS on activations rounded to bf16 (docs/PERFORMANCE.md, "AVX-512 kernels"). */
+ * use VDPBF16PS on the activations split in two bf16 (or rounded to one: mk_precision below;
+ * docs/PERFORMANCE.md, "AVX-512 kernels"). */
 typedef enum { MK_ISA_SCALAR = 0, MK_ISA_AVX2 = 1, MK_ISA_AVX512 = 2 } mk_isa;
 /* The highest level this CPU and OS can run. */
 mk_isa mk_isa_cpu(void);
@@ -63,6 +64,19 @@ void mk_cpu_features(char *buf, size_t n);
 int mk_have_avx2(void);
 /* Forces the scalar path (tests, --no-simd). */
 void mk_force_scalar(int on);
+/* What the bf16-dot products (the avx512 level, bf16 W) do with the fp32 activations x:
+ *   MK_PREC_FP32  x = hi + lo, both bf16, and each weight pair meets both (two VDPBF16PS): the
+ *                 products keep x to ~2^-17 relative, so logits stay within the tolerance of the
+ *                 scalar path, at half the instruction's rate (the default);
+ *   MK_PREC_BF16  x rounded to bf16 once (one VDPBF16PS): twice the rate, and a relative error of
+ *                 up to 2^-9 per element of x before any product (docs/PERFORMANCE.md).
+ * Every other path computes in fp32 whatever this says. Set by mk_precision_set (--matmul-precision)
+ * or, until it is called, by the environment variable MTOK_MATMUL_PRECISION = fp32|bf16. */
+typedef enum { MK_PREC_FP32 = 0, MK_PREC_BF16 = 1 } mk_precision;
+mk_precision mk_precision_active(void);
+void mk_precision_set(mk_precision p); /* start-up and test phases only, as mk_isa_set */
+int mk_precision_parse(const char *s, mk_precision *out); /* "fp32" | "bf16": 0, or -1 unknown */
+const char *mk_precision_str(mk_precision p);           /* "fp32", "bf16" */
 
 /* ---- matrix products ----
  * y[t][o] = sum_i x[t][i] * W[o][i] + (b ? b[o] : 0)   for t < n_tok, o < W.rows, i < W.cols.
@@ -93,11 +107,12 @@ void mk_matmul_threads(float *y, int64_t ldy, const float *x, int64_t ldx, int64
                        const mk_tensor *b, int threads);
 void mk_matmul_multi_threads(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok, int threads);
 void mk_matmul_multi_ref(const mk_matmul_job *jobs, int n_jobs, int64_t n_tok);
-/* What the avx512 path computes for bf16 W: each x rounded to bf16 (round to nearest even), bf16
- * subnormals of x and W read as zero (VDPBF16PS's DAZ), products summed in double. f16 and f32 W:
- * mk_matmul_ref. The avx512 kernels differ from this only by their fp32 accumulation. */
+/* What the avx512 path computes for bf16 W: each x rounded to bf16 (round to nearest even), plus with
+ * split its remainder x - bf16(x) rounded to bf16 (the fp32 precision), bf16 subnormals of x and W
+ * read as zero (VDPBF16PS's DAZ), products summed in double. f16 and f32 W: mk_matmul_ref. The avx512
+ * kernels differ from this only by their fp32 accumulation. */
 void mk_matmul_bf16dot_ref(float *y, int64_t ldy, const float *x, int64_t ldx, int64_t n_tok, const mk_tensor *W,
-                           const mk_tensor *b);
+                           const mk_tensor *b, int split);
 
 /* ---- elementwise / row ops ---- */
 /* y = w * x / sqrt(mean(x^2) + eps) over n elements (y may alias x). */

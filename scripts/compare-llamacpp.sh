@@ -6,7 +6,7 @@
 # (uptime) before and after it. docs/PERFORMANCE.md ("mtok vs llama.cpp") has the figures.
 #
 #   scripts/compare-llamacpp.sh [--mtok BIN] [--work DIR] [--out DIR] [--threads N] [--isa L]
-#                               [--dtypes "bf16 f16"] [--reps N] [--setup-only]
+#                               [--dtypes "bf16 f16"] [--precisions "fp32 bf16"] [--reps N] [--setup-only]
 #
 # Setup (each step skipped when its result is already in --work, default /tmp/llamacpp; nothing is
 # written into the repository):
@@ -23,8 +23,11 @@
 #      vocab with merges and the "chatglm-bpe" pre-tokenizer that the converter writes for GLM-4. The
 #      tensors go through the converter unchanged. mtok reads the synthesized directory itself, so both
 #      engines compute with identical weight values.
-# Runs (per dtype, ABBA):
+# Runs (per dtype, ABBA; for bf16 weights mtok runs once per --matmul-precision in --precisions, in
+# reverse order on the way back: fp32 is mtok's default, bf16 rounds the activations as llama.cpp's
+# bf16 path does):
 #   mtok:      mtok bench -m DIR --threads 2 --prompt 512,4096 --depths 4096,16384 --gen 32 --reps 2 --json
+#                         [--matmul-precision P]
 #   llama.cpp: llama-bench -m F.gguf -t 2 -p 512,4096 -n 0 -r 2 -o json       (prefill)
 #              llama-bench -m F.gguf -t 2 -p 0 -n 32 -d 4096,16384 -r 1 -o json (decode at depth)
 # both with their defaults otherwise (chunk / ubatch 512, OpenMP's default wait policy). Prefill is
@@ -40,6 +43,7 @@ THREADS=2
 ISA=auto
 DTYPES="bf16 f16"
 REPS=2
+PRECISIONS="fp32 bf16"
 SETUP_ONLY=0
 LLAMA_PY_VERSION=0.3.36 # the llama-cpp-python sdist whose vendor/llama.cpp is built
 
@@ -52,8 +56,9 @@ while [ $# -gt 0 ]; do
     --isa) ISA=$2; shift 2 ;;
     --dtypes) DTYPES=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
+    --precisions) PRECISIONS=$2; shift 2 ;;
     --setup-only) SETUP_ONLY=1; shift ;;
-    *) echo "usage: $0 [--mtok BIN] [--work DIR] [--out DIR] [--threads N] [--isa L] [--dtypes LIST] [--reps N] [--setup-only]" >&2
+    *) echo "usage: $0 [--mtok BIN] [--work DIR] [--out DIR] [--threads N] [--isa L] [--dtypes LIST] [--precisions LIST] [--reps N] [--setup-only]" >&2
        exit 1 ;;
     esac
 done
@@ -168,14 +173,14 @@ done
 } >"$OUT/meta.txt"
 cat "$OUT/meta.txt" >&2
 
-run_mtok() { # dtype index
-    local f=$OUT/mtok-$1-$2 rc=0
+run_mtok() { # dtype index precision
+    local f=$OUT/mtok-$1-$2-$3 rc=0
     load >"$f.load0"
-    "$MTOK" bench -m "$WORK/g1b-$1" --threads "$THREADS" --isa "$ISA" --prompt 512,4096 --depths 4096,16384 \
-        --gen 32 --reps "$REPS" --json --no-progress >"$f.json" 2>"$f.err" || rc=$?
+    "$MTOK" bench -m "$WORK/g1b-$1" --threads "$THREADS" --isa "$ISA" --matmul-precision "$3" --prompt 512,4096 \
+        --depths 4096,16384 --gen 32 --reps "$REPS" --json --no-progress >"$f.json" 2>"$f.err" || rc=$?
     load >"$f.load1"
     echo $rc >"$f.rc"
-    log "mtok $1 #$2 rc $rc, load $(cat "$f.load0") -> $(cat "$f.load1")"
+    log "mtok $1 #$2 ($3) rc $rc, load $(cat "$f.load0") -> $(cat "$f.load1")"
 }
 run_llama() {
     local f=$OUT/llama-$1-$2 rc=0
@@ -187,17 +192,20 @@ run_llama() {
     log "llama.cpp $1 #$2 rc $rc, load $(cat "$f.load0") -> $(cat "$f.load1")"
 }
 for dt in $DTYPES; do
-    run_mtok "$dt" 1
+    precs=fp32 # the precision changes only the products of bf16 weights
+    [ "$dt" = bf16 ] && precs=$PRECISIONS
+    back=$(echo $precs | tr ' ' '\n' | tac | tr '\n' ' ')
+    for p in $precs; do run_mtok "$dt" 1 "$p"; done
     run_llama "$dt" 2
     run_llama "$dt" 3
-    run_mtok "$dt" 4
+    for p in $back; do run_mtok "$dt" 4 "$p"; done
 done
 
 # ---- the table ----
-python3 - "$OUT" $DTYPES >"$OUT/summary.md" <<'EOF'
+python3 - "$OUT" "$PRECISIONS" $DTYPES >"$OUT/summary.md" <<'EOF'
 import json, os, sys
 
-out, dtypes = sys.argv[1], sys.argv[2:]
+out, precisions, dtypes = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 
 
 def rd(p):
@@ -217,10 +225,14 @@ print("| dtype | run | pp512 tok/s | pp4096 tok/s | tg32 @4K tok/s | tg32 @16K t
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 means = {}
 for dt in dtypes:
-    for i, eng in ((1, "mtok"), (2, "llama"), (3, "llama"), (4, "mtok")):
-        base = os.path.join(out, f"{eng}-{dt}-{i}")
+    precs = precisions if dt == "bf16" else ["fp32"]
+    runs = [(1, "mtok", p) for p in precs] + [(2, "llama", ""), (3, "llama", "")] + \
+        [(4, "mtok", p) for p in reversed(precs)]
+    for i, eng, prec in runs:
+        base = os.path.join(out, f"{eng}-{dt}-{i}" + (f"-{prec}" if prec else ""))
+        eng = f"mtok {prec}" if prec else eng
         row, note = {}, ""
-        if eng == "mtok":
+        if prec:
             b = rd(base + ".json") or {}
             for p in b.get("prefill", []):
                 row[f"pp{p['tokens']}"] = p["tokens"] / p["seconds_mean"]
@@ -228,7 +240,8 @@ for dt in dtypes:
                 row[f"tg{d['depth']}"] = d["tok_s"]
             pk = b.get("peak", {})
             fr = [f"{100 * p.get('frac_peak_mean', 0):.0f}%" for p in b.get("prefill", [])]
-            note = f"{pk.get('kernel_isa')}; prefill {'/'.join(fr)} of {pk.get('name')} ({pk.get('gflops', 0):.0f} GFLOP/s)"
+            note = (f"{pk.get('kernel_isa')}; prefill {'/'.join(fr)} of {pk.get('name')} ({pk.get('gflops', 0):.0f} "
+                    f"GFLOP/s, {pk.get('dots_per_product')} instruction(s) per multiply-add)")
             if not b.get("check", {}).get("ok", False):
                 note += f"; check: min_cos {b.get('check', {}).get('min_cos')}"
         else:
@@ -246,11 +259,12 @@ print()
 print("| dtype | mtok / llama.cpp (means of the two runs each) | pp512 | pp4096 | tg32 @4K | tg32 @16K |")
 print("| --- | --- | --- | --- | --- | --- |")
 for dt in dtypes:
-    cells = []
-    for k in ("pp512", "pp4096", "tg4096", "tg16384"):
-        a, b = means.get((dt, "mtok", k)), means.get((dt, "llama", k))
-        cells.append(f"{(sum(a) / len(a)) / (sum(b) / len(b)):.2f}x" if a and b else "—")
-    print(f"| {dt} | | " + " | ".join(cells) + " |")
+    for prec in (precisions if dt == "bf16" else ["fp32"]):
+        cells = []
+        for k in ("pp512", "pp4096", "tg4096", "tg16384"):
+            a, b = means.get((dt, f"mtok {prec}", k)), means.get((dt, "llama", k))
+            cells.append(f"{(sum(a) / len(a)) / (sum(b) / len(b)):.2f}x" if a and b else "—")
+        print(f"| {dt} | mtok --matmul-precision {prec} | " + " | ".join(cells) + " |")
 EOF
 cat "$OUT/summary.md"
 log "results in $OUT"

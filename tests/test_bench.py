@@ -181,6 +181,13 @@ with tempfile.TemporaryDirectory() as tmp:
                   abs(p["frac_peak_mean"] - p["gflops_mean"] / pk["gflops"]) <= 2e-5 * p["frac_peak_mean"]
                   for p in pre),
               f"{where}: frac_peak = gflops / the named peak, for every prefill")
+        # the fp32 matmul precision takes two VDPBF16PS per product (x = hi + lo): half the class's rate
+        dots = 2 if pk.get("name") == "bf16_dot_zmm" and pk.get("matmul_precision") == "fp32" else 1
+        check(pk.get("matmul_precision") in ("fp32", "bf16") and pk.get("dots_per_product") == dots and
+              num(pk.get("limit_gflops")) and abs(pk["limit_gflops"] - pk["gflops"] / dots) <= 1e-5 * pk["gflops"],
+              f"{where}: the peak names the matmul precision, {dots} instruction(s) per product and the limit")
+        check(all(num(p.get("frac_limit")) and abs(p["frac_limit"] - p["frac_peak"] * dots) <= 2e-5 * p["frac_limit"]
+                  for p in pre), f"{where}: frac_limit = gflops / the limit, for every prefill")
 
     def want_peak(isa, dtype):
         """The class each ISA's prefill kernels use (kernels/avx512_gemm.c: VDPBF16PS for bf16 weights)."""
@@ -208,6 +215,24 @@ with tempfile.TemporaryDirectory() as tmp:
             bi = {}
         check(bi.get("peak", {}).get("kernel_isa") == isa, f"bench --isa {isa} runs the {isa} kernels")
         peak_fracs_ok(bi, f"bench --isa {isa}", want_peak(isa, m.get("dtype")))
+        # the bf16 precision at this level: its check compares with the scalar kernels rounding x alike
+        # (within the looser tolerance it names) and reports what it costs against the fp32 products
+        rc, out, err = run("bench", "-m", model, "--isa", isa, "--matmul-precision", "bf16", "--prompt", "32",
+                           "--depths", "0", "--gen", "2", "--check-tokens", "8", "--array-mb", "16", "--json")
+        try:
+            bp = json.loads(out)
+        except ValueError:
+            bp = {}
+        ck = bp.get("check", {})
+        check(rc == 0 and ck.get("ok") is True and ck.get("matmul_precision") == "bf16" and
+              ck.get("tol_one_minus_cos") == 1e-3, f"bench --isa {isa} --matmul-precision bf16 passes its check "
+              f"(rc {rc}: {err.strip()[-300:]}; check {ck})")
+        vs = ck.get("vs_fp32", {})
+        check(num(vs.get("min_cos")) and 0.99 < vs["min_cos"] < 1.0 and vs["min_cos"] <= ck.get("min_cos", 0) + 1e-4,
+              f"bench --isa {isa} --matmul-precision bf16 reports its distance from the fp32 products ({vs})")
+        peak_fracs_ok(bp, f"bench --isa {isa} --matmul-precision bf16", want_peak(isa, m.get("dtype")))
+    rc, out, err = run("bench", "-m", model, "--matmul-precision", "fp16", "--prompt", "8")
+    check(rc == 1 and "--matmul-precision must be fp32 or bf16" in err, "bench --matmul-precision fp16 is refused")
 
     # the smallest run: the context is exactly what the phases need (warm-up included)
     rc, out, err = run("bench", "-m", model, "--prompt", "8", "--depths", "0", "--gen", "8", "--check-tokens", "2",

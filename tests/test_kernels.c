@@ -81,21 +81,24 @@ static int close_enough(const char *what, const float *got, const float *ref, in
 
 static const char *dt_name(mtok_dtype dt) { return mtok_dtype_name(dt); }
 
-/* The paths: 0 avx512, 1 avx2 (each where the CPU has it), 2 scalar. set_path(p) selects path p
- * and returns 0 when the CPU cannot run it; paths_reset() goes back to the best level. */
-enum { PATH_AVX512, PATH_AVX2, PATH_SCALAR, N_PATHS };
+/* The paths: avx512 at the fp32 and at the bf16 matmul precision, avx2 (each where the CPU has it),
+ * scalar. set_path(p) selects path p and returns 0 when the CPU cannot run it; paths_reset() goes
+ * back to the best level at the default precision. */
+enum { PATH_AVX512, PATH_AVX512_BF16, PATH_AVX2, PATH_SCALAR, N_PATHS };
 static const char *g_path_name = "?";
 static int set_path(int path) {
-    const mk_isa want = path == PATH_AVX512 ? MK_ISA_AVX512 : path == PATH_AVX2 ? MK_ISA_AVX2 : MK_ISA_SCALAR;
+    const mk_isa want = path <= PATH_AVX512_BF16 ? MK_ISA_AVX512 : path == PATH_AVX2 ? MK_ISA_AVX2 : MK_ISA_SCALAR;
     if (want > mk_isa_cpu()) return 0;
     mk_force_scalar(path == PATH_SCALAR);
     if (path != PATH_SCALAR) mk_isa_set(want);
-    g_path_name = mk_isa_str(want);
+    mk_precision_set(path == PATH_AVX512_BF16 ? MK_PREC_BF16 : MK_PREC_FP32);
+    g_path_name = path == PATH_AVX512_BF16 ? "avx512/bf16" : mk_isa_str(want);
     return 1;
 }
 static void paths_reset(void) {
     mk_force_scalar(0);
     mk_isa_set(mk_isa_cpu());
+    mk_precision_set(MK_PREC_FP32);
 }
 
 /* Runs body once per path the CPU has. */
@@ -117,12 +120,15 @@ static void test_matmul_ld(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype
     for (int64_t i = 0; i < n_tok * ldx; i++) x[i] = rnd_f();
     float *yr = xmalloc((size_t)(n_tok * ldy) * sizeof(float)), *y = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
     mk_matmul_ref(yr, ldy, x, ldx, n_tok, &W, bp);
-    /* the avx512 path on bf16 W rounds x to bf16 (VDPBF16PS): its own reference, and the bound of
-     * that rounding against the exact one, |y - yr| <= 2^-8 sum |x w| (bf16 unit roundoff) (+ fp32 accumulation) */
-    float *yb = NULL, *ya = NULL;
+    /* the avx512 path on bf16 W takes x as bf16 for VDPBF16PS: rounded (the bf16 precision) or split in
+     * hi + lo (fp32). Each has its own reference, and a bound against the exact product: |y - yr| <=
+     * u sum |x w| (+ fp32 accumulation), u = 2^-8 (bf16's unit roundoff is 2^-9) rounded, 2^-16 split */
+    float *yb = NULL, *ys = NULL, *ya = NULL;
     if (dt == MTOK_BF16 && mk_isa_cpu() >= MK_ISA_AVX512) {
         yb = xmalloc((size_t)(n_tok * ldy) * sizeof(float)), ya = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
-        mk_matmul_bf16dot_ref(yb, ldy, x, ldx, n_tok, &W, bp);
+        ys = xmalloc((size_t)(n_tok * ldy) * sizeof(float));
+        mk_matmul_bf16dot_ref(yb, ldy, x, ldx, n_tok, &W, bp, 0);
+        mk_matmul_bf16dot_ref(ys, ldy, x, ldx, n_tok, &W, bp, 1);
         for (int64_t t = 0; t < n_tok; t++)
             for (int64_t o = 0; o < rows; o++) {
                 double a = 0;
@@ -137,10 +143,12 @@ static void test_matmul_ld(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype
         char what[128];
         snprintf(what, sizeof what, "matmul %s %s rows=%lld cols=%lld n_tok=%lld bias=%d", g_path_name,
                  dt_name(dt), (long long)rows, (long long)cols, (long long)n_tok, bias_kind);
-        const int bf16dot = yb && path == PATH_AVX512;
+        const int bf16dot = yb && path <= PATH_AVX512_BF16;
+        const float *ref = !bf16dot ? yr : path == PATH_AVX512 ? ys : yb;
+        const double u = path == PATH_AVX512 ? 0x1p-16 : 0x1p-8;
         int pad_ok = 1;
         for (int64_t t = 0; t < n_tok; t++) {
-            if (!close_enough(what, y + t * ldy, (bf16dot ? yb : yr) + t * ldy, rows, 1e-4)) break;
+            if (!close_enough(what, y + t * ldy, ref + t * ldy, rows, 1e-4)) break;
             for (int64_t o = rows; o < ldy; o++) pad_ok &= y[t * ldy + o] == sentinel;
         }
         CHECK(pad_ok, "%s: wrote past the row (ldy padding changed)", what);
@@ -149,13 +157,13 @@ static void test_matmul_ld(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype
             for (int64_t t = 0; t < n_tok; t++)
                 for (int64_t o = 0; o < rows; o++) {
                     const double e = fabs((double)y[t * ldy + o] - yr[t * ldy + o]);
-                    bad += !(e <= 0x1p-8 * ya[t * ldy + o] + 1e-5 * (1.0 + fabs((double)yr[t * ldy + o])));
+                    bad += !(e <= u * ya[t * ldy + o] + 1e-5 * (1.0 + fabs((double)yr[t * ldy + o])));
                 }
-            CHECK(bad == 0, "%s: %lld outputs outside the bf16-rounding bound of the exact product", what, (long long)bad);
+            CHECK(bad == 0, "%s: %lld outputs outside the bound %g sum|xw| of the exact product", what, (long long)bad, u);
         }
     }
     paths_reset();
-    free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y), free(yb), free(ya);
+    free((void *)W.data), free((void *)B.data), free(wf), free(bf), free(x), free(yr), free(y), free(yb), free(ys), free(ya);
 }
 
 static void test_matmul_case(int64_t rows, int64_t cols, int64_t n_tok, mtok_dtype dt, int bias_kind) {
@@ -232,10 +240,11 @@ static void test_matmul_multi(void) {
             memcpy(rj, jobs, sizeof rj);
             for (int j = 0; j < 4; j++) rj[j].y = yr[j];
             mk_matmul_multi_ref(rj, 4, n);
-            float *yb[4]; /* the avx512 path's reference for bf16 W (x rounded to bf16) */
+            float *yb[4], *ys[4]; /* the avx512 paths' references for bf16 W (x rounded; x split) */
             for (int j = 0; j < 4; j++) {
-                yb[j] = xmalloc((size_t)(n * ldy[j]) * 4);
-                mk_matmul_bf16dot_ref(yb[j], ldy[j], jobs[j].x, jobs[j].ldx, n, jobs[j].W, jobs[j].b);
+                yb[j] = xmalloc((size_t)(n * ldy[j]) * 4), ys[j] = xmalloc((size_t)(n * ldy[j]) * 4);
+                mk_matmul_bf16dot_ref(yb[j], ldy[j], jobs[j].x, jobs[j].ldx, n, jobs[j].W, jobs[j].b, 0);
+                mk_matmul_bf16dot_ref(ys[j], ldy[j], jobs[j].x, jobs[j].ldx, n, jobs[j].W, jobs[j].b, 1);
             }
             FOR_PATHS(path) {
                 for (int j = 0; j < 4; j++) {
@@ -249,14 +258,15 @@ static void test_matmul_multi(void) {
                              dt_name(dt), j, (long long)n);
                     CHECK(!memcmp(y[j], y1[j], (size_t)(n * ldy[j]) * 4), "%s: differs from mk_matmul", what);
                     for (int64_t t = 0; t < n; t++)
-                        if (!close_enough(what, y[j] + t * ldy[j], (path == PATH_AVX512 ? yb[j] : yr[j]) + t * ldy[j],
+                        if (!close_enough(what, y[j] + t * ldy[j],
+                                          (path == PATH_AVX512 ? ys[j] : path == PATH_AVX512_BF16 ? yb[j] : yr[j]) + t * ldy[j],
                                           rows[j], 1e-4))
                             break;
                 }
             }
             paths_reset();
             for (int j = 0; j < 4; j++)
-                free((void *)W[j].data), free((void *)B[j].data), free(y[j]), free(y1[j]), free(yr[j]), free(yb[j]);
+                free((void *)W[j].data), free((void *)B[j].data), free(y[j]), free(y1[j]), free(yr[j]), free(yb[j]), free(ys[j]);
             free(x), free(x2);
         }
 }
@@ -803,6 +813,61 @@ static void bench_attn(int64_t n_tok, int64_t n_keys, double min_s) {
     free(k), free(v), free(q), free(acc), free(m), free(l);
 }
 
+/* The bf16 matmul precision below the avx512 level (kernels/cpu_dispatch.c rounds x for bf16 W and runs
+ * the level's own kernels): avx2 and scalar must then compute what VDPBF16PS would — close to
+ * mk_matmul_bf16dot_ref without the split, and measurably away from the fp32 product — while the f16
+ * job that shares x in the same call keeps the fp32 products bit for bit. Decode and prefill sizes. */
+static void test_matmul_bf16_emulated(void) {
+    static const int64_t toks[] = {1, 3, 30};
+    const int64_t K = 300, rows[3] = {64, 40, 64};
+    for (size_t ti = 0; ti < sizeof toks / sizeof toks[0]; ti++)
+        for (int path = PATH_AVX2; path <= PATH_SCALAR; path++) {
+            if (!set_path(path)) continue;
+            const int64_t n = toks[ti], ldx = K + 7;
+            float *x = xmalloc((size_t)(n * ldx) * 4);
+            for (int64_t i = 0; i < n * ldx; i++) x[i] = rnd_f();
+            mk_tensor W[3];
+            float *y[3], *yf[3], *yb[3], *yr[3];
+            mk_matmul_job jobs[3];
+            for (int j = 0; j < 3; j++) {
+                float *wf = xmalloc((size_t)(rows[j] * K) * 4);
+                for (int64_t i = 0; i < rows[j] * K; i++) wf[i] = rnd_f();
+                W[j] = make_tensor(wf, rows[j], K - (j == 1 ? 13 : 0), j == 2 ? MTOK_F16 : MTOK_BF16);
+                free(wf);
+                y[j] = xmalloc((size_t)(n * rows[j]) * 4), yf[j] = xmalloc((size_t)(n * rows[j]) * 4);
+                yb[j] = xmalloc((size_t)(n * rows[j]) * 4), yr[j] = xmalloc((size_t)(n * rows[j]) * 4);
+                jobs[j] = (mk_matmul_job){.y = y[j], .ldy = rows[j], .x = x, .ldx = ldx, .W = &W[j], .b = NULL};
+                mk_matmul_bf16dot_ref(yb[j], rows[j], x, ldx, n, &W[j], NULL, 0);
+                mk_matmul_ref(yr[j], rows[j], x, ldx, n, &W[j], NULL);
+            }
+            mk_precision_set(MK_PREC_FP32);
+            for (int j = 0; j < 3; j++) jobs[j].y = yf[j];
+            mk_matmul_multi(jobs, 3, n);
+            mk_precision_set(MK_PREC_BF16);
+            for (int j = 0; j < 3; j++) jobs[j].y = y[j];
+            mk_matmul_multi(jobs, 3, n);
+            for (int j = 0; j < 3; j++) {
+                char what[128];
+                snprintf(what, sizeof what, "bf16 precision emulated %s job %d (%s) n_tok=%lld", g_path_name, j,
+                         dt_name(W[j].dtype), (long long)n);
+                if (W[j].dtype == MTOK_F16) {
+                    CHECK(!memcmp(y[j], yf[j], (size_t)(n * rows[j]) * 4), "%s: f16 W must keep the fp32 products", what);
+                    continue;
+                }
+                double dev = 0;
+                for (int64_t t = 0; t < n; t++) {
+                    if (!close_enough(what, y[j] + t * rows[j], yb[j] + t * rows[j], rows[j], 1e-4)) break;
+                    for (int64_t o = 0; o < rows[j]; o++) dev = fmax(dev, fabs(y[j][t * rows[j] + o] - yr[j][t * rows[j] + o]));
+                }
+                /* the rounding must have happened: ~2^-9 relative per element over K = 300 terms */
+                CHECK(dev > 1e-4, "%s: equal to the fp32 product (max diff %g): x was not rounded", what, dev);
+            }
+            for (int j = 0; j < 3; j++) free((void *)W[j].data), free(y[j]), free(yf[j]), free(yb[j]), free(yr[j]);
+            free(x);
+        }
+    paths_reset();
+}
+
 int main(int argc, char **argv) {
     (void)argc, (void)argv;
     char feat[256];
@@ -813,6 +878,7 @@ int main(int argc, char **argv) {
     test_conversions();
     test_matmul();
     test_matmul_multi();
+    test_matmul_bf16_emulated();
     test_rmsnorm();
     test_rope();
     test_swiglu();
