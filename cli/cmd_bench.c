@@ -87,13 +87,13 @@ static int limits_forked(const mk_limits_params *p, mk_limits_ex *out) {
 static const char *kernel_isa(void) { return mk_isa_name(); }
 
 /* The instruction class a prefill of `dtype` weights runs on with the kernels of `isa`: the AVX-512
- * GEMM (kernels/avx512_gemm.c) takes bf16 weights through VDPBF16PS and widens f16 / f32 ones for
- * fp32 FMAs in zmm; the AVX2 kernels widen every dtype for fp32 FMAs in ymm; the scalar kernels are
- * held to the machine's fp32 FMA peak. -1: no vector class was measured (a CPU without AVX2): the
- * portable FMA loop's figure, mk_limits.fma_gflops, is the limit. */
+ * GEMM (kernels/avx512_gemm.c) takes bf16 weights through VDPBF16PS; f16 / f32 ones go to the AVX2
+ * kernels at that level too (kernels/avx512_gemv.c says why), which widen every dtype for fp32 FMAs
+ * in ymm; the scalar kernels are held to the machine's fp32 FMA peak. -1: no vector class was
+ * measured (a CPU without AVX2): the portable FMA loop's figure, mk_limits.fma_gflops, is the limit. */
 static int prefill_peak(const char *isa, mtok_dtype dtype, const mk_limits_ex *l) {
     int k = MK_PEAK_FMA_YMM;
-    if (!strcmp(isa, "avx512")) k = dtype == MTOK_BF16 ? MK_PEAK_BF16_ZMM : MK_PEAK_FMA_ZMM;
+    if (!strcmp(isa, "avx512") && dtype == MTOK_BF16) k = MK_PEAK_BF16_ZMM;
     return l->peak[k].available ? k : -1;
 }
 static const char *peak_label(int k) { return k >= 0 ? mk_peak_name(k) : "fp32_portable"; }

@@ -190,9 +190,10 @@ with tempfile.TemporaryDirectory() as tmp:
                   for p in pre), f"{where}: frac_limit = gflops / the limit, for every prefill")
 
     def want_peak(isa, dtype):
-        """The class each ISA's prefill kernels use (kernels/avx512_gemm.c: VDPBF16PS for bf16 weights)."""
-        if isa == "avx512":
-            return "bf16_dot_zmm" if str(dtype).lower() == "bf16" else "fp32_fma_zmm"
+        """The class each ISA's prefill kernels use (kernels/avx512_gemm.c: VDPBF16PS for bf16 weights;
+        f16 and f32 weights take the AVX2 kernels at the avx512 level too)."""
+        if isa == "avx512" and str(dtype).lower() == "bf16":
+            return "bf16_dot_zmm"
         return "fp32_fma_ymm" if b.get("limits", {}).get("peaks", {}).get("fp32_fma_ymm", {}).get("available") \
             else "fp32_portable"
 
