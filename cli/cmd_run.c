@@ -1,5 +1,6 @@
 /* cmd_run.c — mtok generate, mtok chat (docs: README.md, "Chat about a long document"). */
 #include <errno.h>
+#include <jansson.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -47,8 +48,8 @@ static void print_stats(const mtok_result *r) {
 /* Reads a --tools file and checks it with the chat template's own rules before the model loads, so
  * that every problem with it is reported against the file (the template's messages cannot know
  * where the JSON came from). */
-static int read_tools(const char *path, char **out) {
-    char *text = NULL, *rendered = NULL;
+static int read_tools(const char *path, const char *model_dir, char **out) {
+    char *text = NULL;
     size_t len;
     int rc = cli_read_file(path, &text, &len);
     if (rc) return rc;
@@ -56,8 +57,13 @@ static int read_tools(const char *path, char **out) {
         rc = mtok_err(MTOK_EINPUT, "%s: contains a NUL byte at offset %zu (expected a JSON array of tool "
                       "definitions)", path, strlen(text));
     } else {
-        const mtok_message m = {"system", NULL, NULL, text};
-        rc = mtok_chat_render(&m, 1, 0, &rendered);
+        /* the built-in tools are described by the checkpoint's chat template, when it ships one */
+        char cfg[4096];
+        snprintf(cfg, sizeof cfg, "%s/tokenizer_config.json", model_dir ? model_dir : ".");
+        json_t *root = model_dir ? json_load_file(cfg, 0, NULL) : NULL;
+        json_t *tmpl = json_object_get(root, "chat_template");
+        rc = mtok_tools_check(text, json_string_value(tmpl));
+        json_decref(root);
         if (rc) {
             char msg[1024];
             const char *e = mtok_errmsg();
@@ -65,13 +71,24 @@ static int read_tools(const char *path, char **out) {
             rc = mtok_err(rc, "%s: %s", path, msg);
         }
     }
-    free(rendered);
     if (rc) {
         free(text);
         return rc;
     }
     *out = text;
     return 0;
+}
+
+/* The end of an assistant turn: the next role token. GLM-4 configs list them as eos ids; ChatGLM3's config
+ * has only </s> (2), and THUDM's chat() adds <|user|> and <|observation|> itself (--ignore-eos: none). */
+static int chat_stops(const mtok_tokenizer *t, int32_t stops[2]) {
+    int n = 0;
+    const char *ends[] = {"<|user|>", "<|observation|>"};
+    for (int k = 0; k < 2; k++) {
+        int32_t id = mtok_token_special(t, ends[k]);
+        if (id >= 0) stops[n++] = id;
+    }
+    return n;
 }
 
 /* ---- mtok generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [--tools F] [-n N] ---- */
@@ -108,7 +125,7 @@ int cmd_generate(int argc, char **argv) {
     char *buf = NULL, *tools = NULL;
     size_t len = 0;
     memset(&L, 0, sizeof L);
-    int rc = tools_file ? read_tools(tools_file, &tools) : 0;
+    int rc = tools_file ? read_tools(tools_file, o.model, &tools) : 0;
     if (!rc) rc = cli_load(&o, 1, &L);
     if (!rc && file) rc = cli_read_file(file, &buf, &len);
     const char *text = file ? buf : prompt;
@@ -136,6 +153,8 @@ int cmd_generate(int argc, char **argv) {
         mtok_progress_begin(&ui.prog, "prefill", "tokens", 0, cli_progress_interval(&o));
         mtok_request req = {.max_tokens = o.n_gen, .ignore_eos = o.ignore_eos, .sampler = sampler_params(&o),
                             .on_token = stream_stdout, .on_prefill = on_prefill, .user = &ui};
+        int32_t stops[2];
+        if (chat && !o.ignore_eos) req.n_stop_ids = chat_stops(L.tok, stops), req.stop_ids = stops;
         mtok_result res;
         rc = mtok_generate(L.sess, L.tok, full.v, (int64_t)full.n, &req, &res);
         mtok_progress_end(&ui.prog);
@@ -303,6 +322,8 @@ static int chat_turn(chat_state *c, int *tool_call) {
     /* one sampler for the whole conversation: its random stream continues from turn to turn */
     mtok_request req = {.max_tokens = c->o->n_gen, .ignore_eos = c->o->ignore_eos, .sampler_state = c->smp,
                         .cancel = &g_cancel, .on_token = stream_stdout, .on_prefill = on_prefill, .user = &ui};
+    int32_t stops[2];
+    if (!c->o->ignore_eos) req.n_stop_ids = chat_stops(c->L->tok, stops), req.stop_ids = stops;
     if (!rc) {
         request_begin(c);
         rc = mtok_generate(c->L->sess, c->L->tok, ids.v, (int64_t)ids.n, &req, &res);
@@ -327,7 +348,10 @@ static int chat_turn(chat_state *c, int *tool_call) {
             *tool_call = r.is_tool_call && !cancelled;
             if (*tool_call) {
                 printf("[tool call] %s %s\n", r.name, r.arguments);
-                rc = msg_add(&c->h, "assistant", r.name, r.arguments, NULL);
+                /* replayed as the model wrote it: GLM-4's JSON arguments, ChatGLM3's fenced tool_call block
+                 * (THUDM's process_response keeps the raw content in the history) */
+                int glm3 = !strcmp(mtok_tokenizer_kind(c->L->tok), "sentencepiece");
+                rc = msg_add(&c->h, "assistant", r.name, glm3 ? r.content : r.arguments, NULL);
             } else {
                 rc = msg_add(&c->h, "assistant", NULL, r.content, NULL);
             }
@@ -499,7 +523,7 @@ int cmd_chat(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_sigint}, old_sa;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa); /* no SA_RESTART: a wait for input returns EINTR */
-    int rc = tools_file ? read_tools(tools_file, &tools) : 0;
+    int rc = tools_file ? read_tools(tools_file, o.model, &tools) : 0;
     if (!rc) rc = cli_load(&o, 1, &L);
     mtok_sampler_params sp = sampler_params(&o);
     if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &c.smp);

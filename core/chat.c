@@ -1,17 +1,25 @@
-/* chat.c — the GLM-4 chat template (docs/GLM.md §5) and tool-call parsing.
+/* chat.c — the GLM chat formats (docs/GLM.md §5) and tool-call parsing, for GLM-4 and ChatGLM3 alike.
  *
- * Conversation = [gMASK]<sop> + Σ messages + <|assistant|>. A message is
+ * Conversation = [gMASK] + <sop> (ChatGLM3: "sop") + Σ messages + <|assistant|>. A message is
  * <|role|> + encode(metadata + "\n") + encode(content): the role tokens are inserted as ids and the
  * text parts are encoded separately, with special strings as plain text, exactly as the reference
- * tokenizer's build_single_message does (so a user cannot smuggle "<|assistant|>" into a turn).
- * A message with empty content renders nothing (the official template skips it). Tool definitions
- * ride in a system message: the fixed GLM-4 system sentence, "# 可用工具", then per function tool
- * "## name" and the function object as JSON with 4-space indent. */
+ * tokenizers' build_single_message does (so a user cannot smuggle "<|assistant|>" into a turn).
+ *
+ * GLM-4 (the HF chat template, rendered with transformers' trim_blocks): a message with empty content
+ * renders nothing; tool definitions make a system message of their own: the fixed GLM-4 sentence,
+ * "# 可用工具", then per tool "\n## name\n\n" + the function object as json.dumps(indent=4) + a fixed
+ * line; entries without "type" (or of a type the template does not know) render nothing, as in the
+ * template; the built-in python/simple_browser/cogview tools render the checkpoint's own text, cut from
+ * its chat template.
+ * ChatGLM3 (THUDM's build_chat_input): every message renders, empty or not; tools ride in the system
+ * message's content: content + "\n" + json.dumps(tools, indent=4).
+ * The family is the tokenizer's: ChatGLM3's is SentencePiece and spells sop without brackets. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_json.h"
 #include "mtok.h"
 
 static const char TOOLS_PREAMBLE[] =
@@ -19,119 +27,182 @@ static const char TOOLS_PREAMBLE[] =
     "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具";
 static const char TOOL_SUFFIX[] = "\n在调用上述函数时，请使用 Json 格式表示调用的参数。";
 
-/* growable string */
-typedef struct {
-    char *s;
-    size_t n, cap;
-} sbuf;
-static int sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return mtok_err(MTOK_ERESOURCE, "out of memory building a chat prompt");
-        b->s = p, b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-    return 0;
+static const char GLM3_TOOLS_SYSTEM[] =
+    "Answer the following questions as best as you can. You have access to the following tools:";
+
+typedef cj_buf sbuf;
+#define sb_add cj_add
+#define sb_str cj_str
+
+typedef enum { FMT_GLM4 = 0, FMT_GLM3 = 1 } chat_fmt;
+
+static chat_fmt family(const mtok_tokenizer *t) {
+    return t && !strcmp(mtok_tokenizer_kind(t), "sentencepiece") ? FMT_GLM3 : FMT_GLM4;
 }
-static int sb_str(sbuf *b, const char *s) { return sb_add(b, s, strlen(s)); }
 
 static int valid_role(const char *r) {
     return r && (!strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant") || !strcmp(r, "observation"));
 }
 
-static const char *json_kind(const json_t *j) {
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: case JSON_REAL: return "a number";
-    case JSON_TRUE: case JSON_FALSE: return "a boolean";
-    default: return "null";
+/* The literal text a Jinja template renders for `tool['type'] == 'TYPE'` up to its next tag, with
+ * transformers' trim_blocks (the newline right after a tag goes) and lstrip_blocks (blanks before a tag
+ * at the start of a line go). 1 when the template has no such branch, < 0 when it holds an expression. */
+static int builtin_text(const char *tmpl, const char *type, sbuf *out) {
+    char pat[2][64];
+    snprintf(pat[0], sizeof pat[0], "== '%s'", type);
+    snprintf(pat[1], sizeof pat[1], "== \"%s\"", type);
+    const char *at = NULL;
+    for (int k = 0; k < 2 && !at; k++) at = tmpl ? strstr(tmpl, pat[k]) : NULL;
+    const char *close = at ? strstr(at, "%}") : NULL;
+    if (!close) return 1;
+    const char *lit = close + 2;
+    if (close[-1] == '-') while (*lit == ' ' || *lit == '\t' || *lit == '\n' || *lit == '\r') lit++;
+    else if (*lit == '\n') lit++;
+    const char *end = lit;
+    while (*end && !(end[0] == '{' && (end[1] == '%' || end[1] == '{' || end[1] == '#'))) end++;
+    if (end[0] && end[1] == '{')
+        return mtok_err(MTOK_EINPUT, "tools: the chat template's %s description holds an expression mtok does not "
+                        "evaluate", type);
+    const char *e = end;
+    if (*end && end[2] == '-') {
+        while (e > lit && strchr(" \t\r\n", e[-1])) e--;
+    } else if (*end && end[2] != '+') {
+        const char *q = e;
+        while (q > lit && (q[-1] == ' ' || q[-1] == '\t')) q--;
+        if (q == lit || q[-1] == '\n') e = q;
     }
+    return sb_add(out, lit, (size_t)(e - lit));
 }
 
-/* The function object of tool entry i, or an error naming what is wrong with the entry. Accepts
- * {"type":"function","function":{...}} and a bare function object {"name":..}. The name goes
- * into the template's "## name" line, so it must be one non-empty line; "description" and
- * "parameters" (a JSON Schema) are optional but must have their types when present. */
-static int tool_function(const json_t *tool, size_t i, json_t **fn_out) {
-    if (!json_is_object(tool))
-        return mtok_err(MTOK_EINPUT, "tools: entry %zu is %s, not an object", i, json_kind(tool));
-    json_t *type = json_object_get(tool, "type"), *fn = json_object_get(tool, "function");
-    if (!type && !fn) {
-        fn = (json_t *)tool; /* a bare function object */
-    } else {
-        if (!json_is_string(type) || strcmp(json_string_value(type), "function"))
-            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"type\" must be \"function\" (the built-in "
-                            "python/simple_browser/cogview tools are not supported)", i);
-        if (!json_is_object(fn))
-            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"function\" must be an object, not %s", i,
-                            fn ? json_kind(fn) : "missing");
-    }
-    json_t *name = json_object_get(fn, "name");
+/* Checks a function object: a one-line "name", and "description"/"parameters" of the right types. */
+static int check_function(const cj_node *fn, size_t i) {
+    const cj_node *name = cj_get(fn, "name");
     if (!name) return mtok_err(MTOK_EINPUT, "tools: entry %zu has no \"name\"", i);
-    const char *nm = json_string_value(name);
-    int bad = !nm || !nm[0];
-    for (const char *c = nm; c && *c && !bad; c++) bad = (unsigned char)*c < 0x20;
+    int bad = name->type != 's' || !name->len;
+    for (size_t k = 0; !bad && k < name->len; k++) bad = name->text[k] == '\n' || name->text[k] == '\r' || !name->text[k];
     if (bad) return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"name\" must be a non-empty one-line string", i);
-    json_t *desc = json_object_get(fn, "description"), *params = json_object_get(fn, "parameters");
-    if (desc && !json_is_string(desc))
-        return mtok_err(MTOK_EINPUT, "tools: entry %zu (%s): \"description\" must be a string, not %s", i, nm,
-                        json_kind(desc));
-    if (params && !json_is_object(params))
+    const cj_node *desc = cj_get(fn, "description"), *params = cj_get(fn, "parameters");
+    if (desc && desc->type != 's')
+        return mtok_err(MTOK_EINPUT, "tools: entry %zu (%s): \"description\" must be a string, not %s", i, name->text,
+                        cj_kind(desc));
+    if (params && params->type != 'o')
         return mtok_err(MTOK_EINPUT, "tools: entry %zu (%s): \"parameters\" must be an object (a JSON Schema), not %s",
-                        i, nm, json_kind(params));
-    *fn_out = fn;
+                        i, name->text, cj_kind(params));
     return 0;
 }
 
-/* The text of the tools system message (after "<|system|>\n"). */
-static int tools_text(const char *tools_json, sbuf *out) {
-    json_error_t je;
-    json_t *arr = json_loads(tools_json, 0, &je);
-    int rc = 0;
-    if (!arr)
-        return mtok_err(MTOK_EINPUT, "tools: not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
-    if (!json_is_array(arr)) {
-        rc = mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions, got %s", json_kind(arr));
-        goto done;
+/* One GLM-4 tool entry, rendered as the template renders it (nothing for an entry it skips). A bare
+ * function object (no "type": ChatGLM3's form) is checked like a function, then skipped as the template
+ * skips it. out NULL: check only. */
+static int glm4_tool(const cj_node *tool, size_t i, const char *tmpl, sbuf *out) {
+    if (tool->type != 'o') return mtok_err(MTOK_EINPUT, "tools: entry %zu is %s, not an object", i, cj_kind(tool));
+    const cj_node *type = cj_get(tool, "type");
+    if (!type) {
+        int rc = check_function(tool, i);
+        if (!rc && out)
+            mtok_log(1, "tools: entry %zu has no \"type\": GLM-4's chat template renders nothing for it", i);
+        return rc;
     }
-    if ((rc = sb_str(out, TOOLS_PREAMBLE))) goto done;
-    size_t i;
-    json_t *tool, *fn = NULL;
-    json_array_foreach(arr, i, tool) {
-        if ((rc = tool_function(tool, i, &fn))) goto done;
-        char *dump = json_dumps(fn, JSON_INDENT(4) | JSON_PRESERVE_ORDER);
-        if (!dump) {
-            rc = mtok_err(MTOK_ERESOURCE, "tools: out of memory");
-            goto done;
-        }
-        rc = sb_str(out, "\n\n## ");
-        if (!rc) rc = sb_str(out, json_string_value(json_object_get(fn, "name")));
+    if (type->type != 's') return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"type\" is %s, not a string", i, cj_kind(type));
+    if (cj_is(type, "function")) {
+        const cj_node *fn = cj_get(tool, "function");
+        if (!fn || fn->type != 'o')
+            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"function\" must be an object, not %s", i, cj_kind(fn));
+        int rc = check_function(fn, i);
+        if (rc || !out) return rc;
+        const cj_node *name = cj_get(fn, "name");
+        rc = sb_str(out, "\n## ");
+        if (!rc) rc = sb_add(out, name->text, name->len);
         if (!rc) rc = sb_str(out, "\n\n");
-        if (!rc) rc = sb_str(out, dump);
-        if (!rc) rc = sb_str(out, TOOL_SUFFIX);
-        free(dump);
-        if (rc) goto done;
+        if (!rc) rc = cj_dump(fn, 4, out);
+        return rc ? rc : sb_str(out, TOOL_SUFFIX);
     }
-done:
-    json_decref(arr);
+    static const char *const builtin[] = {"python", "simple_browser", "cogview"};
+    for (size_t k = 0; k < 3; k++) {
+        if (!cj_is(type, builtin[k])) continue;
+        sbuf scratch = {0};
+        int rc = tmpl ? builtin_text(tmpl, builtin[k], out ? out : &scratch) : 1;
+        free(scratch.s);
+        if (rc == 1)
+            return mtok_err(MTOK_EINPUT, "tools: entry %zu: \"type\" must be \"function\" here: the built-in tool "
+                            "\"%s\" is described by the checkpoint's chat template (tokenizer_config.json), and %s", i,
+                            builtin[k], tmpl ? "its template does not describe it" : "this checkpoint ships none");
+        return rc;
+    }
+    if (out) mtok_log(1, "tools: entry %zu has a type GLM-4's chat template does not know: it renders nothing", i);
+    return 0;
+}
+
+int mtok_tools_check(const char *tools_json, const char *chat_template) {
+    cj_node *arr = NULL;
+    int rc = cj_parse(tools_json, strlen(tools_json), "tools", &arr);
+    if (rc) return rc;
+    if (arr->type != 'a')
+        rc = mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions, got %s", cj_kind(arr));
+    size_t i = 0;
+    for (cj_node *tool = arr->kids; tool && !rc; tool = tool->next, i++) rc = glm4_tool(tool, i, chat_template, NULL);
+    cj_free(arr);
+    return rc;
+}
+
+/* GLM-4: the text of the tools system message (after "<|system|>\n"). */
+static int glm4_tools_text(const char *tools_json, const char *tmpl, sbuf *out) {
+    cj_node *arr = NULL;
+    int rc = cj_parse(tools_json, strlen(tools_json), "tools", &arr);
+    if (rc) return rc;
+    if (arr->type != 'a')
+        rc = mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions, got %s", cj_kind(arr));
+    if (!rc) rc = sb_str(out, TOOLS_PREAMBLE);
+    size_t i = 0;
+    for (cj_node *tool = arr->kids; tool && !rc; tool = tool->next, i++) rc = glm4_tool(tool, i, tmpl, out);
+    cj_free(arr);
+    return rc;
+}
+
+/* ChatGLM3: "\n" + json.dumps(tools, indent=4), the list of plain function objects; OpenAI's wrapper
+ * {"type": "function", "function": F} is unwrapped to F, as THUDM's API demo does. */
+static int glm3_tools_text(const char *tools_json, sbuf *out) {
+    cj_node *arr = NULL;
+    int rc = cj_parse(tools_json, strlen(tools_json), "tools", &arr);
+    if (rc) return rc;
+    if (arr->type != 'a')
+        rc = mtok_err(MTOK_EINPUT, "tools: expected a JSON array of tool definitions, got %s", cj_kind(arr));
+    size_t i = 0;
+    for (cj_node **pt = &arr->kids; *pt && !rc; pt = &(*pt)->next, i++) {
+        cj_node *tool = *pt, *fn = cj_get(tool, "function");
+        if (tool->type != 'o') {
+            rc = mtok_err(MTOK_EINPUT, "tools: entry %zu is %s, not an object", i, cj_kind(tool));
+        } else if (cj_is(cj_get(tool, "type"), "function") && fn && fn->type == 'o') {
+            /* splice F in place of its wrapper */
+            cj_node *wrapper = tool;
+            for (cj_node **pk = &wrapper->kids; *pk; pk = &(*pk)->next)
+                if (*pk == fn) {
+                    *pk = fn->next;
+                    break;
+                }
+            fn->next = wrapper->next;
+            cj_free(fn->key);
+            fn->key = NULL;
+            *pt = fn;
+            wrapper->next = NULL;
+            cj_free(wrapper);
+        }
+    }
+    if (!rc) rc = sb_str(out, "\n");
+    if (!rc) rc = cj_dump(arr, 4, out);
+    cj_free(arr);
     return rc;
 }
 
 static int special(const mtok_tokenizer *t, const char *s, mtok_ids *out) {
     int32_t id = mtok_token_special(t, s);
-    if (id < 0) return mtok_err(MTOK_EINPUT, "tokenizer has no special token %s (not a GLM-4 tokenizer?)", s);
+    if (id < 0) return mtok_err(MTOK_EINPUT, "tokenizer has no special token %s (not a GLM tokenizer?)", s);
     return mtok_ids_push(out, id);
 }
 
 /* <|role|> + encode(metadata "\n") + encode(content) */
 static int encode_turn(const mtok_tokenizer *t, const char *role, const char *meta, const char *content,
-                       mtok_ids *out) {
+                       size_t content_len, mtok_ids *out) {
     char tok[32];
     snprintf(tok, sizeof tok, "<|%s|>", role);
     int rc = special(t, tok, out);
@@ -139,29 +210,49 @@ static int encode_turn(const mtok_tokenizer *t, const char *role, const char *me
     if (!rc) rc = sb_str(&head, meta ? meta : "");
     if (!rc) rc = sb_str(&head, "\n");
     if (!rc) rc = mtok_tokenize(t, head.s, head.n, 0, out);
-    if (!rc) rc = mtok_tokenize(t, content, strlen(content), 0, out);
+    if (!rc) rc = mtok_tokenize(t, content, content_len, 0, out);
     free(head.s);
     return rc;
 }
 
+static int bad_role(size_t i, const char *role) {
+    return mtok_err(MTOK_EINPUT, "chat: message %zu has role '%s'; GLM knows system, user, assistant, observation", i,
+                    role ? role : "(null)");
+}
+
 int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
                      mtok_ids *out) {
+    if (!t || !out || (n && !msgs)) return mtok_err(MTOK_EUSAGE, "mtok_chat_encode: NULL argument");
+    chat_fmt fmt = family(t);
+    size_t n0 = out->n;
     int rc = special(t, "[gMASK]", out);
-    if (!rc) rc = special(t, "<sop>", out);
+    if (!rc) rc = special(t, "<sop>", out); /* ChatGLM3's "sop" answers to this name too */
     for (size_t i = 0; i < n && !rc; i++) {
         const mtok_message *m = &msgs[i];
-        if (!valid_role(m->role))
-            return mtok_err(MTOK_EINPUT, "chat: message %zu has role '%s'; GLM-4 knows system, user, assistant, "
-                            "observation", i, m->role ? m->role : "(null)");
+        const char *content = m->content ? m->content : "";
+        if (!valid_role(m->role)) {
+            rc = bad_role(i, m->role);
+            break;
+        }
+        if (fmt == FMT_GLM3) {
+            sbuf c = {0};
+            /* tools without a system text of the caller's: the sentence THUDM's ChatGLM3 API demo uses */
+            rc = sb_str(&c, m->tools_json && !m->content ? GLM3_TOOLS_SYSTEM : content);
+            if (!rc && m->tools_json) rc = glm3_tools_text(m->tools_json, &c);
+            if (!rc) rc = encode_turn(t, m->role, m->metadata, c.s, c.n, out);
+            free(c.s);
+            continue;
+        }
         if (m->tools_json) {
             sbuf s = {0};
-            rc = tools_text(m->tools_json, &s);
-            if (!rc) rc = encode_turn(t, "system", NULL, s.s, out);
+            rc = glm4_tools_text(m->tools_json, mtok_tokenizer_chat_template(t), &s);
+            if (!rc) rc = encode_turn(t, "system", NULL, s.s, s.n, out);
             free(s.s);
         }
-        if (!rc && m->content && m->content[0]) rc = encode_turn(t, m->role, m->metadata, m->content, out);
+        if (!rc && content[0]) rc = encode_turn(t, m->role, m->metadata, content, strlen(content), out);
     }
     if (!rc && add_generation_prompt) rc = special(t, "<|assistant|>", out);
+    if (rc) out->n = n0;
     return rc;
 }
 
@@ -171,12 +262,12 @@ int mtok_chat_render(const mtok_message *msgs, size_t n, int add_generation_prom
     for (size_t i = 0; i < n && !rc; i++) {
         const mtok_message *m = &msgs[i];
         if (!valid_role(m->role)) {
-            rc = mtok_err(MTOK_EINPUT, "chat: message %zu has an unknown role", i);
+            rc = bad_role(i, m->role);
             break;
         }
         if (m->tools_json) {
             rc = sb_str(&b, "<|system|>\n");
-            if (!rc) rc = tools_text(m->tools_json, &b);
+            if (!rc) rc = glm4_tools_text(m->tools_json, NULL, &b);
         }
         if (!rc && m->content && m->content[0]) {
             rc = sb_str(&b, "<|");
@@ -204,8 +295,31 @@ static char *dup_trim(const char *s, size_t n) {
     return d;
 }
 
-/* "metadata\ncontent": a non-empty metadata line followed by a JSON object is a tool call
- * (THUDM's process_response rule); anything else is a plain answer whose text is content. */
+/* ChatGLM3's call body: a fenced block (THUDM drops its first and last line) holding tool_call(...).
+ * 0 and *args (malloc'ed JSON of the keyword arguments) when it is one, 1 when not, < 0 on no memory. */
+static int glm3_call(const char *body, char **args) {
+    if (strncmp(body, "```", 3)) return 1;
+    const char *first_nl = strchr(body, '\n');
+    if (!first_nl) return 1;
+    size_t n = strlen(body);
+    while (n && strchr(" \t\r\n", body[n - 1])) n--; /* the model may end the fence with a newline */
+    const char *last_nl = first_nl;
+    for (const char *q = first_nl; q && q < body + n; q = memchr(q + 1, '\n', (size_t)(body + n - q - 1)))
+        last_nl = q;
+    if (last_nl == first_nl || strncmp(last_nl + 1, "```", 3) || last_nl + 4 != body + n) return 1;
+    cj_buf out = {0};
+    int rc = cj_tool_call(first_nl + 1, (size_t)(last_nl - first_nl - 1), &out);
+    if (rc) {
+        free(out.s);
+        return rc;
+    }
+    *args = out.s;
+    return 0;
+}
+
+/* "metadata\ncontent": a non-empty metadata line followed by a JSON object (GLM-4), or by ChatGLM3's
+ * fenced tool_call(...) block, is a tool call (THUDM's process_response rules; the ChatGLM3 arguments are
+ * read as literals, never run); anything else is a plain answer whose text is content. */
 int mtok_reply_parse(const char *text, mtok_reply *out) {
     memset(out, 0, sizeof *out);
     const char *nl = strchr(text, '\n');
@@ -228,6 +342,19 @@ int mtok_reply_parse(const char *text, mtok_reply *out) {
             meta = NULL;
         }
         json_decref(args);
+        char *a = NULL;
+        int r = out->is_tool_call ? 1 : glm3_call(body, &a);
+        if (r < 0) {
+            free(meta);
+            mtok_reply_free(out);
+            return r;
+        }
+        if (r == 0) {
+            out->is_tool_call = 1;
+            out->name = meta;
+            out->arguments = a;
+            meta = NULL;
+        }
     }
     free(meta);
     return 0;

@@ -76,7 +76,7 @@ int mtok_ids_append(mtok_ids *a, const int32_t *ids, size_t n);
 void mtok_ids_free(mtok_ids *a);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Tokenizer: tiktoken-style tokenizer.model or Hugging Face tokenizer.json (byte-level BPE).      */
+/* Tokenizer: SentencePiece or tiktoken-style tokenizer.model, or HF tokenizer.json (byte-level BPE). */
 typedef struct mtok_tokenizer mtok_tokenizer;
 
 /* Loads DIR/tokenizer.model if present, else DIR/tokenizer.json. */
@@ -87,17 +87,22 @@ void mtok_tokenizer_free(mtok_tokenizer *t);
 /* Appends the ids of text to out. allow_special = 0: special-token strings are plain text
  * (the reference default); 1: they map to their ids. */
 int mtok_tokenize(const mtok_tokenizer *t, const char *text, size_t len, int allow_special, mtok_ids *out);
-/* Id of a special token string such as "[gMASK]", or -1. */
+/* Id of a special token string such as "[gMASK]", or -1. ChatGLM3's "sop"/"eop" answer to "<sop>"/"<eop>" too. */
 int32_t mtok_token_special(const mtok_tokenizer *t, const char *s);
 /* Raw bytes of a token (special tokens: their string). NULL for ids outside the vocabulary. */
 const char *mtok_token_bytes(const mtok_tokenizer *t, int32_t id, size_t *len);
 /* Number of ids the tokenizer can produce (ranks + specials). */
 int64_t mtok_tokenizer_n_vocab(const mtok_tokenizer *t);
+/* "sentencepiece" (ChatGLM3's tokenizer.model), "tiktoken" (GLM-4's), "tokenizer.json"; "none" for NULL. */
+const char *mtok_tokenizer_kind(const mtok_tokenizer *t);
+/* The chat_template of the tokenizer_config.json beside the tokenizer file, or NULL. */
+const char *mtok_tokenizer_chat_template(const mtok_tokenizer *t);
 int mtok_token_is_special(const mtok_tokenizer *t, int32_t id);
 
 /* Streaming decoder: never emits a partial UTF-8 character. Zero-initialize before use. */
 typedef struct {
-    unsigned char pend[8];
+    unsigned char pend[8]; /* [0..n_pend): an incomplete character (<= 3 bytes); [6], [7]: SentencePiece's
+                            * decoding state (core/tokenizer.c) */
     int n_pend;
 } mtok_decoder;
 /* Writes the complete text that the token adds into out and returns the bytes written. Invalid
@@ -112,7 +117,7 @@ size_t mtok_tokenizer_max_token_len(const mtok_tokenizer *t);
 char *mtok_detokenize(const mtok_tokenizer *t, const int32_t *ids, size_t n, size_t *out_len);
 
 /* ---------------------------------------------------------------------------------------------- */
-/* GLM-4 chat template (docs/GLM.md §5) and tool calls.                                            */
+/* GLM chat formats, GLM-4's and ChatGLM3's (docs/GLM.md §5), and tool calls.                      */
 typedef struct {
     const char *role;       /* "system" | "user" | "assistant" | "observation" */
     const char *metadata;   /* assistant: tool name of a call; may be NULL */
@@ -120,10 +125,16 @@ typedef struct {
     const char *tools_json; /* system message only: JSON array of tool definitions; may be NULL */
 } mtok_message;
 
-/* [gMASK]<sop> + messages + (optionally) <|assistant|>, as token ids. */
+/* [gMASK]<sop> + messages + (optionally) <|assistant|>, as token ids, in the format of the tokenizer's
+ * family (a SentencePiece tokenizer is ChatGLM3's). On error out is left as it was. */
 int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
                      mtok_ids *out);
-/* Renders the same conversation as text (special tokens as their strings). malloc'ed. */
+/* Checks a JSON array of tool definitions by the rules mtok_chat_encode applies (each entry an object;
+ * function objects with a one-line name; built-in python/simple_browser/cogview tools only when
+ * chat_template, the checkpoint's tokenizer_config.json template, describes them). */
+int mtok_tools_check(const char *tools_json, const char *chat_template);
+/* Renders the same conversation as text (special tokens as their strings; GLM-4's format, and no
+ * built-in tools: it has no checkpoint to describe them). malloc'ed. */
 int mtok_chat_render(const mtok_message *msgs, size_t n, int add_generation_prompt, char **out);
 
 typedef struct {
@@ -132,7 +143,9 @@ typedef struct {
     char *arguments;  /* JSON text of the arguments (validated) or NULL */
     char *content;    /* the reply text after the metadata line */
 } mtok_reply;
-/* Parses an assistant reply "metadata\ncontent": non-empty metadata + JSON object = tool call. */
+/* Parses an assistant reply "metadata\ncontent": non-empty metadata + a JSON object (GLM-4), or + a fenced
+ * tool_call(name=literal, ...) block (ChatGLM3, read as Python literals, never run) = tool call; arguments
+ * is then JSON (ChatGLM3: as Python's json.dumps writes the keyword arguments). */
 int mtok_reply_parse(const char *text, mtok_reply *out);
 void mtok_reply_free(mtok_reply *r);
 

@@ -1,4 +1,4 @@
-/* tok_internal.h — what the tokenizer's source files (tokenizer.c, tok_load.c, tok_bpe.c) share.
+/* tok_internal.h — what the tokenizer's source files (tokenizer.c, tok_load.c, tok_bpe.c, tok_spm.cc) share.
  * Nothing here is public: the API is the "Tokenizer" section of mtok.h. */
 #ifndef MTOK_TOK_INTERNAL_H
 #define MTOK_TOK_INTERNAL_H
@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 #include "mtok.h"
 
 /* Per-id flags. */
@@ -15,9 +18,14 @@ enum {
     TOK_PRESENT = 1, /* the id has bytes (a tokenizer.json may leave holes in its id space) */
     TOK_SPECIAL = 2, /* a special token: matched in text only with allow_special */
     TOK_ADDED = 4,   /* an added token (special or not): matched before pre-splitting, never by BPE */
+    /* SentencePiece (tok_spm.cc) only: */
+    TOK_SPM_RAW = 8,     /* a byte-fallback or unknown piece: decoded as stored, its leading space never dropped */
+    TOK_CONTROL = 16,    /* <s>, </s>: no text at all (stored with length 0) */
+    TOK_NOSCAN = 32,     /* a special never matched in text, even with allow_special: ChatGLM3's "sop"/"eop"
+                          * are ordinary words, so "desops" must not turn into a control id */
 };
 
-typedef enum { TOK_TIKTOKEN = 0, TOK_HF = 1 } tok_kind;
+typedef enum { TOK_TIKTOKEN = 0, TOK_HF = 1, TOK_SPM = 2 } tok_kind;
 
 /* BPE heap keys pack a rank (an id, or a merge's position in the merges list) into 24 bits. */
 #define TOK_MAX_RANKS (1 << 24)
@@ -73,6 +81,9 @@ struct mtok_tokenizer {
     char *path, *pattern; /* the file loaded and its pre-tokenizer regex (one printable line, <= 80 bytes
                            * + "..."), for the messages of a match that fails at encode time */
     size_t max_token_len; /* bound on the bytes one token adds to decoded text (see tokenizer.c) */
+
+    struct tok_spm *spm; /* SentencePiece (kind TOK_SPM): the library's processor (tok_spm.cc) */
+    char *chat_template; /* tokenizer_config.json's chat_template beside the file, or NULL */
 };
 
 /* tok_bpe.c: maps */
@@ -99,6 +110,18 @@ int tok_bpe_piece(const mtok_tokenizer *t, tok_scratch *s, const uint8_t *p, siz
 /* tok_load.c */
 int tok_load_tiktoken(mtok_tokenizer *t, const char *path, const char *buf, size_t n);
 int tok_load_hf_json(mtok_tokenizer *t, const char *path, const char *buf, size_t n);
+
+/* tok_spm.cc: SentencePiece through libsentencepiece (C++ behind these C calls).
+ * tok_is_spm: the buffer is a serialized ModelProto (by its protobuf framing, see tok_spm.cc).
+ * tok_load_spm fills t with every piece (for decoding and token queries) and ChatGLM3's specials;
+ * tok_spm_encode appends the ids of one text segment (its own dummy prefix). */
+int tok_is_spm(const char *buf, size_t n);
+int tok_load_spm(mtok_tokenizer *t, const char *path, const char *buf, size_t n);
+int tok_spm_encode(const mtok_tokenizer *t, const uint8_t *s, size_t n, mtok_ids *out);
+void tok_spm_free(struct tok_spm *p);
+int tok_read_chat_template(mtok_tokenizer *t, const char *path);
+/* tok_load.c, for tok_spm.cc */
+int tok_add_added(mtok_tokenizer *t, const char *path, int64_t id, const char *s, size_t n, int special);
 /* Stores bytes for id (growing the id space) and sets its flags. */
 int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, uint8_t flags);
 /* Builds the added-token scan tables and max_token_len once all ids are known. */
@@ -139,4 +162,7 @@ static inline int tok_utf8_char(const uint8_t *s, size_t n) {
  * platform forbids JIT). */
 void tok_disable_jit(mtok_tokenizer *t);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

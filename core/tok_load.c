@@ -1,6 +1,7 @@
 /* tok_load.c — reading tokenizer files: the tiktoken-style tokenizer.model (+ an optional
  * tokenizer_config.json beside it declaring the special tokens) and Hugging Face byte-level BPE
- * tokenizer.json. Every failure names the file and, where there is one, the line or JSON path. */
+ * tokenizer.json (SentencePiece models: tok_spm.cc), and the chat template beside any of them. Every
+ * failure names the file and, where there is one, the line or JSON path. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, ui
     /* the callers check ids against the limit with the file in the message; this guards the arrays */
     if (id < 0 || id >= TOK_MAX_RANKS)
         return mtok_err(MTOK_EINPUT, "token id %lld is outside [0, %d)", (long long)id, TOK_MAX_RANKS);
-    if (n == 0 || n > UINT32_MAX) return mtok_err(MTOK_EINPUT, "token id %lld has length %zu", (long long)id, n);
+    if ((n == 0 && !(flags & TOK_CONTROL)) || n > UINT32_MAX) return mtok_err(MTOK_EINPUT, "token id %lld has length %zu", (long long)id, n);
     int rc = grow_ids(t, id + 1);
     if (rc) return rc;
     if (t->blob_len + n > t->blob_cap) {
@@ -53,7 +54,7 @@ int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, ui
         if (!b) return mtok_err(MTOK_ERESOURCE, "out of memory for token bytes (%zu)", cap);
         t->blob = b, t->blob_cap = cap;
     }
-    memcpy(t->blob + t->blob_len, bytes, n);
+    if (n) memcpy(t->blob + t->blob_len, bytes, n);
     t->off[id] = t->blob_len;
     t->len[id] = (uint32_t)n;
     t->flags[id] = flags | TOK_PRESENT;
@@ -64,7 +65,7 @@ int tok_set_token(mtok_tokenizer *t, int64_t id, const void *bytes, size_t n, ui
 
 /* Registers an added token; an id that is already an ordinary token may be re-declared with the same
  * bytes (GPT-2 lists <|endoftext|> in both places), anything else is a conflict. */
-static int add_added(mtok_tokenizer *t, const char *path, int64_t id, const char *s, size_t n, int special) {
+int tok_add_added(mtok_tokenizer *t, const char *path, int64_t id, const char *s, size_t n, int special) {
     uint8_t fl = TOK_ADDED | (special ? TOK_SPECIAL : 0);
     /* checked before the id indexes the flags or sizes the id arrays: a negative id read before
      * them, and 2e9 allocated gigabytes before the count limit in tok_finish was reached */
@@ -213,6 +214,31 @@ static char *sibling(const char *path, const char *name) {
     return s;
 }
 
+/* chat_template from tokenizer_config.json beside path (a string, or the "default" entry of a list of
+ * {name, template}); none is fine. The GLM-4 chat format cuts the built-in tools' descriptions from it. */
+int tok_read_chat_template(mtok_tokenizer *t, const char *path) {
+    char *cfg = sibling(path, "tokenizer_config.json");
+    if (!cfg) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    json_error_t je;
+    json_t *root = json_load_file(cfg, 0, &je), *ct = root ? json_object_get(root, "chat_template") : NULL;
+    size_t i;
+    json_t *e;
+    if (json_is_array(ct)) {
+        json_t *pick = NULL;
+        json_array_foreach(ct, i, e) {
+            const char *name = json_string_value(json_object_get(e, "name"));
+            if (name && !strcmp(name, "default")) pick = json_object_get(e, "template");
+        }
+        ct = pick;
+    }
+    int rc = 0;
+    if (json_is_string(ct) && !(t->chat_template = strdup(json_string_value(ct))))
+        rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+    json_decref(root);
+    free(cfg);
+    return rc;
+}
+
 /* Specials from tokenizer_config.json's added_tokens_decoder {"id": {"content": ..., "special": ...}}.
  * Returns 1 when the file declared them, 0 when there is no such file or field. */
 static int load_config_specials(mtok_tokenizer *t, const char *model_path, int64_t n_ranks) {
@@ -252,7 +278,7 @@ static int load_config_specials(mtok_tokenizer *t, const char *model_path, int64
                               id, model_path, (long long)n_ranks - 1);
                 break;
             }
-            rc = add_added(t, cfg, id, json_string_value(content), json_string_length(content),
+            rc = tok_add_added(t, cfg, id, json_string_value(content), json_string_length(content),
                            !json_is_false(special));
             if (rc) break;
         }
@@ -322,7 +348,7 @@ int tok_load_tiktoken(mtok_tokenizer *t, const char *path, const char *buf, size
     int declared = load_config_specials(t, path, next_rank);
     if (declared < 0) return declared;
     for (size_t k = 0; !declared && k < sizeof GLM4_SPECIALS / sizeof *GLM4_SPECIALS; k++) {
-        rc = add_added(t, path, next_rank + (int64_t)k, GLM4_SPECIALS[k], strlen(GLM4_SPECIALS[k]), 1);
+        rc = tok_add_added(t, path, next_rank + (int64_t)k, GLM4_SPECIALS[k], strlen(GLM4_SPECIALS[k]), 1);
         if (rc) return rc;
     }
     rc = tok_compile_pattern(t, path, GLM4_PATTERN, 0);
@@ -504,7 +530,7 @@ static int hf_added(mtok_tokenizer *t, const char *path, json_t *added) {
         if (json_integer_value(id) < 0 || json_integer_value(id) >= TOK_MAX_RANKS)
             return mtok_err(MTOK_EINPUT, "%s: added_tokens[%zu] has id %lld, outside [0, %d)", path, i,
                             (long long)json_integer_value(id), TOK_MAX_RANKS);
-        int rc = add_added(t, path, json_integer_value(id), json_string_value(content), json_string_length(content),
+        int rc = tok_add_added(t, path, json_integer_value(id), json_string_value(content), json_string_length(content),
                            json_is_true(json_object_get(a, "special")));
         if (rc) return rc;
     }

@@ -1,5 +1,8 @@
 /* tokenizer.c — the public tokenizer API (mtok.h "Tokenizer"): loading, encoding, token queries and
- * the streaming decoder. Files are read in tok_load.c, the byte-pair merge lives in tok_bpe.c.
+ * the streaming decoder. Files are read in tok_load.c, the byte-pair merge lives in tok_bpe.c, and
+ * ChatGLM3's SentencePiece models go through libsentencepiece in tok_spm.cc: for them step 1 below is the
+ * same, and each text segment between added tokens is then encoded by the library (steps 2-4 are its
+ * own); their decoding rules are spm_decode_next's.
  *
  * Encoding a text:
  *   1. added tokens: the text is cut at added-token strings (leftmost-longest). Special ones count only
@@ -59,11 +62,27 @@ void mtok_tokenizer_free(mtok_tokenizer *t) {
     tok_map_free(&t->added);
     tok_pairmap_free(&t->merges);
     pcre2_code_free(t->re);
+    tok_spm_free(t->spm);
+    free(t->chat_template);
     free(t->path), free(t->pattern);
     free(t);
 }
 
 void tok_disable_jit(mtok_tokenizer *t) { t->jit = 0; }
+
+/* Text files (tiktoken lines, JSON) hold no control bytes but tab, CR and LF. */
+static int looks_like_text(const char *buf, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c < 0x20 && c != '\t' && c != '\r' && c != '\n') return 0;
+    }
+    return 1;
+}
+
+const char *mtok_tokenizer_kind(const mtok_tokenizer *t) {
+    if (!t) return "none";
+    return t->kind == TOK_SPM ? "sentencepiece" : t->kind == TOK_HF ? "tokenizer.json" : "tiktoken";
+}
 
 int mtok_tokenizer_load_file(const char *path, mtok_tokenizer **out) {
     if (!path || !out) return mtok_err(MTOK_EUSAGE, "mtok_tokenizer_load_file: NULL argument");
@@ -82,15 +101,20 @@ int mtok_tokenizer_load_file(const char *path, mtok_tokenizer **out) {
     size_t i = 0;
     if (n >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3)) i = 3;
     while (i < n && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n')) i++;
-    if (i < n && buf[i] == '{') rc = tok_load_hf_json(t, path, buf, n);
+    if (tok_is_spm(buf, n)) rc = tok_load_spm(t, path, buf, n);
+    else if (i < n && buf[i] == '{') rc = tok_load_hf_json(t, path, buf, n);
+    else if (!looks_like_text(buf, n))
+        rc = mtok_err(MTOK_EINPUT, "%s: not a tokenizer mtok reads: neither a SentencePiece model (a serialized "
+                      "ModelProto), a tiktoken rank file (\"<base64> <rank>\" lines) nor a tokenizer.json", path);
     else rc = tok_load_tiktoken(t, path, buf, n);
     free(buf);
+    if (!rc) rc = tok_read_chat_template(t, path);
     if (rc) {
         mtok_tokenizer_free(t);
         return rc;
     }
-    mtok_log(2, "%s: %lld ids, %s, regex %s", path, (long long)t->n_vocab,
-             t->kind == TOK_HF ? "tokenizer.json" : "tiktoken", t->jit ? "JIT" : "interpreted");
+    mtok_log(2, "%s: %lld ids, %s, regex %s", path, (long long)t->n_vocab, mtok_tokenizer_kind(t),
+             t->kind == TOK_SPM ? "none" : t->jit ? "JIT" : "interpreted");
     *out = t;
     return 0;
 }
@@ -222,6 +246,7 @@ static int encode_runs(enc_ctx *c, const uint8_t *s, size_t n) {
 
 static int encode_plain(enc_ctx *c, const uint8_t *s, size_t n) {
     if (n == 0) return 0;
+    if (c->t->kind == TOK_SPM) return tok_spm_encode(c->t, s, n, c->out); /* each segment its own dummy prefix */
     if (!c->t->add_prefix_space || s[0] == ' ') return encode_runs(c, s, n);
     /* ByteLevel(add_prefix_space): every segment between added tokens gets a leading space */
     uint8_t *p = malloc(n + 1);
@@ -239,7 +264,7 @@ static size_t added_at(const mtok_tokenizer *t, const uint8_t *s, size_t n, int 
         size_t len = t->added_lens[k];
         if (len > n) continue;
         int32_t a = tok_map_find(t, &t->added, s, len);
-        if (a >= 0 && (allow_special || !(t->flags[a] & TOK_SPECIAL))) {
+        if (a >= 0 && !(t->flags[a] & TOK_NOSCAN) && (allow_special || !(t->flags[a] & TOK_SPECIAL))) {
             *id = a;
             return len;
         }
@@ -287,6 +312,9 @@ int mtok_tokenize(const mtok_tokenizer *t, const char *text, size_t len, int all
 
 int32_t mtok_token_special(const mtok_tokenizer *t, const char *s) {
     if (!t || !s || !*s) return -1;
+    /* ChatGLM3 spells GLM-4's <sop>/<eop> without brackets; the GLM-4 spelling finds them too, so code that
+     * builds the [gMASK]<sop> prefix serves both families */
+    if (t->kind == TOK_SPM && (!strcmp(s, "<sop>") || !strcmp(s, "<eop>"))) s = s[1] == 's' ? "sop" : "eop";
     int32_t id = tok_map_find(t, &t->added, s, strlen(s));
     return id >= 0 && (t->flags[id] & TOK_SPECIAL) ? id : -1;
 }
@@ -302,6 +330,8 @@ const char *mtok_token_bytes(const mtok_tokenizer *t, int32_t id, size_t *len) {
     return (const char *)b;
 }
 
+const char *mtok_tokenizer_chat_template(const mtok_tokenizer *t) { return t ? t->chat_template : NULL; }
+
 int64_t mtok_tokenizer_n_vocab(const mtok_tokenizer *t) { return t ? t->n_vocab : 0; }
 
 int mtok_token_is_special(const mtok_tokenizer *t, int32_t id) {
@@ -316,6 +346,10 @@ size_t mtok_tokenizer_max_token_len(const mtok_tokenizer *t) { return t ? t->max
 /* ---------------------------------------------------------------------------------------------- */
 /* Decoding                                                                                        */
 
+/* bytes of mtok_decoder.pend past any pending character: SentencePiece's "a run has begun" and "this
+ * decoder serves a SentencePiece tokenizer" (for mtok_decode_flush, which is not given the tokenizer) */
+#define SPM_RUN 7
+#define SPM_MODE 6
 static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
 
 typedef struct {
@@ -354,11 +388,56 @@ static size_t decode_bytes(obuf *o, const uint8_t *s, size_t n, int final) {
     return i;
 }
 
+/* SentencePiece pending bytes are final: each becomes a U+FFFD, as SentencePiece replaces each byte of a
+ * byte-piece run that does not form a character (not Unicode's maximal subparts). */
+static void spm_flush(mtok_decoder *d, obuf *o) {
+    for (int i = 0; i < d->n_pend && i < 3; i++) put(o, REPLACEMENT, 3);
+    d->n_pend = 0;
+}
+
+/* THUDM's SPTokenizer.decode, one id at a time: a special id ends the run of ordinary ids and adds its
+ * literal; the next run starts afresh. SentencePiece drops the dummy-prefix space of a run's first visible
+ * piece (control pieces, <s> and </s>, are invisible) and decodes runs of byte pieces greedily: a complete
+ * character as it is, otherwise one U+FFFD for the first byte and the rest looked at again. */
+static size_t spm_decode_next(const mtok_tokenizer *t, mtok_decoder *d, int32_t id, const uint8_t *s, size_t n,
+                              obuf *o) {
+    uint8_t f = t->flags[id];
+    d->pend[SPM_MODE] = 1;
+    if (d->n_pend < 0 || d->n_pend > 3) d->n_pend = 0;
+    if (f & TOK_CONTROL) return 0;
+    if (f & TOK_SPECIAL) {
+        spm_flush(d, o);
+        put(o, s, n);
+        d->pend[SPM_RUN] = 0;
+        return o->n;
+    }
+    int first = !d->pend[SPM_RUN];
+    d->pend[SPM_RUN] = 1;
+    if (!(f & TOK_SPM_RAW) || n != 1 || t->len[id] != 1 || s[0] < 0x80) {
+        /* an ordinary piece (or an ASCII byte piece): whole characters; a byte run before it is over */
+        spm_flush(d, o);
+        if (first && !(f & TOK_SPM_RAW) && n && s[0] == ' ') s++, n--;
+        decode_bytes(o, s, n, 1);
+        return o->n;
+    }
+    d->pend[d->n_pend++] = s[0];
+    while (d->n_pend > 0) {
+        int k = tok_utf8_char(d->pend, (size_t)d->n_pend);
+        if (k == 0) break;
+        size_t used = k > 0 ? (size_t)k : 1;
+        put(o, k > 0 ? (const void *)d->pend : REPLACEMENT, k > 0 ? (size_t)k : 3);
+        memmove(d->pend, d->pend + used, (size_t)d->n_pend - used);
+        d->n_pend -= (int)used;
+    }
+    return o->n;
+}
+
 size_t mtok_decode_next(const mtok_tokenizer *t, mtok_decoder *d, int32_t id, char *out, size_t cap) {
     size_t n;
     const uint8_t *s = (const uint8_t *)mtok_token_bytes(t, id, &n);
     if (!s || !d) return 0; /* ids outside the vocabulary (e.g. padding rows) decode to nothing */
     obuf o = {out, 0, out ? cap : 0, 0};
+    if (t->kind == TOK_SPM) return spm_decode_next(t, d, id, s, n, &o);
     int np = d->n_pend;
     if (np < 0 || np > 3) np = 0; /* a pending prefix is at most 3 bytes; anything else is not ours */
     if (np > 0) {
@@ -387,7 +466,8 @@ size_t mtok_decode_next(const mtok_tokenizer *t, mtok_decoder *d, int32_t id, ch
 size_t mtok_decode_flush(mtok_decoder *d, char *out, size_t cap) {
     if (!d) return 0;
     obuf o = {out, 0, out ? cap : 0, 0};
-    if (d->n_pend > 0) put(&o, REPLACEMENT, 3);
+    if (d->pend[SPM_MODE]) spm_flush(d, &o);
+    else if (d->n_pend > 0) put(&o, REPLACEMENT, 3);
     d->n_pend = 0;
     return o.n;
 }

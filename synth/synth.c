@@ -34,7 +34,8 @@
 
 /* ---- presets ----------------------------------------------------------------------------------
  * One row per preset; the table and the text of mtok_synth_presets() both expand from it. */
-/*  name               layers hidden heads hdim groups  ffn   vocab   seq_len rope_base shards  description */
+/*  name               layers hidden heads hdim groups  ffn   vocab   seq_len rope_base shards  description
+ * (the chatglm3-* presets: ChatGLM3's family, a SentencePiece tokenizer and its config values) */
 #define MTOK_PRESETS(X)                                                                                      \
     X("glm4-tiny",        2,  256,  4,  64, 2,   704,   1024,  131072, 5e6, 1,                               \
       "2 layers, hidden 256, 4x64 heads, 2 KV groups, vocab 1024, RoPE base 5e6 (~4 MB; unit tests)")      \
@@ -47,7 +48,11 @@
     X("glm4-9b-chat-1m", 40, 4096, 32, 128, 4, 13696, 151552, 1048576, 1e8, 10,                              \
       "the shapes of GLM-4-9B-Chat-1M: as glm4-9b-chat with 4 KV groups, base 1e8, 1M context (~19.0 GB)") \
     X("needle",           2,  256,  2, 128, 2,   512,   4096, 1048576, 1e8, 1,                               \
-      "the planted needle model (docs/NEEDLE.md): 2 layers, hidden 256, 2x128 heads, 2 KV groups, fact tokens")
+      "the planted needle model (docs/NEEDLE.md): 2 layers, hidden 256, 2x128 heads, 2 KV groups, fact tokens") \
+    X("chatglm3-tiny",    2,  256,  4,  64, 2,   704,   1024,    8192, 1e4, 1,                               \
+      "ChatGLM3-6B's kind: SentencePiece tokenizer.model, no rope_ratio (base 1e4), eps 1e-5, 8K context")  \
+    X("chatglm3-32k-tiny", 2, 256,  4,  64, 2,   704,   1024,   32768, 5e5, 1,                               \
+      "ChatGLM3-6B-32K's kind: as chatglm3-tiny with rope_ratio 50 (base 5e5) and seq_length 32768")
 
 typedef struct {
     const char *name;
@@ -397,6 +402,27 @@ static json_t *hf_config(const preset *pr, const mtok_synth_params *p, int64_t n
                      "4.46.0", "use_cache", 1, "vocab_size", (json_int_t)pr->vocab);
 }
 
+static int is_glm3(const preset *pr) { return !strncmp(pr->name, "chatglm3", 8); }
+
+/* ChatGLM3's config values where they differ from GLM-4's (docs/GLM.md §1.1): eps 1e-5, eos 2 (</s>),
+ * pad 0 (<unk>), rope_ratio only when it is not 1. */
+static json_t *glm3_adjust(json_t *cfg, const preset *pr, int hf) {
+    if (!cfg) return NULL;
+    json_object_set_new(cfg, hf ? "rms_norm_eps" : "layernorm_epsilon", json_real(1e-5));
+    json_object_set_new(cfg, "eos_token_id", json_integer(2));
+    json_object_set_new(cfg, "pad_token_id", json_integer(0));
+    if (!hf && pr->rope_base == 1e4) json_object_del(cfg, "rope_ratio");
+    return cfg;
+}
+
+/* ChatGLM3's tokenizer_config.json: its tokenizer class and settings; the specials are the tokenizer's own. */
+static json_t *glm3_tokenizer_config(const preset *pr) {
+    return json_pack("{s:{s:[s, n]}, s:b, s:b, s:I, s:s, s:b, s:s}", "auto_map", "AutoTokenizer",
+                     "tokenization_chatglm.ChatGLMTokenizer", "clean_up_tokenization_spaces", 0, "do_lower_case", 0,
+                     "model_max_length", (json_int_t)pr->seq_len, "padding_side", "left", "remove_space", 0,
+                     "tokenizer_class", "ChatGLMTokenizer");
+}
+
 static json_t *tokenizer_config(const preset *pr, int64_t n_ranks, int n_needle) {
     json_t *dec = json_object(), *extra = json_array();
     for (int i = 0; i < MTOK_SYN_N_SPECIAL; i++) {
@@ -470,7 +496,9 @@ int mtok_synth(const mtok_synth_params *p) {
     /* the tokenizer first: it is fast and fixes the special ids the configs refer to */
     const int needle = !strcmp(pr->name, "needle");
     const int n_needle = needle ? MEV_NEEDLE_N_EXTRA : 0;
-    if (needle) /* byte-level BPE on public-domain English (Genesis, KJV; eval/corpus_kjv.c) */
+    if (is_glm3(pr)) /* a SentencePiece model: the pieces, then ChatGLM3's 9 specials */
+        rc = mtok_syn_spm(pr->vocab - 9, &tok, &tok_len, &n_ranks);
+    else if (needle) /* byte-level BPE on public-domain English (Genesis, KJV; eval/corpus_kjv.c) */
         rc = mtok_syn_tokenizer_corpus(mev_corpus_kjv, mev_corpus_kjv_len, pr->vocab - MTOK_SYN_N_SPECIAL - n_needle,
                                        &tok, &tok_len, &n_ranks);
     else
@@ -483,12 +511,16 @@ int mtok_synth(const mtok_synth_params *p) {
     synth_ctx ctx = {.t = t, .gen = g, .rope_dim = pr->head_dim / 2, .needle = needle ? &ns : NULL};
     if ((rc = mtok_st_write(&o, t, n, shards, fill, &ctx))) goto fail;
     if ((rc = mtok_out_text(&o, "tokenizer.model", tok, tok_len))) goto fail;
-    if ((rc = write_json(&o, "tokenizer_config.json", tokenizer_config(pr, n_ranks, n_needle)))) goto fail;
-    if ((rc = write_json(&o, "generation_config.json", generation_config(n_ranks)))) goto fail;
+    if (is_glm3(pr)) {
+        if ((rc = write_json(&o, "tokenizer_config.json", glm3_tokenizer_config(pr)))) goto fail;
+    } else {
+        if ((rc = write_json(&o, "tokenizer_config.json", tokenizer_config(pr, n_ranks, n_needle)))) goto fail;
+        if ((rc = write_json(&o, "generation_config.json", generation_config(n_ranks)))) goto fail;
+    }
     /* config.json is what makes a directory look like a model, so it is created (and renamed) last */
-    if ((rc = write_json(&o, "config.json", p->naming == MTOK_NAMING_HF ? hf_config(pr, p, n_ranks)
-                                                                       : chatglm_config(pr, p, n_ranks))))
-        goto fail;
+    json_t *cfg = p->naming == MTOK_NAMING_HF ? hf_config(pr, p, n_ranks) : chatglm_config(pr, p, n_ranks);
+    if (is_glm3(pr)) cfg = glm3_adjust(cfg, pr, p->naming == MTOK_NAMING_HF);
+    if ((rc = write_json(&o, "config.json", cfg))) goto fail;
 
     /* Replacing a checkpoint: hide the old one first (no config.json, no shards or index of another
      * layout, which a loader could pick up instead of ours), then move the new files in. Only names
@@ -509,10 +541,11 @@ int mtok_synth(const mtok_synth_params *p) {
     for (size_t i = 0; i < n; i++) bytes += mtok_st_nbytes(&t[i]);
     double dt = now_s() - t0;
     mtok_log(1, "synth: %s (%s naming, %s, seed %llu) -> %s: %zu tensors, %.1f MB in %.1f s (%.0f MB/s), "
-                "%lld BPE ranks + %d special tokens",
+                "%lld %s + %d special tokens",
              pr->name, p->naming == MTOK_NAMING_HF ? "hf" : "chatglm", mtok_dtype_name(p->dtype),
              (unsigned long long)p->seed, p->out_dir, n, bytes / 1e6, dt, bytes / 1e6 / (dt > 0 ? dt : 1e-9),
-             (long long)n_ranks, MTOK_SYN_N_SPECIAL);
+             (long long)n_ranks, is_glm3(pr) ? "SentencePiece pieces" : "BPE ranks",
+             is_glm3(pr) ? 9 : MTOK_SYN_N_SPECIAL);
 fail:
     mtok_out_free(&o);
     free(cfg_path);

@@ -80,4 +80,9 @@ int mtok_syn_tokenizer(int64_t max_ranks, char **text, size_t *len, int64_t *n_r
 int mtok_syn_tokenizer_corpus(const char *corpus, size_t n, int64_t max_ranks, char **text, size_t *len,
                               int64_t *n_ranks);
 
+/* ---- SentencePiece (synth_spm.c) ----------------------------------------------------------------
+ * A unigram SentencePiece ModelProto (ChatGLM3's kind of tokenizer.model) of at most max_pieces pieces:
+ * <unk> <s> </s>, the 256 byte pieces, characters and strings learned from the embedded corpus. */
+int mtok_syn_spm(int64_t max_pieces, char **data, size_t *len, int64_t *n_pieces);
+
 #endif

@@ -62,7 +62,8 @@ static void test_template(const mtok_tokenizer *t) {
           "tool replay rendered as: %s", text ? text : "(null)");
     free(text);
 
-    /* tools in the system message */
+    /* tools in the system message: one newline before each "## name", as the glm-4-9b-chat template
+     * writes it (docs/GLM.md §5.4) */
     const char *tools = "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": "
                         "\"Weather of a city\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": "
                         "{\"type\": \"string\"}}, \"required\": [\"city\"]}}}]";
@@ -70,7 +71,7 @@ static void test_template(const mtok_tokenizer *t) {
     CHECK(mtok_chat_render(m3, 2, 1, &text) == 0, "render tools: %s", mtok_errmsg());
     const char *want_tools =
         "[gMASK]<sop><|system|>\n你是一个名为 ChatGLM 的人工智能助手。你是基于智谱AI训练的语言模型 GLM-4 模型开发的，"
-        "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具\n\n## get_weather\n\n{\n"
+        "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具\n## get_weather\n\n{\n"
         "    \"name\": \"get_weather\",\n    \"description\": \"Weather of a city\",\n    \"parameters\": {\n"
         "        \"type\": \"object\",\n        \"properties\": {\n            \"city\": {\n"
         "                \"type\": \"string\"\n            }\n        },\n        \"required\": [\n"
