@@ -128,6 +128,7 @@ int cmd_prefill(int argc, char **argv);  /* cli/cmd_kv.c: prefill a document, --
 int cmd_qa(int argc, char **argv);       /* cli/cmd_kv.c: many questions from one document state */
 int cmd_check(int argc, char **argv);    /* cli/cmd_check.c: dtypes, shapes and finite values of a checkpoint */
 int cmd_serve(int argc, char **argv);    /* cli/cmd_serve.c: the OpenAI-compatible HTTP server (serve/) */
+int cmd_image(int argc, char **argv);    /* cli/cmd_image.c: GLM-4V preprocessing and vision tower to .npy */
 /* cli/cmd_kv.c: --load-kv for generate. Loads the saved document into the session: if the prompt ids
  * start with the saved tokens (block hash chain) those blocks are reused and *skip says how many
  * prompt ids are already in; otherwise the prompt continues after the document (a leading

@@ -1,5 +1,6 @@
 /* cmd_tools.c — mtok tokenize, logits, info, synth. */
 #include <errno.h>
+#include <jansson.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +14,72 @@
 #include "../parallel/parallel.h"
 #include "../synth/mtok_synth.h"
 
-/* ---- mtok tokenize -m DIR (--text T | --text-file F) [--special] ---- */
+/* Reads a --messages file: a JSON array of {"role", "content", "metadata"?} (OpenAI's "tool" role is
+ * GLM's "observation"). The strings stay owned by *root. */
+static int read_messages(const char *path, json_t **root, mtok_message **msgs, size_t *n) {
+    json_error_t je;
+    *root = json_load_file(path, 0, &je);
+    *msgs = NULL, *n = 0;
+    if (!*root) return mtok_err(MTOK_EINPUT, "%s:%d:%d: not valid JSON: %s", path, je.line, je.column, je.text);
+    if (!json_is_array(*root))
+        return mtok_err(MTOK_EINPUT, "%s: expected a JSON array of messages {\"role\", \"content\", \"metadata\"?}", path);
+    size_t cnt = json_array_size(*root), i;
+    *msgs = calloc(cnt + 1, sizeof **msgs);
+    if (!*msgs) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    json_t *m;
+    json_array_foreach(*root, i, m) {
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content"),
+               *meta = json_object_get(m, "metadata");
+        if (!json_is_object(m)) return mtok_err(MTOK_EINPUT, "%s: message %zu is not an object", path, i);
+        if (!json_is_string(role))
+            return mtok_err(MTOK_EINPUT, "%s: message %zu has no \"role\" string", path, i);
+        if (content && !json_is_null(content) && !json_is_string(content))
+            return mtok_err(MTOK_EINPUT, "%s: message %zu: \"content\" must be a string", path, i);
+        if (meta && !json_is_null(meta) && !json_is_string(meta))
+            return mtok_err(MTOK_EINPUT, "%s: message %zu: \"metadata\" must be a string", path, i);
+        const char *r = json_string_value(role);
+        (*msgs)[i] = (mtok_message){!strcmp(r, "tool") ? "observation" : r, json_string_value(meta),
+                                    json_string_value(content), NULL};
+    }
+    *n = cnt;
+    return 0;
+}
+
+/* The ids of a rendered conversation: --tools go on the first message when it is a system message, else
+ * on a system message of their own before the rest. */
+static int tokenize_messages(const mtok_tokenizer *tok, const char *mpath, const char *tpath, int gen,
+                             mtok_ids *ids) {
+    json_t *root = NULL;
+    mtok_message *msgs = NULL;
+    size_t n = 0;
+    char *tools = NULL;
+    size_t tlen = 0;
+    int rc = read_messages(mpath, &root, &msgs, &n);
+    if (!rc && tpath) rc = cli_read_file(tpath, &tools, &tlen);
+    if (!rc && tools && strlen(tools) != tlen) rc = mtok_err(MTOK_EINPUT, "%s: contains a NUL byte", tpath);
+    if (!rc && tools) {
+        if (n && !strcmp(msgs[0].role, "system")) {
+            msgs[0].tools_json = tools;
+        } else {
+            memmove(msgs + 1, msgs, n * sizeof *msgs);
+            msgs[0] = (mtok_message){"system", NULL, NULL, tools};
+            n++;
+        }
+    }
+    if (!rc) rc = mtok_chat_encode(tok, msgs, n, gen, ids);
+    free(tools);
+    free(msgs);
+    json_decref(root);
+    return rc;
+}
+
+/* ---- mtok tokenize -m DIR (--text T | --text-file F | --messages F [--tools T] [--generation-prompt])
+ *      [--special] ---- */
 int cmd_tokenize(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
-    const char *text = NULL, *file = NULL;
-    int special = 0;
+    const char *text = NULL, *file = NULL, *messages = NULL, *tools = NULL;
+    int special = 0, gen = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
         if (r < 0) return 1;
@@ -27,19 +88,31 @@ int cmd_tokenize(int argc, char **argv) {
             if (!(text = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(argv[i], "--text-file")) {
             if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--messages")) {
+            if (!(messages = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--tools")) {
+            if (!(tools = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--generation-prompt")) {
+            gen = 1;
         } else if (!strcmp(argv[i], "--special")) {
             special = 1;
         } else
             return cli_usage_error("tokenize: unknown option '%s'", argv[i]);
     }
-    if (!o.model || (!text) == (!file)) return cli_usage_error("tokenize needs -m DIR and one of --text, --text-file");
+    if (!o.model || (!!text + !!file + !!messages) != 1)
+        return cli_usage_error("tokenize needs -m DIR and one of --text, --text-file, --messages");
+    if ((tools || gen) && !messages) return cli_usage_error("--tools and --generation-prompt need --messages");
+    if (special && messages) return cli_usage_error("--special does not apply to --messages (roles are ids already)");
     mtok_tokenizer *tok = NULL;
     char *buf = NULL;
     size_t len = text ? strlen(text) : 0;
     mtok_ids ids = {0};
     int rc = mtok_tokenizer_load(o.model, &tok);
-    if (!rc && file) rc = cli_read_file(file, &buf, &len);
-    if (!rc) rc = mtok_tokenize(tok, file ? buf : text, len, special, &ids);
+    if (!rc && messages) rc = tokenize_messages(tok, messages, tools, gen, &ids);
+    else if (!rc) {
+        if (file) rc = cli_read_file(file, &buf, &len);
+        if (!rc) rc = mtok_tokenize(tok, file ? buf : text, len, special, &ids);
+    }
     if (!rc) {
         putchar('[');
         for (size_t i = 0; i < ids.n; i++) printf(i ? ", %d" : "%d", ids.v[i]);
@@ -208,10 +281,16 @@ int cmd_info(int argc, char **argv) {
     printf("cpu isa: %s; levels this CPU runs: scalar%s%s\n", feat[0] ? feat : "(none found)",
            mk_isa_cpu() >= MK_ISA_AVX2 ? " avx2" : "", mk_isa_cpu() >= MK_ISA_AVX512 ? " avx512" : "");
     /* which kernels run at the active level (kernels/cpu_dispatch.c) */
-    printf("kernels (--isa %s): %s\n", mk_isa_str(isa),
-           isa == MK_ISA_AVX512 ? "matmul avx512 for bf16 W (vdpbf16ps on bf16-rounded x), avx2 for f16/f32 W; "
-                                  "attention avx512 for prefill (fp32 fma on widened K/V), avx2 for decode; row ops avx2"
-           : isa == MK_ISA_AVX2 ? "matmul, attention and row ops avx2+fma (fp32 fma on widened weights)"
+    const int p16 = mk_precision_active() == MK_PREC_BF16;
+    printf("kernels (--isa %s, --matmul-precision %s): %s%s\n", mk_isa_str(isa), mk_precision_str(mk_precision_active()),
+           isa == MK_ISA_AVX512 ? (p16 ? "matmul avx512 for bf16 W (vdpbf16ps on bf16-rounded x), avx2 for f16/f32 W; "
+                                       : "matmul avx512 for bf16 W (vdpbf16ps on x split in hi + lo bf16), avx2 for "
+                                         "f16/f32 W; ")
+                                : "",
+           isa == MK_ISA_AVX512 ? "attention avx512 for prefill (fp32 fma on widened K/V), avx2 for decode; row ops avx2"
+           : isa == MK_ISA_AVX2 ? (p16 ? "matmul, attention and row ops avx2+fma (x rounded to bf16 for bf16 W)"
+                                       : "matmul, attention and row ops avx2+fma (fp32 fma on widened weights)")
+           : p16                ? "scalar (portable C; x rounded to bf16 for bf16 W)"
                                 : "scalar (portable C)");
     char cuda[512];
     mtok_cuda_describe(cuda, sizeof cuda);
@@ -243,7 +322,7 @@ int cmd_info(int argc, char **argv) {
     for (int i = 0; i < c->n_eos; i++) printf(" %d", c->eos_ids[i]);
     putchar('\n');
     rc = mtok_tokenizer_load(o.model, &t);
-    if (!rc) printf("tokenizer: %lld ids\n", (long long)mtok_tokenizer_n_vocab(t));
+    if (!rc) printf("tokenizer: %lld ids (%s)\n", (long long)mtok_tokenizer_n_vocab(t), mtok_tokenizer_kind(t));
     else printf("tokenizer: none (%s)\n", mtok_errmsg());
     mtok_tokenizer_free(t);
     mtok_model_free(m);

@@ -18,7 +18,9 @@ static const char COMMON[] =
     "  --rope-base X           override the RoPE base\n"
     "  --ignore-eos            do not stop at the model's end-of-sequence ids\n"
     "  --no-simd               scalar kernels only\n"
-    "  --isa avx2|avx512|auto  instruction set of the CPU kernels (default auto = avx2 at most, or $MTOK_ISA)\n"
+    "  --isa avx2|avx512|auto  instruction set of the CPU kernels (default auto = the highest, or $MTOK_ISA)\n"
+    "  --matmul-precision fp32|bf16  activations of bf16-weight products: fp32 (default) or rounded to\n"
+    "                          bf16 (twice avx512's rate, less accurate; or $MTOK_MATMUL_PRECISION)\n"
     "  --device cpu|cuda|cuda:N  compute device (docs/GPU.md)\n"
     "  -v | -q | --log-level N   more, less (errors only) or a given amount of logging (0..3)\n"
     "  --progress-interval S   seconds between progress lines when stderr is not a terminal (default 10;\n"
@@ -73,10 +75,17 @@ static const cmd_help HELP[] = {
      1},
     {"tokenize",
      "usage: mtok tokenize -m DIR (--text T | --text-file F) [--special]\n"
+     "       mtok tokenize -m DIR --messages F [--tools T] [--generation-prompt]\n"
      "Prints the token ids as one JSON array.\n"
      "  --text T                the text\n"
      "  --text-file F           the text from a file\n"
-     "  --special               special-token strings map to their ids (default: plain text)\n",
+     "  --special               special-token strings map to their ids (default: plain text)\n"
+     "  --messages F            a conversation: JSON array of {\"role\", \"content\", \"metadata\"?} (roles\n"
+     "                          system, user, assistant, observation; \"tool\" means observation), rendered\n"
+     "                          in the checkpoint's chat format (GLM-4 or ChatGLM3), [gMASK] prefix included\n"
+     "  --tools T               tool definitions (a JSON array) for the first system message (one is\n"
+     "                          added before the others when there is none)\n"
+     "  --generation-prompt     end with <|assistant|>, the start of the model's reply\n",
      1},
     {"logits",
      "usage: mtok logits -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy\n"
@@ -202,6 +211,17 @@ static const cmd_help HELP[] = {
      "  --max-queue N           requests waiting for a session (default 8)\n"
      "  --max-body BYTES        largest request body (default 64M)\n"
      "  --keepalive S           idle keep-alive seconds (default 15)\n",
+     1},
+    {"image",
+     "usage: mtok image -m DIR --image F --out X.npy [--preprocessed]\n"
+     "       mtok image --size N --image F --out X.npy --preprocessed\n"
+     "Runs one image through GLM-4V's preprocessing and vision tower (docs/VISION.md) and writes a float32\n"
+     ".npy: the [(grid/2)^2 + 2, hidden] embeddings, or with --preprocessed the [3, S, S] normalised image.\n"
+     "  --image F               a PNG or JPEG\n"
+     "  --out X.npy             the output file\n"
+     "  --preprocessed          write the preprocessed image instead of running the tower (with -m DIR only\n"
+     "                          its config.json is read, for image_size)\n"
+     "  --size N                the image size for --preprocessed without -m (1..16384)\n",
      1},
 };
 

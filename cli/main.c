@@ -33,9 +33,12 @@ static const char USAGE[] =
     "  generate ... --load-kv F                              continue after a saved document (prefix reuse)\n"
     "  serve    -m DIR [--host H --port P --api-key K --served-model-name N --sessions N --max-queue N\n"
     "           --max-body BYTES --keepalive S]            OpenAI-compatible HTTP server (docs/SERVER.md)\n"
+    "  image    -m DIR --image F --out X.npy [--preprocessed] | --size N --image F --out X.npy --preprocessed\n"
+    "                                                       GLM-4V image embeddings (docs/VISION.md)\n"
     "mtok COMMAND --help lists every option of a command.\n"
     "common options:\n"
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
+    "  --isa avx2|avx512|auto  --matmul-precision fp32|bf16 (the CPU kernels' arithmetic)\n"
     "  --device cpu|cuda|cuda:N (the CUDA backend: docs/GPU.md)\n"
     "  -v | -q | --log-level N   --progress-interval S (progress lines when stderr is not a terminal)\n"
     "  --no-progress\n"
@@ -47,6 +50,7 @@ static const char USAGE[] =
     "sampling: --temperature T (0 = greedy)  --top-k K  --top-p P  --repetition-penalty R  --seed S\n"
     "numeric options take decimal values within the ranges in docs/OPTIONS.md; sizes and token counts\n"
     "  also take K/M/G/T suffixes (powers of 1024)\n";
+
 
 
 int main(int argc, char **argv) {
@@ -65,7 +69,7 @@ int main(int argc, char **argv) {
                 {"logits", cmd_logits},     {"info", cmd_info},   {"synth", cmd_synth},
                 {"demo", cmd_demo},         {"niah", cmd_niah},   {"eval", cmd_eval},
                 {"bench", cmd_bench},       {"prefill", cmd_prefill}, {"qa", cmd_qa}, {"check", cmd_check},
-                {"serve", cmd_serve}};
+                {"serve", cmd_serve}, {"image", cmd_image}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(argv[1], cmds[i].name))
             return cli_help_wanted(argc - 1, argv + 1) ? (cli_help(argv[1]) ? 1 : 0) : cmds[i].fn(argc - 1, argv + 1);
