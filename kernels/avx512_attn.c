@@ -164,30 +164,14 @@ INLINE void tile_values(int mr, float *const *accr, const float *alpha, const fl
     }
 }
 
-#define AZ_MR_CASES(F, ...)                                                                                 \
-    switch (mr) {                                                                                            \
-    case 1: F(1, __VA_ARGS__); break;                                                                        \
-    case 2: F(2, __VA_ARGS__); break;                                                                        \
-    case 3: F(3, __VA_ARGS__); break;                                                                        \
-    case 4: F(4, __VA_ARGS__); break;                                                                        \
-    case 5: F(5, __VA_ARGS__); break;                                                                        \
-    case 6: F(6, __VA_ARGS__); break;                                                                        \
-    case 7: F(7, __VA_ARGS__); break;                                                                        \
-    case 8: F(8, __VA_ARGS__); break;                                                                        \
-    case 9: F(9, __VA_ARGS__); break;                                                                        \
-    case 10: F(10, __VA_ARGS__); break;                                                                      \
-    case 11: F(11, __VA_ARGS__); break;                                                                      \
-    default: F(12, __VA_ARGS__); break;                                                                      \
-    }
-
 static void tile_scores_any(int mr, float *s, const float *const *qr, const float *kt, int64_t nbp, int64_t D,
                             float scale) {
-    AZ_MR_CASES(tile_scores, s, qr, kt, nbp, D, scale)
+    ZM_TILE_CASES(tile_scores, s, qr, kt, nbp, D, scale)
 }
 
 static void tile_values_any(int mr, float *const *accr, const float *alpha, const float *s, const float *vb,
                             int64_t nb, int64_t D) {
-    AZ_MR_CASES(tile_values, accr, alpha, s, vb, nb, D)
+    ZM_TILE_CASES(tile_values, accr, alpha, s, vb, nb, D)
 }
 
 /* The tiled form over keys [0, n) of the block. */

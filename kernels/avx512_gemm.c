@@ -111,28 +111,12 @@ INLINE void uk_bf16(int mr, int SPLIT, int64_t np, const uint32_t *wp, const uin
     tile_store(mr, c0, c1, c, ldc);
 }
 
-#define MR_CASES(F, ...)                                                                                    \
-    switch (mr) {                                                                                            \
-    case 1: F(1, __VA_ARGS__); break;                                                                        \
-    case 2: F(2, __VA_ARGS__); break;                                                                        \
-    case 3: F(3, __VA_ARGS__); break;                                                                        \
-    case 4: F(4, __VA_ARGS__); break;                                                                        \
-    case 5: F(5, __VA_ARGS__); break;                                                                        \
-    case 6: F(6, __VA_ARGS__); break;                                                                        \
-    case 7: F(7, __VA_ARGS__); break;                                                                        \
-    case 8: F(8, __VA_ARGS__); break;                                                                        \
-    case 9: F(9, __VA_ARGS__); break;                                                                        \
-    case 10: F(10, __VA_ARGS__); break;                                                                      \
-    case 11: F(11, __VA_ARGS__); break;                                                                      \
-    default: F(12, __VA_ARGS__); break;                                                                      \
-    }
-
 static void uk_bf16_any(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, const uint16_t *xl, int64_t ldb,
                         float *c, int64_t ldc, const float *init) {
     if (xl)
-        MR_CASES(uk_bf16, 1, np, wp, xb, xl, ldb, c, ldc, init)
+        ZM_TILE_CASES(uk_bf16, 1, np, wp, xb, xl, ldb, c, ldc, init)
     else
-        MR_CASES(uk_bf16, 0, np, wp, xb, NULL, ldb, c, ldc, init)
+        ZM_TILE_CASES(uk_bf16, 0, np, wp, xb, NULL, ldb, c, ldc, init)
 }
 
 /* Tokens [t0, t1) x panels [p0, p1) (32 outputs each) of y = xb W^T (+ b), bf16 W, with packing buffer

@@ -32,6 +32,25 @@ INLINE __m512 bf16x16(const uint16_t *p, int64_t i) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + i))), 16));
 }
 
+/* F(MR, ...) with MR the constant 1..12 equal to the variable mr (12 for anything larger): the 12-row
+ * register tiles of avx512_gemm.c and avx512_attn.c are inlined once per row count, so their loops
+ * over rows unroll and their accumulators stay in registers. */
+#define ZM_TILE_CASES(F, ...)                                                                               \
+    switch (mr) {                                                                                            \
+    case 1: F(1, __VA_ARGS__); break;                                                                        \
+    case 2: F(2, __VA_ARGS__); break;                                                                        \
+    case 3: F(3, __VA_ARGS__); break;                                                                        \
+    case 4: F(4, __VA_ARGS__); break;                                                                        \
+    case 5: F(5, __VA_ARGS__); break;                                                                        \
+    case 6: F(6, __VA_ARGS__); break;                                                                        \
+    case 7: F(7, __VA_ARGS__); break;                                                                        \
+    case 8: F(8, __VA_ARGS__); break;                                                                        \
+    case 9: F(9, __VA_ARGS__); break;                                                                        \
+    case 10: F(10, __VA_ARGS__); break;                                                                      \
+    case 11: F(11, __VA_ARGS__); break;                                                                      \
+    default: F(12, __VA_ARGS__); break;                                                                      \
+    }
+
 /* The 16x16 transpose of 32-bit elements: r[i] lane j becomes r[j] lane i. */
 INLINE void transpose16(__m512i r[16]) {
     __m512i t[16], u[16];
