@@ -215,13 +215,22 @@ static const cmd_help HELP[] = {
     {"image",
      "usage: mtok image -m DIR --image F --out X.npy [--preprocessed]\n"
      "       mtok image --size N --image F --out X.npy --preprocessed\n"
+     "       mtok image -m DIR [--image F] --prompt-ids IDS.json [--logits-out L.npy] [--layout-out L.json]\n"
+     "                  [--split K]\n"
      "Runs one image through GLM-4V's preprocessing and vision tower (docs/VISION.md) and writes a float32\n"
      ".npy: the [(grid/2)^2 + 2, hidden] embeddings, or with --preprocessed the [3, S, S] normalised image.\n"
+     "With --prompt-ids: the prompt's image triple expanded to the tower's rows at their shared position\n"
+     "(docs/VISION.md section 4) and the language model run over the expanded rows.\n"
      "  --image F               a PNG or JPEG\n"
      "  --out X.npy             the output file\n"
      "  --preprocessed          write the preprocessed image instead of running the tower (with -m DIR only\n"
      "                          its config.json is read, for image_size)\n"
-     "  --size N                the image size for --preprocessed without -m (1..16384)\n",
+     "  --size N                the image size for --preprocessed without -m (1..16384)\n"
+     "  --prompt-ids IDS.json   a prompt as a JSON array of token ids (the image as <|begin_of_image|>\n"
+     "                          <|endoftext|><|end_of_image|>; without them it runs as text)\n"
+     "  --logits-out L.npy      the [n, vocab] float32 logits of every expanded row, image rows included\n"
+     "  --layout-out L.json     the expanded ids, each row's RoPE position and the image's rows\n"
+     "  --split K               rows from K on (after the image) through plain mtok_forward, as decoding\n",
      1},
 };
 

@@ -27,7 +27,7 @@
 #include "model.h"
 #include "../kvstore/kvstore.h"
 
-#define MTOK_BACKEND_VERSION 2
+#define MTOK_BACKEND_VERSION 3 /* 3: mtok_chunk's rope_pos and embedding override rows (GLM-4V) */
 /* mtok_backend_params carries the topk rule (kv_topk, kv_sinks, kv_window): a device backend may
  * choose a topk layer's blocks itself (core/backend_cuda.h cu_topk_rule tests this) */
 #define MTOK_BACKEND_TOPK_RULE 1
@@ -105,6 +105,14 @@ typedef struct {
     kvs_cache *kv;      /* the session's KV store */
     int64_t kv_pos;     /* this rank's KV-store position of row 0 */
     int append;         /* 1: this rank stores the chunk's K and V (context parallel: the span's owner) */
+    /* GLM-4V (docs/VISION.md): the RoPE position of each row when it is not pos + t (after an image
+     * the 1600 patch rows share one position, so position != slot); NULL: pos + t. K is stored
+     * rotated by these angles; the causal mask stays over KV slots. */
+    const int64_t *rope_pos; /* [n] host */
+    /* Rows [embeds_first, embeds_first + embeds_n) of x take embeds' rows (host, [embeds_n][hidden])
+     * instead of the embedding lookup of their ids (the vision tower's output); NULL: none. */
+    const float *embeds;
+    int64_t embeds_first, embeds_n;
 } mtok_chunk;
 
 /* Attention of one layer for n query rows at KV-store positions q_pos.. (core/attn.c attend). */
@@ -172,9 +180,11 @@ typedef struct {
     void (*partials_free)(mtok_backend_state *st, mtok_partials *p);
 
     /* ---- the operations of a pass, in the order forward.c calls them ---- */
-    /* x[t] = embedding row ids[t]. Checks x. */
+    /* x[t] = embedding row ids[t], or c->embeds' row for the override rows. Checks x. A backend that
+     * cannot take c->embeds or c->rope_pos refuses the chunk (MTOK_EUSAGE) rather than ignore them. */
     int (*embed)(mtok_backend_state *st, const mtok_chunk *c);
-    /* The RoPE angles of positions c->pos .. c->pos + n - 1 (cos, sin in double, stored fp32). */
+    /* The RoPE angles of positions c->pos .. c->pos + n - 1, or c->rope_pos[0..n) (cos, sin in double,
+     * stored fp32). */
     int (*rope_table)(mtok_backend_state *st, const mtok_chunk *c);
     /* a = rmsnorm(x) with the layer's attention (which 0) or MLP (which 1) norm weight. */
     int (*norm)(mtok_backend_state *st, const mtok_chunk *c, int64_t layer, int which);

@@ -186,7 +186,11 @@ static void cpu_partials_free(mtok_backend_state *st, mtok_partials *p) {
 static int cpu_embed(mtok_backend_state *st, const mtok_chunk *c) {
     const int64_t E = st->c->hidden;
     float *x = st->t[MTOK_T_X];
-    for (int64_t t = 0; t < c->n; t++) mk_embed(x + t * E, &st->w->embed, c->ids[t]);
+    for (int64_t t = 0; t < c->n; t++) {
+        const int64_t e = t - c->embeds_first; /* an override row (the vision tower's) replaces the lookup */
+        if (c->embeds && e >= 0 && e < c->embeds_n) memcpy(x + t * E, c->embeds + e * E, (size_t)E * sizeof *x);
+        else mk_embed(x + t * E, &st->w->embed, c->ids[t]);
+    }
     emit(st, "embed", -1, c->pos, x, c->n, E);
     return check(st, x, c->n, E, c->pos, "embedding", -1);
 }
@@ -194,7 +198,8 @@ static int cpu_embed(mtok_backend_state *st, const mtok_chunk *c) {
 static int cpu_rope_table(mtok_backend_state *st, const mtok_chunk *c) {
     const int64_t half = st->c->rope_dim / 2;
     for (int64_t t = 0; t < c->n; t++)
-        mk_rope_table(st->cs + t * half, st->sn + t * half, st->c->rope_dim, st->c->rope_base, c->pos + t);
+        mk_rope_table(st->cs + t * half, st->sn + t * half, st->c->rope_dim, st->c->rope_base,
+                      c->rope_pos ? c->rope_pos[t] : c->pos + t);
     return 0;
 }
 

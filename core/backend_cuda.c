@@ -243,6 +243,11 @@ static int proj(mtok_backend_state *st, const ck_gemv_seg *seg, int nseg, const 
 static int cu_embed(mtok_backend_state *st, const mtok_chunk *c) {
     cudaError_t e = cudaSetDevice(st->p.device); /* the thread may have used another device since */
     if (e != cudaSuccess) return cu_fail(e, "cudaSetDevice");
+    /* GLM-4V's spliced image rows and their shared positions are not on this backend yet: refuse
+     * rather than compute the text embedding and sequential angles for them (docs/VISION.md) */
+    if (c->embeds || c->rope_pos)
+        return mtok_err(MTOK_EUSAGE, "--device cuda: image input (GLM-4V's spliced image rows and their RoPE "
+                        "positions) runs on the CPU backend only for now");
     int rc = cu_step_begin(st, c); /* the step block up (ids, positions, RoPE table); eager or graph; timing on */
     if (rc) return rc;
     float *x = st->t[MTOK_T_X];

@@ -40,6 +40,8 @@ int mtok_session_feed(mtok_session *s, const int32_t *ids, int64_t n, const mtok
     const int64_t n_held = mtok_session_pos(s);
     int64_t lcp = 0;
     while (lcp < n && lcp < n_held && held[lcp] == ids[lcp]) lcp++;
+    /* image rows hold placeholder ids: equal ids do not mean an equal image, so reuse stops there */
+    if (s->img_hi > s->img_lo && lcp > s->img_lo) lcp = s->img_lo;
     if (lcp == n) lcp = n - 1; /* the last position's logits must be current: compute it again */
     int rc = lcp < n_held ? mtok_session_truncate(s, lcp) : 0;
     if (rc) return rc;

@@ -119,6 +119,7 @@ void mtok_session_free(mtok_session *s) {
     kvs_free(s->kv);
     dist_free(s);
     mtok_ids_free(&s->ids);
+    free(s->rpos);
     if (s->be) {
         s->be->destroy(s->bs);
         if (s->bw) s->be->weights_free(s->bw);
@@ -127,10 +128,25 @@ void mtok_session_free(mtok_session *s) {
     free(s);
 }
 
+/* Positions back to the identity (rpos NULL) when the first n held tokens sit at their slots: a
+ * session truncated to before its image is a text-only session again. */
+static void rope_pos_trim(mtok_session *s, int64_t n) {
+    if (!s->rpos) return;
+    for (int64_t t = 0; t < n; t++)
+        if (s->rpos[t] != t) return;
+    free(s->rpos);
+    s->rpos = NULL;
+    s->rpos_cap = 0;
+}
+
+static int rope_pos_reserve(mtok_session *s, int64_t n);
+
 void session_reset_local(mtok_session *s) {
     s->pos = 0;
     s->kv_pos = 0;
     s->ids.n = 0;
+    s->img_lo = s->img_hi = 0;
+    rope_pos_trim(s, 0);
     kvs_reset(s->kv);
     s->be->kv_forget(s->bs, 0);
 }
@@ -140,6 +156,10 @@ void mtok_session_reset(mtok_session *s) {
     session_reset_local(s);
 }
 int session_truncate_local(mtok_session *s, int64_t n) {
+    /* image rows before n keep their exact K and V; rows from n on are dropped with the rest */
+    if (s->img_hi > s->img_lo && n <= s->img_lo) s->img_lo = s->img_hi = 0;
+    else if (s->img_hi > n) s->img_hi = n;
+    rope_pos_trim(s, n);
     s->pos = n;
     s->ids.n = (size_t)n;
     s->kv_pos = dist_local_tokens(s, n);
@@ -153,6 +173,15 @@ int session_truncate_local(mtok_session *s, int64_t n) {
     if (s->world)
         return mtok_err(MTOK_EUSAGE, "truncate to %lld tokens: the window policy dropped KV blocks the next positions "
                         "need, and parallel runs cannot recompute them (use --kv-policy exact or topk)", (long long)n);
+    if (s->img_hi > s->img_lo && s->img_hi > held) {
+        /* image rows have placeholder ids: recomputing them from ids would be silently wrong */
+        const int64_t lo = s->img_lo;
+        session_truncate_local(s, held);
+        return mtok_err(MTOK_EUSAGE, "truncate to %lld tokens: the window policy dropped KV blocks of the image rows "
+                        "(from slot %lld), which cannot be recomputed from token ids; the session now holds %lld "
+                        "tokens (use --kv-policy exact or topk with images)", (long long)n, (long long)lo,
+                        (long long)held);
+    }
     int32_t *lost = malloc((size_t)(n - held) * sizeof *lost);
     if (!lost) return mtok_err(MTOK_ERESOURCE, "out of memory recomputing %lld positions", (long long)(n - held));
     memcpy(lost, s->ids.v + held, (size_t)(n - held) * sizeof *lost);
@@ -173,6 +202,9 @@ int mtok_session_truncate(mtok_session *s, int64_t n) {
     return rc;
 }
 int64_t mtok_session_pos(const mtok_session *s) { return s->pos; }
+int64_t session_rope_next(const mtok_session *s) { return s->rpos && s->pos > 0 ? s->rpos[s->pos - 1] + 1 : s->pos; }
+int session_has_layout(const mtok_session *s) { return s->rpos != NULL || s->img_hi > s->img_lo; }
+const int64_t *mtok_session_positions(const mtok_session *s) { return s->rpos; }
 int64_t mtok_session_ctx(const mtok_session *s) { return s->ctx; }
 const float *mtok_session_logits(const mtok_session *s) { return s->logits; }
 uint64_t mtok_session_kv_bytes(const mtok_session *s) { return kvs_bytes(s->kv); }
@@ -196,7 +228,9 @@ int mtok_session_save_kv(mtok_session *s, const char *path) {
     if (s->pos <= 0) return mtok_err(MTOK_EUSAGE, "%s: nothing to save, the session holds no tokens", path);
     uint64_t id;
     int rc = mtok_model_identity(s->m, s->threads, &id);
-    return rc ? rc : kvs_file_save(s->kv, path, id, s->ids.v, s->pos);
+    /* with an image, its rows' span and every token's RoPE position go into the file (version 3): the
+     * rows' K and V are exact, but their ids are placeholders and position != slot after them */
+    return rc ? rc : kvs_file_save_ex(s->kv, path, id, s->ids.v, s->pos, s->rpos, s->img_lo, s->img_hi);
 }
 
 int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *prompt, size_t n_prompt,
@@ -210,7 +244,8 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
     int rc = mtok_model_identity(s->m, s->threads, &id);
     if (rc) return rc;
     mtok_session_reset(s);
-    rc = kvs_file_load(s->kv, path, id, prompt, prompt ? (int64_t)n_prompt : -1, &ids, &n);
+    kvs_file_layout lay;
+    rc = kvs_file_load_ex(s->kv, path, id, prompt, prompt ? (int64_t)n_prompt : -1, &ids, &n, &lay);
     if (!rc && (n < 0 || n > s->ctx))
         rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)", path, (long long)n,
                       (long long)s->ctx);
@@ -221,6 +256,12 @@ int mtok_session_load_kv(mtok_session *s, const char *path, const int32_t *promp
             rc = mtok_err(MTOK_EINPUT, "%s: damaged: saved token id %d at position %lld is outside the vocabulary "
                           "[0, %lld)", path, ids[t], (long long)t, (long long)s->c->vocab);
     if (!rc && n > 0) rc = mtok_ids_append(&s->ids, ids, (size_t)n);
+    if (!rc && lay.pos && n > 0 && !(rc = rope_pos_reserve(s, n))) {
+        memcpy(s->rpos, lay.pos, (size_t)n * sizeof *s->rpos);
+        s->img_lo = lay.img_lo, s->img_hi = lay.img_hi;
+        rope_pos_trim(s, n); /* a prefix before the image is text at its slots */
+    }
+    free(lay.pos);
     free(ids);
     s->be->kv_forget(s->bs, 0); /* the store's blocks are the file's now */
     if (rc) {
@@ -259,20 +300,24 @@ static int gather_logits(void *ctx, const float *local, int64_t n, float *out) {
  * output layer gives this rank's vocabulary rows. Under context parallelism every rank runs the
  * whole chunk, the rank owning the chunk's span stores its K/V, and each rank's attention over its
  * own positions is merged by the log-sum-exp rule. A chunk never crosses a span boundary. */
-static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits, int want_last) {
+static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, const float *emb, int64_t emb_first,
+                         int64_t emb_n, float *all_logits, int want_last) {
     const mtok_backend_ops *be = s->be;
     mtok_backend_state *st = s->bs;
     const int64_t vocab = s->c->vocab;
     const int owner = dist_owns(s, s->pos);
     const int64_t kpos = s->kv_pos, kend = kpos + (owner ? n : 0); /* this rank's KV-store positions */
-    const mtok_chunk c = {.ids = ids, .n = n, .pos = s->pos, .kv = s->kv, .kv_pos = kpos, .append = owner};
+    /* GLM-4V: RoPE positions of their own (shared by the image rows) and the image's embedding rows */
+    const mtok_chunk c = {.ids = ids, .n = n, .pos = s->pos, .kv = s->kv, .kv_pos = kpos, .append = owner,
+                          .rope_pos = s->rpos ? s->rpos + s->pos : NULL, .embeds = emb, .embeds_first = emb_first,
+                          .embeds_n = emb_n};
     const size_t rows = (size_t)(n * s->c->hidden);
     float *a = be->tensor(st, MTOK_T_A).data; /* the projections' outputs the tensor-parallel sums complete */
     const mtok_gather gather = {gather_logits, s}, *split = s->lay.tp > 1 ? &gather : NULL;
     int rc;
 
     if ((rc = ids_in_vocab(s, ids, n, s->pos))) return rc;
-    if ((rc = be->embed(st, &c))) return rc;                                  /* x = embed(ids) */
+    if ((rc = be->embed(st, &c))) return rc;                                  /* x = embed(ids) | image rows */
     if ((rc = be->rope_table(st, &c))) return rc;                             /* RoPE angles of the chunk */
     /* the KV blocks attention will read, layer 0 first; each layer queues the next one's before its
      * own attention runs, so the next layer's cold blocks are in flight while this one computes */
@@ -314,12 +359,20 @@ static int forward_chunk(mtok_session *s, const int32_t *ids, int64_t n, float *
 
 /* Runs n tokens on this rank, in chunks that end at the prefill chunk size and at span boundaries. */
 int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits) {
+    return forward_run_ex(s, ids, n, NULL, 0, 0, all_logits);
+}
+int forward_run_ex(mtok_session *s, const int32_t *ids, int64_t n, const float *emb, int64_t emb_first,
+                   int64_t emb_n, float *all_logits) {
     const int64_t start = s->pos;
     for (int64_t i = 0; i < n;) {
         int64_t nc = n - i < s->chunk ? n - i : s->chunk, span_left = dist_span_end(s, s->pos) - s->pos;
         if (nc > span_left) nc = span_left;
         float *out = all_logits ? all_logits + (size_t)i * s->c->vocab : NULL;
-        int rc = forward_chunk(s, ids + i, nc, out, i + nc == n);
+        /* the part of the embedding rows [emb_first, emb_first + emb_n) inside this chunk [i, i + nc) */
+        const int64_t lo = emb && emb_first > i ? emb_first : i;
+        const int64_t hi = emb && emb_first + emb_n < i + nc ? emb_first + emb_n : i + nc;
+        const float *ce = emb && lo < hi ? emb + (size_t)(lo - emb_first) * (size_t)s->c->hidden : NULL;
+        int rc = forward_chunk(s, ids + i, nc, ce, ce ? lo - i : 0, ce ? hi - lo : 0, out, i + nc == n);
         if (rc) {
             /* leave the session as it was before this call: a failed request loses nothing */
             s->pos = start;
@@ -335,18 +388,8 @@ int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logit
 }
 
 int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits) {
-    if (n <= 0) return mtok_err(MTOK_EUSAGE, "forward: no tokens");
-    if (s->pos + n > s->ctx)
-        return mtok_err(MTOK_EINPUT, "%lld tokens at position %lld exceed the context limit of %lld tokens (--ctx)",
-                        (long long)n, (long long)s->pos, (long long)s->ctx);
-    /* checked before the other ranks are told, so a bad id loses nothing */
-    int rc = ids_in_vocab(s, ids, n, s->pos);
-    if (!rc) rc = dist_announce(s, DIST_FORWARD, n, ids, all_logits != NULL);
-    if (!rc) rc = forward_run(s, ids, n, all_logits);
-    /* in a parallel run the other ranks are part-way through the same call: they cannot be rolled
-     * back in step, so an error there ends the job with the message */
-    if (rc && s->world) dist_fail(s, rc);
-    return rc;
+    const mtok_forward_params p = {.ids = ids, .n = n, .all_logits = all_logits};
+    return mtok_forward_ex(s, &p);
 }
 
 const mtok_config *mtok_session_config(const mtok_session *s) { return s->c; }
@@ -355,3 +398,66 @@ void mtok_session_set_hook(mtok_session *s, mtok_tensor_hook fn, void *user) { s
 
 int mtok_session_profile(mtok_session *s, int on) { return s->be->profile(s->bs, on); }
 int mtok_session_stage_times(const mtok_session *s, mtok_stage_times *out) { return s->be->stage_times(s->bs, out); }
+
+/* ---- explicit positions and embedding rows (GLM-4V, docs/VISION.md) ----
+ * The image's rows share one RoPE position, so after an image the position of a token is not its
+ * slot. The positions live in s->rpos only once they differ from the slots: a text-only session
+ * never allocates them and runs exactly the code it ran before. */
+static int rope_pos_reserve(mtok_session *s, int64_t n) {
+    if (n <= s->rpos_cap) return 0;
+    int64_t cap = s->rpos_cap ? s->rpos_cap : 256;
+    while (cap < n) cap *= 2;
+    if (cap > s->ctx) cap = s->ctx > n ? s->ctx : n;
+    int64_t *r = realloc(s->rpos, (size_t)cap * sizeof *r);
+    if (!r) return mtok_err(MTOK_ERESOURCE, "out of memory for %lld RoPE positions", (long long)cap);
+    if (!s->rpos)
+        for (int64_t t = 0; t < s->pos; t++) r[t] = t; /* the tokens held so far sat at their slots */
+    s->rpos = r;
+    s->rpos_cap = cap;
+    return 0;
+}
+
+int mtok_forward_ex(mtok_session *s, const mtok_forward_params *p) {
+    const int32_t *ids = p->ids;
+    const int64_t n = p->n, start = s->pos;
+    if (n <= 0) return mtok_err(MTOK_EUSAGE, "forward: no tokens");
+    if (s->pos + n > s->ctx)
+        return mtok_err(MTOK_EINPUT, "%lld tokens at position %lld exceed the context limit of %lld tokens (--ctx)",
+                        (long long)n, (long long)s->pos, (long long)s->ctx);
+    if (p->embeds && (p->embed_n <= 0 || p->embed_first < 0 || p->embed_first > n - p->embed_n))
+        return mtok_err(MTOK_EUSAGE, "forward: embedding rows [%lld, +%lld) outside the call's %lld tokens",
+                        (long long)p->embed_first, (long long)p->embed_n, (long long)n);
+    if (p->embeds && s->img_hi > s->img_lo)
+        return mtok_err(MTOK_EUSAGE, "one image per conversation: the session already holds image rows at slots "
+                        "[%lld, %lld)", (long long)s->img_lo, (long long)s->img_hi);
+    /* explicit positions: each >= 0, never decreasing, from the last held token's on */
+    const int64_t prev = s->pos > 0 ? session_rope_next(s) - 1 : 0;
+    int custom = s->rpos != NULL; /* positions differ from slots once they did */
+    for (int64_t t = 0; p->pos && t < n; t++) {
+        const int64_t lo = t ? p->pos[t - 1] : prev;
+        if (p->pos[t] < lo || p->pos[t] > MTOK_MAX_CTX)
+            return mtok_err(MTOK_EUSAGE, "forward: RoPE position %lld of token %lld is out of order or range (at least "
+                            "%lld, at most 2^40)", (long long)p->pos[t], (long long)t, (long long)lo);
+        if (p->pos[t] != start + t) custom = 1;
+    }
+    /* checked before the other ranks are told, so a bad id loses nothing */
+    int rc = ids_in_vocab(s, ids, n, s->pos);
+    if (!rc && s->world && (custom || p->embeds))
+        rc = mtok_err(MTOK_EUSAGE, "image input (GLM-4V rows and positions) is not supported in parallel runs "
+                      "(--tp/--cp) yet");
+    if (rc) return rc;
+    const int had = s->rpos != NULL;
+    if (custom) {
+        if ((rc = rope_pos_reserve(s, start + n))) return rc;
+        const int64_t next = session_rope_next(s);
+        for (int64_t t = 0; t < n; t++) s->rpos[start + t] = p->pos ? p->pos[t] : next + t;
+    }
+    rc = dist_announce(s, DIST_FORWARD, n, ids, p->all_logits != NULL);
+    if (!rc) rc = forward_run_ex(s, ids, n, p->embeds, p->embed_first, p->embed_n, p->all_logits);
+    if (!rc && p->embeds) s->img_lo = start + p->embed_first, s->img_hi = s->img_lo + p->embed_n;
+    if (rc && !had) rope_pos_trim(s, 0); /* the call changed nothing: back to the identity */
+    /* in a parallel run the other ranks are part-way through the same call: they cannot be rolled
+     * back in step, so an error there ends the job with the message */
+    if (rc && s->world) dist_fail(s, rc);
+    return rc;
+}

@@ -228,6 +228,26 @@ const mtok_config *mtok_session_config(const mtok_session *s);
  * through mtok_session_logits(). Fails with MTOK_EINPUT if pos+n exceeds the context limit. */
 int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
 const float *mtok_session_logits(const mtok_session *s);
+/* ---- GLM-4V: explicit positions and embedding rows (docs/VISION.md §4) ----
+ * mtok_forward_ex runs n tokens like mtok_forward, with optional explicit RoPE positions (pos: [n],
+ * each >= 0 and non-decreasing, and not below the held tokens' last; NULL: rope_next, rope_next + 1,
+ * ..., which is what mtok_forward does) and an optional span of rows whose embeddings are given
+ * (embeds: [embed_n][hidden] fp32, host, replacing rows [embed_first, embed_first + embed_n) of the
+ * call; NULL: none). One span per session (one image per conversation: a second is MTOK_EUSAGE).
+ * all_logits: [n][vocab] or NULL, as mtok_forward. CPU backend only; refused on parallel runs
+ * (--tp/--cp) when positions differ from slots or rows are given. On error the session is as before
+ * the call. */
+typedef struct {
+    const int32_t *ids;
+    int64_t n;
+    const int64_t *pos;
+    const float *embeds;
+    int64_t embed_first, embed_n;
+    float *all_logits;
+} mtok_forward_params;
+int mtok_forward_ex(mtok_session *s, const mtok_forward_params *p);
+/* The RoPE positions of the held tokens 0..pos-1 (NULL while they equal the slots). */
+const int64_t *mtok_session_positions(const mtok_session *s);
 /* Bytes of KV currently held (hot + cold). */
 uint64_t mtok_session_kv_bytes(const mtok_session *s);
 /* The token ids at positions 0..pos-1. */

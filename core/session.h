@@ -7,6 +7,7 @@
 #include "model.h"
 #include "../kvstore/kvstore.h"
 #include "../parallel/layout.h"
+#include "vision.h"
 
 typedef struct attn_state attn_state; /* core/attn.c: policy state (selection buffers, counters) */
 
@@ -21,6 +22,14 @@ struct mtok_session {
     kvs_cache *kv;
     attn_state *attn;
     mtok_ids ids;          /* the token ids at positions 0..pos-1 (saved with the KV) */
+    /* GLM-4V (docs/VISION.md): the RoPE position of each held token. NULL while every position
+     * equals its slot (all text-only runs: nothing changes for them); else [rpos_cap], valid for
+     * slots 0..pos-1. The next token's position (rope_next) is rpos[pos-1] + 1. */
+    int64_t *rpos;
+    int64_t rpos_cap;
+    /* slots whose embeddings came from override rows (the image): [img_lo, img_hi); empty when equal.
+     * Their ids are placeholders, so they cannot be recomputed from ids or matched as text. */
+    int64_t img_lo, img_hi;
     int64_t computed;      /* tokens run through the model since creation */
     /* the compute backend (core/backend.h): its weights, its state with the activations of a chunk */
     const mtok_backend_ops *be;
@@ -58,8 +67,18 @@ enum { DIST_FORWARD = 1, DIST_RESET, DIST_TRUNCATE, DIST_EXIT };
 int dist_announce(mtok_session *s, int op, int64_t arg, const int32_t *ids, int want_all);
 /* Ends the whole job after an error that left the ranks out of step (never returns under MPI). */
 void dist_fail(mtok_session *s, int rc);
-/* Implemented in core/forward.c, used by the followers' loop (core/follow.c). */
+/* Implemented in core/forward.c, used by the followers' loop (core/follow.c). Runs ids at the
+ * positions s->rpos holds for slots pos.. (pos + t when s->rpos is NULL); rows [emb_first,
+ * emb_first + emb_n) of the call take emb's rows instead of their ids' embeddings (emb NULL: none). */
 int forward_run(mtok_session *s, const int32_t *ids, int64_t n, float *all_logits);
+int forward_run_ex(mtok_session *s, const int32_t *ids, int64_t n, const float *emb, int64_t emb_first,
+                   int64_t emb_n, float *all_logits);
+/* The RoPE position the next token gets (pos without images). */
+int64_t session_rope_next(const mtok_session *s);
+/* 1 when the session holds an image or positions that differ from the slots. */
+int session_has_layout(const mtok_session *s);
+
+/* mtok_forward_ex and mtok_forward_params are declared in core/vision.h until they move to mtok.h */
 void session_reset_local(mtok_session *s);
 int session_truncate_local(mtok_session *s, int64_t n);
 

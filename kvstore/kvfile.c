@@ -3,6 +3,10 @@
  * File layout, little-endian:
  *   [0, 128)            header (kvf_header below)
  *   ids_off             int32 token ids [n_tokens]
+ *   (8-aligned)         version 3, flags bit 1 only: int64 RoPE position of each token [n_tokens], then
+ *                       int64 img_lo, img_hi: the slots whose embeddings were image rows (GLM-4V,
+ *                       docs/VISION.md; their ids are placeholders). Files of sessions whose
+ *                       positions are the slots stay version 2 and byte-identical to before.
  *   sums_off            uint64 XXH3-64 of each block's data [n_layers][n_blocks]
  *   chain_off           16-byte prefix hashes [n_blocks]: h_i = XXH3_128(h_{i-1} || ids of block i),
  *                       h_{-1} = 0 (the last block may be partial: its ids are the ones saved)
@@ -42,7 +46,9 @@
 
 #define KVF_MAGIC "MTOKKV\r\n"
 #define KVF_VERSION 2
+#define KVF_VERSION_LAYOUT 3 /* written only with KVF_HAS_LAYOUT, so older readers refuse it by version */
 #define KVF_HAS_SUMMARIES 1u /* flags: key summaries follow the block data */
+#define KVF_HAS_LAYOUT 2u    /* flags: RoPE positions and the image span follow the ids (version 3) */
 #ifndef KVS_MAX_BLOCK_TOKENS
 #define KVS_MAX_BLOCK_TOKENS 65536 /* the largest --kv-block */
 #endif
@@ -99,7 +105,10 @@ static int read_all(int fd, void *p, size_t n, uint64_t off) {
 
 /* The layout of a file of n tokens in blocks of B with this geometry: what the saver writes and the
  * only one the loader accepts. 0, or -1 when a size overflows 64 bits (a hostile header). */
-static int layout(kvf_header *h, uint64_t n, uint64_t B, uint64_t layers, uint64_t row, int with_sum) {
+static uint64_t pos_off(uint64_t ids_off, uint64_t n) { return (ids_off + n * 4 + 7) / 8 * 8; }
+
+static int layout(kvf_header *h, uint64_t n, uint64_t B, uint64_t layers, uint64_t row, int with_sum,
+                  int with_pos) {
     const uint64_t nb = (n + B - 1) / B, bb = 4 * B * row, sb = 4 * row; /* K and V, bf16 */
     uint64_t nsum, per, data, sums;
     if (__builtin_mul_overflow(layers, nb, &nsum) || __builtin_add_overflow(bb, with_sum ? sb : 0, &per) ||
@@ -109,7 +118,7 @@ static int layout(kvf_header *h, uint64_t n, uint64_t B, uint64_t layers, uint64
     h->n_blocks = nb;
     h->block_bytes = bb;
     h->ids_off = sizeof *h;
-    h->sums_off = (h->ids_off + n * 4 + 7) / 8 * 8;
+    h->sums_off = pos_off(h->ids_off, n) + (with_pos ? n * 8 + 16 : 0);
     h->chain_off = h->sums_off + sums;
     h->data_off = (h->chain_off + nb * 16 + 4095) / 4096 * 4096;
     return __builtin_add_overflow(h->data_off, data, &h->file_bytes) ? -1 : 0;
@@ -149,22 +158,30 @@ static int write_code(int err) {
 }
 
 int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n) {
+    return kvs_file_save_ex(c, path, fingerprint, ids, n, NULL, 0, 0);
+}
+
+int kvs_file_save_ex(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n,
+                     const int64_t *pos, int64_t img_lo, int64_t img_hi) {
     const kvs_params *p = kvs_get_params(c);
     const int64_t B = kvs_block_tokens(c), row = p->n_kv_groups * p->head_dim;
-    const int with_sum = kvs_summary(c, 0, 0) != NULL;
+    const int with_sum = kvs_summary(c, 0, 0) != NULL, with_pos = pos || img_hi > img_lo;
     kvf_header h = {0};
-    if (n <= 0 || layout(&h, (uint64_t)n, (uint64_t)B, (uint64_t)p->n_layers, (uint64_t)row, with_sum))
+    if (n <= 0 || layout(&h, (uint64_t)n, (uint64_t)B, (uint64_t)p->n_layers, (uint64_t)row, with_sum, with_pos))
         return mtok_err(MTOK_EUSAGE, "%s: cannot save %lld tokens of KV", path, (long long)n);
+    if (with_pos && (img_lo < 0 || img_lo > img_hi || img_hi > n))
+        return mtok_err(MTOK_EUSAGE, "%s: image rows [%lld, %lld) outside the %lld tokens saved", path,
+                        (long long)img_lo, (long long)img_hi, (long long)n);
     const int64_t nb = (int64_t)h.n_blocks, nsum = p->n_layers * nb;
     const size_t bb = (size_t)h.block_bytes, sb = 2 * (size_t)row * sizeof(uint16_t);
     memcpy(h.magic, KVF_MAGIC, 8);
-    h.version = KVF_VERSION;
+    h.version = with_pos ? KVF_VERSION_LAYOUT : KVF_VERSION;
     h.header_bytes = sizeof h;
     h.fingerprint = fingerprint;
     h.n_tokens = (uint64_t)n;
     h.block_tokens = (uint32_t)B;
     h.n_layers = (uint32_t)p->n_layers, h.n_kv_groups = (uint32_t)p->n_kv_groups, h.head_dim = (uint32_t)p->head_dim;
-    h.flags = with_sum ? KVF_HAS_SUMMARIES : 0;
+    h.flags = (with_sum ? KVF_HAS_SUMMARIES : 0) | (with_pos ? KVF_HAS_LAYOUT : 0);
 
     remove_stale_temps(path);
     char tmp[4200];
@@ -183,6 +200,15 @@ int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         goto done;
     }
     memcpy(meta + h.ids_off, ids, (size_t)n * 4);
+    if (with_pos) { /* positions (the slots when pos is NULL), then the image span */
+        uint8_t *q = meta + pos_off(h.ids_off, (uint64_t)n);
+        for (int64_t t = 0; t < n; t++) {
+            const int64_t v = pos ? pos[t] : t;
+            memcpy(q + t * 8, &v, 8);
+        }
+        memcpy(q + n * 8, &img_lo, 8);
+        memcpy(q + n * 8 + 8, &img_hi, 8);
+    }
     uint8_t *sums = meta + h.sums_off; /* uint64 each, written with memcpy */
     uint8_t chain[16] = {0};
     for (int64_t b = 0; b < nb; b++) {
@@ -313,11 +339,13 @@ static int check_header(const kvf_header *h, uint64_t size, const char *path) {
             return mtok_err(MTOK_EINPUT, "%s: damaged header: %s is %llu, outside [%llu, %llu]", path, range[i].name,
                             (unsigned long long)range[i].v, (unsigned long long)range[i].lo,
                             (unsigned long long)range[i].hi);
-    if ((h->flags & ~KVF_HAS_SUMMARIES) || (h->version == 1 && h->flags))
+    /* the layout section comes with version 3 and only there */
+    if ((h->flags & ~(KVF_HAS_SUMMARIES | KVF_HAS_LAYOUT)) || (h->version == 1 && h->flags) ||
+        ((h->flags & KVF_HAS_LAYOUT) != 0) != (h->version == KVF_VERSION_LAYOUT))
         return mtok_err(MTOK_EINPUT, "%s: damaged header: unknown flags %#x for version %u", path, h->flags, h->version);
     kvf_header want = {0};
     if (layout(&want, h->n_tokens, h->block_tokens, h->n_layers, (uint64_t)h->n_kv_groups * h->head_dim,
-               (h->flags & KVF_HAS_SUMMARIES) != 0))
+               (h->flags & KVF_HAS_SUMMARIES) != 0, (h->flags & KVF_HAS_LAYOUT) != 0))
         return mtok_err(MTOK_EINPUT, "%s: damaged header: its sizes overflow", path);
     const struct {
         const char *name;
@@ -336,8 +364,15 @@ static int check_header(const kvf_header *h, uint64_t size, const char *path) {
 
 int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
                   int32_t **ids_out, int64_t *n_loaded) {
+    return kvs_file_load_ex(c, path, fingerprint, prompt, n_prompt, ids_out, n_loaded, NULL);
+}
+
+int kvs_file_load_ex(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
+                     int32_t **ids_out, int64_t *n_loaded, kvs_file_layout *lay) {
     *ids_out = NULL;
     *n_loaded = 0;
+    if (lay) *lay = (kvs_file_layout){0};
+    int64_t *pos = NULL;
     const kvs_params *p = kvs_get_params(c);
     /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -371,9 +406,9 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
                       sizeof h);
         goto done;
     }
-    if (h.version != 1 && h.version != KVF_VERSION) {
-        rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads versions 1 and %d)", path,
-                      h.version, KVF_VERSION);
+    if (h.version != 1 && h.version != KVF_VERSION && h.version != KVF_VERSION_LAYOUT) {
+        rc = mtok_err(MTOK_EINPUT, "%s: KV file version %u is not supported (this mtok reads versions 1 to %d)", path,
+                      h.version, KVF_VERSION_LAYOUT);
         goto done;
     }
     if ((rc = check_header(&h, (uint64_t)st.st_size, path))) goto done;
@@ -414,6 +449,31 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     const int64_t Bf = h.block_tokens, n_tok = (int64_t)h.n_tokens, nb = (int64_t)h.n_blocks;
     const int64_t row = p->n_kv_groups * p->head_dim;
     const int32_t *saved = (const int32_t *)(meta + h.ids_off);
+    int64_t img_lo = 0, img_hi = 0;
+    if (h.flags & KVF_HAS_LAYOUT) {
+        /* checked like the ids: the checksum says the bytes are as written, not that a writer was sane */
+        const uint8_t *q = meta + pos_off(h.ids_off, h.n_tokens);
+        if (!lay) {
+            rc = mtok_err(MTOK_EINPUT, "%s: the file holds an image's rows and their RoPE positions (GLM-4V), which "
+                          "this reader cannot restore", path);
+            goto done;
+        }
+        memcpy(&img_lo, q + n_tok * 8, 8);
+        memcpy(&img_hi, q + n_tok * 8 + 8, 8);
+        if (!(pos = malloc((size_t)n_tok * sizeof *pos))) {
+            rc = mtok_err(MTOK_ERESOURCE, "%s: out of memory for %lld positions", path, (long long)n_tok);
+            goto done;
+        }
+        memcpy(pos, q, (size_t)n_tok * 8);
+        for (int64_t t = 0; t < n_tok && !rc; t++)
+            if (pos[t] < (t ? pos[t - 1] : 0) || pos[t] > (int64_t)1 << 40)
+                rc = mtok_err(MTOK_EINPUT, "%s: damaged: RoPE position %lld of token %lld out of order or range", path,
+                              (long long)pos[t], (long long)t);
+        if (!rc && (img_lo < 0 || img_lo > img_hi || img_hi > n_tok))
+            rc = mtok_err(MTOK_EINPUT, "%s: damaged: image rows [%lld, %lld) outside the %lld saved tokens", path,
+                          (long long)img_lo, (long long)img_hi, (long long)n_tok);
+        if (rc) goto done;
+    }
     int64_t use = n_tok;
     if (prompt) { /* longest saved prefix the prompt starts with, block by block through the hash chain */
         uint8_t hc[16] = {0};
@@ -427,6 +487,8 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
         }
         if (use >= n_prompt) use = n_prompt - 1; /* one prompt token must run to give logits */
         if (use < 0) use = 0;
+        /* image rows hold placeholder ids: equal ids do not mean an equal image */
+        if (img_hi > img_lo && use > img_lo) use = img_lo;
     }
     if (use > p->ctx) {
         rc = mtok_err(MTOK_EINPUT, "%s: %lld saved tokens exceed the context limit %lld (--ctx)", path,
@@ -475,11 +537,18 @@ int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const in
     *ids_out = ids;
     ids = NULL;
     *n_loaded = use;
+    if (lay && pos) {
+        lay->pos = pos;
+        pos = NULL;
+        lay->img_lo = use > img_lo ? img_lo : 0;
+        lay->img_hi = use > img_lo ? (img_hi < use ? img_hi : use) : 0;
+    }
     mtok_log(1, "loaded %lld of %lld saved tokens of KV from %s", (long long)use, (long long)n_tok, path);
 done:
     close(fd);
     free(meta);
     free(blk);
     free(ids);
+    free(pos);
     return rc;
 }

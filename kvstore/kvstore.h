@@ -205,5 +205,19 @@ int kvs_bench(const kvs_bench_params *p, kvs_bench_result *r);
 int kvs_file_save(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n);
 int kvs_file_load(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
                   int32_t **ids_out, int64_t *n_loaded);
+/* GLM-4V (docs/VISION.md): a session whose RoPE positions differ from the slots, or that holds image
+ * rows [img_lo, img_hi) (placeholder ids), saves them too (pos NULL: the slots); such a file is
+ * version 3 (flags bit 1), every other file is written as before. kvs_file_load refuses a version 3
+ * file (it could not restore it); kvs_file_load_ex returns its layout: pos [n_loaded] (malloc'd,
+ * NULL for a file without one) and the image rows among the loaded ones. A prompt's prefix match
+ * stops at the image's first row (equal placeholder ids do not mean an equal image). */
+typedef struct {
+    int64_t *pos;
+    int64_t img_lo, img_hi;
+} kvs_file_layout;
+int kvs_file_save_ex(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *ids, int64_t n,
+                     const int64_t *pos, int64_t img_lo, int64_t img_hi);
+int kvs_file_load_ex(kvs_cache *c, const char *path, uint64_t fingerprint, const int32_t *prompt, int64_t n_prompt,
+                     int32_t **ids_out, int64_t *n_loaded, kvs_file_layout *lay);
 
 #endif
