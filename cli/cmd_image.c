@@ -93,10 +93,9 @@ static int write_layout_json(const char *path, const mtok_vision_layout *l) {
 static int image_prompt(const cli_common *o, const char *image, const char *ids_path, const char *logits_out,
                         const char *layout_out, int64_t split) {
     mtok_vision_config vc;
-    mtok_vision *vis = NULL;
     mtok_ids ids = {0};
     mtok_vision_layout lay = {0};
-    float *chw = NULL, *emb = NULL, *logits = NULL;
+    float *logits = NULL;
     cli_loaded L = {0};
     int loaded = 0;
     int rc = read_ids_json(ids_path, &ids);
@@ -108,44 +107,21 @@ static int image_prompt(const cli_common *o, const char *image, const char *ids_
         rc = mtok_err(MTOK_EUSAGE, "--image given, but %s holds no <|begin_of_image|><|endoftext|><|end_of_image|>",
                       ids_path);
     if (!rc && layout_out) rc = write_layout_json(layout_out, &lay);
-    /* the tower first: its scratch is freed before the language model's session exists */
-    if (!rc && lay.image_rows && logits_out) {
-        rc = mtok_vision_load(o->model, &vis);
-        if (!rc) rc = mtok_image_preprocess(image, vc.image, &chw);
-        if (!rc && !(emb = malloc((size_t)lay.image_rows * (size_t)vc.lm_hidden * sizeof *emb)))
-            rc = mtok_err(MTOK_ERESOURCE, "out of memory for the image's %lld rows", (long long)lay.image_rows);
-        const mtok_vision_params vp = {.threads = o->threads, .progress_s = cli_progress_interval(o)};
-        if (!rc) rc = mtok_vision_forward(vis, &vp, chw, emb);
-        mtok_vision_free(vis);
-    }
+    /* the tower, the splicing and the language model: one library call (core/vision_prompt.c) */
     if (!rc && logits_out) {
         rc = cli_load(o, 0, &L);
         loaded = !rc;
-        const int64_t V = rc ? 0 : mtok_model_config(L.model)->vocab;
-        if (!rc && mtok_model_config(L.model)->hidden != vc.lm_hidden)
-            rc = mtok_err(MTOK_EINPUT, "%s: the language model's hidden size %lld is not the vision config's %lld",
-                          o->model, (long long)mtok_model_config(L.model)->hidden, (long long)vc.lm_hidden);
-        if (!rc && !(logits = malloc((size_t)lay.n * (size_t)V * sizeof *logits)))
-            rc = mtok_err(MTOK_ERESOURCE, "out of memory for %lld x %lld logits", (long long)lay.n, (long long)V);
-        /* --split K: rows from K on go through plain mtok_forward, as decoding after the prompt does:
-         * their positions must continue from the last one the first call gave */
-        if (!rc && split && (split >= lay.n || split < lay.image_first + lay.image_rows))
-            rc = mtok_err(MTOK_EUSAGE, "--split %lld: must fall after the image's rows (%lld) and before the end "
-                          "(%lld)", (long long)split, (long long)(lay.image_first + lay.image_rows), (long long)lay.n);
-        const int64_t n1 = split ? split : lay.n;
-        const mtok_forward_params fp = {.ids = lay.ids, .n = n1, .pos = lay.pos, .embeds = emb,
-                                        .embed_first = lay.image_first, .embed_n = lay.image_rows,
-                                        .all_logits = logits};
-        if (!rc) rc = mtok_forward_ex(L.sess, &fp);
-        if (!rc && split) rc = mtok_forward(L.sess, lay.ids + n1, lay.n - n1, logits + (size_t)n1 * (size_t)V);
-        const int64_t shape[2] = {lay.n, V};
+        const mtok_vision_prefill_params pp = {.model_dir = o->model, .image_path = image, .ids = ids.v,
+                                               .n = (int64_t)ids.n, .split = split,
+                                               .vision = {.threads = o->threads,
+                                                          .progress_s = cli_progress_interval(o)}};
+        if (!rc) rc = mtok_vision_prefill(L.sess, &pp, NULL, &logits);
+        const int64_t shape[2] = {lay.n, rc ? 0 : mtok_model_config(L.model)->vocab};
         if (!rc) rc = write_npy_nd(logits_out, logits, 2, shape);
-        if (!rc) mtok_log(1, "wrote %s: [%lld, %lld] float32", logits_out, (long long)lay.n, (long long)V);
+        if (!rc) mtok_log(1, "wrote %s: [%lld, %lld] float32", logits_out, (long long)shape[0], (long long)shape[1]);
     }
     if (loaded) cli_unload(&L);
     free(logits);
-    free(emb);
-    free(chw);
     mtok_vision_layout_free(&lay);
     mtok_ids_free(&ids);
     return rc ? cli_fail(rc) : 0;

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../core/image.h"
+#include "../core/vision.h"
 
 /* What a request's callbacks share: the prefill's progress line (stderr) ends before the first token
  * of the answer is written (stdout), so the two never share a terminal line. */
@@ -91,11 +93,28 @@ static int chat_stops(const mtok_tokenizer *t, int32_t stops[2]) {
     return n;
 }
 
-/* ---- mtok generate -m DIR (-p TEXT | -f FILE) [--chat] [--system S] [--tools F] [-n N] ---- */
+/* --image / /image: the checkpoint must be GLM-4V (config.json's vision_config gives the placeholder's
+ * ids) and the file a PNG or JPEG that decodes, so a bad one is reported when it is given, not after
+ * the conversation was prefilled. */
+static int image_check(const char *model_dir, const char *path, int32_t ids[3]) {
+    int rc = mtok_vision_config_present(model_dir);
+    if (rc == 0)
+        rc = mtok_err(MTOK_EINPUT, "%s: images need a GLM-4V checkpoint, and its config.json has no vision_config",
+                      model_dir);
+    mtok_vision_config vc;
+    if (rc == 1) rc = mtok_vision_config_read(model_dir, &vc);
+    mtok_image im = {0};
+    if (!rc) rc = mtok_image_load(path, &im);
+    mtok_image_free(&im);
+    if (!rc) ids[0] = (int32_t)vc.boi_id, ids[1] = (int32_t)vc.pad_id, ids[2] = (int32_t)vc.eoi_id;
+    return rc;
+}
+
+/* ---- mtok generate -m DIR (-p TEXT | -f FILE) [--chat [--image F]] [--system S] [--tools F] [-n N] ---- */
 int cmd_generate(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
-    const char *prompt = NULL, *file = NULL, *system = NULL, *tools_file = NULL, *load_kv = NULL;
+    const char *prompt = NULL, *file = NULL, *system = NULL, *tools_file = NULL, *load_kv = NULL, *image = NULL;
     int chat = 0, no_prefix = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
@@ -114,18 +133,27 @@ int cmd_generate(int argc, char **argv) {
             if (!(tools_file = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(a, "--load-kv")) {
             if (!(load_kv = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(a, "--image")) {
+            if (!(image = cli_value(argc, argv, &i))) return 1;
         } else
             return cli_usage_error("generate: unknown option '%s'", a);
     }
     if (!o.model || (!prompt) == (!file)) return cli_usage_error("generate needs -m DIR and one of -p TEXT, -f FILE");
     if ((system || tools_file) && !chat) return cli_usage_error("--system and --tools need --chat");
+    if (image && !chat) return cli_usage_error("generate: --image needs --chat (the chat template places the image)");
+    if (image && load_kv)
+        return cli_usage_error("generate: --image and --load-kv do not go together (a saved prefix holds no image)");
+    if (image && o.device && strcmp(o.device, "cpu"))
+        return cli_usage_error("generate: --device %s: image input runs on the CPU only for now", o.device);
 
     cli_loaded L;
     mtok_ids ids = {0}, full = {0};
     char *buf = NULL, *tools = NULL;
     size_t len = 0;
     memset(&L, 0, sizeof L);
+    int32_t image_ids[3];
     int rc = tools_file ? read_tools(tools_file, o.model, &tools) : 0;
+    if (!rc && image) rc = image_check(o.model, image, image_ids);
     if (!rc) rc = cli_load(&o, 1, &L);
     if (!rc && file) rc = cli_read_file(file, &buf, &len);
     const char *text = file ? buf : prompt;
@@ -134,7 +162,7 @@ int cmd_generate(int argc, char **argv) {
         size_t n = 0;
         if (system || tools) msgs[n++] = (mtok_message){"system", NULL, system, tools};
         msgs[n++] = (mtok_message){"user", NULL, text, NULL};
-        rc = mtok_chat_encode(L.tok, msgs, n, 1, &ids);
+        rc = mtok_chat_encode_ex(L.tok, msgs, n, 1, image ? (long)n - 1 : -1, image ? image_ids : NULL, &ids);
     } else if (!rc) {
         /* base-model convention (the reference tokenizer's encode): [gMASK]<sop> + text */
         int32_t g = mtok_token_special(L.tok, "[gMASK]"), s = mtok_token_special(L.tok, "<sop>");
@@ -156,7 +184,13 @@ int cmd_generate(int argc, char **argv) {
         int32_t stops[2];
         if (chat && !o.ignore_eos) req.n_stop_ids = chat_stops(L.tok, stops), req.stop_ids = stops;
         mtok_result res;
-        rc = mtok_generate(L.sess, L.tok, full.v, (int64_t)full.n, &req, &res);
+        /* with an image the prompt is expanded around it and run with shared positions (core/vision_prompt.c) */
+        const mtok_vision_prefill_params vp = {.model_dir = o.model, .image_path = image, .ids = full.v,
+                                               .n = (int64_t)full.n,
+                                               .vision = {.threads = o.threads,
+                                                          .progress_s = cli_progress_interval(&o)}};
+        if (image) rc = mtok_vision_generate(L.sess, L.tok, &vp, &req, &res);
+        else rc = mtok_generate(L.sess, L.tok, full.v, (int64_t)full.n, &req, &res);
         mtok_progress_end(&ui.prog);
         if (!rc) cli_log_kv_stats(L.sess);
         if (!rc) {
@@ -235,6 +269,9 @@ typedef struct {
     msg_list h;
     mtok_ids doc;      /* a document loaded from a KV file (from [gMASK]<sop>): the conversation follows it */
     size_t keep;       /* messages /reset keeps: the system message and a document */
+    char *image;       /* --image / /image FILE: the conversation's one image (NULL: none) */
+    long image_msg;    /* the user message carrying it, or -1 while it waits for the next one */
+    int32_t image_ids[3]; /* its placeholder ids, from the checkpoint's vision_config */
     sigset_t run_mask; /* the signal mask while a request runs or input is awaited: SIGINT unblocked */
     sigset_t idle_mask;/* otherwise: SIGINT blocked */
     char *in;          /* stdin bytes read but not yet returned as lines */
@@ -299,7 +336,7 @@ static void request_end(chat_state *c) {
  * [gMASK]<sop> is the document's own first two tokens). */
 static int chat_ids(const chat_state *c, int gen, mtok_ids *ids) {
     mtok_ids conv = {0};
-    int rc = mtok_chat_encode(c->L->tok, c->h.m, c->h.n, gen, &conv);
+    int rc = mtok_chat_encode_ex(c->L->tok, c->h.m, c->h.n, gen, c->image ? c->image_msg : -1, c->image_ids, &conv);
     if (!rc && c->doc.n) {
         rc = mtok_ids_append(ids, c->doc.v, c->doc.n);
         if (!rc && conv.n > 2) rc = mtok_ids_append(ids, conv.v + 2, conv.n - 2);
@@ -324,9 +361,16 @@ static int chat_turn(chat_state *c, int *tool_call) {
                         .cancel = &g_cancel, .on_token = stream_stdout, .on_prefill = on_prefill, .user = &ui};
     int32_t stops[2];
     if (!c->o->ignore_eos) req.n_stop_ids = chat_stops(c->L->tok, stops), req.stop_ids = stops;
+    /* a conversation with an image keeps its rows across turns (core/vision_prompt.c): mtok_generate's
+     * prefix reuse would stop before them and recompute the placeholders as text */
+    const mtok_vision_prefill_params vp = {.model_dir = c->o->model, .image_path = c->image, .ids = ids.v,
+                                           .n = (int64_t)ids.n,
+                                           .vision = {.threads = c->o->threads,
+                                                      .progress_s = cli_progress_interval(c->o)}};
     if (!rc) {
         request_begin(c);
-        rc = mtok_generate(c->L->sess, c->L->tok, ids.v, (int64_t)ids.n, &req, &res);
+        if (c->image && c->image_msg >= 0) rc = mtok_vision_generate(c->L->sess, c->L->tok, &vp, &req, &res);
+        else rc = mtok_generate(c->L->sess, c->L->tok, ids.v, (int64_t)ids.n, &req, &res);
         request_end(c);
     }
     mtok_progress_end(&ui.prog);
@@ -339,6 +383,7 @@ static int chat_turn(chat_state *c, int *tool_call) {
     if (cancelled && res.tokens.n == 0) {
         /* stopped before the answer began: forget the question, or two user turns would follow */
         if (c->h.n > c->keep) msg_truncate(&c->h, c->h.n - 1);
+        if (c->image_msg >= (long)c->h.n) c->image_msg = -1; /* the image waits for the next question */
     } else if (!rc) {
         /* an interrupted answer stays in the conversation as far as it went */
         char *reply = mtok_detokenize(c->L->tok, res.tokens.v, res.tokens.n, NULL);
@@ -381,6 +426,7 @@ static int chat_load(chat_state *c, const char *path) {
     msg_truncate(&c->h, sys);
     c->keep = sys;
     c->doc.n = 0;
+    c->image_msg = -1; /* an image of the old conversation goes with the next question about this one */
     int rc;
     if (is_kv_file(path)) {
         int64_t n = 0;
@@ -433,8 +479,8 @@ static int chat_load(chat_state *c, const char *path) {
 static int chat_loop(chat_state *c) {
     int rc = 0, ctrl_c = 0;
     if (isatty(0))
-        fputs("mtok chat: type a message; /load FILE opens a document or saved KV, /reset clears the history, "
-              "Ctrl-C stops an answer, /exit or EOF quits\n", stdout);
+        fputs("mtok chat: type a message; /load FILE opens a document or saved KV, /image FILE adds an image "
+              "(GLM-4V), /reset clears the history, Ctrl-C stops an answer, /exit or EOF quits\n", stdout);
     while (!rc) {
         char *line = NULL;
         const int got = read_line(c, "> ", &line);
@@ -451,6 +497,24 @@ static int chat_loop(chat_state *c) {
         }
         if (!strcmp(line, "/reset")) {
             msg_truncate(&c->h, c->keep);
+            /* a new conversation: the old one's image goes with it */
+            free(c->image);
+            c->image = NULL, c->image_msg = -1;
+            free(line);
+            continue;
+        }
+        if (!strncmp(line, "/image", 6) && (line[6] == ' ' || !line[6])) {
+            const char *path = line + 6;
+            while (*path == ' ') path++;
+            int ir = !*path ? mtok_err(MTOK_EUSAGE, "/image needs a file: /image FILE")
+                     : c->image ? mtok_err(MTOK_EUSAGE, "one image per conversation (GLM-4V takes one): /reset "
+                                           "starts a new conversation")
+                                : image_check(c->o->model, path, c->image_ids);
+            if (!ir && !(c->image = strdup(path))) ir = mtok_err(MTOK_ERESOURCE, "out of memory");
+            if (!ir) mtok_log(1, "image %s: goes with your next message", path);
+            /* a bad file or a second image is the user's to fix: say so and keep chatting */
+            if (ir == MTOK_EUSAGE || ir == MTOK_EINPUT) fprintf(stderr, "mtok: error: %s\n", mtok_errmsg());
+            else rc = ir;
             free(line);
             continue;
         }
@@ -466,6 +530,7 @@ static int chat_loop(chat_state *c) {
         }
         rc = msg_add(&c->h, "user", NULL, line, NULL);
         free(line);
+        if (!rc && c->image && c->image_msg < 0) c->image_msg = (long)c->h.n - 1;
         int tool_call = 0;
         if (!rc) rc = chat_turn(c, &tool_call);
         /* a tool call is answered with an observation, then the model continues */
@@ -488,12 +553,14 @@ int cmd_chat(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
     o.n_gen = 512;
-    const char *system = NULL, *tools_file = NULL, *doc = NULL, *load_kv = NULL;
+    const char *system = NULL, *tools_file = NULL, *doc = NULL, *load_kv = NULL, *image = NULL;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
         if (r < 0) return 1;
         if (r) continue;
-        if (!strcmp(argv[i], "--system")) {
+        if (!strcmp(argv[i], "--image")) {
+            if (!(image = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--system")) {
             if (!(system = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(argv[i], "--tools")) {
             if (!(tools_file = cli_value(argc, argv, &i))) return 1;
@@ -506,7 +573,9 @@ int cmd_chat(int argc, char **argv) {
     }
     if (!o.model) return cli_usage_error("chat needs -m DIR");
     if (doc && load_kv) return cli_usage_error("chat takes one of -f DOC and --load-kv F");
-    chat_state c = {.o = &o};
+    if (image && o.device && strcmp(o.device, "cpu"))
+        return cli_usage_error("chat: --device %s: image input runs on the CPU only for now", o.device);
+    chat_state c = {.o = &o, .image_msg = -1};
     cli_loaded L;
     char *tools = NULL;
     memset(&L, 0, sizeof L);
@@ -524,6 +593,8 @@ int cmd_chat(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_sa); /* no SA_RESTART: a wait for input returns EINTR */
     int rc = tools_file ? read_tools(tools_file, o.model, &tools) : 0;
+    if (!rc && image) rc = image_check(o.model, image, c.image_ids);
+    if (!rc && image && !(c.image = strdup(image))) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
     if (!rc) rc = cli_load(&o, 1, &L);
     mtok_sampler_params sp = sampler_params(&o);
     if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &c.smp);
@@ -532,6 +603,7 @@ int cmd_chat(int argc, char **argv) {
     if (!rc && (doc || load_kv)) rc = chat_load(&c, doc ? doc : load_kv);
     if (!rc) rc = chat_loop(&c);
     msg_free(&c.h);
+    free(c.image);
     mtok_ids_free(&c.doc);
     free(c.in);
     free(tools);

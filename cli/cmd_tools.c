@@ -9,15 +9,18 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "../core/vision.h"
 #include "../kernels/kernels.h"
 #include "../kvstore/kvstore.h"
 #include "../parallel/parallel.h"
 #include "../synth/mtok_synth.h"
 
-/* Reads a --messages file: a JSON array of {"role", "content", "metadata"?} (OpenAI's "tool" role is
- * GLM's "observation"). The strings stay owned by *root. */
-static int read_messages(const char *path, json_t **root, mtok_message **msgs, size_t *n) {
+/* Reads a --messages file: a JSON array of {"role", "content", "metadata"?, "image"?} (OpenAI's "tool"
+ * role is GLM's "observation"; "image": true marks the user message that carries GLM-4V's image). The
+ * strings stay owned by *root. */
+static int read_messages(const char *path, json_t **root, mtok_message **msgs, size_t *n, long *image_msg) {
     json_error_t je;
+    *image_msg = -1;
     *root = json_load_file(path, 0, &je);
     *msgs = NULL, *n = 0;
     if (!*root) return mtok_err(MTOK_EINPUT, "%s:%d:%d: not valid JSON: %s", path, je.line, je.column, je.text);
@@ -29,7 +32,7 @@ static int read_messages(const char *path, json_t **root, mtok_message **msgs, s
     json_t *m;
     json_array_foreach(*root, i, m) {
         json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content"),
-               *meta = json_object_get(m, "metadata");
+               *meta = json_object_get(m, "metadata"), *image = json_object_get(m, "image");
         if (!json_is_object(m)) return mtok_err(MTOK_EINPUT, "%s: message %zu is not an object", path, i);
         if (!json_is_string(role))
             return mtok_err(MTOK_EINPUT, "%s: message %zu has no \"role\" string", path, i);
@@ -37,6 +40,12 @@ static int read_messages(const char *path, json_t **root, mtok_message **msgs, s
             return mtok_err(MTOK_EINPUT, "%s: message %zu: \"content\" must be a string", path, i);
         if (meta && !json_is_null(meta) && !json_is_string(meta))
             return mtok_err(MTOK_EINPUT, "%s: message %zu: \"metadata\" must be a string", path, i);
+        if (image && !json_is_boolean(image))
+            return mtok_err(MTOK_EINPUT, "%s: message %zu: \"image\" must be true or false", path, i);
+        if (json_is_true(image) && *image_msg >= 0)
+            return mtok_err(MTOK_EINPUT, "%s: one image per conversation (GLM-4V takes one): messages %ld and %zu are "
+                            "both marked \"image\"", path, *image_msg, i);
+        if (json_is_true(image)) *image_msg = (long)i;
         const char *r = json_string_value(role);
         (*msgs)[i] = (mtok_message){!strcmp(r, "tool") ? "observation" : r, json_string_value(meta),
                                     json_string_value(content), NULL};
@@ -48,13 +57,14 @@ static int read_messages(const char *path, json_t **root, mtok_message **msgs, s
 /* The ids of a rendered conversation: --tools go on the first message when it is a system message, else
  * on a system message of their own before the rest. */
 static int tokenize_messages(const mtok_tokenizer *tok, const char *mpath, const char *tpath, int gen,
-                             mtok_ids *ids) {
+                             const int32_t *image_ids, mtok_ids *ids) {
     json_t *root = NULL;
     mtok_message *msgs = NULL;
     size_t n = 0;
     char *tools = NULL;
     size_t tlen = 0;
-    int rc = read_messages(mpath, &root, &msgs, &n);
+    long image_msg;
+    int rc = read_messages(mpath, &root, &msgs, &n, &image_msg);
     if (!rc && tpath) rc = cli_read_file(tpath, &tools, &tlen);
     if (!rc && tools && strlen(tools) != tlen) rc = mtok_err(MTOK_EINPUT, "%s: contains a NUL byte", tpath);
     if (!rc && tools) {
@@ -64,9 +74,10 @@ static int tokenize_messages(const mtok_tokenizer *tok, const char *mpath, const
             memmove(msgs + 1, msgs, n * sizeof *msgs);
             msgs[0] = (mtok_message){"system", NULL, NULL, tools};
             n++;
+            if (image_msg >= 0) image_msg++; /* the marked message moved down by one */
         }
     }
-    if (!rc) rc = mtok_chat_encode(tok, msgs, n, gen, ids);
+    if (!rc) rc = mtok_chat_encode_ex(tok, msgs, n, gen, image_msg, image_ids, ids);
     free(tools);
     free(msgs);
     json_decref(root);
@@ -108,7 +119,14 @@ int cmd_tokenize(int argc, char **argv) {
     size_t len = text ? strlen(text) : 0;
     mtok_ids ids = {0};
     int rc = mtok_tokenizer_load(o.model, &tok);
-    if (!rc && messages) rc = tokenize_messages(tok, messages, tools, gen, &ids);
+    /* a GLM-4V checkpoint's config names the image placeholder's ids; other checkpoints use the
+     * tokenizer's (a message marked "image" is an error only where the template refuses it) */
+    mtok_vision_config vc = {0};
+    const int vision = messages && mtok_vision_config_present(o.model) == 1;
+    if (!rc && vision) rc = mtok_vision_config_read(o.model, &vc);
+    const int32_t image_ids[3] = {vision ? (int32_t)vc.boi_id : 0, vision ? (int32_t)vc.pad_id : 0,
+                                  vision ? (int32_t)vc.eoi_id : 0};
+    if (!rc && messages) rc = tokenize_messages(tok, messages, tools, gen, vision ? image_ids : NULL, &ids);
     else if (!rc) {
         if (file) rc = cli_read_file(file, &buf, &len);
         if (!rc) rc = mtok_tokenize(tok, file ? buf : text, len, special, &ids);
@@ -162,11 +180,76 @@ static int write_npy(const char *path, const float *data, int64_t rows, int64_t 
     return 0;
 }
 
-/* ---- mtok logits -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy ---- */
+/* mtok logits --messages M.json [--image F]: the conversation's ids (the image's triple on the message
+ * marked "image": true, else on the first user message), expanded around the image and run by
+ * mtok_vision_prefill: the logits of every row, image rows included. Without --image it runs the
+ * conversation as text (a message marked "image" is then an error: its placeholder would get no image). */
+static int logits_messages(const cli_common *o, const char *mpath, int gen, const char *image, const char *out) {
+    json_t *root = NULL;
+    mtok_message *msgs = NULL;
+    size_t n = 0;
+    mtok_ids ids = {0};
+    float *logits = NULL;
+    mtok_vision_layout lay = {0};
+    mtok_vision_config vc = {0};
+    cli_loaded L;
+    int loaded = 0;
+    long marked = -1;
+    int rc = read_messages(mpath, &root, &msgs, &n, &marked);
+    if (!rc && marked >= 0 && !image)
+        rc = mtok_err(MTOK_EUSAGE, "%s: message %ld is marked \"image\": give --image FILE", mpath, marked);
+    for (size_t i = 0; !rc && image && marked < 0 && i < n; i++)
+        if (!strcmp(msgs[i].role, "user")) marked = (long)i;
+    if (!rc && image && marked < 0)
+        rc = mtok_err(MTOK_EINPUT, "%s: --image needs a user message to carry it; there is none", mpath);
+    if (!rc && image) {
+        rc = mtok_vision_config_present(o->model);
+        if (rc == 0)
+            rc = mtok_err(MTOK_EINPUT, "%s: --image needs a GLM-4V checkpoint, and its config.json has no vision_config",
+                          o->model);
+        else if (rc == 1) rc = mtok_vision_config_read(o->model, &vc);
+    }
+    if (!rc) {
+        rc = cli_load(o, 1, &L);
+        loaded = !rc;
+    }
+    const int32_t image_ids[3] = {(int32_t)vc.boi_id, (int32_t)vc.pad_id, (int32_t)vc.eoi_id};
+    if (!rc) rc = mtok_chat_encode_ex(L.tok, msgs, n, gen, marked, image ? image_ids : NULL, &ids);
+    if (!rc && !image) {
+        const int64_t V = mtok_model_config(L.model)->vocab;
+        if (!(logits = malloc(ids.n * (size_t)V * sizeof *logits)))
+            rc = mtok_err(MTOK_ERESOURCE, "logits: out of memory for %zu x %lld floats", ids.n, (long long)V);
+        if (!rc) rc = mtok_forward(L.sess, ids.v, (int64_t)ids.n, logits);
+        if (!rc) rc = write_npy(out, logits, (int64_t)ids.n, V);
+        if (!rc) mtok_log(1, "wrote %s: [%zu, %lld] float32", out, ids.n, (long long)V);
+    } else if (!rc) {
+        const mtok_vision_prefill_params pp = {.model_dir = o->model, .image_path = image, .ids = ids.v,
+                                               .n = (int64_t)ids.n,
+                                               .vision = {.threads = o->threads,
+                                                          .progress_s = cli_progress_interval(o)}};
+        rc = mtok_vision_prefill(L.sess, &pp, &lay, &logits);
+        const int64_t V = mtok_model_config(L.model)->vocab;
+        if (!rc) rc = write_npy(out, logits, lay.n, V);
+        if (!rc)
+            mtok_log(1, "wrote %s: [%lld, %lld] float32 (image rows %lld..%lld)", out, (long long)lay.n, (long long)V,
+                     (long long)lay.image_first, (long long)(lay.image_first + lay.image_rows - 1));
+    }
+    if (loaded) cli_unload(&L);
+    mtok_vision_layout_free(&lay);
+    free(logits);
+    mtok_ids_free(&ids);
+    free(msgs);
+    json_decref(root);
+    return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- mtok logits -m DIR (--tokens 1,2,3 | --text-file F | --messages M [--generation-prompt]
+ *      [--image F]) --out F.npy ---- */
 int cmd_logits(int argc, char **argv) {
     cli_common o;
     cli_common_defaults(&o);
-    const char *tokens = NULL, *file = NULL, *out = NULL;
+    const char *tokens = NULL, *file = NULL, *out = NULL, *messages = NULL, *image = NULL;
+    int gen = 0;
     for (int i = 1; i < argc; i++) {
         int r = cli_common_opt(&o, argc, argv, &i);
         if (r < 0) return 1;
@@ -175,13 +258,25 @@ int cmd_logits(int argc, char **argv) {
             if (!(tokens = cli_value(argc, argv, &i))) return 1;
         } else if (!strcmp(argv[i], "--text-file")) {
             if (!(file = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--messages")) {
+            if (!(messages = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--image")) {
+            if (!(image = cli_value(argc, argv, &i))) return 1;
+        } else if (!strcmp(argv[i], "--generation-prompt")) {
+            gen = 1;
         } else if (!strcmp(argv[i], "--out")) {
             if (!(out = cli_value(argc, argv, &i))) return 1;
         } else
             return cli_usage_error("logits: unknown option '%s'", argv[i]);
     }
-    if (!o.model || !out || (!tokens) == (!file))
-        return cli_usage_error("logits needs -m DIR, --out F.npy and one of --tokens, --text-file");
+    if (!o.model || !out || (!!tokens + !!file + !!messages) != 1)
+        return cli_usage_error("logits needs -m DIR, --out F.npy and one of --tokens, --text-file, --messages");
+    if ((image || gen) && !messages)
+        return cli_usage_error("logits: --image and --generation-prompt go with --messages (the chat template places "
+                               "the image)");
+    if (image && o.device && strcmp(o.device, "cpu"))
+        return cli_usage_error("logits: --device %s: image input runs on the CPU only for now", o.device);
+    if (messages) return logits_messages(&o, messages, gen, image, out);
     cli_loaded L;
     mtok_ids ids = {0};
     char *buf = NULL;
@@ -321,6 +416,27 @@ int cmd_info(int argc, char **argv) {
     printf("  stop ids:");
     for (int i = 0; i < c->n_eos; i++) printf(" %d", c->eos_ids[i]);
     putchar('\n');
+    /* GLM-4V: the vision tower's shape and cost, from config.json alone (the tower is not loaded) */
+    mtok_vision_config vc;
+    const int vis = mtok_vision_config_present(o.model);
+    if (vis == 1 && !mtok_vision_config_read(o.model, &vc)) {
+        const double E = (double)vc.hidden, F = (double)vc.ffn, P = (double)vc.patch, L = (double)vc.lm_hidden,
+                     LF = (double)vc.lm_ffn, N = (double)vc.n_pos;
+        /* the shapes of docs/VISION.md §2's tensor table: per layer QKV, dense, fc1, fc2 with biases and
+         * two LayerNorms; patch embedding, CLS and positions; the 2x2 convolution; the GLU; boi and eoi */
+        const double per_layer = 3 * E * E + 3 * E + E * E + E + 2 * E * F + F + E + 4 * E;
+        const double params = vc.n_layers * per_layer + (3 * P * P * E + E) + E + N * E + (4 * E * L + L) +
+                              (L * L + 2 * L + 3 * L * LF) + 2 * L;
+        printf("  vision tower (GLM-4V): %lld layers, width %lld, %lld heads x %lld, mlp %lld; image %lld x %lld in "
+               "patches of %lld (%lld x %lld), %lld image tokens (%lld patch rows + boi + eoi) at one position; "
+               "%.0f parameters (%.2f B), %.1f GFLOP per image; boi %lld, eoi %lld\n",
+               (long long)vc.n_layers, (long long)vc.hidden, (long long)vc.n_heads, (long long)vc.head_dim,
+               (long long)vc.ffn, (long long)vc.image, (long long)vc.image, (long long)vc.patch, (long long)vc.grid,
+               (long long)vc.grid, (long long)mtok_vision_out_rows(&vc), (long long)mtok_vision_out_rows(&vc) - 2,
+               params, params / 1e9, mtok_vision_flops(&vc) / 1e9, (long long)vc.boi_id, (long long)vc.eoi_id);
+    } else if (vis == 1) {
+        printf("  vision tower: config.json's vision_config is not usable (%s)\n", mtok_errmsg());
+    }
     rc = mtok_tokenizer_load(o.model, &t);
     if (!rc) printf("tokenizer: %lld ids (%s)\n", (long long)mtok_tokenizer_n_vocab(t), mtok_tokenizer_kind(t));
     else printf("tokenizer: none (%s)\n", mtok_errmsg());

@@ -50,26 +50,31 @@ typedef struct {
 
 static const cmd_help HELP[] = {
     {"generate",
-     "usage: mtok generate -m DIR (-p TEXT | -f FILE) [--chat [--system S] [--tools F.json]] [--load-kv F] [-n N]\n"
+     "usage: mtok generate -m DIR (-p TEXT | -f FILE) [--chat [--system S] [--tools F.json] [--image F]]\n"
+     "                     [--load-kv F] [-n N]\n"
      "Streams a continuation of the prompt to stdout; statistics and progress go to stderr.\n"
      "  -p, --prompt TEXT       the prompt\n"
      "  -f, --file FILE         the prompt from a file\n"
      "  --chat                  wrap the prompt in the GLM-4 chat template as a user turn\n"
      "  --system S              a system message (with --chat)\n"
      "  --tools F.json          tool definitions, a JSON array (with --chat)\n"
+     "  --image F               GLM-4V: a PNG or JPEG that goes with the user turn (with --chat; CPU only)\n"
      "  --no-prefix             no [gMASK]<sop> before a plain prompt\n"
      "  --load-kv F             start from a saved document (mtok prefill --save-kv): reuse its prefix, or\n"
      "                          continue after it\n",
      1},
     {"chat",
-     "usage: mtok chat -m DIR [-f DOC | --load-kv F] [--system S] [--tools F.json] [-n N]\n"
+     "usage: mtok chat -m DIR [-f DOC | --load-kv F] [--system S] [--tools F.json] [--image F] [-n N]\n"
      "Interactive multi-turn chat (GLM-4 template) on stdin/stdout; earlier turns are never recomputed.\n"
      "  -f, --file DOC          open a document: it becomes the first user message and is prefilled at once\n"
      "  --load-kv F             open a saved document (mtok prefill --chat --save-kv F)\n"
      "  --system S              a system message\n"
      "  --tools F.json          tool definitions; calls are printed and answered with an observation line\n"
+     "  --image F               GLM-4V: a PNG or JPEG that goes with your first message (CPU only)\n"
      "in the chat: /load FILE (a document or a saved KV; starts a new conversation about it),\n"
-     "  /reset (clears the turns, keeps the system message and the document), /exit or EOF quits.\n"
+     "  /image FILE (GLM-4V: the image goes with your next message; one per conversation),\n"
+     "  /reset (clears the turns and the image, keeps the system message and the document), /exit or EOF\n"
+     "  quits.\n"
      "  Ctrl-C stops the answer being generated (it stays in the conversation as far as it went);\n"
      "  at the prompt a second Ctrl-C quits.\n",
      1},
@@ -80,18 +85,26 @@ static const cmd_help HELP[] = {
      "  --text T                the text\n"
      "  --text-file F           the text from a file\n"
      "  --special               special-token strings map to their ids (default: plain text)\n"
-     "  --messages F            a conversation: JSON array of {\"role\", \"content\", \"metadata\"?} (roles\n"
-     "                          system, user, assistant, observation; \"tool\" means observation), rendered\n"
-     "                          in the checkpoint's chat format (GLM-4 or ChatGLM3), [gMASK] prefix included\n"
+     "  --messages F            a conversation: JSON array of {\"role\", \"content\", \"metadata\"?, \"image\"?}\n"
+     "                          (roles system, user, assistant, observation; \"tool\" means observation),\n"
+     "                          rendered in the checkpoint's chat format (GLM-4 or ChatGLM3), [gMASK] prefix\n"
+     "                          included; \"image\": true on one user message puts GLM-4V's image placeholder\n"
+     "                          <|begin_of_image|><|endoftext|><|end_of_image|> after its role line\n"
      "  --tools T               tool definitions (a JSON array) for the first system message (one is\n"
      "                          added before the others when there is none)\n"
      "  --generation-prompt     end with <|assistant|>, the start of the model's reply\n",
      1},
     {"logits",
      "usage: mtok logits -m DIR (--tokens 1,2,3 | --text-file F) --out F.npy\n"
+     "       mtok logits -m DIR --messages M.json [--generation-prompt] [--image F] --out F.npy\n"
      "Writes the float32 [n_tokens, vocab] logits of every position.\n"
      "  --tokens IDS            comma-separated token ids\n"
      "  --text-file F           tokenize this file (its ids only: no [gMASK]<sop> prefix)\n"
+     "  --messages M.json       a conversation in the chat template (as mtok tokenize --messages)\n"
+     "  --generation-prompt     end it with <|assistant|>\n"
+     "  --image F               GLM-4V: a PNG or JPEG on the message marked \"image\": true, else on the\n"
+     "                          first user message; the rows are the expanded sequence, image rows\n"
+     "                          included ([n - 3 + (grid/2)^2 + 2, vocab]; CPU only)\n"
      "  --out F.npy             the output file\n",
      1},
     {"synth",

@@ -200,9 +200,9 @@ static int special(const mtok_tokenizer *t, const char *s, mtok_ids *out) {
     return mtok_ids_push(out, id);
 }
 
-/* <|role|> + encode(metadata "\n") + encode(content) */
-static int encode_turn(const mtok_tokenizer *t, const char *role, const char *meta, const char *content,
-                       size_t content_len, mtok_ids *out) {
+/* <|role|> + encode(metadata "\n") + [image triple] + encode(content) */
+static int encode_turn(const mtok_tokenizer *t, const char *role, const char *meta, const int32_t *image,
+                       const char *content, size_t content_len, mtok_ids *out) {
     char tok[32];
     snprintf(tok, sizeof tok, "<|%s|>", role);
     int rc = special(t, tok, out);
@@ -210,6 +210,7 @@ static int encode_turn(const mtok_tokenizer *t, const char *role, const char *me
     if (!rc) rc = sb_str(&head, meta ? meta : "");
     if (!rc) rc = sb_str(&head, "\n");
     if (!rc) rc = mtok_tokenize(t, head.s, head.n, 0, out);
+    if (!rc && image) rc = mtok_ids_append(out, image, 3);
     if (!rc) rc = mtok_tokenize(t, content, content_len, 0, out);
     free(head.s);
     return rc;
@@ -220,10 +221,44 @@ static int bad_role(size_t i, const char *role) {
                     role ? role : "(null)");
 }
 
+/* The image goes with a user message, and not with ChatGLM3 (no vision there). */
+static int check_image(const mtok_message *msgs, size_t n, chat_fmt fmt, long image_msg) {
+    if (image_msg < 0) return 0;
+    if ((size_t)image_msg >= n)
+        return mtok_err(MTOK_EINPUT, "chat: the image is on message %ld of %zu", image_msg, n);
+    if (fmt == FMT_GLM3)
+        return mtok_err(MTOK_EINPUT, "chat: message %ld carries an image, but ChatGLM3 has no vision (GLM-4V takes "
+                        "images)", image_msg);
+    const char *role = msgs[image_msg].role;
+    if (!role || strcmp(role, "user"))
+        return mtok_err(MTOK_EINPUT, "chat: message %ld carries an image but its role is '%s': images go with a user "
+                        "message", image_msg, role ? role : "(null)");
+    return 0;
+}
+
+/* The placeholder's ids: the caller's (the checkpoint's config), else the tokenizer's, else GLM-4's. */
+static void image_triple(const mtok_tokenizer *t, const int32_t *given, int32_t out[3]) {
+    static const char *const names[3] = {"<|begin_of_image|>", "<|endoftext|>", "<|end_of_image|>"};
+    static const int32_t glm4[3] = {151339, 151329, 151340};
+    for (int k = 0; k < 3; k++) {
+        const int32_t id = given ? given[k] : mtok_token_special(t, names[k]);
+        out[k] = id >= 0 ? id : glm4[k];
+    }
+}
+
 int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
                      mtok_ids *out) {
+    return mtok_chat_encode_ex(t, msgs, n, add_generation_prompt, -1, NULL, out);
+}
+
+int mtok_chat_encode_ex(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
+                        long image_msg, const int32_t image_ids[3], mtok_ids *out) {
     if (!t || !out || (n && !msgs)) return mtok_err(MTOK_EUSAGE, "mtok_chat_encode: NULL argument");
     chat_fmt fmt = family(t);
+    int rc0 = check_image(msgs, n, fmt, image_msg);
+    if (rc0) return rc0;
+    int32_t image[3];
+    if (image_msg >= 0) image_triple(t, image_ids, image);
     size_t n0 = out->n;
     int rc = special(t, "[gMASK]", out);
     if (!rc) rc = special(t, "<sop>", out); /* ChatGLM3's "sop" answers to this name too */
@@ -239,17 +274,21 @@ int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n
             /* tools without a system text of the caller's: the sentence THUDM's ChatGLM3 API demo uses */
             rc = sb_str(&c, m->tools_json && !m->content ? GLM3_TOOLS_SYSTEM : content);
             if (!rc && m->tools_json) rc = glm3_tools_text(m->tools_json, &c);
-            if (!rc) rc = encode_turn(t, m->role, m->metadata, c.s, c.n, out);
+            if (!rc) rc = encode_turn(t, m->role, m->metadata, NULL, c.s, c.n, out);
             free(c.s);
             continue;
         }
         if (m->tools_json) {
             sbuf s = {0};
             rc = glm4_tools_text(m->tools_json, mtok_tokenizer_chat_template(t), &s);
-            if (!rc) rc = encode_turn(t, "system", NULL, s.s, s.n, out);
+            if (!rc) rc = encode_turn(t, "system", NULL, NULL, s.s, s.n, out);
             free(s.s);
         }
-        if (!rc && content[0]) rc = encode_turn(t, m->role, m->metadata, content, strlen(content), out);
+        /* a message with an image and no text still renders: the image is content, and dropping the
+         * turn would drop the image with it */
+        const int has_image = image_msg >= 0 && (size_t)image_msg == i;
+        if (!rc && (content[0] || has_image))
+            rc = encode_turn(t, m->role, m->metadata, has_image ? image : NULL, content, strlen(content), out);
     }
     if (!rc && add_generation_prompt) rc = special(t, "<|assistant|>", out);
     if (rc) out->n = n0;

@@ -129,6 +129,18 @@ typedef struct {
  * family (a SentencePiece tokenizer is ChatGLM3's). On error out is left as it was. */
 int mtok_chat_encode(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
                      mtok_ids *out);
+/* The same with GLM-4V's image (docs/VISION.md §4): message image_msg (an index into msgs; -1: no
+ * image, which is mtok_chat_encode) carries the conversation's one image, whose placeholder ids {boi,
+ * <|endoftext|>, eoi} go right after its role line's "\n" and before its content, as glm-4v-9b's
+ * template puts them; that message renders even without text. An index rather than a field of
+ * mtok_message: one image per conversation is all the model takes, and it keeps the struct's
+ * positional initialisers elsewhere valid. image_ids: the checkpoint's config.json ids
+ * (mtok_vision_config's boi_id, pad_id, eoi_id), or NULL for the tokenizer's <|begin_of_image|>,
+ * <|endoftext|>, <|end_of_image|> (GLM-4's 151339, 151329, 151340 where it lacks them). MTOK_EINPUT for
+ * an image on a message whose role is not user, an index out of range, and any image with ChatGLM3
+ * (it has no vision). */
+int mtok_chat_encode_ex(const mtok_tokenizer *t, const mtok_message *msgs, size_t n, int add_generation_prompt,
+                        long image_msg, const int32_t image_ids[3], mtok_ids *out);
 /* Checks a JSON array of tool definitions by the rules mtok_chat_encode applies (each entry an object;
  * function objects with a one-line name; built-in python/simple_browser/cogview tools only when
  * chat_template, the checkpoint's tokenizer_config.json template, describes them). */

@@ -44,6 +44,10 @@ static inline int64_t mtok_vision_out_rows(const mtok_vision_config *c) {
 /* Parses DIR/config.json's vision part (MTOK_EINPUT naming the field when one is missing or out of
  * range, or when config.json has no vision_config: not a GLM-4V checkpoint). */
 int mtok_vision_config_read(const char *dir, mtok_vision_config *out);
+/* 1 when DIR/config.json has a vision_config object (a GLM-4V checkpoint), 0 when it has none, < 0
+ * (MTOK_EINPUT) when config.json cannot be read. For callers that treat images as optional
+ * (core/vision_prompt.c). */
+int mtok_vision_config_present(const char *dir);
 
 typedef struct mtok_vision mtok_vision;
 int mtok_vision_load(const char *dir, mtok_vision **out);
@@ -78,6 +82,45 @@ typedef struct {
 int mtok_vision_expand(const mtok_vision_config *c, const int32_t *ids, int64_t n, int64_t pos0,
                        mtok_vision_layout *out);
 void mtok_vision_layout_free(mtok_vision_layout *l);
+
+/* ---- an image prompt in one call (core/vision_prompt.c) ----
+ * Expands ids around their image triple at the session's next position (the held tokens' last + 1,
+ * so a later turn of a conversation works too), preprocesses image_path, loads the tower from
+ * model_dir, runs it (then frees it) and runs the language model over the expanded rows with
+ * mtok_forward_ex. ids without a triple run as text (then image_path must be NULL). split > 0: rows
+ * from split on go through plain mtok_forward, as decoding after a prompt does (a test of the
+ * positions' continuation); the image must lie before it. layout_out (optional) gets the expanded
+ * layout (free with mtok_vision_layout_free); logits_out (optional) a malloc'd [layout n][vocab]
+ * fp32 array of every row's logits, image rows included. Errors: MTOK_EINPUT for a bad image,
+ * checkpoint or triple (mtok_vision_expand's messages), MTOK_EUSAGE for an image without a triple or
+ * a triple without an image, and mtok_forward_ex's (a second image in the session, CUDA, --tp/--cp).
+ * On error nothing is allocated and, as mtok_forward_ex promises, the session holds what it held
+ * (with split, a failure in the plain part leaves the mtok_forward_ex part held). */
+typedef struct {
+    const char *model_dir;     /* the GLM-4V checkpoint: config.json's vision_config and the tower */
+    const char *image_path;    /* a PNG or JPEG; NULL for a text-only prompt */
+    const int32_t *ids;        /* the prompt, with at most one boi, pad, eoi triple */
+    int64_t n;
+    int64_t split;             /* 0: the whole prompt in one mtok_forward_ex call */
+    mtok_vision_params vision; /* the tower's threads and progress */
+} mtok_vision_prefill_params;
+int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mtok_vision_layout *layout_out,
+                        float **logits_out);
+
+/* A conversation with an image, turn after turn (generate/chat --image). mtok_session_feed's prefix
+ * reuse stops before an image (equal placeholder ids need not be an equal image), which would turn
+ * the image rows back into placeholder text; these keep them. p->ids is the whole conversation from
+ * [gMASK] (unexpanded, its image triple where the template put it) and p->split is ignored.
+ * mtok_vision_feed makes the session hold its expanded rows: the held rows are reused up to the
+ * first difference when that lies after the image (the image is then the one the session was
+ * given: the caller keeps one image per conversation), else the session is reset and everything,
+ * the tower included, runs again. usage as mtok_session_feed's (no progress, no cancel inside).
+ * mtok_vision_generate then samples and streams as mtok_generate does (stop ids, eos, max_tokens,
+ * cancel, on_token; stop strings are MTOK_EUSAGE on this path), feeding each token back with
+ * mtok_forward, whose positions continue from the last one. */
+int mtok_vision_feed(mtok_session *s, const mtok_vision_prefill_params *p, mtok_usage *usage);
+int mtok_vision_generate(mtok_session *s, const mtok_tokenizer *t, const mtok_vision_prefill_params *p,
+                         const mtok_request *req, mtok_result *res);
 
 /* Multiply-adds x 2 of one forward pass (the tower's cost; docs/VISION.md derives it). */
 double mtok_vision_flops(const mtok_vision_config *c);

@@ -12,7 +12,7 @@ extern "C" {
 #endif
 
 typedef struct {
-    const char *preset;   /* glm4-tiny | glm4-1m-mini | glm4-1b | glm4-9b-chat | glm4-9b-chat-1m */
+    const char *preset;   /* a mtok_synth_presets() name: glm4-tiny, glm4v-tiny (GLM-4V), glm4-9b-chat, ... */
     const char *out_dir;
     mtok_naming naming;
     int shards;           /* 1: model.safetensors; >1: model-0000i-of-0000n + index */

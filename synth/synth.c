@@ -49,6 +49,9 @@
       "the shapes of GLM-4-9B-Chat-1M: as glm4-9b-chat with 4 KV groups, base 1e8, 1M context (~19.0 GB)") \
     X("needle",           2,  256,  2, 128, 2,   512,   4096, 1048576, 1e8, 1,                               \
       "the planted needle model (docs/NEEDLE.md): 2 layers, hidden 256, 2x128 heads, 2 KV groups, fact tokens") \
+    X("glm4v-tiny",       2,  256,  4,  64, 2,   704,   1024,    8192, 5e6, 1,                               \
+      "GLM-4V's kind: glm4-tiny's language model + a 2-layer vision tower (width 64, 2 heads, image 56 in "    \
+      "patches of 7: 18 image tokens; docs/VISION.md)")                                                       \
     X("chatglm3-tiny",    2,  256,  4,  64, 2,   704,   1024,    8192, 1e4, 1,                               \
       "ChatGLM3-6B's kind: SentencePiece tokenizer.model, no rope_ratio (base 1e4), eps 1e-5, 8K context")  \
     X("chatglm3-32k-tiny", 2, 256,  4,  64, 2,   704,   1024,   32768, 5e5, 1,                               \
@@ -335,6 +338,109 @@ static int build_table(const preset *pr, const mtok_synth_params *p, mtok_st_ten
     return 0;
 }
 
+/* ---- GLM-4V's vision tower (the glm4v-tiny preset) ----------------------------------------------
+ * The tensor names and shapes of docs/VISION.md §2 (as tests/test_vision.py writes them), random
+ * normal weights whose scales keep every stage's output of order 1 (std 1/sqrt(fan) for matrices,
+ * LayerNorm gains near 1), except that boi, eoi and the GLU's last projection are 8x larger: the
+ * tower's rows are divided by scaling_factor 8 before the language model sees them, and at the
+ * embedding's scale the image moves the logits. */
+enum { VIS_E = 64, VIS_LAYERS = 2, VIS_HEADS = 2, VIS_F = 128, VIS_P = 7, VIS_S = 56, VIS_G = VIS_S / VIS_P };
+#define VIS_PART0 100 /* vision stream keys: parts past the language model's */
+
+static int is_vision(const preset *pr) { return !strcmp(pr->name, "glm4v-tiny"); }
+
+static int add_vision(const preset *pr, const mtok_synth_params *p, mtok_st_tensor **t_io, tensor_gen **g_io,
+                      size_t *n_io) {
+    const int64_t E = VIS_E, F = VIS_F, P = VIS_P, L = pr->hidden, LF = pr->ffn, NP = VIS_G * VIS_G + 1;
+    typedef struct {
+        const char *fmt;
+        int per_layer, ndim;
+        int64_t shape[4];
+        double mean, std;
+    } vspec;
+    const double sE = 1 / sqrt((double)E), sL = 1 / sqrt((double)L);
+    const vspec spec[] = {
+        {"patch_embedding.proj.weight", 0, 4, {E, 3, P, P}, 0, 1 / sqrt(3.0 * P * P)},
+        {"patch_embedding.proj.bias", 0, 1, {E}, 0, 0.3},
+        {"patch_embedding.cls_embedding", 0, 2, {1, E}, 0, 1},
+        {"patch_embedding.position_embedding.weight", 0, 2, {NP, E}, 0, 1},
+        {"transformer.layers.%d.input_layernorm.weight", 1, 1, {E}, 1, 0.1},
+        {"transformer.layers.%d.input_layernorm.bias", 1, 1, {E}, 0, 0.1},
+        {"transformer.layers.%d.attention.query_key_value.weight", 1, 2, {3 * E, E}, 0, sE},
+        {"transformer.layers.%d.attention.query_key_value.bias", 1, 1, {3 * E}, 0, 0.5},
+        {"transformer.layers.%d.attention.dense.weight", 1, 2, {E, E}, 0, sE},
+        {"transformer.layers.%d.attention.dense.bias", 1, 1, {E}, 0, 0.2},
+        {"transformer.layers.%d.post_attention_layernorm.weight", 1, 1, {E}, 1, 0.1},
+        {"transformer.layers.%d.post_attention_layernorm.bias", 1, 1, {E}, 0, 0.1},
+        {"transformer.layers.%d.mlp.fc1.weight", 1, 2, {F, E}, 0, sE},
+        {"transformer.layers.%d.mlp.fc1.bias", 1, 1, {F}, 0, 0.3},
+        {"transformer.layers.%d.mlp.fc2.weight", 1, 2, {E, F}, 0, 1 / sqrt((double)F)},
+        {"transformer.layers.%d.mlp.fc2.bias", 1, 1, {E}, 0, 0.2},
+        {"conv.weight", 0, 4, {L, E, 2, 2}, 0, 1 / sqrt(4.0 * E)},
+        {"conv.bias", 0, 1, {L}, 0, 0.3},
+        {"linear_proj.linear_proj.weight", 0, 2, {L, L}, 0, sL},
+        {"linear_proj.norm1.weight", 0, 1, {L}, 1, 0.1},
+        {"linear_proj.norm1.bias", 0, 1, {L}, 0, 0.1},
+        {"linear_proj.gate_proj.weight", 0, 2, {LF, L}, 0, sL},
+        {"linear_proj.dense_h_to_4h.weight", 0, 2, {LF, L}, 0, sL},
+        {"linear_proj.dense_4h_to_h.weight", 0, 2, {L, LF}, 0, 8 / sqrt((double)LF)},
+        {"boi", 0, 3, {1, 1, L}, 0, 8},
+        {"eoi", 0, 3, {1, 1, L}, 0, 8},
+    };
+    const size_t n_spec = sizeof spec / sizeof *spec;
+    size_t add = 0;
+    for (size_t i = 0; i < n_spec; i++) add += spec[i].per_layer ? VIS_LAYERS : 1;
+    mtok_st_tensor *t = realloc(*t_io, (*n_io + add) * sizeof *t);
+    if (t) *t_io = t;
+    tensor_gen *g = t ? realloc(*g_io, (*n_io + add) * sizeof *g) : NULL;
+    if (g) *g_io = g;
+    if (!t || !g) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    size_t n = *n_io;
+    for (size_t i = 0; i < n_spec; i++)
+        for (int l = 0; l < (spec[i].per_layer ? VIS_LAYERS : 1); l++, n++) {
+            mtok_st_tensor *tt = &t[n];
+            tensor_gen *tg = &g[n];
+            memset(tt, 0, sizeof *tt);
+            memset(tg, 0, sizeof *tg);
+            char fmt[128];
+            snprintf(fmt, sizeof fmt, "transformer.vision.%s", spec[i].fmt);
+            snprintf(tt->name, sizeof tt->name, fmt, l);
+            tt->dtype = p->dtype;
+            tt->ndim = spec[i].ndim;
+            int64_t cols = 1;
+            for (int d = 0; d < tt->ndim; d++) tt->shape[d] = spec[i].shape[d], cols *= d ? spec[i].shape[d] : 1;
+            /* one segment of rows x (the other dims): fill() only needs the element count */
+            segment *sg = &tg->seg[tg->n_seg++];
+            sg->part = VIS_PART0 + (int)i;
+            sg->layer = spec[i].per_layer ? l : -1;
+            sg->rows = spec[i].shape[0];
+            sg->cols = cols;
+            sg->mean = spec[i].mean;
+            sg->std = spec[i].std;
+            sg->key = stream_key(p->seed, sg->layer, sg->part);
+        }
+    *n_io = n;
+    return 0;
+}
+
+/* config.json's GLM-4V keys (docs/VISION.md §2): the tower's shape, and the image placeholder's ids,
+ * which are this tokenizer's own <|begin_of_image|> / <|end_of_image|> (pad_token_id, <|endoftext|>,
+ * is already set): GLM-4's 151339 / 151340 renumbered as every special of the synthetic vocabulary is. */
+static json_t *vision_adjust(json_t *cfg, int64_t n_ranks) {
+    if (!cfg) return NULL;
+    json_object_set_new(cfg, "boi_token_id", json_integer(n_ranks + 10));
+    json_object_set_new(cfg, "eoi_token_id", json_integer(n_ranks + 11));
+    json_object_set_new(cfg, "vision_config",
+                        json_pack("{s:f, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:I}",
+                                  "dropout_prob", 0.0, "hidden_act", "gelu", "hidden_size", (json_int_t)VIS_E,
+                                  "image_size", (json_int_t)VIS_S, "in_channels", (json_int_t)3, "intermediate_size",
+                                  (json_int_t)VIS_F, "num_heads", (json_int_t)VIS_HEADS, "layer_norm_eps", 1e-6,
+                                  "num_hidden_layers", (json_int_t)VIS_LAYERS, "num_positions",
+                                  (json_int_t)(VIS_G * VIS_G + 1), "patch_size", (json_int_t)VIS_P, "scaling_factor",
+                                  (json_int_t)8));
+    return cfg;
+}
+
 /* ---- JSON files ------------------------------------------------------------------------------- */
 static const char *torch_dtype(mtok_dtype d) {
     return d == MTOK_F16 ? "float16" : d == MTOK_F32 ? "float32" : "bfloat16";
@@ -492,7 +598,12 @@ int mtok_synth(const mtok_synth_params *p) {
     double t0 = now_s();
     int rc = mev_mkdir_p(p->out_dir); /* mkdir -p; an existing path must be a directory */
     if (rc) return rc;
+    if (is_vision(pr) && p->naming == MTOK_NAMING_HF) {
+        rc = mtok_err(MTOK_EUSAGE, "synth: glm4v-tiny comes in GLM-4V's own (chatglm) naming only");
+        goto fail;
+    }
     if ((rc = build_table(pr, p, &t, &g, &n))) goto fail;
+    if (is_vision(pr) && (rc = add_vision(pr, p, &t, &g, &n))) goto fail;
     /* the tokenizer first: it is fast and fixes the special ids the configs refer to */
     const int needle = !strcmp(pr->name, "needle");
     const int n_needle = needle ? MEV_NEEDLE_N_EXTRA : 0;
@@ -520,6 +631,7 @@ int mtok_synth(const mtok_synth_params *p) {
     /* config.json is what makes a directory look like a model, so it is created (and renamed) last */
     json_t *cfg = p->naming == MTOK_NAMING_HF ? hf_config(pr, p, n_ranks) : chatglm_config(pr, p, n_ranks);
     if (is_glm3(pr)) cfg = glm3_adjust(cfg, pr, p->naming == MTOK_NAMING_HF);
+    if (is_vision(pr)) cfg = vision_adjust(cfg, n_ranks);
     if ((rc = write_json(&o, "config.json", cfg))) goto fail;
 
     /* Replacing a checkpoint: hide the old one first (no config.json, no shards or index of another

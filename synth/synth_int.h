@@ -48,8 +48,8 @@ void mtok_out_free(mtok_outset *o);
 typedef struct {
     char name[96];
     mtok_dtype dtype;
-    int ndim;         /* 1 or 2 */
-    int64_t shape[2];
+    int ndim;         /* 1 to 4 (GLM-4V's convolution kernels are 4-D, its boi/eoi 3-D) */
+    int64_t shape[4];
     int shard;        /* set by mtok_st_write: 0-based shard index */
     uint64_t off;     /* set by mtok_st_write: begin of the data inside its shard's data area */
 } mtok_st_tensor;

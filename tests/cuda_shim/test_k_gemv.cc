@@ -70,6 +70,7 @@ void run_case(const char *name, int64_t n, int64_t K, int64_t lda, std::vector<s
              rows, nseg);
     expect(rc == 0, what);
 
+    const double split_u = mk_isa_active() == MK_ISA_AVX512 && mk_precision_active() == MK_PREC_FP32 ? 0x1p-16 : 0.0;
     int64_t start = 0;
     for (int i = 0; i < nseg; i++) {
         const int64_t R = segs[i].rows, ld = R + segs[i].pad;
@@ -92,7 +93,9 @@ void run_case(const char *name, int64_t n, int64_t K, int64_t lda, std::vector<s
                 worst_fast = df > worst_fast ? df : worst_fast;
                 if (!(d <= tol) && bad++ < 5)
                     printf("    seg %d t %" PRId64 " row %" PRId64 ": got %.9g ref %.9g\n", i, t, r, y[i][j], ref[j]);
-                bad_fast += !(df <= 2 * tol);
+                /* the CPU default on an AVX-512 BF16 machine takes x as hi + lo bf16 (16 of its 24 bits,
+                 * kernels/kernels.h mk_precision): its own bound, 2^-16 sum |a w|, on top */
+                bad_fast += !(df <= 2 * tol + split_u * mag);
             }
             for (int64_t r = R; r < ld; r++) pad_bad += y[i][(size_t)(t * ld + r)] != 777.0f;
         }

@@ -327,10 +327,14 @@ static void test_rope_append(int64_t H, int64_t G, int64_t D, int64_t rd, int64_
     free(page_of), free(slot_ref), free(cs), free(sn), free(q), free(k), free(v), free(qr), free(kr);
 }
 
-/* ---- matrix products: ref = mk_matmul (the CPU backend's), mag = mk_matmul(|a|, |W|) for the tolerance ---- */
+/* ---- matrix products: ref = mk_matmul (the CPU backend's fp32 FMA sums: at most the AVX2 level, whose
+ * products are exact, not the AVX-512 one's hi + lo split of a), mag = mk_matmul(|a|, |W|) for the
+ * tolerance ---- */
 static void matmul_ref(float *ref, float *mag, const float *a, int64_t lda, int64_t n, const uint16_t *W, int64_t rows,
                        int64_t K, const float *bias) {
     const mk_tensor Wt = {W, MTOK_BF16, rows, K}, bt = {bias, MTOK_F32, 1, rows};
+    const mk_isa was = mk_isa_active();
+    if (was > MK_ISA_AVX2) mk_isa_set(MK_ISA_AVX2);
     mk_matmul(ref, rows, a, lda, n, &Wt, bias ? &bt : NULL);
     uint16_t *Wa = hnew((size_t)(rows * K) * 2);
     float *aa = hnew((size_t)(n * lda) * 4);
@@ -338,6 +342,7 @@ static void matmul_ref(float *ref, float *mag, const float *a, int64_t lda, int6
     for (int64_t i = 0; i < n * lda; i++) aa[i] = fabsf(a[i]);
     const mk_tensor Wat = {Wa, MTOK_BF16, rows, K};
     mk_matmul(mag, rows, aa, lda, n, &Wat, NULL);
+    mk_isa_set(was);
     free(Wa), free(aa);
 }
 

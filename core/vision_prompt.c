@@ -1,0 +1,230 @@
+/* vision_prompt.c — an image prompt through GLM-4V in one call (docs/VISION.md §4-5): the ids' image
+ * triple expanded (boi, patch rows sharing one position, eoi), the image preprocessed and run
+ * through the tower, its rows spliced over the placeholders and the language model run with
+ * mtok_forward_ex. `mtok image --prompt-ids`, `mtok logits --image`, `generate`/`chat --image` all
+ * come through here, so the sequence (config, tower, preprocessing, expansion, positions) exists once. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "image.h"
+#include "vision.h"
+
+int mtok_vision_config_present(const char *dir) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return mtok_err(MTOK_EINPUT, "%s: path too long", dir);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) return mtok_err(MTOK_EINPUT, "%s: %s (line %d)", path, err.text, err.line);
+    const int has = json_is_object(json_object_get(root, "vision_config"));
+    json_decref(root);
+    return has;
+}
+
+/* The RoPE position the next token gets: the held tokens' last + 1. Positions equal slots until an
+ * image was run; after one they are behind the slots (the patch rows share one), so the slot count
+ * would be wrong for a later turn. */
+static int64_t next_position(const mtok_session *s) {
+    const int64_t held = mtok_session_pos(s);
+    const int64_t *pos = mtok_session_positions(s);
+    return held && pos ? pos[held - 1] + 1 : held;
+}
+
+int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mtok_vision_layout *layout_out,
+                        float **logits_out) {
+    if (layout_out) *layout_out = (mtok_vision_layout){0};
+    if (logits_out) *logits_out = NULL;
+    if (!s || !p || !p->model_dir || (p->n && !p->ids))
+        return mtok_err(MTOK_EUSAGE, "mtok_vision_prefill: NULL argument");
+    mtok_vision_config vc;
+    mtok_vision_layout lay = {0};
+    mtok_vision *vis = NULL;
+    float *chw = NULL, *emb = NULL, *logits = NULL;
+    int rc = mtok_vision_config_read(p->model_dir, &vc);
+    if (!rc) rc = mtok_vision_expand(&vc, p->ids, p->n, next_position(s), &lay);
+    if (!rc && lay.image_rows && !p->image_path)
+        rc = mtok_err(MTOK_EUSAGE, "the prompt holds an image placeholder but no image was given");
+    if (!rc && !lay.image_rows && p->image_path)
+        rc = mtok_err(MTOK_EUSAGE, "an image was given, but the prompt holds no "
+                      "<|begin_of_image|><|endoftext|><|end_of_image|> to put it in");
+    const mtok_config *mc = mtok_session_config(s);
+    if (!rc && mc->hidden != vc.lm_hidden)
+        rc = mtok_err(MTOK_EINPUT, "%s: the language model's hidden size %lld is not the vision config's %lld",
+                      p->model_dir, (long long)mc->hidden, (long long)vc.lm_hidden);
+    /* the split must leave the whole image in the mtok_forward_ex call: plain mtok_forward cannot
+     * take embedding rows or shared positions */
+    const int64_t split = p->split;
+    if (!rc && split && (split >= lay.n || split < lay.image_first + lay.image_rows))
+        rc = mtok_err(MTOK_EUSAGE, "split at %lld: must fall after the image's rows (%lld) and before the end (%lld)",
+                      (long long)split, (long long)(lay.image_first + lay.image_rows), (long long)lay.n);
+    /* the image is decoded before the tower is loaded: a bad file fails fast, naming the file */
+    if (!rc && lay.image_rows) rc = mtok_image_preprocess(p->image_path, vc.image, &chw);
+    if (!rc && lay.image_rows) rc = mtok_vision_load(p->model_dir, &vis);
+    if (!rc && lay.image_rows && !(emb = malloc((size_t)lay.image_rows * (size_t)vc.lm_hidden * sizeof *emb)))
+        rc = mtok_err(MTOK_ERESOURCE, "out of memory for the image's %lld rows", (long long)lay.image_rows);
+    if (!rc && lay.image_rows) rc = mtok_vision_forward(vis, &p->vision, chw, emb);
+    mtok_vision_free(vis); /* the tower's weights are not needed past its one pass */
+    free(chw);
+    const int64_t V = mc->vocab;
+    if (!rc && logits_out && !(logits = malloc((size_t)(lay.n ? lay.n : 1) * (size_t)V * sizeof *logits)))
+        rc = mtok_err(MTOK_ERESOURCE, "out of memory for %lld x %lld logits", (long long)lay.n, (long long)V);
+    const int64_t n1 = split ? split : lay.n;
+    const mtok_forward_params fp = {.ids = lay.ids, .n = n1, .pos = lay.pos, .embeds = emb,
+                                    .embed_first = lay.image_first, .embed_n = lay.image_rows,
+                                    .all_logits = logits};
+    if (!rc && lay.n) rc = mtok_forward_ex(s, &fp);
+    if (!rc && split) rc = mtok_forward(s, lay.ids + n1, lay.n - n1, logits ? logits + (size_t)n1 * (size_t)V : NULL);
+    free(emb);
+    if (rc) {
+        free(logits);
+        mtok_vision_layout_free(&lay);
+        return rc;
+    }
+    if (logits_out) *logits_out = logits;
+    if (layout_out) *layout_out = lay;
+    else mtok_vision_layout_free(&lay);
+    return 0;
+}
+
+/* ---- a conversation with an image: feed and decode ---- */
+
+int mtok_vision_feed(mtok_session *s, const mtok_vision_prefill_params *p, mtok_usage *usage) {
+    mtok_usage u = {.prompt_tokens = p ? p->n : 0};
+    if (usage) *usage = u;
+    if (!s || !p || !p->model_dir || p->n <= 0 || !p->ids)
+        return mtok_err(MTOK_EUSAGE, "mtok_vision_feed: NULL argument or empty prompt");
+    mtok_vision_config vc;
+    mtok_vision_layout lay = {0};
+    int rc = mtok_vision_config_read(p->model_dir, &vc);
+    if (!rc) rc = mtok_vision_expand(&vc, p->ids, p->n, 0, &lay);
+    if (rc) return rc;
+    /* the held rows are reusable up to the first difference, and only when the image's rows are among
+     * them: equal placeholder ids before the image's end would not mean an equal image, and rows cut
+     * inside the image cannot be recomputed from placeholders */
+    const int32_t *held = mtok_session_tokens(s);
+    const int64_t n_held = mtok_session_pos(s), img_end = lay.image_first + lay.image_rows;
+    const int64_t *held_pos = mtok_session_positions(s);
+    int64_t lcp = 0;
+    while (lcp < lay.n && lcp < n_held && held[lcp] == lay.ids[lcp] &&
+           (held_pos ? held_pos[lcp] : lcp) == lay.pos[lcp])
+        lcp++;
+    if (lcp == lay.n) lcp = lay.n - 1; /* the last row's logits must be current: compute it again */
+    const double t0 = mtok_progress_now();
+    if (lay.image_rows && lcp >= img_end && held_pos) {
+        rc = lcp < n_held ? mtok_session_truncate(s, lcp) : 0;
+        const mtok_forward_params fp = {.ids = lay.ids + lcp, .n = lay.n - lcp, .pos = lay.pos + lcp};
+        if (!rc) rc = mtok_forward_ex(s, &fp);
+        u.cached_tokens = lcp;
+    } else {
+        /* the image is not held: the text before it that is (a document, earlier turns) stays, the
+         * rest runs from there with the tower; rows before the first difference hold no image, so
+         * the unexpanded ids index the same tokens up to it */
+        if (lcp > lay.image_first && lay.image_rows) lcp = lay.image_first;
+        rc = lcp < n_held ? mtok_session_truncate(s, lcp) : 0;
+        mtok_vision_prefill_params q = *p;
+        q.split = 0, q.ids = p->ids + lcp, q.n = p->n - lcp;
+        if (!rc) rc = mtok_vision_prefill(s, &q, NULL, NULL);
+        u.cached_tokens = lcp;
+    }
+    if (!rc) u.computed_tokens = lay.n - u.cached_tokens;
+    u.prefill_s = mtok_progress_now() - t0;
+    if (usage) *usage = u;
+    mtok_vision_layout_free(&lay);
+    return rc;
+}
+
+static int vis_is_stop(const mtok_request *req, const mtok_config *c, int32_t id) {
+    for (int i = 0; i < req->n_stop_ids; i++)
+        if (req->stop_ids[i] == id) return 1;
+    for (int i = 0; !req->ignore_eos && i < c->n_eos; i++)
+        if (c->eos_ids[i] == id) return 1;
+    return 0;
+}
+
+static int vis_cancelled(const mtok_request *req) {
+    return req->cancel && __atomic_load_n(req->cancel, __ATOMIC_RELAXED);
+}
+
+/* The decode loop of mtok_generate (core/generate.c) from the state mtok_vision_feed left: that
+ * function's own feed would drop the image rows (its prefix reuse stops before an image), so the
+ * steps after the prompt are run here; stop strings are not supported on this path. */
+int mtok_vision_generate(mtok_session *s, const mtok_tokenizer *t, const mtok_vision_prefill_params *p,
+                         const mtok_request *req, mtok_result *res) {
+    static const mtok_request defaults;
+    if (!req) req = &defaults;
+    memset(res, 0, sizeof *res);
+    res->stop_id = -1, res->stop_string = -1;
+    if (req->n_stop_strings)
+        return res->finish = MTOK_FINISH_ERROR,
+               mtok_err(MTOK_EUSAGE, "stop strings are not supported with an image prompt yet");
+    const mtok_config *c = mtok_session_config(s);
+    mtok_sampler *own = NULL, *smp = req->sampler_state;
+    const size_t cap = mtok_tokenizer_max_token_len(t) + 16;
+    char *piece = malloc(cap);
+    float *logits = malloc((size_t)c->vocab * sizeof *logits);
+    char *text = NULL;
+    size_t len = 0, tcap = 0;
+    int rc = piece && logits ? 0 : mtok_err(MTOK_ERESOURCE, "out of memory for generation buffers");
+    if (!rc && !smp) {
+        mtok_sampler_params sp = req->sampler;
+        if (sp.top_p == 0) sp.top_p = 1;
+        if (sp.repetition_penalty == 0) sp.repetition_penalty = 1;
+        rc = mtok_sampler_create(&sp, c->vocab, &own);
+        smp = own;
+    }
+    if (!rc) rc = mtok_vision_feed(s, p, &res->usage);
+    if (!rc && vis_cancelled(req)) res->finish = MTOK_FINISH_CANCELLED;
+    const int64_t n_valid = mtok_tokenizer_n_vocab(t) < c->vocab ? mtok_tokenizer_n_vocab(t) : c->vocab;
+    mtok_decoder dec = {0};
+    const double t0 = mtok_progress_now();
+    for (int64_t i = 0; !rc && !res->finish; i++) {
+        if (req->max_tokens >= 0 && i >= req->max_tokens) {
+            res->finish = MTOK_FINISH_LENGTH;
+            break;
+        }
+        memcpy(logits, mtok_session_logits(s), (size_t)c->vocab * sizeof *logits);
+        int32_t id = mtok_sample(smp, logits, n_valid, mtok_session_tokens(s), (size_t)mtok_session_pos(s));
+        if (vis_is_stop(req, c, id)) {
+            res->finish = MTOK_FINISH_STOP, res->stop_id = id;
+            break;
+        }
+        res->usage.generated_tokens++;
+        if ((rc = mtok_ids_push(&res->tokens, id))) break;
+        const size_t k = mtok_decode_next(t, &dec, id, piece, cap);
+        if (len + k + 1 > tcap) {
+            char *nt = realloc(text, tcap = 2 * (len + k + 1) + 64);
+            if (!nt) {
+                rc = mtok_err(MTOK_ERESOURCE, "out of memory for the generated text");
+                break;
+            }
+            text = nt;
+        }
+        memcpy(text + len, piece, k);
+        text[len += k] = 0;
+        if (req->on_token && req->on_token(id, piece, k, req->user)) res->finish = MTOK_FINISH_CANCELLED;
+        else if (i + 1 == req->max_tokens || mtok_session_pos(s) >= mtok_session_ctx(s)) res->finish = MTOK_FINISH_LENGTH;
+        else if (vis_cancelled(req)) res->finish = MTOK_FINISH_CANCELLED;
+        else rc = mtok_forward(s, &id, 1, NULL);
+    }
+    if (!rc && piece) {
+        const size_t k = mtok_decode_flush(&dec, piece, cap);
+        if (req->on_token) req->on_token(-1, piece, k, req->user);
+        if (k && len + k + 1 > tcap) {
+            char *nt = realloc(text, tcap = len + k + 1);
+            if (nt) text = nt;
+            else rc = mtok_err(MTOK_ERESOURCE, "out of memory for the generated text");
+        }
+        if (!rc && k) memcpy(text + len, piece, k), text[len += k] = 0;
+    }
+    res->usage.decode_s = mtok_progress_now() - t0;
+    if (rc) res->finish = MTOK_FINISH_ERROR;
+    res->text = text;
+    res->text_len = len;
+    mtok_sampler_free(own);
+    free(logits);
+    free(piece);
+    return rc;
+}
