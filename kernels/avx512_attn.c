@@ -164,14 +164,21 @@ INLINE void tile_values(int mr, float *const *accr, const float *alpha, const fl
     }
 }
 
+ZM_TILE_FNS(scores_mr, tile_scores,
+            (float *s, const float *const *qr, const float *kt, int64_t nbp, int64_t D, float scale), s, qr, kt,
+            nbp, D, scale)
+ZM_TILE_FNS(values_mr, tile_values,
+            (float *const *accr, const float *alpha, const float *s, const float *vb, int64_t nb, int64_t D), accr,
+            alpha, s, vb, nb, D)
+
 static void tile_scores_any(int mr, float *s, const float *const *qr, const float *kt, int64_t nbp, int64_t D,
                             float scale) {
-    ZM_TILE_CASES(tile_scores, s, qr, kt, nbp, D, scale)
+    ZM_TILE_CALL(scores_mr, s, qr, kt, nbp, D, scale)
 }
 
 static void tile_values_any(int mr, float *const *accr, const float *alpha, const float *s, const float *vb,
                             int64_t nb, int64_t D) {
-    ZM_TILE_CASES(tile_values, accr, alpha, s, vb, nb, D)
+    ZM_TILE_CALL(values_mr, accr, alpha, s, vb, nb, D)
 }
 
 /* The tiled form over keys [0, n) of the block. */

@@ -111,12 +111,18 @@ INLINE void uk_bf16(int mr, int SPLIT, int64_t np, const uint32_t *wp, const uin
     tile_store(mr, c0, c1, c, ldc);
 }
 
+#define UK_PARAMS \
+    (int64_t np, const uint32_t *wp, const uint16_t *xb, const uint16_t *xl, int64_t ldb, float *c, int64_t ldc, \
+     const float *init)
+ZM_TILE_FNS(uk_split, uk_bf16, UK_PARAMS, 1, np, wp, xb, xl, ldb, c, ldc, init)
+ZM_TILE_FNS(uk_plain, uk_bf16, UK_PARAMS, 0, np, wp, xb, NULL, ldb, c, ldc, init)
+
 static void uk_bf16_any(int mr, int64_t np, const uint32_t *wp, const uint16_t *xb, const uint16_t *xl, int64_t ldb,
                         float *c, int64_t ldc, const float *init) {
     if (xl)
-        ZM_TILE_CASES(uk_bf16, 1, np, wp, xb, xl, ldb, c, ldc, init)
+        ZM_TILE_CALL(uk_split, np, wp, xb, xl, ldb, c, ldc, init)
     else
-        ZM_TILE_CASES(uk_bf16, 0, np, wp, xb, NULL, ldb, c, ldc, init)
+        ZM_TILE_CALL(uk_plain, np, wp, xb, xl, ldb, c, ldc, init)
 }
 
 /* Tokens [t0, t1) x panels [p0, p1) (32 outputs each) of y = xb W^T (+ b), bf16 W, with packing buffer

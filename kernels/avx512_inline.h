@@ -32,23 +32,41 @@ INLINE __m512 bf16x16(const uint16_t *p, int64_t i) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + i))), 16));
 }
 
-/* F(MR, ...) with MR the constant 1..12 equal to the variable mr (12 for anything larger): the 12-row
- * register tiles of avx512_gemm.c and avx512_attn.c are inlined once per row count, so their loops
- * over rows unroll and their accumulators stay in registers. */
-#define ZM_TILE_CASES(F, ...)                                                                               \
+/* The 12-row register tiles of avx512_gemm.c and avx512_attn.c, one function per row count: F(MR, ...)
+ * with MR a constant 1..12, so that each instance's loops over rows unroll and its accumulators stay
+ * in registers. ZM_TILE_FNS(NAME, F, (PARAMS), ARGS...) defines NAME_1 .. NAME_12 (PARAMS) calling
+ * F(MR, ARGS...); ZM_TILE_CALL(NAME, ARGS...) calls the one for the variable mr (12 for anything
+ * larger). The instances are kept out of line: inlined into one switch, their 12 frames add up in
+ * the caller's, and under AddressSanitizer (no stack-slot sharing) that overflowed the small stacks
+ * of the server's worker threads. */
+#define ZM_TILE_FN(NAME, F, MR, PARAMS, ...) static __attribute__((noinline)) void NAME##_##MR PARAMS { F(MR, __VA_ARGS__); }
+#define ZM_TILE_FNS(NAME, F, PARAMS, ...)                                                                    \
+    ZM_TILE_FN(NAME, F, 1, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 2, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 3, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 4, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 5, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 6, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 7, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 8, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 9, PARAMS, __VA_ARGS__)                                                              \
+    ZM_TILE_FN(NAME, F, 10, PARAMS, __VA_ARGS__)                                                             \
+    ZM_TILE_FN(NAME, F, 11, PARAMS, __VA_ARGS__)                                                             \
+    ZM_TILE_FN(NAME, F, 12, PARAMS, __VA_ARGS__)
+#define ZM_TILE_CALL(NAME, ...)                                                                              \
     switch (mr) {                                                                                            \
-    case 1: F(1, __VA_ARGS__); break;                                                                        \
-    case 2: F(2, __VA_ARGS__); break;                                                                        \
-    case 3: F(3, __VA_ARGS__); break;                                                                        \
-    case 4: F(4, __VA_ARGS__); break;                                                                        \
-    case 5: F(5, __VA_ARGS__); break;                                                                        \
-    case 6: F(6, __VA_ARGS__); break;                                                                        \
-    case 7: F(7, __VA_ARGS__); break;                                                                        \
-    case 8: F(8, __VA_ARGS__); break;                                                                        \
-    case 9: F(9, __VA_ARGS__); break;                                                                        \
-    case 10: F(10, __VA_ARGS__); break;                                                                      \
-    case 11: F(11, __VA_ARGS__); break;                                                                      \
-    default: F(12, __VA_ARGS__); break;                                                                      \
+    case 1: NAME##_1(__VA_ARGS__); break;                                                                    \
+    case 2: NAME##_2(__VA_ARGS__); break;                                                                    \
+    case 3: NAME##_3(__VA_ARGS__); break;                                                                    \
+    case 4: NAME##_4(__VA_ARGS__); break;                                                                    \
+    case 5: NAME##_5(__VA_ARGS__); break;                                                                    \
+    case 6: NAME##_6(__VA_ARGS__); break;                                                                    \
+    case 7: NAME##_7(__VA_ARGS__); break;                                                                    \
+    case 8: NAME##_8(__VA_ARGS__); break;                                                                    \
+    case 9: NAME##_9(__VA_ARGS__); break;                                                                    \
+    case 10: NAME##_10(__VA_ARGS__); break;                                                                  \
+    case 11: NAME##_11(__VA_ARGS__); break;                                                                  \
+    default: NAME##_12(__VA_ARGS__); break;                                                                  \
     }
 
 /* The 16x16 transpose of 32-bit elements: r[i] lane j becomes r[j] lane i. */

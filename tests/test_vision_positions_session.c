@@ -17,7 +17,7 @@
 #include "core/vision.h"
 #include "tests/check.h"
 
-enum { CTX = 256, N = 12, IMG0 = 3, IMGN = 5 };
+enum { CTX = 256, N = 12, IMG0 = 3, IMGN = 5, EMB_ROWS = 8 /* emb's rows: IMGN here, 6 in the window case */ };
 
 static const mtok_model *M;
 static int64_t V, E;
@@ -59,8 +59,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i <= N; i++) ids[i] = (int32_t)(17 * i + 5) % 400;
     for (int i = 0; i <= N; i++)
         pos[i] = i <= IMG0 ? i : i < IMG0 + IMGN - 1 ? IMG0 + 1 : i == IMG0 + IMGN - 1 ? IMG0 + 2 : i - IMGN + 3;
-    float *emb = malloc((size_t)IMGN * (size_t)E * sizeof *emb);
-    for (int64_t i = 0; i < IMGN * E; i++) emb[i] = (float)sin(0.37 * (double)i) * 2.0f;
+    float *emb = malloc((size_t)EMB_ROWS * (size_t)E * sizeof *emb);
+    for (int64_t i = 0; i < EMB_ROWS * E; i++) emb[i] = (float)sin(0.37 * (double)i) * 2.0f;
     float *lg = malloc((size_t)(N + 1) * (size_t)V * sizeof *lg), *dec = malloc((size_t)V * sizeof *dec);
 
     /* one call of N + 1 rows, the last at position pos[N] = pos[N-1] + 1: the reference for decoding */
@@ -199,7 +199,7 @@ int main(int argc, char **argv) {
                                   .kv_window = 8, .kv_sinks = 4, .kv_budget = 1 << 15,
                                   .kv_dir = argc > 2 ? argv[2] : "."};
         mtok_session *w = NULL;
-        enum { WN = 48, W0 = 8, WR = 6 };
+        enum { WN = 48, W0 = 8, WR = 6 }; /* WR <= EMB_ROWS */
         int32_t wid[WN];
         int64_t wpos[WN];
         for (int i = 0; i < WN; i++) wid[i] = (int32_t)(13 * i + 7) % 400;
