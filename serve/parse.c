@@ -9,8 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "../core/image.h"
+#include "../core/vision.h"
 #include "srv.h"
 
 void srv_gen_free(srv_gen *g) {
@@ -27,6 +30,7 @@ void srv_gen_free(srv_gen *g) {
     free(g->stop_ids);
     json_decref(g->tool_names);
     free(g->forced_tool);
+    free(g->image);
     memset(g, 0, sizeof *g);
 }
 
@@ -265,8 +269,61 @@ int srv_parse_completions(srv_req *r, json_t *o, srv_gen *g) {
 }
 
 /* ---- chat ---- */
-/* A message's content: a string, null, or a list of {"type": "text", "text": ...} parts (joined). */
-static int content_text(srv_req *r, json_t *c, size_t i, char **out) {
+/* An {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}} part (OpenAI's shape;
+ * "detail" is ignored: the tower's input size is fixed) -> g->image. Checked in this order, each
+ * error naming the part: where it may be (user messages, one per conversation: GLM-4V takes one), the
+ * URL (only data: URIs; mtok never fetches), the base64, then the model (a vision tower) and the
+ * image itself, decoded once here so a bad upload is a 400 before any session is taken. The body
+ * limit bounds the size: the decoded bytes are 3/4 of a string that fit in it. */
+static int image_part(srv_req *r, json_t *part, const char *param, const char *role, srv_gen *g) {
+    char at[128];
+    snprintf(at, sizeof at, "%s.image_url", param);
+    json_t *iu = json_object_get(part, "image_url"), *u = json_object_get(iu, "url");
+    if (!json_is_object(iu) || !json_is_string(u))
+        return srv_fail(r, 400, at, NULL, "%s must be an object with a string 'url'", at);
+    if (strcmp(role, "user"))
+        return srv_fail(r, 400, at, NULL, "%s: images go in user messages, not in a \"%s\" message", at, role);
+    if (g->image) return srv_fail(r, 400, at, NULL, "%s: one image per conversation (GLM-4V takes one)", at);
+    const char *s = json_string_value(u);
+    const size_t n = json_string_length(u); /* the JSON string may hold NUL bytes: lengths, not strlen */
+    if (n < 5 || strncasecmp(s, "data:", 5))
+        return srv_fail(r, 400, at, NULL, "%s: only data: URLs are accepted; mtok does not fetch", at);
+    const char *comma = memchr(s, ',', n);
+    const size_t hl = comma ? (size_t)(comma - s) : 0; /* "data:MEDIATYPE;base64" */
+    if (!comma || hl < 5 + 6 + 7 || strncasecmp(s + 5, "image/", 6) || strncasecmp(comma - 7, ";base64", 7) ||
+        memchr(s, 0, hl))
+        return srv_fail(r, 400, at, NULL, "%s: a data: URL must read data:image/png;base64,... or "
+                        "data:image/jpeg;base64,...", at);
+    size_t len = 0, bad = 0;
+    unsigned char *bytes = NULL;
+    const int b = srv_b64_decode(comma + 1, n - hl - 1, &bytes, &len, &bad);
+    if (b == SRV_B64_NOMEM) return srv_fail_lib(r, mtok_err(MTOK_ERESOURCE, "out of memory for the image"));
+    if (b) return srv_fail(r, 400, at, NULL, "%s: bad base64 at offset %zu of the data", at, bad);
+    const char *dir = r->S->cfg.model_dir;
+    const int has = dir ? mtok_vision_config_present(dir) : 0;
+    mtok_vision_config vc;
+    int rc = has == 1 ? mtok_vision_config_read(dir, &vc) : 0;
+    if (has != 1 || rc) {
+        free(bytes);
+        if (rc) return srv_fail_lib(r, rc);
+        return srv_fail(r, 400, at, NULL, "%s: this model has no vision tower (images need a GLM-4V checkpoint)", at);
+    }
+    mtok_image im = {0};
+    if ((rc = mtok_image_decode(bytes, len, "the image", &im))) {
+        free(bytes);
+        return srv_fail(r, rc == MTOK_EINPUT ? 400 : 500, at, NULL, "%s: %s", at, mtok_errmsg());
+    }
+    mtok_image_free(&im);
+    g->image = bytes, g->image_len = len;
+    g->image_ids[0] = (int32_t)vc.boi_id, g->image_ids[1] = (int32_t)vc.pad_id, g->image_ids[2] = (int32_t)vc.eoi_id;
+    g->image_extra = mtok_vision_out_rows(&vc) - 3;
+    return 0;
+}
+
+/* A message's content: a string, null, or a list of {"type": "text", "text": ...} parts (joined) and
+ * at most one image_url part (image_part; the template puts the image before the text wherever the
+ * part stands, as glm-4v-9b's does). role is the GLM role the message renders as. */
+static int content_text(srv_req *r, json_t *c, size_t i, const char *role, srv_gen *g, char **out) {
     char param[64];
     snprintf(param, sizeof param, "messages[%zu].content", i);
     if (!c || json_is_null(c)) return *out = strdup(""), 0;
@@ -276,10 +333,15 @@ static int content_text(srv_req *r, json_t *c, size_t i, char **out) {
     json_t *part;
     json_array_foreach(c, k, part) {
         json_t *t = json_object_get(part, "type"), *x = json_object_get(part, "text");
+        char pp[96];
+        snprintf(pp, sizeof pp, "%s[%zu]", param, k);
+        if (json_is_string(t) && !strcmp(json_string_value(t), "image_url")) {
+            if (image_part(r, part, pp, role, g)) return -1;
+            continue;
+        }
         if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
-            return srv_fail(r, 400, param, NULL, "%s[%zu]: only {\"type\": \"text\"} parts are supported%s", param, k,
-                            json_is_string(t) ? " (images: this model has no vision tower)" : "");
-        if (!json_is_string(x)) return srv_fail(r, 400, param, NULL, "%s[%zu].text must be a string", param, k);
+            return srv_fail(r, 400, pp, NULL, "%s: only \"text\" and \"image_url\" parts are supported", pp);
+        if (!json_is_string(x)) return srv_fail(r, 400, pp, NULL, "%s.text must be a string", pp);
         len += json_string_length(x);
     }
     char *s = malloc(len + 1);
@@ -287,6 +349,7 @@ static int content_text(srv_req *r, json_t *c, size_t i, char **out) {
     len = 0;
     json_array_foreach(c, k, part) {
         json_t *x = json_object_get(part, "text");
+        if (!json_is_string(x) || strcmp(json_string_value(json_object_get(part, "type")), "text")) continue;
         memcpy(s + len, json_string_value(x), json_string_length(x));
         len += json_string_length(x);
     }
@@ -390,6 +453,7 @@ int srv_chat_ids(srv_req *r, json_t *o, int add_generation_prompt, srv_gen *g, m
     if (!g) g = &scratch;
     msg_list L = {0};
     char *tools_json = NULL;
+    long image_msg = -1; /* the index in L.m of the message that carries the image */
     int rc = parse_tools(r, o, g, &tools_json);
     if (!rc && tools_json && push_msg(&L, "system", NULL, NULL, own(&L, tools_json))) rc = srv_fail_lib(r, MTOK_ERESOURCE);
     size_t i;
@@ -403,9 +467,6 @@ int srv_chat_ids(srv_req *r, json_t *o, int add_generation_prompt, srv_gen *g, m
             rc = srv_fail(r, 400, param, NULL, "messages[%zu] must be an object with a string 'role'", i);
             break;
         }
-        char *content = NULL;
-        if ((rc = content_text(r, json_object_get(m, "content"), i, &content))) break;
-        own(&L, content);
         json_t *calls = json_object_get(m, "tool_calls");
         const char *glm = !strcmp(role, "system") || !strcmp(role, "developer") ? "system"
                         : !strcmp(role, "user")      ? "user"
@@ -416,6 +477,11 @@ int srv_chat_ids(srv_req *r, json_t *o, int add_generation_prompt, srv_gen *g, m
                           "assistant and tool", i, role);
             break;
         }
+        char *content = NULL;
+        const int had_image = g->image != NULL;
+        if ((rc = content_text(r, json_object_get(m, "content"), i, glm, g, &content))) break;
+        own(&L, content);
+        if (!had_image && g->image) image_msg = (long)L.n; /* the message pushed next */
         if (push_msg(&L, glm, NULL, content, NULL)) rc = srv_fail_lib(r, MTOK_ERESOURCE);
         if (!rc && !strcmp(glm, "assistant") && json_is_array(calls)) { /* one turn per call: name, then arguments */
             size_t k;
@@ -437,7 +503,9 @@ int srv_chat_ids(srv_req *r, json_t *o, int add_generation_prompt, srv_gen *g, m
             rc = srv_fail(r, 400, "messages", NULL, "messages[%zu]: 'tool_calls' must be a list on an assistant message", i);
         }
     }
-    if (!rc && (rc = mtok_chat_encode(r->S->tok, L.m, L.n, add_generation_prompt, out))) rc = srv_fail_lib(r, rc);
+    if (!rc && (rc = mtok_chat_encode_ex(r->S->tok, L.m, L.n, add_generation_prompt, image_msg,
+                                         image_msg >= 0 ? g->image_ids : NULL, out)))
+        rc = srv_fail_lib(r, rc);
     if (!rc && g->forced_tool && add_generation_prompt) { /* the metadata line of the forced call */
         char line[300];
         snprintf(line, sizeof line, "%s\n", g->forced_tool);
@@ -465,6 +533,9 @@ int srv_parse_chat(srv_req *r, json_t *o, srv_gen *g) {
     if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
     g->n_prompts = 1;
     if (srv_chat_ids(r, o, 1, g, &g->prompts[0])) return -1;
+    /* the image path of the library (mtok_vision_generate) has no stop strings yet */
+    if (g->image && g->n_stop)
+        return srv_fail(r, 400, "stop", NULL, "'stop' strings are not supported with an image yet (stop_token_ids are)");
     /* the end of the assistant's turn: the next role token (the config's eos list normally has them) */
     if (!g->stop_ids && !(g->stop_ids = calloc(4, sizeof *g->stop_ids))) return srv_fail_lib(r, MTOK_ERESOURCE);
     const char *ends[] = {"<|user|>", "<|observation|>", "<|endoftext|>"};

@@ -14,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "../core/vision.h"
 #include "srv.h"
 
 #define TOP_MAX 21 /* top_logprobs <= 20, plus the token itself */
@@ -302,7 +304,8 @@ static json_t *usage_json(int64_t prompt, int64_t completion, int64_t cached) {
 
 static int check_lengths(srv_req *r, srv_gen *g) {
     for (size_t i = 0; i < g->n_prompts; i++) {
-        const int64_t n = (int64_t)g->prompts[i].n, want = g->max_tokens_given ? g->max_tokens : 0;
+        /* an image counts as the rows it becomes (the prompt the model sees) */
+        const int64_t n = (int64_t)g->prompts[i].n + (g->image ? g->image_extra : 0), want = g->max_tokens_given ? g->max_tokens : 0;
         if (n == 0) return srv_fail(r, 400, g->kind == SRV_CHAT ? "messages" : "prompt", NULL, "the prompt is empty");
         if (n + want > r->S->ctx || n > r->S->ctx)
             return srv_fail(r, 400, g->kind == SRV_CHAT ? "messages" : "prompt", "context_length_exceeded",
@@ -314,13 +317,50 @@ static int check_lengths(srv_req *r, srv_gen *g) {
     return 0;
 }
 
+/* The library's image prompt takes a file path (mtok_vision_prefill_params.image_path), so the
+ * request's image bytes go to a private temporary file for the call; path gets its name. */
+static int image_file(srv_req *r, const srv_gen *g, char *path, size_t cap) {
+    const char *dir = getenv("TMPDIR");
+    snprintf(path, cap, "%s/mtok-serve-image-XXXXXX", dir && *dir ? dir : "/tmp");
+    const int fd = mkstemp(path);
+    if (fd < 0) return srv_fail(r, 500, NULL, NULL, "cannot create a temporary file for the image in %s", path);
+    size_t done = 0;
+    while (done < g->image_len) {
+        const ssize_t w = write(fd, g->image + done, g->image_len - done);
+        if (w <= 0) break;
+        done += (size_t)w;
+    }
+    if (close(fd) || done < g->image_len) {
+        unlink(path);
+        return srv_fail(r, 500, NULL, NULL, "cannot write the image to the temporary file %s", path);
+    }
+    return 0;
+}
+
+/* Generation from a prompt with an image: the tower runs, then the language model over the expanded
+ * rows with their shared positions (core/vision_prompt.c), decoding as mtok_generate does. */
+static int image_generate(srv_req *r, srv_gen *g, choice *c, const mtok_ids *p, const mtok_request *req,
+                          mtok_result *res) {
+    char path[4096];
+    if (image_file(r, g, path, sizeof path)) return -1;
+    const mtok_vision_prefill_params vp = {.model_dir = r->S->cfg.model_dir, .image_path = path, .ids = p->v,
+                                           .n = (int64_t)p->n, .vision = {.threads = r->S->cfg.sess.threads,
+                                                                          .progress_s = -1}};
+    const int rc = mtok_vision_generate(c->s, r->S->tok, &vp, req, res);
+    unlink(path);
+    return rc;
+}
+
 /* Runs prompt i on a session: choice c is filled, res receives the outcome, *out_usage the counts. */
 static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp, mtok_result *res) {
     srv *S = r->S;
     const mtok_ids *p = &g->prompts[i];
     int slot = -1;
     double waited = 0;
-    const int q = srv_pool_acquire(&S->pool, p->v, (int64_t)p->n, &r->cancel, &slot, &waited);
+    /* a prompt with an image reuses nothing (below), so it takes the least recently used session
+     * rather than the one whose prefix another request could reuse */
+    const int image = g->image != NULL;
+    const int q = srv_pool_acquire(&S->pool, p->v, image ? 0 : (int64_t)p->n, &r->cancel, &slot, &waited);
     r->queue_s += waited;
     if (q == SRV_POOL_FULL)
         return srv_fail(r, 429, NULL, NULL, "all %d sessions are busy and %d requests already wait; retry later",
@@ -331,8 +371,12 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
         srv_sse_begin(r);
         if (g->kind == SRV_CHAT) send_chat_delta(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL);
     }
-    const int64_t n = (int64_t)p->n;
-    int64_t keep = srv_pool_reusable(&S->pool, slot, p->v, n), exact = 0;
+    const int64_t n = (int64_t)p->n, rows = n + (image ? g->image_extra : 0);
+    /* Images and prefix reuse: equal placeholder ids need not be an equal image, so a prompt with an
+     * image starts from an empty session (the tower and the whole prompt run), and the session is
+     * left with exact = 0 below, so the next request reuses nothing of it either. */
+    int64_t keep = image ? 0 : srv_pool_reusable(&S->pool, slot, p->v, n), exact = 0;
+    if (image) mtok_session_reset(c->s);
     int rc = keep < mtok_session_pos(c->s) ? mtok_session_truncate(c->s, keep) : 0;
     const int echo = g->echo && g->logprobs >= 0;
     if (!rc && echo) {
@@ -341,7 +385,7 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
         rc = prompt_logprobs(c, p->v, n, echo_lp, &exact);
         r->prefill_s += srv_now() - t0;
     }
-    const int64_t max_new = g->max_tokens >= 0 ? g->max_tokens : S->ctx - n;
+    const int64_t max_new = g->max_tokens >= 0 ? g->max_tokens : S->ctx - rows;
     mtok_request req = {.max_tokens = max_new, .stop_ids = g->stop_ids, .n_stop_ids = g->n_stop_ids,
                         .ignore_eos = g->ignore_eos, .stop_strings = (const char *const *)g->stop, .n_stop_strings = g->n_stop,
                         .sampler = g->sampler, .cancel = &r->cancel, .on_token = on_token, .user = c};
@@ -356,8 +400,9 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
         free(t);
     }
     if (rc == 0 && (max_new > 0 || !echo)) {
-        rc = mtok_generate(c->s, S->tok, p->v, n, &req, res);
-        if (rc) rc = srv_fail_lib(r, rc);
+        if (image) rc = image_generate(r, g, c, p, &req, res);
+        else rc = mtok_generate(c->s, S->tok, p->v, n, &req, res);
+        if (rc && !r->err_status) rc = srv_fail_lib(r, rc);
         else if (res->finish == MTOK_FINISH_CANCELLED) rc = MTOK_CANCELLED;
         if (!rc && res->stop_id >= 0) {
             /* a stop id is a generated token (as vLLM counts it): in the usage and the logprobs, not the
@@ -373,7 +418,8 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
         /* exact afterwards: whole chunks fed from an exact start; a prompt the session held in full
          * (after echo, or kept whole) had its last position computed again, alone */
         const int64_t fed = res->usage.cached_tokens + res->usage.computed_tokens, last = (n - 1) / S->chunk * S->chunk;
-        if (echo || keep == n) exact = (echo ? exact : n) < last ? (echo ? exact : n) : last;
+        if (image) exact = 0;
+        else if (echo || keep == n) exact = (echo ? exact : n) < last ? (echo ? exact : n) : last;
         else exact = fed / S->chunk * S->chunk;
     } else if (rc == 0) {
         res->finish = MTOK_FINISH_LENGTH;
@@ -386,7 +432,7 @@ static int run_one(srv_req *r, srv_gen *g, choice *c, size_t i, lp_list *echo_lp
     else res->usage.cached_tokens = 0;
     S->pool.exact[slot] = exact;
     srv_pool_release(&S->pool, slot);
-    r->prompt += n;
+    r->prompt += rows;
     r->cached += res->usage.cached_tokens;
     r->computed += echo ? n : res->usage.computed_tokens;
     r->completion += res->usage.generated_tokens;

@@ -5,7 +5,8 @@
  *   pool.c    the session pool: longest-prefix choice, FIFO queue, 429
  *   parse.c   OpenAI / vLLM request JSON -> srv_gen (every field checked, errors name it)
  *   run.c     srv_gen -> sessions -> responses (logprobs, echo, streaming, tool calls)
- *   info.c    /v1/models, /health, /tokenizer_info, /tokenize, /detokenize */
+ *   info.c    /v1/models, /health, /tokenizer_info, /tokenize, /detokenize
+ *   b64.c     the strict base64 decoder of data: URIs (images in chat messages) */
 #ifndef MTOK_SRV_H
 #define MTOK_SRV_H
 
@@ -134,6 +135,12 @@ typedef struct {
     int tools_active;            /* tools given and tool_choice is not "none" */
     json_t *tool_names;          /* array of the declared function names */
     char *forced_tool;           /* tool_choice naming a function: its "name\n" is fed after <|assistant|> */
+    /* GLM-4V: the conversation's one image (an image_url part with a data: URI), already checked to
+     * decode; NULL when the request has none. Its placeholder triple is in prompts[0] (unexpanded). */
+    unsigned char *image;        /* the file's bytes (PNG or JPEG), decoded from base64 */
+    size_t image_len;
+    int32_t image_ids[3];        /* boi, pad, eoi of the checkpoint's vision_config */
+    int64_t image_extra;         /* rows the expansion adds to the prompt: mtok_vision_out_rows - 3 */
 } srv_gen;
 void srv_gen_free(srv_gen *g);
 int srv_parse_completions(srv_req *r, json_t *body, srv_gen *g);
@@ -146,6 +153,11 @@ int srv_tokenize_text(srv_req *r, const char *text, size_t len, int add_prefix, 
 int srv_chat_ids(srv_req *r, json_t *body, int add_generation_prompt, srv_gen *g, mtok_ids *out);
 
 int srv_run_gen(srv_req *r, srv_gen *g);
+
+/* b64.c: standard padded base64 s[0..n) -> *out (malloc'd, *out_len bytes). SRV_B64_BAD with *bad_at
+ * the offset of the first character that is not part of a canonical encoding; SRV_B64_NOMEM. */
+enum { SRV_B64_BAD = 1, SRV_B64_NOMEM = 2 };
+int srv_b64_decode(const char *s, size_t n, unsigned char **out, size_t *out_len, size_t *bad_at);
 
 /* info.c */
 int srv_handle_models(srv_req *r);
