@@ -27,7 +27,8 @@
 #include "model.h"
 #include "../kvstore/kvstore.h"
 
-#define MTOK_BACKEND_VERSION 3 /* 3: mtok_chunk's rope_pos and embedding override rows (GLM-4V) */
+#define MTOK_BACKEND_VERSION 4 /* 3: mtok_chunk's rope_pos and embedding override rows (GLM-4V);
+                                * 4: the vision tower's ops (mtok_vision_ops) */
 /* mtok_backend_params carries the topk rule (kv_topk, kv_sinks, kv_window): a device backend may
  * choose a topk layer's blocks itself (core/backend_cuda.h cu_topk_rule tests this) */
 #define MTOK_BACKEND_TOPK_RULE 1
@@ -155,6 +156,33 @@ typedef struct {
 typedef struct mtok_backend_weights mtok_backend_weights;
 typedef struct mtok_backend_state mtok_backend_state;
 
+/* ---- the vision tower (contract v4; GLM-4V) ----
+ * core/vision.c owns the tower's sequence and calls one op per step: embed, then attn and mlp per
+ * layer, then project; it puts the boi and eoi rows around project's rows, divides by the scaling
+ * factor and checks the result on the host. The backend owns the tower's weights in its memory (the
+ * CPU backend reads the mapped checkpoint in place, a device backend uploads them) and every
+ * activation, as with the language model. Shapes and formulas: core/vision.c's header, docs/BACKEND.md
+ * "Vision tower". A tower is loaded for one image and freed after it. */
+struct mtok_vision; /* core/vision_internal.h: the bound checkpoint tensors */
+typedef struct mtok_vision_dev mtok_vision_dev;
+typedef struct {
+    /* Makes v's weights usable on `device` (a device backend's index; -1 for the CPU) and allocates
+     * the activations of one pass; `threads` is the CPU team size. A device backend that cannot fit
+     * the tower next to what is already allocated refuses, saying how much it needs. */
+    int (*load)(const struct mtok_vision *v, int device, int threads, mtok_vision_dev **out);
+    void (*free)(mtok_vision_dev *d);
+    /* h = [cls ; patches(chw)·Wpatchᵀ + b] + positions; chw host [3][S][S] (core/image.h). */
+    int (*embed)(mtok_vision_dev *d, const float *chw);
+    /* h += LN_in(attention(h)·Woᵀ + bo): qkv = h·Wqkvᵀ + b, softmax(q·kᵀ/√D)·v per head, every token
+     * sees every token (K and V rounded to bf16, as the language model's KV store holds them). */
+    int (*attn)(mtok_vision_dev *d, int64_t layer);
+    /* h += LN_post(gelu(h·W1ᵀ + b1)·W2ᵀ + b2). */
+    int (*mlp)(mtok_vision_dev *d, int64_t layer);
+    /* Without CLS: y = windows2x2(h)·Wconvᵀ + b, z = gelu(LN(y·Wprojᵀ)), out rows (host,
+     * [(grid/2)^2][lm_hidden]) = (silu(z·Wgᵀ) ⊙ z·Wuᵀ)·Wdᵀ. */
+    int (*project)(mtok_vision_dev *d, float *out);
+} mtok_vision_ops;
+
 typedef struct {
     int version; /* MTOK_BACKEND_VERSION */
     const char *name;
@@ -237,6 +265,9 @@ typedef struct {
      * backend that does not time its ops. */
     int (*profile)(mtok_backend_state *st, int on);
     int (*stage_times)(const mtok_backend_state *st, mtok_stage_times *out);
+
+    /* The vision tower's ops (v4); NULL: this backend runs no tower. */
+    const mtok_vision_ops *vision;
 } mtok_backend_ops;
 
 enum { MTOK_NORM_ATTN = 0, MTOK_NORM_MLP = 1 };
@@ -244,6 +275,8 @@ enum { MTOK_BLOCK_ATTN = 0, MTOK_BLOCK_MLP = 1 };
 
 /* The CPU backend (core/backend_cpu.c). */
 const mtok_backend_ops *mtok_backend_cpu(void);
+/* The backends' vision ops (core/backend_cpu_vision.c, core/backend_cuda_vision.c). */
+extern const mtok_vision_ops mtok_vision_ops_cpu, mtok_vision_ops_cuda;
 /* The CUDA backend (core/backend_cuda.c; NULL in a build without CUDA). */
 const mtok_backend_ops *mtok_backend_cuda(void);
 /* The CPU thread count of a session: requested when > 0, else the cores this process may run on. */

@@ -449,6 +449,7 @@ static const mtok_backend_ops cpu_ops = {
     .kv_holds = cpu_kv_holds,
     .profile = cpu_profile,
     .stage_times = cpu_stage_times,
+    .vision = &mtok_vision_ops_cpu,
 };
 
 const mtok_backend_ops *mtok_backend_cpu(void) { return &cpu_ops; }

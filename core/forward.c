@@ -61,6 +61,8 @@ int mtok_session_create(const mtok_model *m, const mtok_session_params *p, mtok_
         mtok_session_free(s);
         return rc;
     }
+    if (device >= 0) snprintf(s->device, sizeof s->device, "cuda:%d", device);
+    else snprintf(s->device, sizeof s->device, "cpu");
     s->be = device >= 0 ? mtok_backend_cuda() : mtok_backend_cpu();
     if (s->be->version != MTOK_BACKEND_VERSION) {
         mtok_session_free(s);
@@ -393,6 +395,7 @@ int mtok_forward(mtok_session *s, const int32_t *ids, int64_t n, float *all_logi
 }
 
 const mtok_config *mtok_session_config(const mtok_session *s) { return s->c; }
+const char *mtok_session_device(const mtok_session *s) { return s->device; }
 
 void mtok_session_set_hook(mtok_session *s, mtok_tensor_hook fn, void *user) { s->hook = (mtok_hook){fn, user}; }
 

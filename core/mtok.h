@@ -203,6 +203,9 @@ typedef struct {
 /* Parses a device name ("cpu", "cuda", "cuda:N") into *index: -1 for the CPU, N >= 0 for CUDA device N.
  * MTOK_EUSAGE with a message for anything else, or for cuda in a build without the CUDA backend. */
 int mtok_device_parse(const char *name, int *index);
+/* The session's compute device as mtok_device_parse reads it: "cpu" or "cuda:N" (the session's
+ * storage). What a vision tower run for the session uses (core/vision_prompt.c). */
+const char *mtok_session_device(const mtok_session *s);
 /* One line on the CUDA backend of this build: "built (sm_80, sm_90a), N devices: NAME, ..." or why
  * there is none ("not built", "built (...); no devices: no NVIDIA driver"); returns the device count. */
 int mtok_cuda_describe(char *buf, size_t cap);

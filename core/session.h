@@ -16,6 +16,7 @@ struct mtok_session {
     const mtok_config *c;
     int64_t ctx, chunk, pos;
     int threads;           /* the compute threads, passed to the backend (never set process-wide) */
+    char device[16];       /* "cpu" or "cuda:N" (mtok_session_device) */
     /* this rank's share of the attention heads (all of them on one rank; tensor parallel: the
      * heads of this rank's KV groups). Attention reads only these. */
     int64_t H, G, D;       /* query heads, KV groups, head_dim */

@@ -57,6 +57,8 @@ const mtok_vision_config *mtok_vision_cfg(const mtok_vision *v);
 typedef struct {
     int threads;        /* OpenMP team (0: OpenMP's default) */
     double progress_s;  /* progress over the layers on stderr (base/mtok_base.h); < 0: none */
+    const char *device; /* the backend the tower runs on: "cpu" (NULL), "cuda", "cuda:N" (mtok_device_parse);
+                         * mtok_vision_prefill and feed default it to their session's device */
 } mtok_vision_params;
 
 /* chw: [3][image][image] (mtok_image_preprocess's output). out: [mtok_vision_out_rows][lm_hidden]

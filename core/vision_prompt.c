@@ -65,7 +65,9 @@ int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mt
     if (!rc && lay.image_rows) rc = mtok_vision_load(p->model_dir, &vis);
     if (!rc && lay.image_rows && !(emb = malloc((size_t)lay.image_rows * (size_t)vc.lm_hidden * sizeof *emb)))
         rc = mtok_err(MTOK_ERESOURCE, "out of memory for the image's %lld rows", (long long)lay.image_rows);
-    if (!rc && lay.image_rows) rc = mtok_vision_forward(vis, &p->vision, chw, emb);
+    mtok_vision_params vp = p->vision; /* the tower runs where the language model does */
+    if (!vp.device) vp.device = mtok_session_device(s);
+    if (!rc && lay.image_rows) rc = mtok_vision_forward(vis, &vp, chw, emb);
     mtok_vision_free(vis); /* the tower's weights are not needed past its one pass */
     free(chw);
     const int64_t V = mc->vocab;

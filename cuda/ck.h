@@ -164,6 +164,31 @@ int ck_topk_score(ck_stream s, const float *q, const ck_step *step, const uint16
 int ck_topk_select(ck_stream s, const ck_step *step, const float *scores, ck_topk rule, int64_t B, int64_t n_blocks,
                    int64_t G, int32_t *ids, int32_t *count, int64_t cap);
 
+/* ---- GLM-4V's vision tower (cuda/k_vision.cu; the sequence: core/vision.c, the glue:
+ * core/backend_cuda_vision.c; docs/VISION.md). Its GEMMs are ck_gemm_bf16, its attention
+ * ck_attn_prefill over a pool that ck_vis_qkv fills, its residual ck_add. ---- */
+/* LayerNorm of rows t < n of x [n][E]: mean, then the variance of x - mean, each a fixed-order fp32
+ * sum (as block sums in k_rows.cu), rstd = 1/sqrt(var + eps); element i is
+ * mm_ln_elem(x, mean, rstd, w[i], b[i]) (w, b fp32 [E]). add == 0: y[t] = that (y may alias x);
+ * add != 0: y[t] += that (the tower's h += LN(sublayer(h)); y must not alias x). */
+int ck_layernorm(ck_stream s, float *y, const float *x, const float *w, const float *b, int64_t n, int64_t E,
+                 float eps, int add);
+/* x[i] = mm_gelu(x[i]) for i < n (the exact erf form). */
+int ck_gelu(ck_stream s, float *x, int64_t n);
+/* The P x P patches of the image chw [3][S][S] fp32 (S = G*P) as bf16 rows of width ldo >= 3*P*P:
+ * patch (gy, gx) in row gy*G + gx, element (c, ky, kx) at column (c*P + ky)*P + kx (the convolution
+ * kernel's order), columns [3*P*P, ldo) zero (ldo a multiple of 8 keeps cuBLASLt's rows 16-byte aligned). */
+int ck_vis_patches(ck_stream s, uint16_t *out, int64_t ldo, const float *chw, int64_t S, int64_t P, int64_t G);
+/* The 2 x 2 stride-2 windows of grid [G][G][E] fp32 (G even) as bf16 rows [(G/2)^2][4E]: window (oy, ox)
+ * in row oy*(G/2) + ox, grid cell (2oy + ky, 2ox + kx) channel c at column c*4 + ky*2 + kx. */
+int ck_vis_windows(ck_stream s, uint16_t *out, const float *grid, int64_t G, int64_t E);
+/* Bidirectional attention's operands from qkv [T][3E] (E = H*D; columns Q heads | K heads | V heads,
+ * head-major): q [T][E] = the Q columns; token t's K and V of head h stored as bf16 (mm_f32_to_bf16)
+ * into kv (kv.G == H groups of kv.D == D) at slot t, i.e. page kv.page_of[t / B] row t % B, and
+ * kv.slot_pos[page*B + row] = 0. Every key then sits at position 0, so ck_attn_prefill with a step
+ * {n = T, pos = 0, kv_pos = 0, kv_len = T} and every block listed lets every query see every key. */
+int ck_vis_qkv(ck_stream s, float *q, const float *qkv, int64_t T, int64_t H, int64_t D, ck_kv kv);
+
 /* ---- measurement (cuda/k_bench.cu) ---- */
 /* dst[i] = src[i] over n 16-byte words: the device copy that gives the bench its HBM bandwidth. */
 int ck_copy(ck_stream s, void *dst, const void *src, int64_t n16);

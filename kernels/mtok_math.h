@@ -83,6 +83,15 @@ MM_HD static inline uint32_t mm_bf16x2(float lo, float hi) {
 /* SiLU(x) = x / (1 + exp(-x)); swiglu is mm_silu(gate) * up, in that order. */
 MM_HD static inline float mm_silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* GELU in its exact form x/2 (1 + erf(x/sqrt 2)) (PyTorch's nn.GELU(); GLM-4V's vision tower). */
+MM_HD static inline float mm_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+/* One element of LayerNorm: (x - mean) * rstd * w + b, mean and rstd of the row rounded to fp32 once
+ * (the CPU computes them in double, the GPU in fp32 in a fixed order). */
+MM_HD static inline float mm_ln_elem(float x, float mean, float rstd, float w, float b) {
+    return (x - mean) * rstd * w + b;
+}
+
 /* One RoPE pair (x0, x1) = dims (2i, 2i+1) of a head, rotated by the angle whose cos, sin are c, s. */
 MM_HD static inline void mm_rope_pair(float *x0, float *x1, float c, float s) {
     const float a = *x0, b = *x1;
