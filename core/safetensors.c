@@ -388,18 +388,19 @@ fail:
 
 int mtok_ckpt_has(const mtok_ckpt *st, const char *name) { return find(st, name) != NULL; }
 
-/* Binds name as a [rows, cols] tensor (rows == 0: 1-D [cols]); the shape must match exactly. */
-int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, mk_tensor *out, const char **file) {
+/* Binds name, whose shape must be exactly want[0..nd), as the 2-D view [want[0], product of the rest]
+ * (a 1-D tensor as [1, want[0]]). The one place a pointer into a shard is formed. */
+int mtok_ckpt_bind_nd(mtok_ckpt *st, const char *name, int nd, const int64_t *want, mk_tensor *out,
+                      const char **file) {
     st_tensor *t = find(st, name);
     if (!t) return mtok_err(MTOK_EINPUT, "%s: missing tensor '%s'", st->dir, name);
     const mtok_shard *s = &st->shards[t->shard];
-    int64_t want[2] = {rows ? rows : cols, cols};
-    int want_nd = rows ? 2 : 1;
-    int ok = t->ndim == want_nd && t->shape[0] == want[0] && (want_nd == 1 || t->shape[1] == want[1]);
+    int ok = nd >= 1 && nd <= MAX_DIMS && t->ndim == nd;
+    for (int d = 0; ok && d < nd; d++) ok = t->shape[d] == want[d];
     if (!ok) {
-        char got[160], exp[64];
+        char got[160], exp[160];
         fmt_shape(got, sizeof got, t->shape, t->ndim);
-        fmt_shape(exp, sizeof exp, want, want_nd);
+        fmt_shape(exp, sizeof exp, want, nd >= 1 && nd <= MAX_DIMS ? nd : 0);
         return mtok_err(MTOK_EINPUT, "%s: tensor %s has shape %s, expected %s (from config.json)", s->path, name,
                         got, exp);
     }
@@ -408,14 +409,22 @@ int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, 
         return mtok_err(MTOK_EINPUT, "%s: tensor %s starts at file byte %llu, not a multiple of its %s element "
                         "size", s->path, name, (unsigned long long)(s->data_off + t->begin),
                         mtok_dtype_name(t->dtype));
+    int64_t cols = 1; /* the product fits: parse_entry bounded the element count of every shape */
+    for (int d = 1; d < nd; d++) cols *= want[d];
     out->data = (const char *)s->map + s->data_off + t->begin;
     out->dtype = t->dtype;
-    out->rows = rows ? rows : 1;
-    out->cols = cols;
+    out->rows = nd == 1 ? 1 : want[0];
+    out->cols = nd == 1 ? want[0] : cols;
     if (file) *file = s->path;
     if (!t->used) st->bound_bytes += t->end - t->begin;
     t->used = 1;
     return 0;
+}
+
+/* Binds name as a [rows, cols] tensor (rows == 0: 1-D [cols]); the shape must match exactly. */
+int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, mk_tensor *out, const char **file) {
+    const int64_t want[2] = {rows ? rows : cols, cols};
+    return mtok_ckpt_bind_nd(st, name, rows ? 2 : 1, want, out, file);
 }
 
 uint64_t mtok_ckpt_bound_bytes(const mtok_ckpt *st) { return st->bound_bytes; }

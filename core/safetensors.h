@@ -17,6 +17,10 @@ void mtok_shards_free(mtok_shard *s, int n);
 int mtok_ckpt_has(const mtok_ckpt *st, const char *name);
 /* Binds NAME with the expected shape (rows = 1 for 1-D); *file names the shard for messages. */
 int mtok_ckpt_bind(mtok_ckpt *st, const char *name, int64_t rows, int64_t cols, mk_tensor *out, const char **file);
+/* Binds NAME whose shape is exactly want[0..nd) (nd <= 8) as the 2-D view [want[0], product of the
+ * rest]: convolution kernels and other tensors of more than two dimensions (GLM-4V's tower). */
+int mtok_ckpt_bind_nd(mtok_ckpt *st, const char *name, int nd, const int64_t *want, mk_tensor *out,
+                      const char **file);
 /* Feeds the sorted tensor table (name, dtype, shape) into a fingerprint hash. */
 int mtok_ckpt_hash(const mtok_ckpt *st, XXH3_state_t *h);
 void mtok_ckpt_log_unused(const mtok_ckpt *st, const char *ignored);

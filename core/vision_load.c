@@ -14,9 +14,8 @@
  *   linear_proj.linear_proj.weight [L, L]   linear_proj.norm1.{weight,bias} [L]
  *   linear_proj.gate_proj.weight, linear_proj.dense_h_to_4h.weight [LF, L]   linear_proj.dense_4h_to_h.weight [L, LF]
  *   boi, eoi [1, 1, L]
- * core/safetensors.h binds 1-D and 2-D tensors only; the two convolution kernels and boi/eoi have 4
- * and 3 dimensions, so their shape is read here from the shard headers (already validated by
- * mtok_ckpt_open: every offset lies inside its file and matches its shape) and viewed as 2-D. */
+ * The two convolution kernels and boi/eoi have 4 and 3 dimensions: mtok_ckpt_bind_nd checks their
+ * whole shape and views them as 2-D. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -137,87 +136,24 @@ int mtok_vision_config_read(const char *dir, mtok_vision_config *out) {
     return rc;
 }
 
-/* ---- tensors of more than two dimensions ---- */
-
-/* The shard headers, parsed once per load. */
-typedef struct {
-    const char *dir;
-    const mtok_shard *sh;
-    int n;
-    json_t **hdr;
-} nd_table;
-
-static int nd_open(const char *dir, const mtok_shard *sh, int n, nd_table *t) {
-    t->dir = dir;
-    t->sh = sh;
-    t->n = n;
-    if (!(t->hdr = calloc((size_t)(n > 0 ? n : 1), sizeof *t->hdr))) return mtok_err(MTOK_ERESOURCE, "out of memory");
-    for (int i = 0; i < n; i++) {
-        json_error_t err;
-        t->hdr[i] = json_loadb((const char *)sh[i].map + 8, sh[i].data_off - 8, 0, &err);
-        if (!t->hdr[i]) return mtok_err(MTOK_EINPUT, "%s: header: %s", sh[i].path, err.text);
-    }
-    return 0;
-}
-
-static void nd_close(nd_table *t) {
-    for (int i = 0; t->hdr && i < t->n; i++) json_decref(t->hdr[i]);
-    free(t->hdr);
-}
-
-/* Binds name with exactly the shape want[0..nd) as a 2-D view [want[0], product of the rest]. */
-static int nd_bind(nd_table *t, const char *name, int nd, const int64_t *want, mk_tensor *out) {
-    for (int i = 0; i < t->n; i++) {
-        json_t *e = json_object_get(t->hdr[i], name), *sh = json_object_get(e, "shape");
-        json_t *off = json_object_get(e, "data_offsets");
-        if (!e) continue;
-        const char *dt = json_string_value(json_object_get(e, "dtype"));
-        mtok_dtype dtype = !dt ? (mtok_dtype)-1 : !strcmp(dt, "BF16") ? MTOK_BF16 : !strcmp(dt, "F16") ? MTOK_F16
-                         : !strcmp(dt, "F32") ? MTOK_F32 : (mtok_dtype)-1;
-        int ok = (int)dtype >= 0 && json_is_array(sh) && json_array_size(sh) == (size_t)nd && json_is_array(off) &&
-                 json_array_size(off) == 2;
-        char got[160] = "", exp[160] = "";
-        size_t go = 0, eo = 0;
-        int64_t cols = 1;
-        for (int d = 0; d < nd; d++) {
-            eo += (size_t)snprintf(exp + eo, sizeof exp - eo, "%s%lld", d ? ", " : "", (long long)want[d]);
-            if (d) cols *= want[d];
-        }
-        for (size_t d = 0; json_is_array(sh) && d < json_array_size(sh) && go < sizeof got; d++) {
-            json_int_t v = json_integer_value(json_array_get(sh, d));
-            go += (size_t)snprintf(got + go, sizeof got - go, "%s%lld", d ? ", " : "", (long long)v);
-            if (d < (size_t)nd && v != want[d]) ok = 0;
-        }
-        if (!ok)
-            return mtok_err(MTOK_EINPUT, "%s: tensor %s has shape [%s] (%s), expected [%s] in bf16, f16 or f32 "
-                            "(from config.json)", t->sh[i].path, name, got, dt ? dt : "?", exp);
-        const uint64_t begin = (uint64_t)json_integer_value(json_array_get(off, 0));
-        const uint64_t end = (uint64_t)json_integer_value(json_array_get(off, 1));
-        const uint64_t bytes = (uint64_t)want[0] * (uint64_t)cols * mtok_dtype_size(dtype);
-        /* mtok_ckpt_open checked these; re-checked because this pointer is formed here */
-        if (end < begin || end - begin != bytes || end > t->sh[i].size - t->sh[i].data_off ||
-            (t->sh[i].data_off + begin) % mtok_dtype_size(dtype))
-            return mtok_err(MTOK_EINPUT, "%s: tensor %s: data_offsets do not match its shape or file", t->sh[i].path,
-                            name);
-        *out = (mk_tensor){.data = (const char *)t->sh[i].map + t->sh[i].data_off + begin, .dtype = dtype,
-                           .rows = want[0], .cols = cols};
-        return 0;
-    }
-    return mtok_err(MTOK_EINPUT, "%s: missing tensor '%s'", t->dir, name);
-}
-
 /* ---- binding ---- */
 
 typedef struct {
     mtok_vision *v;
     mtok_ckpt *st;
-    nd_table nd;
 } vbinder;
 
 static int bind_w(vbinder *b, const char *name, int64_t rows, int64_t cols, mk_tensor *out) {
     char n[256];
     snprintf(n, sizeof n, PFX "%s", name);
     return mtok_ckpt_bind(b->st, n, rows, cols, out, NULL);
+}
+
+/* A tensor of nd dimensions, exactly want[0..nd), viewed as [want[0], product of the rest]. */
+static int bind_nd(vbinder *b, const char *name, int nd, const int64_t *want, mk_tensor *out) {
+    char n[256];
+    snprintf(n, sizeof n, PFX "%s", name);
+    return mtok_ckpt_bind_nd(b->st, n, nd, want, out, NULL);
 }
 
 /* A vector (or [rows, cols] table with rows > 0) widened to an fp32 copy owned by the model. */
@@ -258,14 +194,14 @@ static int bind_all(vbinder *b) {
     const int64_t pshape[4] = {E, 3, P, P}, cshape[4] = {L, E, 2, 2}, eshape[3] = {1, 1, L};
     mk_tensor boi, eoi;
     int rc;
-    if ((rc = nd_bind(&b->nd, PFX "patch_embedding.proj.weight", 4, pshape, &v->w_patch)) ||
+    if ((rc = bind_nd(b, "patch_embedding.proj.weight", 4, pshape, &v->w_patch)) ||
         (rc = bind_f32(b, "patch_embedding.proj.bias", 0, E, &v->b_patch)) ||
         (rc = bind_f32(b, "patch_embedding.cls_embedding", 1, E, &v->cls)) ||
         (rc = bind_f32(b, "patch_embedding.position_embedding.weight", c->n_pos, E, &v->pos)))
         return rc;
     for (int64_t i = 0; i < c->n_layers; i++)
         if ((rc = bind_layer(b, i, &v->layers[i]))) return rc;
-    if ((rc = nd_bind(&b->nd, PFX "conv.weight", 4, cshape, &v->w_conv)) ||
+    if ((rc = bind_nd(b, "conv.weight", 4, cshape, &v->w_conv)) ||
         (rc = bind_w(b, "conv.bias", 0, L, &v->b_conv)) ||
         (rc = bind_w(b, "linear_proj.linear_proj.weight", L, L, &v->w_proj)) ||
         (rc = bind_f32(b, "linear_proj.norm1.weight", 0, L, &v->ln_glu_w)) ||
@@ -273,8 +209,8 @@ static int bind_all(vbinder *b) {
         (rc = bind_w(b, "linear_proj.gate_proj.weight", LF, L, &v->w_gate)) ||
         (rc = bind_w(b, "linear_proj.dense_h_to_4h.weight", LF, L, &v->w_up)) ||
         (rc = bind_w(b, "linear_proj.dense_4h_to_h.weight", L, LF, &v->w_down)) ||
-        (rc = nd_bind(&b->nd, PFX "boi", 3, eshape, &boi)) || (rc = vis_own_f32(v, &boi, &v->boi)) ||
-        (rc = nd_bind(&b->nd, PFX "eoi", 3, eshape, &eoi)) || (rc = vis_own_f32(v, &eoi, &v->eoi)))
+        (rc = bind_nd(b, "boi", 3, eshape, &boi)) || (rc = vis_own_f32(v, &boi, &v->boi)) ||
+        (rc = bind_nd(b, "eoi", 3, eshape, &eoi)) || (rc = vis_own_f32(v, &eoi, &v->eoi)))
         return rc;
     return 0;
 }
@@ -305,19 +241,16 @@ int mtok_vision_load(const char *dir, mtok_vision **out) {
         rc = mtok_err(MTOK_ERESOURCE, "out of memory");
         goto fail;
     }
-    if ((rc = mtok_ckpt_open(dir, &v->shards, &v->n_shards, &b.st)) ||
-        (rc = nd_open(dir, v->shards, v->n_shards, &b.nd)) || (rc = bind_all(&b)))
+    if ((rc = mtok_ckpt_open(dir, &v->shards, &v->n_shards, &b.st)) || (rc = bind_all(&b)))
         goto fail;
     mtok_log(1, "%s: vision tower: %lld layers, hidden %lld, %lld heads, image %lld (%lld x %lld patches of %lld) -> "
              "%lld embeddings of %lld", dir, (long long)v->cfg.n_layers, (long long)v->cfg.hidden,
              (long long)v->cfg.n_heads, (long long)v->cfg.image, (long long)v->cfg.grid, (long long)v->cfg.grid,
              (long long)v->cfg.patch, (long long)mtok_vision_out_rows(&v->cfg), (long long)v->cfg.lm_hidden);
-    nd_close(&b.nd);
     mtok_ckpt_close(b.st);
     *out = v;
     return 0;
 fail:
-    nd_close(&b.nd);
     mtok_ckpt_close(b.st);
     mtok_vision_free(v);
     return rc;
