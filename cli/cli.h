@@ -23,6 +23,7 @@ typedef struct {
                             * with the activations (NULL: fp32, or MTOK_MATMUL_PRECISION); applied when
                             * parsed (kernels/kernels.h, mk_precision_set) */
     const char *device;    /* --device cpu|cuda|cuda:N (NULL: cpu) */
+    const char *vision_device; /* --vision-device: where GLM-4V's tower runs (NULL: --device's) */
     /* KV store (docs/KVSTORE.md) */
     uint64_t kv_budget;    /* --kv-budget BYTES (K/M/G suffixes): hot-tier size; 0 = all in RAM */
     const char *kv_dir;    /* --kv-dir DIR: cold tier location */

@@ -114,7 +114,8 @@ static int image_prompt(const cli_common *o, const char *image, const char *ids_
         const mtok_vision_prefill_params pp = {.model_dir = o->model, .image_path = image, .ids = ids.v,
                                                .n = (int64_t)ids.n, .split = split,
                                                .vision = {.threads = o->threads,
-                                                          .progress_s = cli_progress_interval(o)}};
+                                                          .progress_s = cli_progress_interval(o),
+                                                          .device = o->vision_device}};
         if (!rc) rc = mtok_vision_prefill(L.sess, &pp, NULL, &logits);
         const int64_t shape[2] = {lay.n, rc ? 0 : mtok_model_config(L.model)->vocab};
         if (!rc) rc = write_npy_nd(logits_out, logits, 2, shape);
@@ -161,11 +162,11 @@ int cmd_image(int argc, char **argv) {
         if (!prompt_ids || !o.model || (!logits_out && !layout_out) || out || preprocessed || size)
             return cli_usage_error("image --prompt-ids IDS.json needs -m DIR and --logits-out L.npy or --layout-out "
                                    "L.json (not --out, --preprocessed, --size)");
-        if (o.device && strcmp(o.device, "cpu"))
-            return cli_usage_error("image: --device %s: image input runs on the CPU only for now", o.device);
         return image_prompt(&o, image, prompt_ids, logits_out, layout_out, split);
     }
     if (!image || !*image) return cli_usage_error("image needs --image FILE (a PNG or JPEG)");
+    if (preprocessed && (o.device || o.vision_device))
+        return cli_usage_error("image --preprocessed runs on the host: --device and --vision-device do not apply");
     if (!out || !*out) return cli_usage_error("image needs --out FILE.npy");
     if (size && !preprocessed)
         return cli_usage_error("image: --size goes with --preprocessed only; the tower's input size is the model's");
@@ -173,9 +174,6 @@ int cmd_image(int argc, char **argv) {
     if (!o.model && !size)
         return cli_usage_error(preprocessed ? "image --preprocessed needs -m DIR or --size N"
                                             : "image needs -m DIR (a GLM-4V checkpoint)");
-    /* the tower has a CPU implementation only so far (docs/VISION.md); say so rather than ignore it */
-    if (o.device && strcmp(o.device, "cpu"))
-        return cli_usage_error("image: --device %s: the vision tower runs on the CPU only for now", o.device);
     mtok_vision_config vc;
     mtok_vision *vis = NULL;
     float *chw = NULL, *emb = NULL;
@@ -194,7 +192,8 @@ int cmd_image(int argc, char **argv) {
         if (!(emb = malloc((size_t)shape[0] * (size_t)shape[1] * sizeof *emb)))
             rc = mtok_err(MTOK_ERESOURCE, "out of memory for %lld x %lld embeddings", (long long)shape[0],
                           (long long)shape[1]);
-        const mtok_vision_params vp = {.threads = o.threads, .progress_s = cli_progress_interval(&o)};
+        const mtok_vision_params vp = {.threads = o.threads, .progress_s = cli_progress_interval(&o),
+                                       .device = o.vision_device ? o.vision_device : o.device};
         const double t0 = mtok_progress_now();
         if (!rc) rc = mtok_vision_forward(vis, &vp, chw, emb);
         const double dt = mtok_progress_now() - t0;

@@ -37,13 +37,15 @@ static mtok_sampler_params sampler_params(const cli_common *o) {
 }
 
 /* "prompt N tokens" counts the tokens computed (tests/test_chat_cli.py and test_kv_file.py read it);
- * the cached prefix follows */
+ * the cached prefix follows, then the prompt's length: with an image the rows the model holds, the
+ * image's rows in place of its placeholder (as the server's prompt_tokens), and more than computed +
+ * cached only when a cancel cut the prefill short */
 static void print_stats(const mtok_result *r) {
     const mtok_usage *u = &r->usage;
-    mtok_log(1, "prompt %lld tokens in %.2f s (%.1f tok/s), %lld more cached; generated %lld tokens in %.2f s "
-             "(%.2f tok/s); finish: %s", (long long)u->computed_tokens, u->prefill_s,
+    mtok_log(1, "prompt %lld tokens in %.2f s (%.1f tok/s), %lld more cached, %lld in all; generated %lld tokens "
+             "in %.2f s (%.2f tok/s); finish: %s", (long long)u->computed_tokens, u->prefill_s,
              u->prefill_s > 0 ? (double)u->computed_tokens / u->prefill_s : 0, (long long)u->cached_tokens,
-             (long long)u->generated_tokens, u->decode_s,
+             (long long)u->prompt_tokens, (long long)u->generated_tokens, u->decode_s,
              u->decode_s > 0 ? (double)u->generated_tokens / u->decode_s : 0, mtok_finish_name(r->finish));
 }
 
@@ -143,8 +145,6 @@ int cmd_generate(int argc, char **argv) {
     if (image && !chat) return cli_usage_error("generate: --image needs --chat (the chat template places the image)");
     if (image && load_kv)
         return cli_usage_error("generate: --image and --load-kv do not go together (a saved prefix holds no image)");
-    if (image && o.device && strcmp(o.device, "cpu"))
-        return cli_usage_error("generate: --device %s: image input runs on the CPU only for now", o.device);
 
     cli_loaded L;
     mtok_ids ids = {0}, full = {0};
@@ -188,7 +188,8 @@ int cmd_generate(int argc, char **argv) {
         const mtok_vision_prefill_params vp = {.model_dir = o.model, .image_path = image, .ids = full.v,
                                                .n = (int64_t)full.n,
                                                .vision = {.threads = o.threads,
-                                                          .progress_s = cli_progress_interval(&o)}};
+                                                          .progress_s = cli_progress_interval(&o),
+                                                          .device = o.vision_device}};
         if (image) rc = mtok_vision_generate(L.sess, L.tok, &vp, &req, &res);
         else rc = mtok_generate(L.sess, L.tok, full.v, (int64_t)full.n, &req, &res);
         mtok_progress_end(&ui.prog);
@@ -366,7 +367,8 @@ static int chat_turn(chat_state *c, int *tool_call) {
     const mtok_vision_prefill_params vp = {.model_dir = c->o->model, .image_path = c->image, .ids = ids.v,
                                            .n = (int64_t)ids.n,
                                            .vision = {.threads = c->o->threads,
-                                                      .progress_s = cli_progress_interval(c->o)}};
+                                                      .progress_s = cli_progress_interval(c->o),
+                                                      .device = c->o->vision_device}};
     if (!rc) {
         request_begin(c);
         if (c->image && c->image_msg >= 0) rc = mtok_vision_generate(c->L->sess, c->L->tok, &vp, &req, &res);
@@ -573,8 +575,6 @@ int cmd_chat(int argc, char **argv) {
     }
     if (!o.model) return cli_usage_error("chat needs -m DIR");
     if (doc && load_kv) return cli_usage_error("chat takes one of -f DOC and --load-kv F");
-    if (image && o.device && strcmp(o.device, "cpu"))
-        return cli_usage_error("chat: --device %s: image input runs on the CPU only for now", o.device);
     chat_state c = {.o = &o, .image_msg = -1};
     cli_loaded L;
     char *tools = NULL;

@@ -64,6 +64,7 @@ int cmd_serve(int argc, char **argv) {
     if (o.tp > 1 || o.cp > 1)
         return cli_usage_error("serve: --tp/--cp are not supported yet (the pool's sessions run in one process)");
     c.model_dir = o.model;
+    c.vision_device = o.vision_device;
     c.log_level = o.log_level;
     c.load = (mtok_load_params){.rope_base = o.rope_base};
     c.sess = (mtok_session_params){.ctx = o.ctx, .threads = o.threads, .prefill_chunk = o.chunk, .kv_block = o.kv_block,

@@ -226,7 +226,8 @@ static int logits_messages(const cli_common *o, const char *mpath, int gen, cons
         const mtok_vision_prefill_params pp = {.model_dir = o->model, .image_path = image, .ids = ids.v,
                                                .n = (int64_t)ids.n,
                                                .vision = {.threads = o->threads,
-                                                          .progress_s = cli_progress_interval(o)}};
+                                                          .progress_s = cli_progress_interval(o),
+                                                          .device = o->vision_device}};
         rc = mtok_vision_prefill(L.sess, &pp, &lay, &logits);
         const int64_t V = mtok_model_config(L.model)->vocab;
         if (!rc) rc = write_npy(out, logits, lay.n, V);
@@ -274,8 +275,6 @@ int cmd_logits(int argc, char **argv) {
     if ((image || gen) && !messages)
         return cli_usage_error("logits: --image and --generation-prompt go with --messages (the chat template places "
                                "the image)");
-    if (image && o.device && strcmp(o.device, "cpu"))
-        return cli_usage_error("logits: --device %s: image input runs on the CPU only for now", o.device);
     if (messages) return logits_messages(&o, messages, gen, image, out);
     cli_loaded L;
     mtok_ids ids = {0};

@@ -253,6 +253,11 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
         int dev;
         if (mtok_device_parse(v, &dev)) return cli_usage_error("%s", mtok_errmsg()), -1;
         o->device = v;
+    } else if (!strcmp(a, "--vision-device")) {
+        VAL();
+        int dev;
+        if (mtok_device_parse(v, &dev)) return cli_usage_error("--vision-device: %s", mtok_errmsg()), -1;
+        o->vision_device = v;
     } else if (!strcmp(a, "-v")) {
         o->log_level = 2;
     } else if (!strcmp(a, "-q")) {

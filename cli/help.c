@@ -22,6 +22,7 @@ static const char COMMON[] =
     "  --matmul-precision fp32|bf16  activations of bf16-weight products: fp32 (default) or rounded to\n"
     "                          bf16 (twice avx512's rate, less accurate; or $MTOK_MATMUL_PRECISION)\n"
     "  --device cpu|cuda|cuda:N  compute device (docs/GPU.md)\n"
+    "  --vision-device D       GLM-4V: where the vision tower runs (default: --device's)\n"
     "  -v | -q | --log-level N   more, less (errors only) or a given amount of logging (0..3)\n"
     "  --progress-interval S   seconds between progress lines when stderr is not a terminal (default 10;\n"
     "                          0: a line per update); a terminal gets one line redrawn in place\n"
@@ -58,7 +59,7 @@ static const cmd_help HELP[] = {
      "  --chat                  wrap the prompt in the GLM-4 chat template as a user turn\n"
      "  --system S              a system message (with --chat)\n"
      "  --tools F.json          tool definitions, a JSON array (with --chat)\n"
-     "  --image F               GLM-4V: a PNG or JPEG that goes with the user turn (with --chat; CPU only)\n"
+     "  --image F               GLM-4V: a PNG or JPEG that goes with the user turn (with --chat)\n"
      "  --no-prefix             no [gMASK]<sop> before a plain prompt\n"
      "  --load-kv F             start from a saved document (mtok prefill --save-kv): reuse its prefix, or\n"
      "                          continue after it\n",
@@ -70,7 +71,7 @@ static const cmd_help HELP[] = {
      "  --load-kv F             open a saved document (mtok prefill --chat --save-kv F)\n"
      "  --system S              a system message\n"
      "  --tools F.json          tool definitions; calls are printed and answered with an observation line\n"
-     "  --image F               GLM-4V: a PNG or JPEG that goes with your first message (CPU only)\n"
+     "  --image F               GLM-4V: a PNG or JPEG that goes with your first message\n"
      "in the chat: /load FILE (a document or a saved KV; starts a new conversation about it),\n"
      "  /image FILE (GLM-4V: the image goes with your next message; one per conversation),\n"
      "  /reset (clears the turns and the image, keeps the system message and the document), /exit or EOF\n"
@@ -104,7 +105,7 @@ static const cmd_help HELP[] = {
      "  --generation-prompt     end it with <|assistant|>\n"
      "  --image F               GLM-4V: a PNG or JPEG on the message marked \"image\": true, else on the\n"
      "                          first user message; the rows are the expanded sequence, image rows\n"
-     "                          included ([n - 3 + (grid/2)^2 + 2, vocab]; CPU only)\n"
+     "                          included ([n - 3 + (grid/2)^2 + 2, vocab])\n"
      "  --out F.npy             the output file\n",
      1},
     {"synth",

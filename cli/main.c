@@ -39,7 +39,7 @@ static const char USAGE[] =
     "common options:\n"
     "  --threads N  --ctx N  --chunk N  --kv-block N  --rope-base X  --ignore-eos  --no-simd\n"
     "  --isa avx2|avx512|auto  --matmul-precision fp32|bf16 (the CPU kernels' arithmetic)\n"
-    "  --device cpu|cuda|cuda:N (the CUDA backend: docs/GPU.md)\n"
+    "  --device cpu|cuda|cuda:N (the CUDA backend: docs/GPU.md)  --vision-device D (GLM-4V's tower)\n"
     "  -v | -q | --log-level N   --progress-interval S (progress lines when stderr is not a terminal)\n"
     "  --no-progress\n"
     "kv store: --kv-budget BYTES (hot RAM, K/M/G)  --kv-dir DIR  --kv-io auto|uring|threads  --kv-depth N\n"

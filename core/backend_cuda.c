@@ -243,15 +243,19 @@ static int proj(mtok_backend_state *st, const ck_gemv_seg *seg, int nseg, const 
 static int cu_embed(mtok_backend_state *st, const mtok_chunk *c) {
     cudaError_t e = cudaSetDevice(st->p.device); /* the thread may have used another device since */
     if (e != cudaSuccess) return cu_fail(e, "cudaSetDevice");
-    /* GLM-4V's spliced image rows and their shared positions are not on this backend yet: refuse
-     * rather than compute the text embedding and sequential angles for them (docs/VISION.md) */
-    if (c->embeds || c->rope_pos)
-        return mtok_err(MTOK_EUSAGE, "--device cuda: image input (GLM-4V's spliced image rows and their RoPE "
-                        "positions) runs on the CPU backend only for now");
     int rc = cu_step_begin(st, c); /* the step block up (ids, positions, RoPE table); eager or graph; timing on */
     if (rc) return rc;
     float *x = st->t[MTOK_T_X];
     ISSUE("ck_embed", ck_embed(s, x, st->w->embed, st->stp_d, st->ids_d, c->n, st->E));
+    /* GLM-4V: the image's rows (the vision tower's output, host) over their placeholders' lookups. A
+     * chunk with such rows is never a captured step (cu_step_begin), so the copy goes on the one issue
+     * stream; from pageable memory it has left c->embeds when the call returns. */
+    if (c->embeds) {
+        const size_t row = (size_t)st->E * sizeof(float);
+        cudaError_t e = cudaMemcpyAsync(x + c->embeds_first * st->E, c->embeds, (size_t)c->embeds_n * row,
+                                        cudaMemcpyHostToDevice, st->issue[0]);
+        if (e != cudaSuccess) return cu_fail(e, "the upload of the image's embedding rows");
+    }
     cu_prof_end(st, ST_EMBED);
     if ((rc = cu_emit(st, "embed", -1, c->pos, x, c->n, st->E))) return rc;
     return cu_check(st, x, c->n, st->E, 0, "embedding", -1);
@@ -446,6 +450,7 @@ static const mtok_backend_ops cuda_ops = {
     .kv_holds = cu_kv_holds,
     .profile = cu_profile,
     .stage_times = cu_stage_times,
+    .vision = &mtok_vision_ops_cuda,
 };
 
 const mtok_backend_ops *mtok_backend_cuda(void) { return &cuda_ops; }

@@ -89,6 +89,10 @@ void cu_plan_make(const mtok_backend_params *p, int sms, cu_plan *pl);
 int cu_device_open(int device, int *sms, char *name, size_t name_cap);
 /* The mtok error for a failed CUDA call (what: the call and its object). */
 int cu_fail(cudaError_t e, const char *what);
+#define CU_STAGE_ELEMS ((size_t)4 << 20) /* bf16 elements converted per upload step (8 MiB) */
+/* n elements of t (any dtype) from element i0 on, as bf16, to device dst through the host buffer
+ * stage of CU_STAGE_ELEMS elements (synchronous copies); name is for the error. */
+int cu_up_bf16(uint16_t *dst, const mk_tensor *t, int64_t i0, int64_t n, uint16_t *stage, const char *name);
 
 /* ---- the non-finite record: one host entry per check of a step (backend_cuda_step.c) ---- */
 typedef struct {

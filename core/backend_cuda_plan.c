@@ -187,16 +187,14 @@ static void *walloc(mtok_backend_weights *w, size_t bytes, int *rc) {
     return d;
 }
 
-#define STAGE_ELEMS ((size_t)4 << 20) /* bf16 elements converted per upload step (8 MiB) */
-
-/* n elements of t starting at element i0, as bf16, to device dst. */
-static int up_bf16(uint16_t *dst, const mk_tensor *t, int64_t i0, int64_t n, uint16_t *stage, const char *name) {
+/* n elements of t starting at element i0, as bf16, to device dst (backend_cuda.h). */
+int cu_up_bf16(uint16_t *dst, const mk_tensor *t, int64_t i0, int64_t n, uint16_t *stage, const char *name) {
     cudaError_t e = cudaSuccess;
     if (t->dtype == MTOK_BF16) {
         e = cudaMemcpy(dst, (const uint16_t *)t->data + i0, (size_t)n * 2, cudaMemcpyHostToDevice);
     } else {
-        for (int64_t a = 0; a < n && e == cudaSuccess; a += (int64_t)STAGE_ELEMS) {
-            const int64_t m = n - a < (int64_t)STAGE_ELEMS ? n - a : (int64_t)STAGE_ELEMS;
+        for (int64_t a = 0; a < n && e == cudaSuccess; a += (int64_t)CU_STAGE_ELEMS) {
+            const int64_t m = n - a < (int64_t)CU_STAGE_ELEMS ? n - a : (int64_t)CU_STAGE_ELEMS;
             if (t->dtype == MTOK_F32) {
                 const float *s = (const float *)t->data + i0 + a;
                 for (int64_t i = 0; i < m; i++) stage[i] = mk_f32_to_bf16(s[i]);
@@ -254,20 +252,20 @@ static int upload_layer(mtok_backend_weights *w, const mtok_backend_params *p, i
     d->bqkv = bias ? (float *)(small + nb) : NULL;
     char nm[64];
     snprintf(nm, sizeof nm, "layer %lld", (long long)l);
-    if ((rc = up_bf16(d->wqkv, &L->wq, 0, qd * E, stage, nm)) ||
-        (rc = up_bf16(d->wqkv + qd * E, &L->wk, 0, kd * E, stage, nm)) ||
-        (rc = up_bf16(d->wqkv + (qd + kd) * E, &L->wv, 0, kd * E, stage, nm)) ||
-        (rc = up_bf16(d->wo, &L->wo, 0, E * qd, stage, nm)) ||
-        (rc = up_bf16(d->wgu, &L->w_gate, 0, F * E, stage, nm)) ||
-        (rc = up_bf16(d->wgu + F * E, &L->w_up, 0, F * E, stage, nm)) ||
-        (rc = up_bf16(d->wd, &L->w_down, 0, E * F, stage, nm)) ||
-        (rc = up_bf16(d->attn_norm, &L->attn_norm, 0, E, stage, nm)) ||
-        (rc = up_bf16(d->mlp_norm, &L->mlp_norm, 0, E, stage, nm)))
+    if ((rc = cu_up_bf16(d->wqkv, &L->wq, 0, qd * E, stage, nm)) ||
+        (rc = cu_up_bf16(d->wqkv + qd * E, &L->wk, 0, kd * E, stage, nm)) ||
+        (rc = cu_up_bf16(d->wqkv + (qd + kd) * E, &L->wv, 0, kd * E, stage, nm)) ||
+        (rc = cu_up_bf16(d->wo, &L->wo, 0, E * qd, stage, nm)) ||
+        (rc = cu_up_bf16(d->wgu, &L->w_gate, 0, F * E, stage, nm)) ||
+        (rc = cu_up_bf16(d->wgu + F * E, &L->w_up, 0, F * E, stage, nm)) ||
+        (rc = cu_up_bf16(d->wd, &L->w_down, 0, E * F, stage, nm)) ||
+        (rc = cu_up_bf16(d->attn_norm, &L->attn_norm, 0, E, stage, nm)) ||
+        (rc = cu_up_bf16(d->mlp_norm, &L->mlp_norm, 0, E, stage, nm)))
         return rc;
     if (bias) {
         if ((rc = want(&L->bq, qd, "bq", l)) || (rc = want(&L->bk, kd, "bk", l)) || (rc = want(&L->bv, kd, "bv", l)))
             return rc;
-        float *fs = (float *)stage; /* STAGE_ELEMS bf16 = 2M floats: a bias is far smaller */
+        float *fs = (float *)stage; /* CU_STAGE_ELEMS bf16 = 2M floats: a bias is far smaller */
         if ((rc = up_fp32(d->bqkv, &L->bq, qd, fs, "upload of bq")) ||
             (rc = up_fp32(d->bqkv + qd, &L->bk, kd, fs, "upload of bk")) ||
             (rc = up_fp32(d->bqkv + qd + kd, &L->bv, kd, fs, "upload of bv")))
@@ -309,7 +307,7 @@ int cu_weights_load(const mtok_backend_params *p, mtok_backend_weights **out) {
     if ((rc = plan_check(p, &pl, name))) return rc;
 
     mtok_backend_weights *w = calloc(1, sizeof *w);
-    uint16_t *stage = malloc(STAGE_ELEMS * 2);
+    uint16_t *stage = malloc(CU_STAGE_ELEMS * 2);
     if (w) w->layers = calloc((size_t)c->n_layers, sizeof *w->layers);
     if (!w || !stage || !w->layers) {
         free(stage);
@@ -326,9 +324,9 @@ int cu_weights_load(const mtok_backend_params *p, mtok_backend_weights **out) {
         w->output = walloc(w, (size_t)(p->V * E) * 2, &rc);
         w->final_norm = walloc(w, (size_t)E * 2, &rc);
     }
-    if (!rc) rc = up_bf16(w->embed, &mw->embed, 0, c->vocab * E, stage, "the embedding");
-    if (!rc) rc = up_bf16(w->output, &mw->output, 0, p->V * E, stage, "the output layer");
-    if (!rc) rc = up_bf16(w->final_norm, &mw->final_norm, 0, E, stage, "the final norm");
+    if (!rc) rc = cu_up_bf16(w->embed, &mw->embed, 0, c->vocab * E, stage, "the embedding");
+    if (!rc) rc = cu_up_bf16(w->output, &mw->output, 0, p->V * E, stage, "the output layer");
+    if (!rc) rc = cu_up_bf16(w->final_norm, &mw->final_norm, 0, E, stage, "the final norm");
     for (int64_t l = 0; l < c->n_layers && !rc; l++) rc = upload_layer(w, p, l, stage);
     free(stage);
     /* copies from pageable memory may return before they land, and the non-blocking streams of the

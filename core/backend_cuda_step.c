@@ -147,8 +147,8 @@ int cu_step_begin(mtok_backend_state *st, const mtok_chunk *c) {
 
     /* topk_dev: with every row before the step on the device, core/attn.c finds kv_holds true for every
      * layer, so every layer's blocks are chosen on the device and nothing is read back */
-    const int decode_graph = c->n == 1 && (st->p.kv_exact || st->topk_dev) && c->append && !st->sync_checks &&
-                             !st->prof_on && !st->graphs_off && kv_resident(st, c->kv_pos);
+    const int decode_graph = c->n == 1 && !c->embeds && (st->p.kv_exact || st->topk_dev) && c->append &&
+                             !st->sync_checks && !st->prof_on && !st->graphs_off && kv_resident(st, c->kv_pos);
     st->mode = CU_EAGER;
     st->issue[0] = st->run, st->issue[1] = st->cap;
     st->n_issue = 1;
@@ -185,7 +185,8 @@ int cu_step_begin(mtok_backend_state *st, const mtok_chunk *c) {
     memcpy(h + o_ids, c->ids, (size_t)n * 4);
     float *cs = (float *)(h + o_cs), *sn = (float *)(h + o_sn);
     for (int64_t t = 0; t < n; t++) /* the angles in double (kernels.h): rope_table has nothing left to do */
-        mk_rope_table(cs + t * half, sn + t * half, st->c->rope_dim, st->c->rope_base, c->pos + t);
+        mk_rope_table(cs + t * half, sn + t * half, st->c->rope_dim, st->c->rope_base,
+                      c->rope_pos ? c->rope_pos[t] : c->pos + t); /* GLM-4V: a position of its own per row */
     st->stp_d = (const ck_step *)st->step_d;
     st->ids_d = (const int32_t *)(st->step_d + o_ids);
     st->cs_d = (const float *)(st->step_d + o_cs);

@@ -2,12 +2,15 @@
  * sample, stream and feed back one token at a time until a stop id, a stop string, max_tokens, the
  * context limit or a cancel. Text is streamed through the UTF-8-safe decoder so a callback never sees
  * half a character, and text that may be the start of a stop string is held back until it is known
- * not to be one, so a callback never sees any part of a stop string (docs/SESSION_API.md). */
+ * not to be one, so a callback never sees any part of a stop string (docs/SESSION_API.md).
+ *
+ * mtok_generate_fed is all of it with the feed as a function (generate_internal.h): an image prompt
+ * (mtok_vision_generate) is fed its own way and decoded here, stop strings included. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "mtok.h"
+#include "generate_internal.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -124,8 +127,8 @@ static int check_request(const mtok_request *req) {
     return 0;
 }
 
-int mtok_generate(mtok_session *s, const mtok_tokenizer *t, const int32_t *prompt, int64_t n,
-                  const mtok_request *req, mtok_result *res) {
+int mtok_generate_fed(mtok_session *s, const mtok_tokenizer *t, mtok_feed_fn feed, const void *feed_arg,
+                      const mtok_request *req, mtok_result *res) {
     static const mtok_request defaults;
     if (!req) req = &defaults;
     memset(res, 0, sizeof *res);
@@ -147,7 +150,7 @@ int mtok_generate(mtok_session *s, const mtok_tokenizer *t, const int32_t *promp
     }
     if (rc) goto done;
 
-    rc = mtok_session_feed(s, prompt, n, req, &res->usage);
+    rc = feed(s, feed_arg, req, &res->usage);
     if (rc == MTOK_CANCELLED || (!rc && cancelled(req))) {
         rc = 0;
         res->finish = MTOK_FINISH_CANCELLED;
@@ -204,4 +207,20 @@ done:
     free(logits);
     free(piece);
     return rc;
+}
+
+typedef struct {
+    const int32_t *ids;
+    int64_t n;
+} ids_prompt;
+
+static int feed_ids(mtok_session *s, const void *arg, const mtok_request *req, mtok_usage *usage) {
+    const ids_prompt *p = arg;
+    return mtok_session_feed(s, p->ids, p->n, req, usage);
+}
+
+int mtok_generate(mtok_session *s, const mtok_tokenizer *t, const int32_t *prompt, int64_t n,
+                  const mtok_request *req, mtok_result *res) {
+    const ids_prompt p = {prompt, n};
+    return mtok_generate_fed(s, t, feed_ids, &p, req, res);
 }

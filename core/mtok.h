@@ -356,7 +356,7 @@ typedef enum {
 const char *mtok_finish_name(mtok_finish f); /* "stop", "length", "cancelled", "error", "none" */
 
 typedef struct {
-    int64_t prompt_tokens;    /* ids given */
+    int64_t prompt_tokens;    /* ids given (an image prompt: its rows, the placeholder triple expanded) */
     int64_t cached_tokens;    /* of them, reused from what the session held */
     int64_t computed_tokens;  /* of them, run through the model (cached + computed < prompt when cancelled) */
     int64_t generated_tokens; /* tokens sampled, the stop id not counted */

@@ -117,9 +117,11 @@ int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mt
  * first difference when that lies after the image (the image is then the one the session was
  * given: the caller keeps one image per conversation), else the session is reset and everything,
  * the tower included, runs again. usage as mtok_session_feed's (no progress, no cancel inside).
- * mtok_vision_generate then samples and streams as mtok_generate does (stop ids, eos, max_tokens,
- * cancel, on_token; stop strings are MTOK_EUSAGE on this path), feeding each token back with
- * mtok_forward, whose positions continue from the last one. */
+ * mtok_vision_generate is mtok_generate with this feed (core/generate_internal.h): the same
+ * decoding (stop ids, eos, stop strings, max_tokens, cancel, on_token), each token fed back with
+ * mtok_forward, whose positions continue from the last one. Its usage.prompt_tokens counts the
+ * expanded rows the session holds (the image's rows in place of the triple), as the server's
+ * prompt_tokens does. */
 int mtok_vision_feed(mtok_session *s, const mtok_vision_prefill_params *p, mtok_usage *usage);
 int mtok_vision_generate(mtok_session *s, const mtok_tokenizer *t, const mtok_vision_prefill_params *p,
                          const mtok_request *req, mtok_result *res);

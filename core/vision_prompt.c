@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "generate_internal.h"
 #include "image.h"
 #include "vision.h"
 
@@ -103,6 +104,7 @@ int mtok_vision_feed(mtok_session *s, const mtok_vision_prefill_params *p, mtok_
     int rc = mtok_vision_config_read(p->model_dir, &vc);
     if (!rc) rc = mtok_vision_expand(&vc, p->ids, p->n, 0, &lay);
     if (rc) return rc;
+    u.prompt_tokens = lay.n; /* the rows the model runs: the image's placeholder triple expanded */
     /* the held rows are reusable up to the first difference, and only when the image's rows are among
      * them: equal placeholder ids before the image's end would not mean an equal image, and rows cut
      * inside the image cannot be recomputed from placeholders */
@@ -138,95 +140,16 @@ int mtok_vision_feed(mtok_session *s, const mtok_vision_prefill_params *p, mtok_
     return rc;
 }
 
-static int vis_is_stop(const mtok_request *req, const mtok_config *c, int32_t id) {
-    for (int i = 0; i < req->n_stop_ids; i++)
-        if (req->stop_ids[i] == id) return 1;
-    for (int i = 0; !req->ignore_eos && i < c->n_eos; i++)
-        if (c->eos_ids[i] == id) return 1;
-    return 0;
+/* The feed of mtok_generate_fed: the conversation's rows as mtok_vision_feed leaves them (its
+ * prompt_tokens are the expanded rows, the server's prompt_tokens for an image). */
+static int vision_feed(mtok_session *s, const void *arg, const mtok_request *req, mtok_usage *usage) {
+    (void)req; /* mtok_vision_feed runs uncancellable; mtok_generate_fed checks the cancel after it */
+    return mtok_vision_feed(s, arg, usage);
 }
 
-static int vis_cancelled(const mtok_request *req) {
-    return req->cancel && __atomic_load_n(req->cancel, __ATOMIC_RELAXED);
-}
-
-/* The decode loop of mtok_generate (core/generate.c) from the state mtok_vision_feed left: that
- * function's own feed would drop the image rows (its prefix reuse stops before an image), so the
- * steps after the prompt are run here; stop strings are not supported on this path. */
+/* mtok_generate's own feed would drop the image rows (its prefix reuse stops before an image), so
+ * only the feed differs: the decode after it is mtok_generate's (core/generate.c). */
 int mtok_vision_generate(mtok_session *s, const mtok_tokenizer *t, const mtok_vision_prefill_params *p,
                          const mtok_request *req, mtok_result *res) {
-    static const mtok_request defaults;
-    if (!req) req = &defaults;
-    memset(res, 0, sizeof *res);
-    res->stop_id = -1, res->stop_string = -1;
-    if (req->n_stop_strings)
-        return res->finish = MTOK_FINISH_ERROR,
-               mtok_err(MTOK_EUSAGE, "stop strings are not supported with an image prompt yet");
-    const mtok_config *c = mtok_session_config(s);
-    mtok_sampler *own = NULL, *smp = req->sampler_state;
-    const size_t cap = mtok_tokenizer_max_token_len(t) + 16;
-    char *piece = malloc(cap);
-    float *logits = malloc((size_t)c->vocab * sizeof *logits);
-    char *text = NULL;
-    size_t len = 0, tcap = 0;
-    int rc = piece && logits ? 0 : mtok_err(MTOK_ERESOURCE, "out of memory for generation buffers");
-    if (!rc && !smp) {
-        mtok_sampler_params sp = req->sampler;
-        if (sp.top_p == 0) sp.top_p = 1;
-        if (sp.repetition_penalty == 0) sp.repetition_penalty = 1;
-        rc = mtok_sampler_create(&sp, c->vocab, &own);
-        smp = own;
-    }
-    if (!rc) rc = mtok_vision_feed(s, p, &res->usage);
-    if (!rc && vis_cancelled(req)) res->finish = MTOK_FINISH_CANCELLED;
-    const int64_t n_valid = mtok_tokenizer_n_vocab(t) < c->vocab ? mtok_tokenizer_n_vocab(t) : c->vocab;
-    mtok_decoder dec = {0};
-    const double t0 = mtok_progress_now();
-    for (int64_t i = 0; !rc && !res->finish; i++) {
-        if (req->max_tokens >= 0 && i >= req->max_tokens) {
-            res->finish = MTOK_FINISH_LENGTH;
-            break;
-        }
-        memcpy(logits, mtok_session_logits(s), (size_t)c->vocab * sizeof *logits);
-        int32_t id = mtok_sample(smp, logits, n_valid, mtok_session_tokens(s), (size_t)mtok_session_pos(s));
-        if (vis_is_stop(req, c, id)) {
-            res->finish = MTOK_FINISH_STOP, res->stop_id = id;
-            break;
-        }
-        res->usage.generated_tokens++;
-        if ((rc = mtok_ids_push(&res->tokens, id))) break;
-        const size_t k = mtok_decode_next(t, &dec, id, piece, cap);
-        if (len + k + 1 > tcap) {
-            char *nt = realloc(text, tcap = 2 * (len + k + 1) + 64);
-            if (!nt) {
-                rc = mtok_err(MTOK_ERESOURCE, "out of memory for the generated text");
-                break;
-            }
-            text = nt;
-        }
-        memcpy(text + len, piece, k);
-        text[len += k] = 0;
-        if (req->on_token && req->on_token(id, piece, k, req->user)) res->finish = MTOK_FINISH_CANCELLED;
-        else if (i + 1 == req->max_tokens || mtok_session_pos(s) >= mtok_session_ctx(s)) res->finish = MTOK_FINISH_LENGTH;
-        else if (vis_cancelled(req)) res->finish = MTOK_FINISH_CANCELLED;
-        else rc = mtok_forward(s, &id, 1, NULL);
-    }
-    if (!rc && piece) {
-        const size_t k = mtok_decode_flush(&dec, piece, cap);
-        if (req->on_token) req->on_token(-1, piece, k, req->user);
-        if (k && len + k + 1 > tcap) {
-            char *nt = realloc(text, tcap = len + k + 1);
-            if (nt) text = nt;
-            else rc = mtok_err(MTOK_ERESOURCE, "out of memory for the generated text");
-        }
-        if (!rc && k) memcpy(text + len, piece, k), text[len += k] = 0;
-    }
-    res->usage.decode_s = mtok_progress_now() - t0;
-    if (rc) res->finish = MTOK_FINISH_ERROR;
-    res->text = text;
-    res->text_len = len;
-    mtok_sampler_free(own);
-    free(logits);
-    free(piece);
-    return rc;
+    return mtok_generate_fed(s, t, vision_feed, p, req, res);
 }

@@ -22,8 +22,9 @@
  *                index tells which row's alpha each element of o takes.
  * Shared memory (D = 128): K and V tiles 2 x 32 x 136 bf16 (the q staging area at the start shares
  * their space), S 4 x 16 x 36 fp32, P 4 x 16 x 40 bf16, key table: 32 KB static, under 48 KB without
- * an opt-in. Tiles whose keys are all later than the block's latest query are skipped (their slot
- * positions are read first, their K and V never). */
+ * an opt-in (less for the other head sizes: D = 112, GLM-4V's vision tower, 30 KB). Tiles whose keys
+ * are all later than the block's latest query are skipped (their slot positions are read first, their
+ * K and V never). */
 #include "k_attn_common.cuh"
 #ifndef MTOK_CUDA_SHIM
 #include <mma.h>
@@ -207,6 +208,7 @@ __device__ __forceinline__ void kp_prefill(const float *__restrict__ q, const ck
     }
 KP_KERNEL(32)
 KP_KERNEL(64)
+KP_KERNEL(112) /* GLM-4V's vision tower (1792 = 16 heads x 112) */
 KP_KERNEL(128)
 
 extern "C" int ck_attn_prefill(ck_stream s, const float *q, const ck_step *step, ck_kv kv, ck_blocks bl,
@@ -222,6 +224,7 @@ extern "C" int ck_attn_prefill(ck_stream s, const float *q, const ck_step *step,
     switch (kv.D) {
     case 32: CK_LAUNCH(kp_prefill_32, grid, KP_NT, 0, s)(q, step, kv, bl, n_max, H, out, scale); break;
     case 64: CK_LAUNCH(kp_prefill_64, grid, KP_NT, 0, s)(q, step, kv, bl, n_max, H, out, scale); break;
+    case 112: CK_LAUNCH(kp_prefill_112, grid, KP_NT, 0, s)(q, step, kv, bl, n_max, H, out, scale); break;
     case 128: CK_LAUNCH(kp_prefill_128, grid, KP_NT, 0, s)(q, step, kv, bl, n_max, H, out, scale); break;
     default: return (int)cudaErrorInvalidValue;
     }

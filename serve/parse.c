@@ -533,9 +533,6 @@ int srv_parse_chat(srv_req *r, json_t *o, srv_gen *g) {
     if (add_prompt(g, 1)) return srv_fail_lib(r, MTOK_ERESOURCE);
     g->n_prompts = 1;
     if (srv_chat_ids(r, o, 1, g, &g->prompts[0])) return -1;
-    /* the image path of the library (mtok_vision_generate) has no stop strings yet */
-    if (g->image && g->n_stop)
-        return srv_fail(r, 400, "stop", NULL, "'stop' strings are not supported with an image yet (stop_token_ids are)");
     /* the end of the assistant's turn: the next role token (the config's eos list normally has them) */
     if (!g->stop_ids && !(g->stop_ids = calloc(4, sizeof *g->stop_ids))) return srv_fail_lib(r, MTOK_ERESOURCE);
     const char *ends[] = {"<|user|>", "<|observation|>", "<|endoftext|>"};

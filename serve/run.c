@@ -345,7 +345,8 @@ static int image_generate(srv_req *r, srv_gen *g, choice *c, const mtok_ids *p, 
     if (image_file(r, g, path, sizeof path)) return -1;
     const mtok_vision_prefill_params vp = {.model_dir = r->S->cfg.model_dir, .image_path = path, .ids = p->v,
                                            .n = (int64_t)p->n, .vision = {.threads = r->S->cfg.sess.threads,
-                                                                          .progress_s = -1}};
+                                                                          .progress_s = -1,
+                                                                          .device = r->S->cfg.vision_device}};
     const int rc = mtok_vision_generate(c->s, r->S->tok, &vp, req, res);
     unlink(path);
     return rc;

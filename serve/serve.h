@@ -18,6 +18,7 @@ typedef struct {
     int port;                  /* 0: a free port, chosen at start and logged */
     const char *api_key;       /* NULL: no key asked; else "Authorization: Bearer KEY" on every path but /health */
     const char *model_name;    /* the id /v1/models reports (NULL: the last component of model_dir) */
+    const char *vision_device; /* GLM-4V: where the tower runs for an image request (NULL: the sessions' device) */
     int sessions;              /* sessions in the pool (each with its own KV cache and cold-tier files) */
     int max_queue;             /* requests that may wait for a session; beyond: 429 */
     int64_t max_body;          /* request body bytes; beyond: 413 */

@@ -217,7 +217,8 @@ for argv, want, what in [
         (["--image", good, "--out", out, "--preprocessed"], "-m DIR or --size", "neither -m nor --size"),
         (["--image", good, "--out", out], "-m DIR", "no model for the tower"),
         (["--image", good, "--out", out, "--bogus"], "--bogus", "unknown option"),
-        # the tower has no CUDA path yet: refused (by the parser in a build without CUDA, else here)
+        # preprocessing runs on the host: a device is refused (by the parser in a build without CUDA, else
+        # by image itself), not silently ignored
         (["--image", good, "--out", out, "--size", "28", "--preprocessed", "--device", "cuda"], "--device",
          "--device cuda"),
         (["--image", good, "--out", out, "-m", tmp, "--size", "28", "--preprocessed"], "not both", "-m and --size")]:

@@ -9,7 +9,12 @@
 - no prefix reuse across images: with one session, PNG, JPEG, PNG again each give the CLI's answer for
   their own image and report cached_tokens 0, and the text request after an image reuses nothing,
   while the same text request once more does (so the 0 can be told from "never reuses");
-- logprobs come with an image; stop strings are refused (400 naming 'stop');
+- logprobs come with an image;
+- stop strings with an image end the answer as they do without one (mtok_generate's decode loop):
+  the greedy answer is generated in full first, a piece of it that spans two tokens becomes the stop
+  string, and the answer, streamed and not, is then the text before its first occurrence, finish
+  "stop", completion_tokens counting the token that completed it; the same procedure on a text-only
+  request shows these are the text path's semantics;
 - the 400s, each with its param: a http URL, a non-image data: URL, bad base64, bytes that are no
   image, two images, an image on an assistant message, and a model without a vision tower.
 Without the openai package the test is skipped (exit 77), unless $CI is set."""
@@ -94,6 +99,55 @@ def bad(client, messages, param, words, **kw):
         check(False, f"{param}: expected BadRequestError, got {type(e).__name__}: {e}")
 
 
+def stop_pick(r):
+    """A stop string from a finished greedy answer: the last two characters of one token and the first
+    two of the next, in the plain-text run of tokens at the answer's start (byte tokens and special
+    tokens end it: their text is not theirs alone). It must start past the first character and occur
+    nowhere before, so the answer has something to keep. Returns (stop, its offset, tokens generated
+    up to and including the one that completes it) or None."""
+    toks = [e.token for e in (r.choices[0].logprobs.content if r.choices[0].logprobs else [])]
+    text, ends = "", []
+    for t in toks:
+        if t.startswith("bytes:") or t.startswith("<|"):
+            break
+        text += t
+        ends.append(len(text))
+    if not r.choices[0].message.content.startswith(text):
+        return None
+    for b in reversed(ends[:-1]):  # the latest boundary: the most text kept
+        stop = text[b - 2:b + 2]
+        if b >= 3 and len(stop) == 4 and stop.isascii() and stop.isprintable() and text.find(stop) == b - 2:
+            return stop, b - 2, next(i for i, e in enumerate(ends) if e >= b + 2) + 1
+    return None
+
+
+def stop_case(client, greedy, label, messages):
+    """The stop-string checks on one request (see the docstring); False when no stop string could be
+    picked from its answer."""
+    full = client.chat.completions.create(messages=messages, logprobs=True, **greedy)
+    pick = stop_pick(full)
+    if not pick:
+        print(f"{label}: no stop string to pick from {full.choices[0].message.content!r}")
+        return False
+    stop, at, n_tok = pick
+    want = full.choices[0].message.content[:at]
+    stops = [stop, "\u0001never"]  # a second string that never occurs changes nothing
+    r = client.chat.completions.create(messages=messages, stop=stops, **greedy)
+    check(r.choices[0].message.content == want and r.choices[0].finish_reason == "stop" and
+          r.usage.completion_tokens == n_tok,
+          f"{label}: stop {stop!r} ends {full.choices[0].message.content!r} as {r.choices[0].message.content!r} "
+          f"(want {want!r}), finish {r.choices[0].finish_reason}, completion_tokens {r.usage.completion_tokens} "
+          f"(want {n_tok}: the one that completed it counts)")
+    parts, finish = [], None
+    for ev in client.chat.completions.create(messages=messages, stop=stops, stream=True, **greedy):
+        for ch in ev.choices:
+            parts.append(ch.delta.content or "")
+            finish = ch.finish_reason or finish
+    check("".join(parts) == want and finish == "stop",
+          f"{label}: streamed with stop {stop!r}: {parts} (joined, want {want!r}), finish {finish}")
+    return True
+
+
 model = synth(a.mtok, "glm4v-tiny", os.path.join(work, "m"), env=env)
 text_model = synth(a.mtok, "glm4-tiny", os.path.join(work, "t"), env=env)
 vc = json.load(open(os.path.join(model, "config.json")))
@@ -169,7 +223,12 @@ with Server(a.mtok, model, "--sessions", "1", "--chunk", "8", "--ctx", "1024", e
     r = client.chat.completions.create(messages=[user(png_uri)], tools=tools, **greedy)
     check(sum(ids[i:i + 3] == triple for i in range(len(ids))) == 1 and r.usage.prompt_tokens == len(ids) - 3 + rows,
           f"tools with an image: prompt_tokens {r.usage.prompt_tokens} == {len(ids)} - 3 + {rows}")
-    bad(client, [user(png_uri)], "stop", ["stop"], stop=["x"])
+    # the first answer of each kind that has a stop string to pick (stop_pick) is tested
+    texts = [(f"text only {t!r}", [{"role": "user", "content": t}]) for t in (TEXT, "What colour is it?", "Hello")]
+    images = [(f"image {k}", [user(uri(imgs[k], mime[k]))]) for k in ("png", "png2", "jpg")]
+    for kind, cases in (("text", texts), ("image", images)):
+        check(any(stop_case(client, greedy, label, msgs) for label, msgs in cases),
+              f"stop strings, {kind}: an answer had two plain tokens to put a stop string across")
     bad(client, [user("https://example.com/cat.png")], "messages[0].content[0].image_url",
         ["only data: URLs are accepted; mtok does not fetch"])
     bad(client, [user("data:text/plain;base64,aGVsbG8=")], "messages[0].content[0].image_url", ["data:image/png"])

@@ -13,7 +13,9 @@ eoi_token_id / pad_token_id set to that tokenizer's ids, so template and tower a
       path), and equals tests/ref/glm4v_full_ref.py (float64) within 1e-2 of the largest logit, where the
       text-only logits of the same conversation are far (the image rows are really there);
   (c) `generate --chat --image` runs end to end, prints text, and is deterministic (greedy) and differs
-      from the text-only run by exactly the image's rows in its computed-token count;
+      from the text-only run by exactly the image's rows in its computed-token count; the prompt's
+      length it reports ("N in all") is the expanded rows, the template's ids - 3 + the image's rows
+      (as the server's usage.prompt_tokens);
   (d) `chat --image` answers two turns (the second reuses the image rows: only its own tokens are
       computed), /image twice is refused, a bad /image file is reported and the chat goes on;
   (e) errors: --image on a checkpoint without vision_config, an unreadable image, no user message,
@@ -184,15 +186,24 @@ try:
           int(comp.group(1)) == int(compt.group(1)) + ROWS,
           f"generate --chat --image: {ra.stdout.strip()[:60]!r}, prompt {comp and comp.group(1)} rows computed "
           f"(text only {compt and compt.group(1)}, + the {ROWS} image rows)" + ("" if ra.returncode == 0 else ": " + ra.stderr))
+    # the prompt's length is the rows the model ran, the image's in place of its triple (what the
+    # server's usage.prompt_tokens counts), not the template's ids
+    m_gen = msgs_file("gen.json", [{"role": "user", "content": "What is in the picture?", "image": True}])
+    t_gen = ids_of(run("tokenize", "-m", d, "--messages", m_gen, "--generation-prompt")) or []
+    alls = [re.search(r"more cached, (\d+) in all", r.stderr) for r in (ra, rt)]
+    got = [int(m.group(1)) if m else None for m in alls]
+    check(len(t_gen) > 3 and got == [len(t_gen) - 3 + ROWS, len(t_gen) - 3],
+          f"generate --chat --image: the prompt's length {got[0]} == {len(t_gen)} ids - 3 + {ROWS} image rows "
+          f"(text only {got[1]} == {len(t_gen) - 3})")
 
     # ---- (d) chat --image: two turns, /image refused the second time ----
     rc = run("chat", "-m", d, "--image", img, "-n", "4", "--ignore-eos",
              stdin="What is it?\n/image " + img + "\nAnd the colour?\n/exit\n")
-    turns = re.findall(r"prompt (\d+) tokens .*?, (\d+) more cached", rc.stderr)
+    turns = re.findall(r"prompt (\d+) tokens .*?, (\d+) more cached, (\d+) in all", rc.stderr)
     check(rc.returncode == 0 and len(turns) == 2 and int(turns[1][1]) > ROWS and int(turns[1][0]) < 20 and
-          "one image per conversation" in rc.stderr,
-          f"chat --image: two turns {turns}, the second reuses the image rows; a second /image is refused"
-          + ("" if rc.returncode == 0 else ": " + rc.stderr[-300:]))
+          all(int(t[0]) + int(t[1]) == int(t[2]) for t in turns) and "one image per conversation" in rc.stderr,
+          f"chat --image: two turns {turns} (computed, cached, in all: the rows held), the second reuses the "
+          f"image rows; a second /image is refused" + ("" if rc.returncode == 0 else ": " + rc.stderr[-300:]))
     rc = run("chat", "-m", d, "-n", "2", "--ignore-eos",
              stdin="/image " + os.path.join(tmp, "nope.png") + "\n/image " + img + "\nHi\n/exit\n")
     turns = re.findall(r"prompt (\d+) tokens", rc.stderr)

@@ -404,6 +404,7 @@ int main(void) {
         {"stretched", 4, 2, 32, 16, 20, 17, 2, 1000, 1.0f, false, 16, 0},
         {"large", 4, 2, 32, 32, 30, 40, 1, 0, big, false, 17, 0},
         {"d128", 16, 1, 128, 16, 45, 17, 1, 0, 1.0f, true, 18, 0}, /* a block = 4 tokens x 16 heads */
+        {"d112", 4, 2, 112, 16, 29, 19, 1, 0, 1.0f, true, 19, 0},  /* GLM-4V's vision tower's head size */
     };
     for (const kv_case &c : pre) test_prefill(c);
     test_merge();

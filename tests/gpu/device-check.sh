@@ -13,8 +13,9 @@
 #   devices    `mtok info`: the CUDA line; without a usable device the GPU stages skip
 #   synth      in the background while the tests run: glm4-1b and glm4-9b-chat (~19 GB) into
 #              /dev/shm (or the first directory with room), removed at the end
-#   ctest      ctest -L cuda: kernels vs the CPU at small and GLM shapes, logits vs the CPU
-#              backend, greedy tokens, NIAH 1K-64K x 11 depths                              190 s
+#   ctest      ctest -L cuda: kernels vs the CPU at small and GLM shapes (GLM-4V's tower too),
+#              logits vs the CPU backend (text, and image prompts on glm4v-tiny), greedy tokens,
+#              NIAH 1K-64K x 11 depths                                                      190 s
 #   sanitizer  compute-sanitizer memcheck and racecheck on test_gpu_kernels --small, when the
 #              tool is on this machine (it is not part of the toolkit installs mtok builds on; the
 #              pip wheel nvidia-cuda-sanitizer-api carries it)                              90 s
@@ -157,7 +158,7 @@ if [[ -f $BUILD/CMakeCache.txt ]] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$
 fi
 BUILD_SH="cmake -S '$ROOT' -B '$BUILD' -DMTOK_CUDA=ON -DCMAKE_BUILD_TYPE=Release ${MTOK_DC_CMAKE_ARGS:-} &&
   targets='mtok_cli gpu_probe test_gpu_kernels'
-  for t in test_gpu_k_attn cuda_resources; do
+  for t in test_gpu_k_attn test_gpu_k_vision cuda_resources; do
     cmake --build '$BUILD' --target help | grep -qw \"\$t\" && targets=\"\$targets \$t\"
   done
   echo \"building: \$targets\"
