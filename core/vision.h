@@ -87,7 +87,7 @@ void mtok_vision_layout_free(mtok_vision_layout *l);
 
 /* ---- an image prompt in one call (core/vision_prompt.c) ----
  * Expands ids around their image triple at the session's next position (the held tokens' last + 1,
- * so a later turn of a conversation works too), preprocesses image_path, loads the tower from
+ * so a later turn of a conversation works too), preprocesses image_path (or image_data), loads the tower from
  * model_dir, runs it (then frees it) and runs the language model over the expanded rows with
  * mtok_forward_ex. ids without a triple run as text (then image_path must be NULL). split > 0: rows
  * from split on go through plain mtok_forward, as decoding after a prompt does (a test of the
@@ -101,6 +101,8 @@ void mtok_vision_layout_free(mtok_vision_layout *l);
 typedef struct {
     const char *model_dir;     /* the GLM-4V checkpoint: config.json's vision_config and the tower */
     const char *image_path;    /* a PNG or JPEG; NULL for a text-only prompt */
+    const void *image_data;    /* or the file's bytes in memory (the server's data: URI); wins over image_path */
+    size_t image_len;
     const int32_t *ids;        /* the prompt, with at most one boi, pad, eoi triple */
     int64_t n;
     int64_t split;             /* 0: the whole prompt in one mtok_forward_ex call */

@@ -46,9 +46,10 @@ int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mt
     float *chw = NULL, *emb = NULL, *logits = NULL;
     int rc = mtok_vision_config_read(p->model_dir, &vc);
     if (!rc) rc = mtok_vision_expand(&vc, p->ids, p->n, next_position(s), &lay);
-    if (!rc && lay.image_rows && !p->image_path)
+    const int has_image = p->image_path || p->image_data;
+    if (!rc && lay.image_rows && !has_image)
         rc = mtok_err(MTOK_EUSAGE, "the prompt holds an image placeholder but no image was given");
-    if (!rc && !lay.image_rows && p->image_path)
+    if (!rc && !lay.image_rows && has_image)
         rc = mtok_err(MTOK_EUSAGE, "an image was given, but the prompt holds no "
                       "<|begin_of_image|><|endoftext|><|end_of_image|> to put it in");
     const mtok_config *mc = mtok_session_config(s);
@@ -62,7 +63,14 @@ int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mt
         rc = mtok_err(MTOK_EUSAGE, "split at %lld: must fall after the image's rows (%lld) and before the end (%lld)",
                       (long long)split, (long long)(lay.image_first + lay.image_rows), (long long)lay.n);
     /* the image is decoded before the tower is loaded: a bad file fails fast, naming the file */
-    if (!rc && lay.image_rows) rc = mtok_image_preprocess(p->image_path, vc.image, &chw);
+    if (!rc && lay.image_rows && p->image_data) {
+        mtok_image im = {0};
+        rc = mtok_image_decode(p->image_data, p->image_len, "the image", &im);
+        if (!rc) rc = mtok_image_to_tensor(&im, vc.image, &chw);
+        mtok_image_free(&im);
+    } else if (!rc && lay.image_rows) {
+        rc = mtok_image_preprocess(p->image_path, vc.image, &chw);
+    }
     if (!rc && lay.image_rows) rc = mtok_vision_load(p->model_dir, &vis);
     if (!rc && lay.image_rows && !(emb = malloc((size_t)lay.image_rows * (size_t)vc.lm_hidden * sizeof *emb)))
         rc = mtok_err(MTOK_ERESOURCE, "out of memory for the image's %lld rows", (long long)lay.image_rows);

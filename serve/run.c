@@ -317,39 +317,16 @@ static int check_lengths(srv_req *r, srv_gen *g) {
     return 0;
 }
 
-/* The library's image prompt takes a file path (mtok_vision_prefill_params.image_path), so the
- * request's image bytes go to a private temporary file for the call; path gets its name. */
-static int image_file(srv_req *r, const srv_gen *g, char *path, size_t cap) {
-    const char *dir = getenv("TMPDIR");
-    snprintf(path, cap, "%s/mtok-serve-image-XXXXXX", dir && *dir ? dir : "/tmp");
-    const int fd = mkstemp(path);
-    if (fd < 0) return srv_fail(r, 500, NULL, NULL, "cannot create a temporary file for the image in %s", path);
-    size_t done = 0;
-    while (done < g->image_len) {
-        const ssize_t w = write(fd, g->image + done, g->image_len - done);
-        if (w <= 0) break;
-        done += (size_t)w;
-    }
-    if (close(fd) || done < g->image_len) {
-        unlink(path);
-        return srv_fail(r, 500, NULL, NULL, "cannot write the image to the temporary file %s", path);
-    }
-    return 0;
-}
-
 /* Generation from a prompt with an image: the tower runs, then the language model over the expanded
  * rows with their shared positions (core/vision_prompt.c), decoding as mtok_generate does. */
 static int image_generate(srv_req *r, srv_gen *g, choice *c, const mtok_ids *p, const mtok_request *req,
                           mtok_result *res) {
-    char path[4096];
-    if (image_file(r, g, path, sizeof path)) return -1;
-    const mtok_vision_prefill_params vp = {.model_dir = r->S->cfg.model_dir, .image_path = path, .ids = p->v,
+    const mtok_vision_prefill_params vp = {.model_dir = r->S->cfg.model_dir, .image_data = g->image,
+                                           .image_len = g->image_len, .ids = p->v,
                                            .n = (int64_t)p->n, .vision = {.threads = r->S->cfg.sess.threads,
                                                                           .progress_s = -1,
                                                                           .device = r->S->cfg.vision_device}};
-    const int rc = mtok_vision_generate(c->s, r->S->tok, &vp, req, res);
-    unlink(path);
-    return rc;
+    return mtok_vision_generate(c->s, r->S->tok, &vp, req, res);
 }
 
 /* Runs prompt i on a session: choice c is filled, res receives the outcome, *out_usage the counts. */
