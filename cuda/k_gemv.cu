@@ -22,7 +22,7 @@
  * Segments: row r of W belongs to the first segment whose cumulative end exceeds r; its result goes
  * to seg.y[t*seg.ld + r - start] + seg.bias[r - start] (ck.h). The seg array is read by the launcher
  * on the host and passed by value in the kernel's parameters (so it is captured with the launch). */
-#include "ck_dev.cuh"
+#include "ck_rows.cuh"
 
 /* full unrolling keeps acc[kR][NT] in registers under nvcc; the host compiler of the shim has its own
  * heuristics and warns about the CUDA spelling */
@@ -51,11 +51,6 @@ struct gemv_args {
     int64_t K;
     int vec; /* 16-byte loads: K % 8 == 0, W and a 16-byte aligned, lda % 4 == 0 */
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 /* acc[r][t] += the 8 products of W row r's 8 columns w (bf16, as 4 words) with token t's a at x */
 template <int NT>
@@ -132,7 +127,7 @@ GEMV_UNROLL
     for (int r = 0; r < kR; r++)
 GEMV_UNROLL
         for (int t = 0; t < NT; t++) {
-            const float v = warp_sum(acc[r][t]);
+            const float v = ck_warp_sum(acc[r][t]);
             const int64_t row = row0 + r;
             if (lane == r * NT + t && row < p.rows) {
                 const int sg = row < p.end[0] ? 0 : row < p.end[1] ? 1 : 2;

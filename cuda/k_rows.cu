@@ -11,7 +11,7 @@
  * the same for every thread, so no kernel tests alignment per element. (V is an argument, not a
  * template parameter: nvcc 13.0's missing-launch-bounds check rejects every templated __global__.)
  * Model shapes (E = 4096, F = 13696) always take them; the tests' odd sizes take the scalar paths. */
-#include "ck_dev.cuh"
+#include "ck_rows.cuh"
 
 #ifndef MTOK_CUDA_SHIM
 static_assert((int)cudaErrorInvalidValue == 1, "ck launchers return 1 for bad arguments");
@@ -21,38 +21,6 @@ namespace {
 
 constexpr int kThreads = 256;     /* elementwise kernels */
 constexpr int kNormThreads = 512; /* one RMSNorm row: 4096 elements = 2 float4 per thread */
-constexpr int kBad = (int)cudaErrorInvalidValue;
-
-inline bool aligned(const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
-
-/* blocks for `work` items of `per_block` each, or 0 when the grid would exceed CUDA's limit */
-inline int64_t blocks_for(int64_t work, int64_t per_block) {
-    const int64_t b = (work + per_block - 1) / per_block;
-    return b > 0x7fffffffLL ? 0 : b;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-    /* butterfly: every lane ends with the same bits (each step adds the same two values) */
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* The sum of every thread's v, in a fixed order, returned to all threads. sh: [32] floats. */
-__device__ __forceinline__ float block_sum(float v, float *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
-    v = warp_sum(v);
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = warp_sum(lane < nw ? sh[lane] : 0.0f);
-        if (lane == 0) sh[32] = v;
-    }
-    __syncthreads();
-    return sh[32];
-}
-
-__device__ __forceinline__ float4 ld4(const float *p, int64_t i4) { return reinterpret_cast<const float4 *>(p)[i4]; }
-__device__ __forceinline__ void st4(float *p, int64_t i4, float4 v) { reinterpret_cast<float4 *>(p)[i4] = v; }
 
 /* ---- embedding: one block per token row ---- */
 __global__ void __launch_bounds__(kThreads) embed_k(const bool V, float *x, const uint16_t *table,
@@ -64,8 +32,8 @@ __global__ void __launch_bounds__(kThreads) embed_k(const bool V, float *x, cons
     if (V) {
         for (int64_t i = threadIdx.x; i < E / 8; i += blockDim.x) {
             const uint4 w = reinterpret_cast<const uint4 *>(row)[i];
-            st4(y, 2 * i, make_float4(mm_bf16_lo(w.x), mm_bf16_hi(w.x), mm_bf16_lo(w.y), mm_bf16_hi(w.y)));
-            st4(y, 2 * i + 1, make_float4(mm_bf16_lo(w.z), mm_bf16_hi(w.z), mm_bf16_lo(w.w), mm_bf16_hi(w.w)));
+            ck_st4(y, 2 * i, make_float4(mm_bf16_lo(w.x), mm_bf16_hi(w.x), mm_bf16_lo(w.y), mm_bf16_hi(w.y)));
+            ck_st4(y, 2 * i + 1, make_float4(mm_bf16_lo(w.z), mm_bf16_hi(w.z), mm_bf16_lo(w.w), mm_bf16_hi(w.w)));
         }
     } else {
         for (int64_t i = threadIdx.x; i < E; i += blockDim.x) y[i] = mm_bf16_to_f32(row[i]);
@@ -82,19 +50,19 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_k(const bool V, float *y
     float ss = 0.0f;
     if (V) {
         for (int64_t i = threadIdx.x; i < E / 4; i += blockDim.x) {
-            const float4 v = ld4(xr, i);
+            const float4 v = ck_ld4(xr, i);
             ss += v.x * v.x, ss += v.y * v.y, ss += v.z * v.z, ss += v.w * v.w;
         }
     } else {
         for (int64_t i = threadIdx.x; i < E; i += blockDim.x) ss += xr[i] * xr[i];
     }
-    const float r = mm_rms_scale((double)block_sum(ss, sh), E, eps);
+    const float r = mm_rms_scale((double)ck_block_sum(ss, sh), E, eps);
     /* y = w * (x * r): the CPU's order (kernels/cpu_ref.c mk_rmsnorm_ref) */
     if (V) {
         for (int64_t i = threadIdx.x; i < E / 4; i += blockDim.x) {
-            const float4 v = ld4(xr, i);
+            const float4 v = ck_ld4(xr, i);
             const uint2 wb = reinterpret_cast<const uint2 *>(w)[i];
-            st4(yr, i, make_float4(mm_bf16_lo(wb.x) * (v.x * r), mm_bf16_hi(wb.x) * (v.y * r),
+            ck_st4(yr, i, make_float4(mm_bf16_lo(wb.x) * (v.x * r), mm_bf16_hi(wb.x) * (v.y * r),
                                    mm_bf16_lo(wb.y) * (v.z * r), mm_bf16_hi(wb.y) * (v.w * r)));
         }
     } else {
@@ -107,8 +75,8 @@ __global__ void __launch_bounds__(kThreads) swiglu_k(const bool V, float *gate, 
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (V) {
         if (i >= n / 4) return;
-        const float4 g = ld4(gate, i), u = ld4(up, i);
-        st4(gate, i, make_float4(mm_silu(g.x) * u.x, mm_silu(g.y) * u.y, mm_silu(g.z) * u.z, mm_silu(g.w) * u.w));
+        const float4 g = ck_ld4(gate, i), u = ck_ld4(up, i);
+        ck_st4(gate, i, make_float4(mm_silu(g.x) * u.x, mm_silu(g.y) * u.y, mm_silu(g.z) * u.z, mm_silu(g.w) * u.w));
     } else if (i < n) {
         gate[i] = mm_silu(gate[i]) * up[i];
     }
@@ -118,8 +86,8 @@ __global__ void __launch_bounds__(kThreads) add_k(const bool V, float *x, const 
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (V) {
         if (i >= n / 4) return;
-        const float4 u = ld4(x, i), v = ld4(a, i);
-        st4(x, i, make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w));
+        const float4 u = ck_ld4(x, i), v = ck_ld4(a, i);
+        ck_st4(x, i, make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w));
     } else if (i < n) {
         x[i] += a[i];
     }
@@ -137,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) to_bf16_k(const bool V, uint16_t *ds
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (V) {
         if (i >= n / 8) return;
-        const float4 a = ld4(src, 2 * i), b = ld4(src, 2 * i + 1);
+        const float4 a = ck_ld4(src, 2 * i), b = ck_ld4(src, 2 * i + 1);
         reinterpret_cast<uint4 *>(dst)[i] =
             make_uint4(mm_bf16x2(a.x, a.y), mm_bf16x2(a.z, a.w), mm_bf16x2(b.x, b.y), mm_bf16x2(b.z, b.w));
     } else if (i < n) {
@@ -166,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) check_k(const bool V, const float *x
     unsigned long long k = kNoKey;
     if (V) {
         for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n / 4; i += stride) {
-            const float4 v = ld4(x, i);
+            const float4 v = ck_ld4(x, i);
             const unsigned long long k4 = min(min(bad_key(v.x, base, 4 * i), bad_key(v.y, base, 4 * i + 1)),
                                               min(bad_key(v.z, base, 4 * i + 2), bad_key(v.w, base, 4 * i + 3)));
             k = min(k, k4);
@@ -185,68 +153,68 @@ extern "C" {
 
 int ck_embed(ck_stream s, float *x, const uint16_t *table, const ck_step *step, const int32_t *ids, int64_t n_max,
              int64_t E) {
-    if (n_max < 0 || E < 0 || n_max > 0x7fffffffLL) return kBad;
+    if (n_max < 0 || E < 0 || n_max > 0x7fffffffLL) return ck_bad;
     if (n_max == 0 || E == 0) return 0;
-    const bool v = aligned(x, 16) && aligned(table, 16) && E % 8 == 0;
+    const bool v = ck_aligned(x, 16) && ck_aligned(table, 16) && E % 8 == 0;
     CK_LAUNCH(embed_k, (unsigned)n_max, kThreads, 0, s)(v, x, table, step, ids, E);
     return ck_launch_status();
 }
 
 int ck_rmsnorm(ck_stream s, float *y, const float *x, const uint16_t *w, int64_t n, int64_t E, float eps) {
-    if (n < 0 || E < 0 || n > 0x7fffffffLL) return kBad;
+    if (n < 0 || E < 0 || n > 0x7fffffffLL) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(y, 16) && aligned(x, 16) && aligned(w, 8) && E % 4 == 0;
+    const bool v = ck_aligned(y, 16) && ck_aligned(x, 16) && ck_aligned(w, 8) && E % 4 == 0;
     CK_LAUNCH(rmsnorm_k, (unsigned)n, kNormThreads, 0, s)(v, y, x, w, E, eps);
     return ck_launch_status();
 }
 
 int ck_swiglu(ck_stream s, float *gate, const float *up, int64_t n) {
-    if (n < 0) return kBad;
+    if (n < 0) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(gate, 16) && aligned(up, 16) && n % 4 == 0;
-    const int64_t b = blocks_for(v ? n / 4 : n, kThreads);
-    if (!b) return kBad;
+    const bool v = ck_aligned(gate, 16) && ck_aligned(up, 16) && n % 4 == 0;
+    const int64_t b = ck_blocks_for(v ? n / 4 : n, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(swiglu_k, (unsigned)b, kThreads, 0, s)(v, gate, up, n);
     return ck_launch_status();
 }
 
 int ck_add(ck_stream s, float *x, const float *a, int64_t n) {
-    if (n < 0) return kBad;
+    if (n < 0) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(x, 16) && aligned(a, 16) && n % 4 == 0;
-    const int64_t b = blocks_for(v ? n / 4 : n, kThreads);
-    if (!b) return kBad;
+    const bool v = ck_aligned(x, 16) && ck_aligned(a, 16) && n % 4 == 0;
+    const int64_t b = ck_blocks_for(v ? n / 4 : n, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(add_k, (unsigned)b, kThreads, 0, s)(v, x, a, n);
     return ck_launch_status();
 }
 
 int ck_attn_normalize(ck_stream s, float *o, const float *d, int64_t rows, int64_t D) {
-    if (rows < 0 || D < 0 || (D > 0 && rows > INT64_MAX / D)) return kBad;
+    if (rows < 0 || D < 0 || (D > 0 && rows > INT64_MAX / D)) return ck_bad;
     if (rows == 0 || D == 0) return 0;
-    const int64_t b = blocks_for(rows * D, kThreads);
-    if (!b) return kBad;
+    const int64_t b = ck_blocks_for(rows * D, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(attn_normalize_k, (unsigned)b, kThreads, 0, s)(o, d, rows, D);
     return ck_launch_status();
 }
 
 int ck_to_bf16(ck_stream s, uint16_t *dst, const float *src, int64_t n) {
-    if (n < 0) return kBad;
+    if (n < 0) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(dst, 16) && aligned(src, 16) && n % 8 == 0;
-    const int64_t b = blocks_for(v ? n / 8 : n, kThreads);
-    if (!b) return kBad;
+    const bool v = ck_aligned(dst, 16) && ck_aligned(src, 16) && n % 8 == 0;
+    const int64_t b = ck_blocks_for(v ? n / 8 : n, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(to_bf16_k, (unsigned)b, kThreads, 0, s)(v, dst, src, n);
     return ck_launch_status();
 }
 
 int ck_check(ck_stream s, const float *x, int64_t rows, int64_t width, unsigned long long *rec, uint32_t seq) {
     /* the key has 40 bits of index and 23 of seq */
-    if (rows < 0 || width < 0 || (width > 0 && rows > ((int64_t)1 << 40) / width) || seq >= (1u << 23)) return kBad;
+    if (rows < 0 || width < 0 || (width > 0 && rows > ((int64_t)1 << 40) / width) || seq >= (1u << 23)) return ck_bad;
     const int64_t n = rows * width;
     if (n == 0) return 0;
-    const bool v = aligned(x, 16) && n % 4 == 0;
+    const bool v = ck_aligned(x, 16) && n % 4 == 0;
     /* a grid-stride loop over at most 1024 blocks: enough to fill any current GPU with loads */
-    int64_t b = blocks_for(v ? n / 4 : n, kThreads);
+    int64_t b = ck_blocks_for(v ? n / 4 : n, kThreads);
     b = b > 1024 ? 1024 : b;
     CK_LAUNCH(check_k, (unsigned)b, kThreads, 0, s)(v, x, n, rec, seq);
     return ck_launch_status();

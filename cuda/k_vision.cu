@@ -7,7 +7,7 @@
  * the launcher (V, a uniform branch: no template, which nvcc 13.0's missing-launch-bounds check would
  * reject on a __global__). Every grid is one-dimensional on x (up to 2^31 - 1 blocks), so no shape of
  * the tower (T = 6401 rows, E = 1792, the merger's width 4096) comes near a limit. */
-#include "ck_dev.cuh"
+#include "ck_rows.cuh"
 
 #ifndef MTOK_CUDA_SHIM
 static_assert((int)cudaErrorInvalidValue == 1, "ck launchers return 1 for bad arguments");
@@ -17,41 +17,6 @@ namespace {
 
 constexpr int kThreads = 256;   /* elementwise kernels */
 constexpr int kLnThreads = 256; /* one LayerNorm row: E = 1792 is 448 float4, under 2 per thread */
-constexpr int kBad = (int)cudaErrorInvalidValue;
-
-inline bool aligned(const void *p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
-
-/* blocks for `work` items of `per_block` each, or 0 when the grid would exceed CUDA's limit */
-inline int64_t blocks_for(int64_t work, int64_t per_block) {
-    const int64_t b = (work + per_block - 1) / per_block;
-    return b > 0x7fffffffLL ? 0 : b;
-}
-
-__device__ __forceinline__ float vis_warp_sum(float v) {
-    /* butterfly: every lane ends with the same bits (each step adds the same two values) */
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* The sum of every thread's v in a fixed order (per-warp butterfly, then warp 0 over the warps in
- * order), returned to all threads. sh: [33] floats. Called twice per row: the second call's writes of
- * sh[warp] cannot race the first's reads (warp 0 read sh[0..nw) before the first call's last barrier)
- * and its sh[32] is written only after its first barrier, once every thread has read the old one. */
-__device__ __forceinline__ float vis_block_sum(float v, float *sh) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
-    v = vis_warp_sum(v);
-    if (lane == 0) sh[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        v = vis_warp_sum(lane < nw ? sh[lane] : 0.0f);
-        if (lane == 0) sh[32] = v;
-    }
-    __syncthreads();
-    return sh[32];
-}
-
-__device__ __forceinline__ float4 ld4(const float *p, int64_t i4) { return reinterpret_cast<const float4 *>(p)[i4]; }
-__device__ __forceinline__ void st4(float *p, int64_t i4, float4 v) { reinterpret_cast<float4 *>(p)[i4] = v; }
 
 /* ---- LayerNorm: one block per row. Each thread owns the same elements in all three passes (read for
  * the mean, read for the variance, write), so y may alias x when add == 0. ---- */
@@ -64,14 +29,14 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_k(const bool V, float *y
     const int64_t n4 = V ? E / 4 : 0; /* float4 groups; the scalar loops take the rest (all of E when !V) */
     float s = 0.0f;
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = ld4(xr, i);
+        const float4 v = ck_ld4(xr, i);
         s += v.x, s += v.y, s += v.z, s += v.w;
     }
     for (int64_t i = 4 * n4 + threadIdx.x; i < E; i += blockDim.x) s += xr[i];
-    const float mean = vis_block_sum(s, sh) / (float)E;
+    const float mean = ck_block_sum(s, sh) / (float)E;
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = ld4(xr, i);
+        const float4 v = ck_ld4(xr, i);
         const float a = v.x - mean, c = v.y - mean, d = v.z - mean, e = v.w - mean;
         ss += a * a, ss += c * c, ss += d * d, ss += e * e;
     }
@@ -79,17 +44,17 @@ __global__ void __launch_bounds__(kLnThreads) layernorm_k(const bool V, float *y
         const float a = xr[i] - mean;
         ss += a * a;
     }
-    const float var = vis_block_sum(ss, sh) / (float)E;
+    const float var = ck_block_sum(ss, sh) / (float)E;
     const float rstd = (float)(1.0 / sqrt((double)var + (double)eps)); /* once per row: double costs nothing */
     for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = ld4(xr, i), wv = ld4(w, i), bv = ld4(b, i);
+        const float4 v = ck_ld4(xr, i), wv = ck_ld4(w, i), bv = ck_ld4(b, i);
         float4 o = make_float4(mm_ln_elem(v.x, mean, rstd, wv.x, bv.x), mm_ln_elem(v.y, mean, rstd, wv.y, bv.y),
                                mm_ln_elem(v.z, mean, rstd, wv.z, bv.z), mm_ln_elem(v.w, mean, rstd, wv.w, bv.w));
         if (add) {
-            const float4 u = ld4(yr, i);
+            const float4 u = ck_ld4(yr, i);
             o.x += u.x, o.y += u.y, o.z += u.z, o.w += u.w;
         }
-        st4(yr, i, o);
+        ck_st4(yr, i, o);
     }
     for (int64_t i = 4 * n4 + threadIdx.x; i < E; i += blockDim.x) {
         const float o = mm_ln_elem(xr[i], mean, rstd, w[i], b[i]);
@@ -102,8 +67,8 @@ __global__ void __launch_bounds__(kThreads) gelu_k(const bool V, float *x, int64
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (V) {
         if (i >= n / 4) return;
-        const float4 v = ld4(x, i);
-        st4(x, i, make_float4(mm_gelu(v.x), mm_gelu(v.y), mm_gelu(v.z), mm_gelu(v.w)));
+        const float4 v = ck_ld4(x, i);
+        ck_st4(x, i, make_float4(mm_gelu(v.x), mm_gelu(v.y), mm_gelu(v.z), mm_gelu(v.w)));
     } else if (i < n) {
         x[i] = mm_gelu(x[i]);
     }
@@ -157,8 +122,8 @@ __global__ void __launch_bounds__(kThreads) vis_qkv_k(const bool V, float *q, co
     const int64_t blk = t / kv.B, row = t - blk * kv.B, page = kv.page_of[blk];
     uint16_t *k = kv.pages + ((page * kv.G + h) * 2 * kv.B + row) * kv.D + d, *v = k + kv.B * kv.D;
     if (V) {
-        const float4 qv = ld4(src, 0), kf = ld4(src + E, 0), vf = ld4(src + 2 * E, 0);
-        st4(q + t * E + e, 0, qv);
+        const float4 qv = ck_ld4(src, 0), kf = ck_ld4(src + E, 0), vf = ck_ld4(src + 2 * E, 0);
+        ck_st4(q + t * E + e, 0, qv);
         reinterpret_cast<uint2 *>(k)[0] = make_uint2(mm_bf16x2(kf.x, kf.y), mm_bf16x2(kf.z, kf.w));
         reinterpret_cast<uint2 *>(v)[0] = make_uint2(mm_bf16x2(vf.x, vf.y), mm_bf16x2(vf.z, vf.w));
     } else {
@@ -175,40 +140,40 @@ extern "C" {
 
 int ck_layernorm(ck_stream s, float *y, const float *x, const float *w, const float *b, int64_t n, int64_t E,
                  float eps, int add) {
-    if (n < 0 || E < 1 || n > 0x7fffffffLL || !(eps >= 0.0f)) return kBad;
+    if (n < 0 || E < 1 || n > 0x7fffffffLL || !(eps >= 0.0f)) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(y, 16) && aligned(x, 16) && aligned(w, 16) && aligned(b, 16) && E % 4 == 0;
+    const bool v = ck_aligned(y, 16) && ck_aligned(x, 16) && ck_aligned(w, 16) && ck_aligned(b, 16) && E % 4 == 0;
     CK_LAUNCH(layernorm_k, (unsigned)n, kLnThreads, 0, s)(v, y, x, w, b, E, eps, add);
     return ck_launch_status();
 }
 
 int ck_gelu(ck_stream s, float *x, int64_t n) {
-    if (n < 0) return kBad;
+    if (n < 0) return ck_bad;
     if (n == 0) return 0;
-    const bool v = aligned(x, 16) && n % 4 == 0;
-    const int64_t b = blocks_for(v ? n / 4 : n, kThreads);
-    if (!b) return kBad;
+    const bool v = ck_aligned(x, 16) && n % 4 == 0;
+    const int64_t b = ck_blocks_for(v ? n / 4 : n, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(gelu_k, (unsigned)b, kThreads, 0, s)(v, x, n);
     return ck_launch_status();
 }
 
 int ck_vis_patches(ck_stream s, uint16_t *out, int64_t ldo, const float *chw, int64_t S, int64_t P, int64_t G) {
-    if (P < 1 || G < 0 || P > 0x7fff || G > 0x7fffffffLL / P || S != G * P || ldo < 3 * P * P) return kBad;
+    if (P < 1 || G < 0 || P > 0x7fff || G > 0x7fffffffLL / P || S != G * P || ldo < 3 * P * P) return ck_bad;
     if (G == 0) return 0;
-    if (G * G > INT64_MAX / ldo) return kBad;
-    const int64_t b = blocks_for(G * G * ldo, kThreads);
-    if (!b) return kBad;
+    if (G * G > INT64_MAX / ldo) return ck_bad;
+    const int64_t b = ck_blocks_for(G * G * ldo, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(vis_patches_k, (unsigned)b, kThreads, 0, s)(out, ldo, chw, S, P, G);
     return ck_launch_status();
 }
 
 int ck_vis_windows(ck_stream s, uint16_t *out, const float *grid, int64_t G, int64_t E) {
-    if (G < 0 || G % 2 != 0 || E < 1 || G > 0x7fffffffLL || E > 0x7fffffffLL) return kBad;
+    if (G < 0 || G % 2 != 0 || E < 1 || G > 0x7fffffffLL || E > 0x7fffffffLL) return ck_bad;
     if (G == 0) return 0;
-    if ((G / 2) * (G / 2) > INT64_MAX / 4 / E) return kBad; /* the output's 4E columns per window */
-    const bool v = aligned(out, 8);
-    const int64_t b = blocks_for((G / 2) * (G / 2) * E, kThreads);
-    if (!b) return kBad;
+    if ((G / 2) * (G / 2) > INT64_MAX / 4 / E) return ck_bad; /* the output's 4E columns per window */
+    const bool v = ck_aligned(out, 8);
+    const int64_t b = ck_blocks_for((G / 2) * (G / 2) * E, kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(vis_windows_k, (unsigned)b, kThreads, 0, s)(v, out, grid, G, E);
     return ck_launch_status();
 }
@@ -216,12 +181,12 @@ int ck_vis_windows(ck_stream s, uint16_t *out, const float *grid, int64_t G, int
 int ck_vis_qkv(ck_stream s, float *q, const float *qkv, int64_t T, int64_t H, int64_t D, ck_kv kv) {
     if (T < 0 || H < 1 || D < 1 || kv.G != H || kv.D != D || kv.B < 1 || H > 0x7fffffffLL / D ||
         T > 0x7fffffffLL)
-        return kBad;
+        return ck_bad;
     if (T == 0) return 0;
     const int64_t E = H * D;
-    const bool v = aligned(q, 16) && aligned(qkv, 16) && aligned(kv.pages, 8) && D % 4 == 0;
-    const int64_t b = blocks_for(T * (v ? E / 4 : E), kThreads);
-    if (!b) return kBad;
+    const bool v = ck_aligned(q, 16) && ck_aligned(qkv, 16) && ck_aligned(kv.pages, 8) && D % 4 == 0;
+    const int64_t b = ck_blocks_for(T * (v ? E / 4 : E), kThreads);
+    if (!b) return ck_bad;
     CK_LAUNCH(vis_qkv_k, (unsigned)b, kThreads, 0, s)(v, q, qkv, T, E, D, kv);
     return ck_launch_status();
 }

@@ -30,48 +30,13 @@
 #include <vector>
 
 #include "cuda/ck.h"
+#include "tests/cuda_shim/test_dev.h"
 extern "C" {
 #include "kernels/kernels.h"
 }
 
 static int g_fail = 0;
 
-#define CUDA_OK(x)                                                                                              \
-    do {                                                                                                        \
-        cudaError_t e_ = (cudaError_t)(x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));                \
-            exit(1);                                                                                            \
-        }                                                                                                       \
-    } while (0)
-
-/* a device buffer that starts as NaN (0xFF bytes) */
-template <class T> struct dbuf {
-    T *p = nullptr;
-    size_t n;
-    explicit dbuf(size_t n_) : n(n_ ? n_ : 1) {
-        CUDA_OK(cudaMalloc((void **)&p, n * sizeof(T)));
-        CUDA_OK(cudaMemset(p, 0xff, n * sizeof(T)));
-    }
-    ~dbuf() { cudaFree(p); }
-    dbuf(const dbuf &) = delete;
-    dbuf &operator=(const dbuf &) = delete;
-    void up(const std::vector<T> &v) { CUDA_OK(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice)); }
-    std::vector<T> down() const {
-        std::vector<T> v(n);
-        CUDA_OK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-        return v;
-    }
-};
-
-struct rng {
-    uint64_t s;
-    uint32_t next() {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        return (uint32_t)(s >> 33);
-    }
-    float uni() { return (float)next() / 2147483648.0f * 2.0f - 1.0f; } /* [-1, 1) */
-};
 
 static const uint16_t BF16_NAN = 0x7fc0;
 
