@@ -249,7 +249,7 @@ const float *mtok_session_logits(const mtok_session *s);
  * ..., which is what mtok_forward does) and an optional span of rows whose embeddings are given
  * (embeds: [embed_n][hidden] fp32, host, replacing rows [embed_first, embed_first + embed_n) of the
  * call; NULL: none). One span per session (one image per conversation: a second is MTOK_EUSAGE).
- * all_logits: [n][vocab] or NULL, as mtok_forward. CPU backend only; refused on parallel runs
+ * all_logits: [n][vocab] or NULL, as mtok_forward. On the CPU and CUDA backends; refused on parallel runs
  * (--tp/--cp) when positions differ from slots or rows are given. On error the session is as before
  * the call. */
 typedef struct {

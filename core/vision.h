@@ -1,5 +1,5 @@
 /* vision.h — GLM-4V-9B's vision tower (an EVA2-CLIP ViT, a 2x2 downsampling convolution and a GLU
- * projector) on the CPU: one preprocessed image (core/image.h) in, the (grid/2)^2 + 2 embeddings that
+ * projector) on the CPU or CUDA backend: one preprocessed image (core/image.h) in, the (grid/2)^2 + 2 embeddings that
  * replace <|begin_of_image|><|endoftext|><|end_of_image|> in the prompt out. The architecture and
  * the sources of each fact: docs/VISION.md; the same model in numpy: tests/ref/glm4v_ref.py.
  *
@@ -62,7 +62,9 @@ typedef struct {
 } mtok_vision_params;
 
 /* chw: [3][image][image] (mtok_image_preprocess's output). out: [mtok_vision_out_rows][lm_hidden]
- * fp32, already divided by scaling_factor. MTOK_ERESOURCE when the scratch cannot be allocated. */
+ * fp32 (host), already divided by scaling_factor, on the backend p->device names. MTOK_ERESOURCE when
+ * the weights or the scratch do not fit (a device: next to what is allocated there already),
+ * MTOK_EINPUT when a row comes out NaN or Inf. */
 int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const float *chw, float *out);
 
 /* ---- the image's place in the prompt (core/vision_layout.c, docs/VISION.md "Prompt layout") ----
