@@ -35,7 +35,7 @@ int cmd_check(int argc, char **argv) {
     if (rc) return cli_fail(rc);
     mtok_check_summary sum;
     /* two threads keep a disk-bound scan fed without taking the machine (--threads to change) */
-    rc = mtok_model_check(m, o.threads > 0 ? o.threads : 2, report, NULL, &sum);
+    rc = mtok_model_check(m, o.threads > 0 ? o.threads : 2, cli_progress_interval(&o), report, NULL, &sum);
     mtok_model_free(m);
     if (rc) return cli_fail(rc);
     fflush(stdout);

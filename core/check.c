@@ -143,7 +143,8 @@ static int collect(const mtok_shard *sh, int si, json_t *hdr, tensor_ref **refs,
     return 0;
 }
 
-int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *user, mtok_check_summary *out) {
+int mtok_model_check(const mtok_model *m, int threads, double progress_s, mtok_check_cb cb, void *user,
+                     mtok_check_summary *out) {
     memset(out, 0, sizeof *out);
     if (threads <= 0) threads = 2;
     json_t **hdr = calloc((size_t)m->n_shards, sizeof *hdr);
@@ -158,12 +159,18 @@ int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *u
         else rc = collect(sh, i, hdr[i], &refs, &n, &cap);
     }
     if (!rc && n) qsort(refs, n, sizeof *refs, by_name);
+    /* a 9B checkpoint is ~19 GB read from disk: minutes on a cold cache, so the scan reports progress */
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) total += refs[i].n * mtok_dtype_size(refs[i].dtype);
+    mtok_progress pr;
+    mtok_progress_begin(&pr, "check", "MB", (int64_t)(total >> 20), rc ? -1 : progress_s);
     for (size_t i = 0; i < n && !rc; i++) {
         const tensor_ref *t = &refs[i];
         counts c;
         scan_tensor(t, threads, &c);
         out->n_tensors++;
         out->bytes += t->n * mtok_dtype_size(t->dtype);
+        mtok_progress_update(&pr, (int64_t)(out->bytes >> 20));
         if (!c.nan && !c.inf) continue;
         out->n_bad++;
         mtok_tensor_check r = {.name = t->name, .file = m->shards[t->shard].path, .dtype = t->dtype,
@@ -171,6 +178,7 @@ int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *u
                                .cols = t->cols};
         if (cb) cb(&r, user);
     }
+    mtok_progress_end(&pr);
     free(refs);
     for (int i = 0; hdr && i < m->n_shards; i++) json_decref(hdr[i]);
     free(hdr);

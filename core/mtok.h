@@ -408,8 +408,10 @@ typedef struct {
 } mtok_check_summary;
 typedef void (*mtok_check_cb)(const mtok_tensor_check *t, void *user);
 /* Scans with `threads` OpenMP threads (0: 2); cb (may be NULL) gets each tensor that holds NaN or
- * Inf, in name order. Returns 0 with *out filled whatever the values are, or an error. */
-int mtok_model_check(const mtok_model *m, int threads, mtok_check_cb cb, void *user, mtok_check_summary *out);
+ * Inf, in name order. progress_s >= 0: progress in MB scanned on stderr at that interval (base/
+ * mtok_base.h; < 0: none). Returns 0 with *out filled whatever the values are, or an error. */
+int mtok_model_check(const mtok_model *m, int threads, double progress_s, mtok_check_cb cb, void *user,
+                     mtok_check_summary *out);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@ stop id out of range exits 2 naming the key. Needs only the Python standard libr
 import argparse
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -109,6 +110,14 @@ try:
     rc, out, err = run("check", "-m", base)
     ok("clean checkpoint checks", rc == 0 and out.startswith("ok: 18 tensors,") and "all finite" in out,
        out.strip() + err.strip()[-200:])
+    # progress on stderr: MB scanned of the total, ending at the total with the time taken
+    rc, out, err = run("check", "-m", base, "--progress-interval", "0")
+    prog = [l for l in err.splitlines() if l.startswith("check: ")]
+    tot = re.match(r"check: (\d+)/(\d+) MB", prog[-1]) if prog else None
+    ok("check --progress-interval 0: progress lines in MB", rc == 0 and tot is not None and
+       tot.group(1) == tot.group(2) and "done in" in prog[-1], f"rc={rc} {prog[-2:]}")
+    rc, out, err = run("check", "-m", base, "-q")
+    ok("check -q: no progress", rc == 0 and "check: " not in err, err.strip()[-200:])
 
     def copy(label):
         d = os.path.join(tmp, label)

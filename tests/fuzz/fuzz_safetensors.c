@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     mtok_model *m = NULL;
     if (mtok_model_load(dirs[i], NULL, &m) == 0) {
         mtok_check_summary sum;
-        (void)mtok_model_check(m, 1, NULL, NULL, &sum);
+        (void)mtok_model_check(m, 1, -1, NULL, NULL, &sum);
         mtok_model_free(m);
         mtok_load_params tp = {.tp_rank = 1, .tp_size = 2};
         if (mtok_model_load(dirs[i], &tp, &m) == 0) mtok_model_free(m);
