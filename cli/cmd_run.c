@@ -273,6 +273,7 @@ typedef struct {
     char *image;       /* --image / /image FILE: the conversation's one image (NULL: none) */
     long image_msg;    /* the user message carrying it, or -1 while it waits for the next one */
     int32_t image_ids[3]; /* its placeholder ids, from the checkpoint's vision_config */
+    mtok_vision_cache *vcache; /* the tower kept between the conversation's images (/reset, /image) */
     sigset_t run_mask; /* the signal mask while a request runs or input is awaited: SIGINT unblocked */
     sigset_t idle_mask;/* otherwise: SIGINT blocked */
     char *in;          /* stdin bytes read but not yet returned as lines */
@@ -365,7 +366,7 @@ static int chat_turn(chat_state *c, int *tool_call) {
     /* a conversation with an image keeps its rows across turns (core/vision_prompt.c): mtok_generate's
      * prefix reuse would stop before them and recompute the placeholders as text */
     const mtok_vision_prefill_params vp = {.model_dir = c->o->model, .image_path = c->image, .ids = ids.v,
-                                           .n = (int64_t)ids.n,
+                                           .n = (int64_t)ids.n, .cache = c->vcache,
                                            .vision = {.threads = c->o->threads,
                                                       .progress_s = cli_progress_interval(c->o),
                                                       .device = c->o->vision_device}};
@@ -596,6 +597,7 @@ int cmd_chat(int argc, char **argv) {
     if (!rc && image) rc = image_check(o.model, image, c.image_ids);
     if (!rc && image && !(c.image = strdup(image))) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
     if (!rc) rc = cli_load(&o, 1, &L);
+    if (!rc && mtok_vision_config_present(o.model) == 1) rc = mtok_vision_cache_create(&c.vcache);
     mtok_sampler_params sp = sampler_params(&o);
     if (!rc) rc = mtok_sampler_create(&sp, mtok_model_config(L.model)->vocab, &c.smp);
     if (!rc && (system || tools)) rc = msg_add(&c.h, "system", NULL, system, tools);
@@ -603,6 +605,7 @@ int cmd_chat(int argc, char **argv) {
     if (!rc && (doc || load_kv)) rc = chat_load(&c, doc ? doc : load_kv);
     if (!rc) rc = chat_loop(&c);
     msg_free(&c.h);
+    mtok_vision_cache_free(c.vcache);
     free(c.image);
     mtok_ids_free(&c.doc);
     free(c.in);

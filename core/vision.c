@@ -15,26 +15,30 @@
  * core/backend_cpu_vision.c, CUDA's in core/backend_cuda_vision.c; this file owns their order, the
  * boi/eoi rows, the division and the check of what comes out. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "vision_internal.h"
 
-int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const float *chw, float *out) {
-    const mtok_vision_config *c = &v->cfg;
-    const int64_t L = c->lm_hidden, N2 = (c->grid / 2) * (c->grid / 2);
-    int device = -1;
-    int rc = mtok_device_parse(p ? p->device : NULL, &device);
+/* The backend ops of device name dev ("cpu" or NULL, "cuda[:N]"); *index gets -1 or N. */
+static int vision_ops(const char *dev, int *index, const mtok_vision_ops **out) {
+    int rc = mtok_device_parse(dev, index);
     if (rc) return rc;
-    const mtok_backend_ops *be = device >= 0 ? mtok_backend_cuda() : mtok_backend_cpu();
+    const mtok_backend_ops *be = *index >= 0 ? mtok_backend_cuda() : mtok_backend_cpu();
     if (!be || !be->vision)
         return mtok_err(MTOK_EUSAGE, "the %s backend cannot run a vision tower", be ? be->name : "requested");
-    const mtok_vision_ops *o = be->vision;
-    mtok_vision_dev *d = NULL;
-    if ((rc = o->load(v, device, p ? p->threads : 0, &d))) return rc;
+    *out = be->vision;
+    return 0;
+}
 
-    rc = o->embed(d, chw);
+/* One pass on a loaded tower: the ops in the model's order, then the rows core/vision.c owns. */
+static int run(const mtok_vision *v, const mtok_vision_ops *o, mtok_vision_dev *d, const mtok_vision_params *p,
+               const float *chw, float *out) {
+    const mtok_vision_config *c = &v->cfg;
+    const int64_t L = c->lm_hidden, N2 = (c->grid / 2) * (c->grid / 2);
+    int rc = o->embed(d, chw);
     mtok_progress pr;
     mtok_progress_begin(&pr, "vision", "layers", c->n_layers, p ? p->progress_s : -1);
     for (int64_t i = 0; !rc && i < c->n_layers; i++) {
@@ -44,7 +48,6 @@ int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const
     }
     mtok_progress_end(&pr);
     if (!rc) rc = o->project(d, out + L); /* rows 1 .. N2, between boi and eoi */
-    o->free(d);
     if (rc) return rc;
 
     memcpy(out, v->boi, (size_t)L * sizeof *out);
@@ -60,6 +63,72 @@ int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const
                         (long long)(bad / L), (long long)(N2 + 2), isnan(out[bad]) ? "NaN" : "Inf",
                         (long long)(bad % L));
     return 0;
+}
+
+int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const float *chw, float *out) {
+    int device = -1;
+    const mtok_vision_ops *o = NULL;
+    int rc = vision_ops(p ? p->device : NULL, &device, &o);
+    mtok_vision_dev *d = NULL;
+    if (!rc) rc = o->load(v, device, p ? p->threads : 0, &d);
+    if (!rc) rc = run(v, o, d, p, chw, out);
+    if (d) o->free(d);
+    return rc;
+}
+
+/* ---- a tower kept between images (core/vision.h) ---- */
+
+struct mtok_vision_cache {
+    pthread_mutex_t mu;
+    char *dir;                 /* the checkpoint the tower came from; NULL: none held */
+    int device;                /* -1: the CPU */
+    int threads;
+    mtok_vision *v;
+    const mtok_vision_ops *o;
+    mtok_vision_dev *d;
+};
+
+int mtok_vision_cache_create(mtok_vision_cache **out) {
+    mtok_vision_cache *c = calloc(1, sizeof *c);
+    if (!c) return mtok_err(MTOK_ERESOURCE, "out of memory");
+    pthread_mutex_init(&c->mu, NULL);
+    *out = c;
+    return 0;
+}
+
+static void cache_drop(mtok_vision_cache *c) {
+    if (c->d) c->o->free(c->d);
+    mtok_vision_free(c->v);
+    free(c->dir);
+    c->d = NULL, c->v = NULL, c->dir = NULL;
+}
+
+void mtok_vision_cache_free(mtok_vision_cache *c) {
+    if (!c) return;
+    cache_drop(c);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+int mtok_vision_cache_forward(mtok_vision_cache *c, const char *dir, const mtok_vision_params *p, const float *chw,
+                              float *out) {
+    int device = -1;
+    const mtok_vision_ops *o = NULL;
+    int rc = vision_ops(p ? p->device : NULL, &device, &o);
+    if (rc) return rc;
+    const int threads = p ? p->threads : 0;
+    pthread_mutex_lock(&c->mu); /* one pass at a time: the tower's activations are one set */
+    if (c->dir && (strcmp(c->dir, dir) || c->device != device || c->threads != threads)) cache_drop(c);
+    if (!c->dir) {
+        if (!(c->dir = strdup(dir))) rc = mtok_err(MTOK_ERESOURCE, "out of memory");
+        if (!rc) rc = mtok_vision_load(dir, &c->v);
+        if (!rc) rc = o->load(c->v, device, threads, &c->d);
+        if (rc) cache_drop(c); /* nothing half-loaded stays */
+        c->device = device, c->threads = threads, c->o = o;
+    }
+    if (!rc) rc = run(c->v, c->o, c->d, p, chw, out);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
 }
 
 double mtok_vision_flops(const mtok_vision_config *c) {

@@ -67,6 +67,17 @@ typedef struct {
  * MTOK_EINPUT when a row comes out NaN or Inf. */
 int mtok_vision_forward(const mtok_vision *v, const mtok_vision_params *p, const float *chw, float *out);
 
+/* A tower kept loaded between images (and, on a device, uploaded: the 9 GB of GLM-4V-9B's tower
+ * would otherwise cross the bus for every image). The cache holds at most one tower, of the
+ * checkpoint, device and thread count of its last pass, and runs one pass at a time (a mutex: the
+ * server's sessions share one). mtok_vision_cache_forward loads on the first call and again when
+ * they change; a failed load leaves the cache empty. Freeing it frees the tower. */
+typedef struct mtok_vision_cache mtok_vision_cache;
+int mtok_vision_cache_create(mtok_vision_cache **out);
+void mtok_vision_cache_free(mtok_vision_cache *c);
+int mtok_vision_cache_forward(mtok_vision_cache *c, const char *dir, const mtok_vision_params *p, const float *chw,
+                              float *out);
+
 /* ---- the image's place in the prompt (core/vision_layout.c, docs/VISION.md "Prompt layout") ----
  * In the prompt the image is the triple boi, pad, eoi (<|begin_of_image|><|endoftext|><|end_of_image|>);
  * the language model sees the tower's rows in its place (boi vector, (grid/2)^2 patches, eoi vector)
@@ -97,7 +108,7 @@ void mtok_vision_layout_free(mtok_vision_layout *l);
  * layout (free with mtok_vision_layout_free); logits_out (optional) a malloc'd [layout n][vocab]
  * fp32 array of every row's logits, image rows included. Errors: MTOK_EINPUT for a bad image,
  * checkpoint or triple (mtok_vision_expand's messages), MTOK_EUSAGE for an image without a triple or
- * a triple without an image, and mtok_forward_ex's (a second image in the session, CUDA, --tp/--cp).
+ * a triple without an image, and mtok_forward_ex's (a second image in the session, --tp/--cp).
  * On error nothing is allocated and, as mtok_forward_ex promises, the session holds what it held
  * (with split, a failure in the plain part leaves the mtok_forward_ex part held). */
 typedef struct {
@@ -109,6 +120,7 @@ typedef struct {
     int64_t n;
     int64_t split;             /* 0: the whole prompt in one mtok_forward_ex call */
     mtok_vision_params vision; /* the tower's threads and progress */
+    mtok_vision_cache *cache;  /* optional: the tower stays loaded there between calls; NULL: loaded, run, freed */
 } mtok_vision_prefill_params;
 int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mtok_vision_layout *layout_out,
                         float **logits_out);

@@ -71,13 +71,14 @@ int mtok_vision_prefill(mtok_session *s, const mtok_vision_prefill_params *p, mt
     } else if (!rc && lay.image_rows) {
         rc = mtok_image_preprocess(p->image_path, vc.image, &chw);
     }
-    if (!rc && lay.image_rows) rc = mtok_vision_load(p->model_dir, &vis);
+    if (!rc && lay.image_rows && !p->cache) rc = mtok_vision_load(p->model_dir, &vis);
     if (!rc && lay.image_rows && !(emb = malloc((size_t)lay.image_rows * (size_t)vc.lm_hidden * sizeof *emb)))
         rc = mtok_err(MTOK_ERESOURCE, "out of memory for the image's %lld rows", (long long)lay.image_rows);
     mtok_vision_params vp = p->vision; /* the tower runs where the language model does */
     if (!vp.device) vp.device = mtok_session_device(s);
-    if (!rc && lay.image_rows) rc = mtok_vision_forward(vis, &vp, chw, emb);
-    mtok_vision_free(vis); /* the tower's weights are not needed past its one pass */
+    if (!rc && lay.image_rows && p->cache) rc = mtok_vision_cache_forward(p->cache, p->model_dir, &vp, chw, emb);
+    else if (!rc && lay.image_rows) rc = mtok_vision_forward(vis, &vp, chw, emb);
+    mtok_vision_free(vis); /* without a cache, the tower's weights are not needed past its one pass */
     free(chw);
     const int64_t V = mc->vocab;
     if (!rc && logits_out && !(logits = malloc((size_t)(lay.n ? lay.n : 1) * (size_t)V * sizeof *logits)))

@@ -312,6 +312,8 @@ int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
     if (!rc) rc = mtok_tokenizer_load(cfg->model_dir, &S->tok);
     if (!rc) rc = srv_pool_init(&S->pool, S->model, &cfg->sess, cfg->sessions, cfg->max_queue);
     if (!rc) rc = srv_load_chat_template(S);
+    /* a GLM-4V checkpoint: one tower for every session, loaded at the first image and kept */
+    if (!rc && mtok_vision_config_present(cfg->model_dir) == 1) rc = mtok_vision_cache_create(&S->vision);
     if (!rc) {
         S->mc = mtok_model_config(S->model);
         S->ctx = mtok_session_ctx(S->pool.sess[0]);
@@ -328,6 +330,7 @@ int srv_run(const srv_config *cfg, volatile sig_atomic_t *stop) {
     mg_stop(ctx); /* returns when every handler has returned */
     mg_exit_library();
     if (S->pool.sess) srv_pool_free(&S->pool);
+    mtok_vision_cache_free(S->vision);
     mtok_tokenizer_free(S->tok);
     mtok_model_free(S->model);
     free(S->chat_template);

@@ -322,7 +322,7 @@ static int check_lengths(srv_req *r, srv_gen *g) {
 static int image_generate(srv_req *r, srv_gen *g, choice *c, const mtok_ids *p, const mtok_request *req,
                           mtok_result *res) {
     const mtok_vision_prefill_params vp = {.model_dir = r->S->cfg.model_dir, .image_data = g->image,
-                                           .image_len = g->image_len, .ids = p->v,
+                                           .image_len = g->image_len, .cache = r->S->vision, .ids = p->v,
                                            .n = (int64_t)p->n, .vision = {.threads = r->S->cfg.sess.threads,
                                                                           .progress_s = -1,
                                                                           .device = r->S->cfg.vision_device}};

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "serve.h"
+#include "../core/vision.h"
 
 struct mg_connection;
 
@@ -58,6 +59,7 @@ typedef struct {
     const mtok_config *mc;
     int64_t ctx, chunk, n_valid; /* context limit, prefill chunk, ids the sampler may pick */
     srv_pool pool;
+    mtok_vision_cache *vision;   /* GLM-4V: the tower, loaded at the first image and kept (NULL: no tower) */
     int ready, stopping;         /* atomics */
     uint64_t next_id;            /* atomic request counter */
     char *chat_template;         /* tokenizer_config.json's, else mtok's own (info.c) */

@@ -247,6 +247,9 @@ with Server(a.mtok, model, "--sessions", "1", "--chunk", "8", "--ctx", "1024", e
     # the server still answers after all that
     r = client.chat.completions.create(messages=[user(png_uri)], **greedy)
     check(r.choices[0].message.content == ref["png"], "an image request after the errors")
+    # every answer above came from one tower: loaded at the first image, kept (core/vision.h's cache)
+    loads = [l for l in srv.log_text().splitlines() if "vision tower: " in l and " layers" in l]
+    check(len(loads) == 1, f"the tower was loaded once for all the image requests: {len(loads)} loads {loads[:2]}")
     check(srv.stop() == 0, "the server stops cleanly on SIGTERM")
 
 with Server(a.mtok, text_model, "--ctx", "512", env=env) as srv:
