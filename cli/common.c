@@ -256,7 +256,11 @@ int cli_common_opt(cli_common *o, int argc, char **argv, int *i) {
     } else if (!strcmp(a, "--vision-device")) {
         VAL();
         int dev;
-        if (mtok_device_parse(v, &dev)) return cli_usage_error("--vision-device: %s", mtok_errmsg()), -1;
+        /* mtok_device_parse's message names "--device NAME: ...": said of this option instead */
+        if (mtok_device_parse(v, &dev)) {
+            const char *e = mtok_errmsg();
+            return cli_usage_error("--vision-%s", strncmp(e, "--", 2) ? e : e + 2), -1;
+        }
         o->vision_device = v;
     } else if (!strcmp(a, "-v")) {
         o->log_level = 2;

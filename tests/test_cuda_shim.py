@@ -28,21 +28,11 @@ import subprocess
 import sys
 import tempfile
 
-from harness import args, numpy_or_skip
+from harness import args, numpy_or_skip, shim_and_cpu
 
 np = numpy_or_skip()
 a = args()
-build = a.build or os.path.dirname(os.path.abspath(a.mtok))
-if os.path.basename(a.mtok).startswith("mtok_shim"):
-    SHIM = a.mtok
-else:
-    SHIM = os.path.join(build, "mtok_shim")
-if not os.path.exists(SHIM):
-    print(f"{SHIM} not built (configure with the CUDA toolkit's headers present): skipped")
-    sys.exit(77)
-CPU = a.mtok if a.mtok != SHIM else os.path.join(build, "mtok")
-if not os.path.exists(CPU):
-    CPU = SHIM  # the shim's CLI runs the same CPU backend without --device
+SHIM, CPU = shim_and_cpu(a)
 
 work = tempfile.mkdtemp(prefix="mtok-cuda-shim-")
 ENV = dict(os.environ, OMP_WAIT_POLICY="passive", XDG_CACHE_HOME=os.path.join(work, "cache"))

@@ -231,10 +231,23 @@ try:
         ("generate --chat --image without vision", ["generate", "-m", tiny, "--chat", "--image", img, "-p", "x"],
          "no vision_config"),
         ("tokenize: two images", ["tokenize", "-m", d, "--messages", two], "one image per conversation"),
+        ("--vision-device bogus", ["logits", "-m", d, "--image", img, "--messages", m_text, "--out", out2,
+                                   "--vision-device", "gpu0"], "--vision-device gpu0: expected cpu, cuda"),
     ]
     for name, argv, words in cases:
         r = run(*argv)
         check(r.returncode != 0 and words in r.stderr, f"{name}: exit {r.returncode}, {r.stderr.strip()[-160:]!r}")
+    # a tower whose output holds a NaN (here its learned boi vector) is stopped before the language
+    # model sees it, naming the row (core/vision.c checks what the backend's ops produced)
+    dn = os.path.join(tmp, "vnan")
+    os.makedirs(dn)
+    vis_nan = [(k, t, np.full_like(w, np.nan) if k.endswith(".boi") else w) for k, t, w in vis]
+    write_safetensors(os.path.join(dn, "model.safetensors"), lm + vis_nan, metadata={"format": "pt"})
+    for f in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(os.path.join(d, f), dn)
+    r = run("logits", "-m", dn, "--image", img, "--messages", m_text, "--out", out2)
+    check(r.returncode == 2 and "vision tower: its output row 0 of" in r.stderr and "NaN" in r.stderr,
+          f"a NaN in the tower's output: exit {r.returncode}, {r.stderr.strip()[-160:]!r}")
     # ---- mtok synth --preset glm4v-tiny: the real format, end to end ----
     v4 = os.path.join(tmp, "v4")
     r = run("synth", "--preset", "glm4v-tiny", "--out", v4, "-q")

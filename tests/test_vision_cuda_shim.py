@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from harness import args, numpy_or_skip
+from harness import args, numpy_or_skip, shim_and_cpu
 
 np = numpy_or_skip()
 try:
@@ -42,7 +42,6 @@ REAL = "--real-device" in sys.argv
 if REAL:
     sys.argv.remove("--real-device")
 a = args()
-build = a.build or os.path.dirname(os.path.abspath(a.mtok))
 if REAL:
     SHIM = CPU = a.mtok  # "SHIM" below: the binary of the device runs
     info = subprocess.run([a.mtok, "info"], capture_output=True, text=True)
@@ -50,13 +49,7 @@ if REAL:
         print("no usable CUDA device: skipped")
         sys.exit(77)
 else:
-    SHIM = a.mtok if os.path.basename(a.mtok).startswith("mtok_shim") else os.path.join(build, "mtok_shim")
-    if not os.path.exists(SHIM):
-        print(f"{SHIM} not built (configure with the CUDA toolkit's headers present): skipped")
-        sys.exit(77)
-    CPU = a.mtok if a.mtok != SHIM else os.path.join(build, "mtok")
-    if not os.path.exists(CPU):
-        CPU = SHIM  # the shim's CLI runs the same CPU backend without --device
+    SHIM, CPU = shim_and_cpu(a)
 
 work = tempfile.mkdtemp(prefix="mtok-vision-shim-")
 ENV = dict(os.environ, OMP_WAIT_POLICY="passive", XDG_CACHE_HOME=os.path.join(work, "cache"))
@@ -158,6 +151,20 @@ try:
     check(all(p.returncode == 0 for p in outs) and outs[1].stdout.strip() != "",
           f"generate --chat --image on cuda runs and streams text: {outs[1].stdout.strip()[:60]!r} (cpu: "
           f"{outs[0].stdout.strip()[:60]!r}){'' if outs[1].returncode == 0 else ' ' + last_error(outs[1].stderr)}")
+
+    # ---- bad input: a head size the device's attention kernel has no instance of (16), refused by
+    # name; the CPU runs the same tower ----
+    d16 = os.path.join(work, "v16")
+    shutil.copytree(d, d16)
+    cfg = json.load(open(os.path.join(d16, "config.json")))
+    cfg["vision_config"]["num_heads"] *= 2  # 64 wide: 4 heads of 16 (the weights' shapes do not change)
+    json.dump(cfg, open(os.path.join(d16, "config.json"), "w"))
+    out16 = os.path.join(work, "h16.npy")
+    pc = run(CPU, "image", "-m", d16, "--image", img, "--out", out16, "-q")
+    pg = run(SHIM, "image", "-m", d16, "--image", img, "--out", out16, "-q", "--device", "cuda")
+    e = last_error(pg.stderr)
+    check(pc.returncode == 0 and pg.returncode == 1 and "head_dim 16" in e and "32, 64, 112 or 128" in e,
+          f"head_dim 16 on cuda: exit {pg.returncode}, {e[:160]} (cpu: exit {pc.returncode})")
 
     # ---- bad input: a device too small for the tower next to the session (the shim's memory) ----
     p = None if REAL else run(SHIM, "image", "-m", d, "--image", img, "--out", os.path.join(work, "x.npy"), "--device", "cuda",
